@@ -1,0 +1,119 @@
+/* Shared definitions of switchyard's dispatch maps. The Go side mirrors these
+ * layouts through the types bpf2go generates from BTF. */
+#pragma once
+
+#include <linux/types.h>
+
+/* Longest prefix length plus one, rounded for alignment. */
+#define SY_MAX_PLENS 132
+/* Port segments stored inside a prefix entry. */
+#define SY_INLINE_SEGS 6
+/* Port segments in one overflow table. */
+#define SY_TABLE_SEGS 256
+/* Overflow tables of each generation: generation g owns table ids
+ * g*SY_TABLES_PER_GEN + 1 .. (g+1)*SY_TABLES_PER_GEN - 1; 0 means none. */
+#define SY_TABLES_PER_GEN 1024
+
+#define SY_PROTO_TCP 0
+#define SY_PROTO_UDP 1
+#define SY_FAM_V4 0
+#define SY_FAM_V6 1
+
+/* The prefix filter: a bitmap per generation with one bit per hash of a
+ * prefix key. A clear bit proves sy_prefixes has no entry for that key, which
+ * saves a hash probe for each prefix length that cannot match. */
+#define SY_FILTER_LOG2 21
+#define SY_FILTER_WORDS (1 << (SY_FILTER_LOG2 - 6))
+
+/* Flags of struct sy_prefix_val. */
+#define SY_PV_PORTS 1 /* single ports of this prefix live in sy_ports */
+
+/* sy_config[0]: the generation the program reads. */
+struct sy_cfg {
+	__u32 gen;
+	__u32 layout;    /* version of the map layout, for upgrades */
+	__u64 serial;    /* bumped by every change of bindings or labels */
+	__u32 dirty;     /* a change began and did not finish */
+	__u32 _pad;
+	__u8 prog[32];   /* SHA-256 of the object the attached program came from */
+};
+
+/* sy_plens[gen*4 + proto*2 + family]: prefix lengths in use, longest first. */
+struct sy_plen_list {
+	__u32 count;
+	__u8 lens[SY_MAX_PLENS];
+};
+
+/* Key of sy_prefixes: one (generation, protocol, prefix). addr is in network
+ * byte order with host bits cleared; IPv4 uses addr[0] only. */
+struct sy_prefix_key {
+	__u8 gen;
+	__u8 proto;
+	__u8 family;
+	__u8 plen;
+	__u32 addr[4];
+};
+
+/* A run of ports [lo, hi] served by label. */
+struct sy_seg {
+	__u16 lo;
+	__u16 hi;
+	__u32 label;
+};
+
+/* Value of sy_prefixes: how the ports of one prefix resolve to labels. Ports
+ * are tried narrowest first: sy_ports (if SY_PV_PORTS), then the segments
+ * (inline, or in sy_tables[table] when table != 0), then any_label. */
+struct sy_prefix_val {
+	__u32 any_label;
+	__u32 table;
+	__u8 flags;
+	__u8 nseg;
+	__u16 _pad;
+	struct sy_seg segs[SY_INLINE_SEGS];
+};
+
+/* Key of sy_ports: one port of a prefix. */
+struct sy_port_key {
+	struct sy_prefix_key prefix;
+	__u16 port;
+	__u16 _pad;
+};
+
+/* Value of sy_tables: sorted, disjoint segments. */
+struct sy_table {
+	__u32 nseg;
+	__u32 _pad;
+	struct sy_seg segs[SY_TABLE_SEGS];
+};
+
+/* Per-label counters, per CPU. Index 0 counts lookups that matched nothing. */
+struct sy_stats {
+	__u64 lookups;
+	__u64 hits;
+	__u64 missing;
+	__u64 bad_socket;
+};
+
+/* Key of sy_bindings, the control plane's record of each binding. Not read by
+ * the program. */
+struct sy_binding_key {
+	__u8 proto;
+	__u8 family;
+	__u8 plen;
+	__u8 _pad;
+	__u32 addr[4];
+	__u16 lo;
+	__u16 hi;
+};
+
+/* Key of sy_labels: a label's name, NUL padded. */
+struct sy_label_key {
+	char name[256];
+};
+
+/* Value of sy_labels. */
+struct sy_label_val {
+	__u32 id;
+	__u32 flags;
+};

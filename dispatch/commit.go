@@ -1,0 +1,312 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// A change of bindings is made visible atomically with two generations of
+// data-path entries. The program reads sy_config.gen once per lookup and only
+// entries of that generation. A change is written to the inactive generation,
+// the generation is flipped, and once no program can still be reading the old
+// one (an RCU grace period), the same change is written to it. Lookups thus
+// see the state before or after a change, never a mix.
+
+// groupChange is one (protocol, prefix) whose entries change.
+type groupChange struct {
+	key      groupKey
+	old, new *group // nil when absent before or after
+}
+
+func (g *group) val(gen uint32) dispatchSyPrefixVal {
+	v := dispatchSyPrefixVal{AnyLabel: g.c.anyLabel}
+	if g.c.ports != nil {
+		v.Flags |= 1 // SY_PV_PORTS
+	}
+	if g.c.useTable() {
+		v.Table = gen*tablesPerGen + g.slot
+	} else {
+		v.Nseg = uint8(len(g.c.segs))
+		for i, s := range g.c.segs {
+			v.Segs[i] = dispatchSySeg{Lo: s.lo, Hi: s.hi, Label: s.label}
+		}
+	}
+	return v
+}
+
+func (g *group) table() *dispatchSyTable {
+	t := &dispatchSyTable{Nseg: uint32(len(g.c.segs))}
+	for i, s := range g.c.segs {
+		t.Segs[i] = dispatchSySeg{Lo: s.lo, Hi: s.hi, Label: s.label}
+	}
+	return t
+}
+
+// genWriter batches the writes of one generation.
+type genWriter struct {
+	prefixKeys []dispatchSyPrefixKey
+	prefixVals []dispatchSyPrefixVal
+	prefixDel  []dispatchSyPrefixKey
+	portKeys   []dispatchSyPortKey
+	portVals   []uint32
+	portDel    []dispatchSyPortKey
+	tableKeys  []uint32
+	tableVals  []dispatchSyTable
+}
+
+func (w *genWriter) group(gen uint32, c groupChange) {
+	mk := c.key.mapKey(gen)
+	var oldPorts, newPorts map[uint16]uint32
+	if c.old != nil {
+		oldPorts = c.old.c.ports
+	}
+	if c.new == nil {
+		w.prefixDel = append(w.prefixDel, mk)
+	} else {
+		newPorts = c.new.c.ports
+		if c.new.c.useTable() {
+			w.tableKeys = append(w.tableKeys, gen*tablesPerGen+c.new.slot)
+			w.tableVals = append(w.tableVals, *c.new.table())
+		}
+		w.prefixKeys = append(w.prefixKeys, mk)
+		w.prefixVals = append(w.prefixVals, c.new.val(gen))
+	}
+	for p := range oldPorts {
+		if _, ok := newPorts[p]; !ok {
+			w.portDel = append(w.portDel, dispatchSyPortKey{Prefix: mk, Port: p})
+		}
+	}
+	for p, l := range newPorts {
+		if ol, ok := oldPorts[p]; ok && ol == l {
+			continue
+		}
+		w.portKeys = append(w.portKeys, dispatchSyPortKey{Prefix: mk, Port: p})
+		w.portVals = append(w.portVals, l)
+	}
+}
+
+// flush writes in an order that is safe even though nothing reads this
+// generation: tables and ports before the prefix entries that refer to them.
+func (w *genWriter) flush(d *Dispatcher) error {
+	if err := batchPut(d.objs.SyTables, w.tableKeys, w.tableVals); err != nil {
+		return fmt.Errorf("write port tables: %w", err)
+	}
+	if err := batchPut(d.objs.SyPorts, w.portKeys, w.portVals); err != nil {
+		return fmt.Errorf("write ports: %w", err)
+	}
+	if err := batchPut(d.objs.SyPrefixes, w.prefixKeys, w.prefixVals); err != nil {
+		return fmt.Errorf("write prefixes: %w", err)
+	}
+	if err := batchDelete(d.objs.SyPorts, w.portDel); err != nil {
+		return fmt.Errorf("delete ports: %w", err)
+	}
+	if err := batchDelete(d.objs.SyPrefixes, w.prefixDel); err != nil {
+		return fmt.Errorf("delete prefixes: %w", err)
+	}
+	return nil
+}
+
+func batchPut[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+	for len(keys) > 0 {
+		n := min(len(keys), 16384)
+		if _, err := m.BatchUpdate(keys[:n], vals[:n], nil); err != nil {
+			if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOSPC) {
+				return fmt.Errorf("%w: map %s is full: %w", ErrCapacity, mapName(m), err)
+			}
+			return err
+		}
+		keys, vals = keys[n:], vals[n:]
+	}
+	return nil
+}
+
+func batchDelete[K any](m *ebpf.Map, keys []K) error {
+	for len(keys) > 0 {
+		n := min(len(keys), 16384)
+		if _, err := m.BatchDelete(keys[:n], nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+func mapName(m *ebpf.Map) string {
+	if info, err := m.Info(); err == nil {
+		return info.Name
+	}
+	return "?"
+}
+
+// writeShared writes what both generations of one change need beyond the
+// groups: prefix length lists and filter words of the given generation.
+func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words []uint32) error {
+	keys := make([]uint32, 0, len(lists))
+	vals := make([]dispatchSyPlenList, 0, len(lists))
+	for _, li := range lists {
+		keys = append(keys, gen*4+uint32(li))
+		vals = append(vals, m.plenList(li))
+	}
+	// The filter must let through every prefix the entries hold, so new
+	// bits are set before the lists grow and old ones cleared after.
+	fkeys := make([]uint32, 0, len(words))
+	fvals := make([]uint64, 0, len(words))
+	for _, w := range words {
+		fkeys = append(fkeys, gen*filterWords+w)
+		fvals = append(fvals, m.filterWord(w))
+	}
+	if err := batchPut(d.objs.SyFilter, fkeys, fvals); err != nil {
+		return fmt.Errorf("write filter: %w", err)
+	}
+	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
+		return fmt.Errorf("write prefix lengths: %w", err)
+	}
+	return nil
+}
+
+func (d *Dispatcher) writeConfig(mut func(*dispatchSyCfg)) error {
+	var cfg dispatchSyCfg
+	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	mut(&cfg)
+	if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// waitReaders returns once every program run that might have read the
+// previous generation has finished: sk_lookup programs run inside RCU
+// read-side sections, and membarrier(MEMBARRIER_CMD_GLOBAL) waits for an RCU
+// grace period.
+func (d *Dispatcher) waitReaders() {
+	const membarrierCmdGlobal = 1
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		// nohz_full kernels refuse it; a grace period is far shorter.
+		d.log.Debug("membarrier unavailable, waiting instead", "err", errno)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// commit makes a change of groups visible atomically. m already holds the
+// state after the change; record writes the control plane's own record
+// (bindings and labels) and runs before the flip.
+func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error) (err error) {
+	defer func() {
+		if err != nil {
+			// The cache no longer matches the maps. The next operation
+			// rebuilds it and, seeing the dirty mark, repairs the data
+			// path from the recorded bindings.
+			d.cache = nil
+		}
+	}()
+	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
+		return err
+	}
+	if err := record(); err != nil {
+		return err
+	}
+	var lists []int
+	var words []uint32
+	for _, c := range changes {
+		if !slices.Contains(lists, c.key.listIndex()) {
+			lists = append(lists, c.key.listIndex())
+		}
+		if w := c.key.bit() / 64; !slices.Contains(words, w) {
+			words = append(words, w)
+		}
+	}
+	next := m.gen ^ 1
+	for _, gen := range []uint32{next, m.gen} {
+		var w genWriter
+		for _, c := range changes {
+			w.group(gen, c)
+		}
+		if err := w.flush(d); err != nil {
+			return err
+		}
+		if err := d.writeLists(m, gen, lists, words); err != nil {
+			return err
+		}
+		if gen == next {
+			if err := d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next }); err != nil {
+				return err
+			}
+			d.waitReaders()
+		}
+	}
+	m.gen = next
+	for _, c := range changes {
+		if c.old != nil && c.old.slot != 0 && (c.new == nil || c.new.slot != c.old.slot) {
+			m.slots[c.old.slot] = false
+		}
+	}
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial })
+}
+
+// rewrite makes both generations equal to m from scratch, deleting whatever
+// else they hold. It repairs state left by an interrupted change.
+func (d *Dispatcher) rewrite(m *model) error {
+	for i := range m.slots {
+		m.slots[i] = i == 0
+	}
+	var changes []groupChange
+	for gk, g := range m.groups {
+		g.slot = 0
+		if g.c.useTable() {
+			s, err := m.allocSlot()
+			if err != nil {
+				return err
+			}
+			g.slot = s
+		}
+		changes = append(changes, groupChange{key: gk, new: g})
+	}
+	allLists := []int{0, 1, 2, 3}
+	allWords := make([]uint32, filterWords)
+	for i := range allWords {
+		allWords[i] = uint32(i)
+	}
+	next := m.gen ^ 1
+	for _, gen := range []uint32{next, m.gen} {
+		pk, err := prefixKeysOfGen(d.objs.SyPrefixes, gen)
+		if err != nil {
+			return fmt.Errorf("read prefixes: %w", err)
+		}
+		ok, err := portKeysOfGen(d.objs.SyPorts, gen)
+		if err != nil {
+			return fmt.Errorf("read ports: %w", err)
+		}
+		// Nothing reads this generation: clear it, then fill it.
+		if err := batchDelete(d.objs.SyPorts, ok); err != nil {
+			return fmt.Errorf("clear ports: %w", err)
+		}
+		if err := batchDelete(d.objs.SyPrefixes, pk); err != nil {
+			return fmt.Errorf("clear prefixes: %w", err)
+		}
+		var w genWriter
+		for _, c := range changes {
+			w.group(gen, c)
+		}
+		if err := w.flush(d); err != nil {
+			return err
+		}
+		if err := d.writeLists(m, gen, allLists, allWords); err != nil {
+			return err
+		}
+		if gen == next {
+			if err := d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next }); err != nil {
+				return err
+			}
+			d.waitReaders()
+		}
+	}
+	m.gen = next
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
+}

@@ -1,0 +1,153 @@
+package dispatch
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Capacities fixed by the map layout in bpf/dispatch.h.
+const (
+	inlineSegs   = 6    // SY_INLINE_SEGS
+	tableSegs    = 256  // SY_TABLE_SEGS
+	tablesPerGen = 1024 // SY_TABLES_PER_GEN
+	maxLabels    = 16384
+)
+
+// seg is a run of ports served by one label.
+type seg struct {
+	lo, hi uint16
+	label  uint32
+}
+
+// compiled is how the ports of one (protocol, prefix) resolve to label ids,
+// in the form the program reads: exact ports, then segments, then anyLabel.
+type compiled struct {
+	anyLabel uint32
+	ports    map[uint16]uint32 // exact ports; nil when all fit in segs
+	segs     []seg
+}
+
+// useTable reports whether segs live in a table rather than inline.
+func (c *compiled) useTable() bool { return len(c.segs) > inlineSegs }
+
+func (c *compiled) equal(o *compiled) bool {
+	if c.anyLabel != o.anyLabel || !slices.Equal(c.segs, o.segs) || len(c.ports) != len(o.ports) {
+		return false
+	}
+	for p, l := range c.ports {
+		if ol, ok := o.ports[p]; !ok || ol != l {
+			return false
+		}
+	}
+	return true
+}
+
+// compile flattens the port bindings of one (protocol, prefix). The ranges
+// must be laminar (nested or disjoint), which the conflict check ensures.
+func compile(ports map[binding.Ports]uint32) (compiled, error) {
+	var c compiled
+	var all, ranges []portBinding
+	for p, l := range ports {
+		switch {
+		case p.IsAny():
+			c.anyLabel = l
+		case p.Single():
+			all = append(all, portBinding{p, l})
+		default:
+			all = append(all, portBinding{p, l})
+			ranges = append(ranges, portBinding{p, l})
+		}
+	}
+	c.segs = flatten(all)
+	if len(c.segs) <= inlineSegs {
+		return c, nil
+	}
+	// Too many for the prefix entry: single ports go to the exact-port map,
+	// ranges stay as segments, inline or in a table.
+	c.ports = make(map[uint16]uint32, len(all)-len(ranges))
+	for _, pb := range all {
+		if pb.ports.Single() {
+			c.ports[pb.ports.Lo] = pb.label
+		}
+	}
+	c.segs = flatten(ranges)
+	if len(c.segs) > tableSegs {
+		return compiled{}, fmt.Errorf("%w: the port ranges of one prefix make %d segments, more than %d; use fewer, wider ranges", ErrCapacity, len(c.segs), tableSegs)
+	}
+	return c, nil
+}
+
+type portBinding struct {
+	ports binding.Ports
+	label uint32
+}
+
+// flatten turns laminar port ranges into sorted, disjoint segments, each
+// served by the narrowest range that holds it. Ports no range holds are left
+// out. Adjacent segments of one label are merged.
+func flatten(bs []portBinding) []seg {
+	slices.SortFunc(bs, func(a, b portBinding) int {
+		if c := cmp.Compare(a.ports.Lo, b.ports.Lo); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.ports.Hi, a.ports.Hi) // outer first
+	})
+	var out []seg
+	emit := func(lo, hi int, label uint32) {
+		if lo > hi {
+			return
+		}
+		if n := len(out); n > 0 && out[n-1].label == label && int(out[n-1].hi)+1 == lo {
+			out[n-1].hi = uint16(hi)
+			return
+		}
+		out = append(out, seg{uint16(lo), uint16(hi), label})
+	}
+	var stack []portBinding
+	cur := 0 // first port not yet emitted
+	for _, b := range bs {
+		lo := int(b.ports.Lo)
+		// Close the ranges that end before this one starts.
+		for len(stack) > 0 && int(stack[len(stack)-1].ports.Hi) < lo {
+			top := stack[len(stack)-1]
+			emit(cur, int(top.ports.Hi), top.label)
+			cur = max(cur, int(top.ports.Hi)+1)
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) > 0 {
+			emit(cur, lo-1, stack[len(stack)-1].label)
+		}
+		cur = max(cur, lo)
+		stack = append(stack, b)
+	}
+	for len(stack) > 0 {
+		top := stack[len(stack)-1]
+		emit(cur, int(top.ports.Hi), top.label)
+		cur = max(cur, int(top.ports.Hi)+1)
+		stack = stack[:len(stack)-1]
+	}
+	return out
+}
+
+// resolve is the Go twin of the program's port resolution, for tests.
+func (c *compiled) resolve(port uint16) uint32 {
+	if l, ok := c.ports[port]; ok {
+		return l
+	}
+	i, found := slices.BinarySearchFunc(c.segs, port, func(s seg, p uint16) int {
+		switch {
+		case s.hi < p:
+			return -1
+		case s.lo > p:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		return c.segs[i].label
+	}
+	return c.anyLabel
+}

@@ -1,0 +1,110 @@
+package dispatch
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// naive returns the label of the narrowest range holding port.
+func naive(ports map[binding.Ports]uint32, port uint16) uint32 {
+	best, w := uint32(0), 1<<20
+	for p, l := range ports {
+		if p.Contains(port) && p.Width() < w {
+			best, w = l, p.Width()
+		}
+	}
+	return best
+}
+
+func TestCompileMatchesNaive(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for iter := 0; iter < 2000; iter++ {
+		ports := map[binding.Ports]uint32{}
+		// Build a laminar family by splitting intervals recursively.
+		var build func(lo, hi int, depth int)
+		label := uint32(1)
+		build = func(lo, hi int, depth int) {
+			if depth > 4 || lo > hi {
+				return
+			}
+			for n := rng.IntN(4); n > 0; n-- {
+				a := lo + rng.IntN(hi-lo+1)
+				b := a + rng.IntN(hi-a+1)
+				p := binding.Ports{Lo: uint16(a), Hi: uint16(b)}
+				if p.Lo == 0 && !p.IsAny() {
+					continue
+				}
+				ok := true
+				for q := range ports {
+					if q.Overlaps(p) && !q.Nested(p) || q == p {
+						ok = false
+						break
+					}
+				}
+				if !ok {
+					continue
+				}
+				ports[p] = label
+				label++
+				build(a, b, depth+1)
+			}
+		}
+		if rng.IntN(3) == 0 {
+			ports[binding.AnyPort] = 999
+		}
+		build(1, 200+rng.IntN(2000), 0)
+		c, err := compile(ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < len(c.segs); i++ {
+			if c.segs[i].lo <= c.segs[i-1].hi {
+				t.Fatalf("segments overlap: %v", c.segs)
+			}
+		}
+		for port := 0; port <= 2300; port++ {
+			if got, want := c.resolve(uint16(port)), naive(ports, uint16(port)); got != want {
+				t.Fatalf("ports %v: port %d resolves to %d, want %d (segs %v, exact %v)", ports, port, got, want, c.segs, c.ports)
+			}
+		}
+	}
+}
+
+func TestCompileInline(t *testing.T) {
+	c, err := compile(map[binding.Ports]uint32{
+		{Lo: 80, Hi: 80}:     1,
+		{Lo: 8000, Hi: 8999}: 2,
+		{Lo: 8080, Hi: 8080}: 3,
+		binding.AnyPort:      4,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ports != nil || c.useTable() {
+		t.Fatalf("expected everything inline, got %+v", c)
+	}
+	want := []seg{{80, 80, 1}, {8000, 8079, 2}, {8080, 8080, 3}, {8081, 8999, 2}}
+	if len(c.segs) != len(want) {
+		t.Fatalf("segs %v, want %v", c.segs, want)
+	}
+	for i := range want {
+		if c.segs[i] != want[i] {
+			t.Fatalf("segs %v, want %v", c.segs, want)
+		}
+	}
+	if c.anyLabel != 4 {
+		t.Fatalf("any label %d", c.anyLabel)
+	}
+}
+
+func TestCompileTooManySegments(t *testing.T) {
+	ports := map[binding.Ports]uint32{}
+	for i := 0; i < 300; i++ {
+		ports[binding.Ports{Lo: uint16(1000 + 10*i), Hi: uint16(1005 + 10*i)}] = uint32(i%2 + 1)
+	}
+	if _, err := compile(ports); err == nil {
+		t.Fatal("300 disjoint ranges compiled; want a capacity error")
+	}
+}

@@ -1,0 +1,56 @@
+package dispatch
+
+import "fmt"
+
+// Counters are what the program counted for one label since the label got
+// its id.
+type Counters struct {
+	// Lookups: connections and datagrams whose most specific binding has
+	// this label.
+	Lookups uint64 `json:"lookups"`
+	// Hits: of those, delivered to the label's socket.
+	Hits uint64 `json:"hits"`
+	// Missing: refused because the label had no usable socket.
+	Missing uint64 `json:"missing_socket"`
+	// BadSocket: refused because the kernel would not assign the socket.
+	BadSocket uint64 `json:"bad_socket"`
+}
+
+func (d *Dispatcher) counters(id uint32) (Counters, error) {
+	var per []dispatchSyStats
+	if err := d.objs.SyCounters.Lookup(id, &per); err != nil {
+		return Counters{}, fmt.Errorf("read counters: %w", err)
+	}
+	var c Counters
+	for _, s := range per {
+		c.Lookups += s.Lookups
+		c.Hits += s.Hits
+		c.Missing += s.Missing
+		c.BadSocket += s.BadSocket
+	}
+	return c, nil
+}
+
+// Counters returns the counters of every label, and, as unmatched, the
+// number of lookups that matched no binding.
+func (d *Dispatcher) Counters() (labels map[string]Counters, unmatched uint64, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := d.read()
+	if err != nil {
+		return nil, 0, err
+	}
+	labels = make(map[string]Counters, len(m.labels))
+	for name, id := range m.labels {
+		c, err := d.counters(id)
+		if err != nil {
+			return nil, 0, err
+		}
+		labels[name] = c
+	}
+	u, err := d.counters(0)
+	if err != nil {
+		return nil, 0, err
+	}
+	return labels, u.Lookups, nil
+}

@@ -1,0 +1,115 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// allocLabels gives ids to labels that have none, recording them in
+// sy_labels and zeroing their counters. Ids start at 1; 0 means no label.
+func (d *Dispatcher) allocLabels(m *model, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	if len(m.labels)+len(names) >= maxLabels {
+		return fmt.Errorf("%w: more than %d labels", ErrCapacity, maxLabels-1)
+	}
+	next := uint32(1)
+	zero := make([]dispatchSyStats, runtime.NumCPU())
+	if n, err := ebpf.PossibleCPU(); err == nil {
+		zero = make([]dispatchSyStats, n)
+	}
+	for _, name := range names {
+		for m.names[next] != "" {
+			next++
+		}
+		if err := d.objs.SyCounters.Put(next, zero); err != nil {
+			return fmt.Errorf("reset counters of label %s: %w", name, err)
+		}
+		k := labelKey(name)
+		if err := d.objs.SyLabels.Put(&k, &dispatchSyLabelVal{Id: next}); err != nil {
+			return fmt.Errorf("record label %s: %w", name, err)
+		}
+		m.labels[name] = next
+		m.names[next] = name
+	}
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
+}
+
+// gcLabels forgets labels that have neither bindings nor sockets.
+func (d *Dispatcher) gcLabels(m *model) error {
+	used := make(map[string]bool, len(m.labels))
+	for _, l := range m.bindings {
+		used[l] = true
+	}
+	var gone []string
+	for name, id := range m.labels {
+		if used[name] || d.hasSocket(id) {
+			continue
+		}
+		k := labelKey(name)
+		if err := d.objs.SyLabels.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget label %s: %w", name, err)
+		}
+		gone = append(gone, name)
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	for _, name := range gone {
+		delete(m.names, m.labels[name])
+		delete(m.labels, name)
+	}
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
+}
+
+func (d *Dispatcher) hasSocket(id uint32) bool {
+	for i := range uint32(4) {
+		if _, ok := d.socketCookie(id*4 + i); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Dispatcher) socketCookie(slot uint32) (uint64, bool) {
+	var cookie uint64
+	err := d.objs.SySockets.Lookup(slot, &cookie)
+	return cookie, err == nil
+}
+
+// Labels returns the names of all known labels: those with bindings or a
+// registered socket.
+func (d *Dispatcher) Labels() ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := d.read()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(m.labels))
+	for name := range m.labels {
+		out = append(out, name)
+	}
+	return out, nil
+}
+
+// exclusive runs fn with a current model under the exclusive lock.
+func (d *Dispatcher) exclusive(fn func(m *model) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	unlock, err := d.lock(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m, err := d.refresh(true)
+	if err != nil {
+		return err
+	}
+	return fn(m)
+}

@@ -1,0 +1,350 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// groupKey names the bindings of one protocol and prefix: they share one
+// entry in sy_prefixes.
+type groupKey struct {
+	proto  binding.Protocol
+	prefix netip.Prefix
+}
+
+type group struct {
+	ports map[binding.Ports]string // label names
+	c     compiled
+	slot  uint32 // table slot, 0 when segments are inline
+}
+
+// model is a process's picture of the pinned state. It is rebuilt from the
+// maps whenever another process changed them (sy_config.serial moved).
+type model struct {
+	serial   uint64
+	gen      uint32
+	bindings map[binding.Key]string
+	labels   map[string]uint32
+	names    map[uint32]string
+	groups   map[groupKey]*group
+	plens    [4]map[uint8]int // per proto*2+family: groups per prefix length
+	bits     map[uint32]int   // filter bit -> prefix keys that set it
+	slots    []bool           // table slots in use
+}
+
+func newModel() *model {
+	m := &model{
+		bindings: map[binding.Key]string{},
+		labels:   map[string]uint32{},
+		names:    map[uint32]string{},
+		groups:   map[groupKey]*group{},
+		bits:     map[uint32]int{},
+		slots:    make([]bool, tablesPerGen),
+	}
+	for i := range m.plens {
+		m.plens[i] = map[uint8]int{}
+	}
+	m.slots[0] = true // slot 0 means "no table"
+	return m
+}
+
+func protoIndex(p binding.Protocol) uint8 {
+	if p == binding.UDP {
+		return 1
+	}
+	return 0
+}
+
+func famIndex(a netip.Addr) uint8 {
+	if a.Is4() {
+		return 0
+	}
+	return 1
+}
+
+func (k groupKey) listIndex() int { return int(protoIndex(k.proto))*2 + int(famIndex(k.prefix.Addr())) }
+
+func (k groupKey) mapKey(gen uint32) dispatchSyPrefixKey {
+	a := k.prefix.Addr()
+	return dispatchSyPrefixKey{
+		Gen:    uint8(gen),
+		Proto:  protoIndex(k.proto),
+		Family: famIndex(a),
+		Plen:   uint8(k.prefix.Bits()),
+		Addr:   addrWords(a.As16(), a.Is4()),
+	}
+}
+
+func (k groupKey) bit() uint32 {
+	mk := k.mapKey(0)
+	return filterBit(&mk)
+}
+
+func bindingMapKey(k binding.Key) dispatchSyBindingKey {
+	a := k.Prefix.Addr()
+	return dispatchSyBindingKey{
+		Proto:  protoIndex(k.Protocol),
+		Family: famIndex(a),
+		Plen:   uint8(k.Prefix.Bits()),
+		Addr:   addrWords(a.As16(), a.Is4()),
+		Lo:     k.Ports.Lo,
+		Hi:     k.Ports.Hi,
+	}
+}
+
+func bindingFromMapKey(k *dispatchSyBindingKey) (binding.Key, error) {
+	var b [16]byte
+	var a netip.Addr
+	switch k.Family {
+	case 0:
+		var w [4]byte
+		putWord(w[:], k.Addr[0])
+		a = netip.AddrFrom4(w)
+	case 1:
+		for i := range 4 {
+			putWord(b[4*i:], k.Addr[i])
+		}
+		a = netip.AddrFrom16(b)
+	default:
+		return binding.Key{}, fmt.Errorf("binding key with family %d", k.Family)
+	}
+	proto := binding.TCP
+	if k.Proto == 1 {
+		proto = binding.UDP
+	}
+	p, err := a.Prefix(int(k.Plen))
+	if err != nil {
+		return binding.Key{}, fmt.Errorf("binding key: %w", err)
+	}
+	return binding.Key{Protocol: proto, Prefix: p, Ports: binding.Ports{Lo: k.Lo, Hi: k.Hi}}, nil
+}
+
+func labelKey(name string) dispatchSyLabelKey {
+	var k dispatchSyLabelKey
+	for i := 0; i < len(name) && i < len(k.Name)-1; i++ {
+		k.Name[i] = int8(name[i])
+	}
+	return k
+}
+
+func labelName(k *dispatchSyLabelKey) string {
+	b := make([]byte, 0, 32)
+	for _, c := range k.Name {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
+
+// readModel rebuilds the model from the pinned maps. It reports whether the
+// data path needs a full rewrite: a change was interrupted, or entries do not
+// match the recorded bindings.
+func (d *Dispatcher) readModel() (*model, bool, error) {
+	var cfg dispatchSyCfg
+	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		return nil, false, fmt.Errorf("read config: %w", err)
+	}
+	m := newModel()
+	m.serial, m.gen = cfg.Serial, cfg.Gen&1
+
+	var lk dispatchSyLabelKey
+	var lv dispatchSyLabelVal
+	it := d.objs.SyLabels.Iterate()
+	for it.Next(&lk, &lv) {
+		name := labelName(&lk)
+		m.labels[name] = lv.Id
+		m.names[lv.Id] = name
+	}
+	if err := it.Err(); err != nil {
+		return nil, false, fmt.Errorf("read labels: %w", err)
+	}
+
+	var bk dispatchSyBindingKey
+	var id uint32
+	bit := d.objs.SyBindings.Iterate()
+	for bit.Next(&bk, &id) {
+		key, err := bindingFromMapKey(&bk)
+		if err != nil {
+			return nil, false, err
+		}
+		name, ok := m.names[id]
+		if !ok {
+			return nil, false, fmt.Errorf("binding %s refers to unknown label id %d", key, id)
+		}
+		m.bindings[key] = name
+	}
+	if err := bit.Err(); err != nil {
+		return nil, false, fmt.Errorf("read bindings: %w", err)
+	}
+
+	for key, label := range m.bindings {
+		gk := groupKey{key.Protocol, key.Prefix}
+		g := m.groups[gk]
+		if g == nil {
+			g = &group{ports: map[binding.Ports]string{}}
+			m.groups[gk] = g
+		}
+		g.ports[key.Ports] = label
+	}
+	resync := cfg.Dirty != 0
+	for gk, g := range m.groups {
+		if err := m.compileGroup(g); err != nil {
+			return nil, false, fmt.Errorf("recorded bindings of %s %s: %w", gk.proto, gk.prefix, err)
+		}
+		m.addGroupStats(gk)
+		if resync {
+			continue
+		}
+		// Learn the table slot the active generation uses, and check the
+		// entry is what the bindings say.
+		var v dispatchSyPrefixVal
+		mk := gk.mapKey(m.gen)
+		if err := d.objs.SyPrefixes.Lookup(&mk, &v); err != nil {
+			resync = true
+			continue
+		}
+		if g.c.useTable() {
+			slot := v.Table - m.gen*tablesPerGen
+			if v.Table == 0 || slot == 0 || slot >= tablesPerGen || m.slots[slot] {
+				resync = true
+				continue
+			}
+			g.slot = slot
+			m.slots[slot] = true
+		}
+		if v.AnyLabel != g.c.anyLabel {
+			resync = true
+		}
+	}
+	return m, resync, nil
+}
+
+func (m *model) compileGroup(g *group) error {
+	ids := make(map[binding.Ports]uint32, len(g.ports))
+	for p, name := range g.ports {
+		ids[p] = m.labels[name]
+	}
+	c, err := compile(ids)
+	if err != nil {
+		return err
+	}
+	g.c = c
+	return nil
+}
+
+func (m *model) addGroupStats(gk groupKey) {
+	m.plens[gk.listIndex()][uint8(gk.prefix.Bits())]++
+	m.bits[gk.bit()]++
+}
+
+func (m *model) dropGroupStats(gk groupKey) {
+	li, pl := gk.listIndex(), uint8(gk.prefix.Bits())
+	if m.plens[li][pl]--; m.plens[li][pl] <= 0 {
+		delete(m.plens[li], pl)
+	}
+	b := gk.bit()
+	if m.bits[b]--; m.bits[b] <= 0 {
+		delete(m.bits, b)
+	}
+}
+
+func (m *model) allocSlot() (uint32, error) {
+	for i, used := range m.slots {
+		if !used {
+			m.slots[i] = true
+			return uint32(i), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: more than %d prefixes need a port table (each has more than %d port segments)", ErrCapacity, tablesPerGen-1, inlineSegs)
+}
+
+func (m *model) plenList(li int) dispatchSyPlenList {
+	var l dispatchSyPlenList
+	lens := make([]int, 0, len(m.plens[li]))
+	for pl := range m.plens[li] {
+		lens = append(lens, int(pl))
+	}
+	slices.Sort(lens)
+	slices.Reverse(lens)
+	for i, pl := range lens {
+		l.Lens[i] = uint8(pl)
+	}
+	l.Count = uint32(len(lens))
+	return l
+}
+
+func (m *model) filterWord(w uint32) uint64 {
+	var v uint64
+	for b := range uint32(64) {
+		if m.bits[w*64+b] > 0 {
+			v |= 1 << b
+		}
+	}
+	return v
+}
+
+// refresh makes d.cache current, rebuilding it if another process changed
+// the state, and rewrites the data path if it was found inconsistent. The
+// caller holds the state lock (shared is enough unless a rewrite may be
+// needed: pass exclusive=true).
+func (d *Dispatcher) refresh(exclusive bool) (*model, error) {
+	var cfg dispatchSyCfg
+	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if d.cache != nil && d.cache.serial == cfg.Serial && cfg.Dirty == 0 {
+		return d.cache, nil
+	}
+	m, resync, err := d.readModel()
+	if err != nil {
+		return nil, err
+	}
+	if resync {
+		if !exclusive {
+			return nil, errNeedExclusive
+		}
+		d.log.Warn("dispatch state was left inconsistent by an interrupted change; rewriting it", "dir", d.dir)
+		if err := d.rewrite(m); err != nil {
+			return nil, err
+		}
+	}
+	d.cache = m
+	return m, nil
+}
+
+var errNeedExclusive = errors.New("state needs repair under an exclusive lock")
+
+// mapKeys lists the keys of a hash map whose generation is gen.
+func prefixKeysOfGen(m *ebpf.Map, gen uint32) ([]dispatchSyPrefixKey, error) {
+	var out []dispatchSyPrefixKey
+	var k dispatchSyPrefixKey
+	var v dispatchSyPrefixVal
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if uint32(k.Gen) == gen {
+			out = append(out, k)
+		}
+	}
+	return out, it.Err()
+}
+
+func portKeysOfGen(m *ebpf.Map, gen uint32) ([]dispatchSyPortKey, error) {
+	var out []dispatchSyPortKey
+	var k dispatchSyPortKey
+	var v uint32
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if uint32(k.Prefix.Gen) == gen {
+			out = append(out, k)
+		}
+	}
+	return out, it.Err()
+}

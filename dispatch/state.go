@@ -1,0 +1,392 @@
+package dispatch
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/netns"
+)
+
+// DefaultRoot is where state is pinned unless Options.Root says otherwise.
+const DefaultRoot = "/sys/fs/bpf/switchyard"
+
+// layoutVersion names the layout of the pinned maps. A build refuses state
+// of a newer layout and migrates state of an older one.
+const layoutVersion = 1
+
+const linkPin = "link"
+
+// Options configure Open.
+type Options struct {
+	// Root is a directory on a bpf filesystem that holds one state
+	// directory per network namespace. Default: DefaultRoot.
+	Root string
+	// Logger receives structured logs. Default: discard.
+	Logger *slog.Logger
+	// ReadOnly opens existing state without replacing the attached
+	// program; it fails if there is no state yet.
+	ReadOnly bool
+}
+
+// Dispatcher owns the dispatch state of one network namespace: the pinned
+// maps, the sk_lookup program and its link. Its methods are safe for
+// concurrent use, also by other processes holding the same state, which they
+// serialise with a lock on the state directory.
+type Dispatcher struct {
+	log      *slog.Logger
+	ns       *netns.NS
+	nsInode  uint64
+	nsCookie uint64
+	dir      string
+	dirf     *os.File // held open for flock
+	objs     dispatchObjects
+	link     link.Link
+
+	mu    sync.Mutex // guards the cache below, within this process
+	cache *model
+}
+
+// progHash identifies the program this build carries. The compatibility
+// check relies on it, never on kernel program tags, whose definition changed.
+var progHash = sha256.Sum256(_DispatchBytes)
+
+// Open adopts the dispatch state of the network namespace at netnsPath (""
+// for the caller's own), creating and attaching it if there is none. State
+// left by an older build is adopted and its program replaced atomically.
+func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
+	if opts.Root == "" {
+		opts.Root = DefaultRoot
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	ns, err := netns.Open(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dispatcher{log: log, ns: ns}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.nsInode, err = ns.Inode(); err != nil {
+		return nil, err
+	}
+	if d.nsCookie, err = ns.Cookie(); err != nil {
+		return nil, err
+	}
+	if err := CheckBPFFS(opts.Root); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Root, 0o755); err != nil {
+		return nil, fmt.Errorf("state root: %w", err)
+	}
+	d.dir = StateDir(opts.Root, d.nsInode)
+
+	if _, err := os.Stat(d.dir); errors.Is(err, os.ErrNotExist) {
+		if opts.ReadOnly {
+			return nil, fmt.Errorf("state %s: %w: no dispatcher has run in this namespace yet", d.dir, ErrNotFound)
+		}
+		if err := d.create(opts.Root); err != nil {
+			return nil, err
+		}
+	}
+
+	if d.dirf, err = os.Open(d.dir); err != nil {
+		return nil, fmt.Errorf("state open: %w", err)
+	}
+	unlock, err := d.lock(unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	if err := d.attach(opts.ReadOnly); err != nil {
+		return nil, err
+	}
+	if _, err := d.refresh(true); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// StateDir is the state directory of the namespace with the given inode.
+func StateDir(root string, nsInode uint64) string {
+	return filepath.Join(root, "netns-"+strconv.FormatUint(nsInode, 10))
+}
+
+// Dir is the state directory.
+func (d *Dispatcher) Dir() string { return d.dir }
+
+// NetNSCookie identifies the namespace the dispatcher serves.
+func (d *Dispatcher) NetNSCookie() uint64 { return d.nsCookie }
+
+// Close releases the dispatcher's handles. The pinned state, and with it
+// dispatching, stays in place.
+func (d *Dispatcher) Close() error {
+	if d.link != nil {
+		d.link.Close()
+	}
+	d.objs.Close()
+	if d.dirf != nil {
+		d.dirf.Close()
+	}
+	if d.ns != nil {
+		d.ns.Close()
+	}
+	return nil
+}
+
+// Remove detaches the program and deletes the pinned state: dispatching in
+// the namespace stops. The dispatcher is closed.
+func (d *Dispatcher) Remove() error {
+	unlock, err := d.lock(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if d.link != nil {
+		if err := d.link.Unpin(); err != nil {
+			return fmt.Errorf("unpin link: %w", err)
+		}
+	}
+	d.Close()
+	if err := os.RemoveAll(d.dir); err != nil {
+		return fmt.Errorf("remove state: %w", err)
+	}
+	return nil
+}
+
+// CheckBPFFS returns ErrNoBPFFS, with what to do about it, if dir (or its
+// nearest existing parent) is not on a bpf filesystem.
+func CheckBPFFS(dir string) error {
+	p := dir
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(p, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("%s: %w: mount one with 'mount -t bpf bpf %s' (systemd does this at /sys/fs/bpf on most hosts) or choose a directory on one with --bpffs", dir, ErrNoBPFFS, mountHint(dir))
+			}
+			return nil
+		}
+		if !errors.Is(err, unix.ENOENT) || p == "/" {
+			return fmt.Errorf("state root %s: %w", dir, err)
+		}
+		p = filepath.Dir(p)
+	}
+}
+
+func mountHint(dir string) string {
+	if dir == DefaultRoot {
+		return "/sys/fs/bpf"
+	}
+	return dir
+}
+
+// MountBPFFS mounts a bpf filesystem at /sys/fs/bpf if dir would live there
+// and none is mounted yet. It is for the daemon, which may have the privilege.
+func MountBPFFS(dir string) error {
+	if CheckBPFFS(dir) == nil {
+		return nil
+	}
+	if dir != DefaultRoot && filepath.Dir(dir) != "/sys/fs/bpf" {
+		return CheckBPFFS(dir)
+	}
+	if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w (%w)", err, ErrNoBPFFS)
+	}
+	return nil
+}
+
+func (d *Dispatcher) lock(how int) (func(), error) {
+	for {
+		err := unix.Flock(int(d.dirf.Fd()), how)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("lock state %s: %w", d.dir, err)
+		}
+		return func() { unix.Flock(int(d.dirf.Fd()), unix.LOCK_UN) }, nil
+	}
+}
+
+func loadSpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadDispatch()
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	for name, m := range spec.Maps {
+		if name == ".rodata" || name == ".bss" || name == ".data" {
+			continue
+		}
+		m.Pinning = ebpf.PinByName
+	}
+	return spec, nil
+}
+
+// create builds the state directory under a temporary name and renames it
+// into place, so others see either no state or complete state.
+func (d *Dispatcher) create(root string) error {
+	tmp, err := os.MkdirTemp(root, "new-") // bpffs refuses names with a dot
+	if err != nil {
+		return fmt.Errorf("state create: %w", err)
+	}
+	defer os.RemoveAll(tmp) // no-op once renamed
+	spec, err := loadSpec()
+	if err != nil {
+		return err
+	}
+	var maps dispatchMaps
+	if err := spec.LoadAndAssign(&maps, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: tmp}}); err != nil {
+		return fmt.Errorf("state create maps: %w", err)
+	}
+	defer maps.Close()
+	cfg := dispatchSyCfg{Layout: layoutVersion}
+	if err := maps.SyConfig.Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("state init config: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o750); err != nil {
+		return fmt.Errorf("state create: %w", err)
+	}
+	if err := os.Rename(tmp, d.dir); err != nil {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			d.log.Debug("state created concurrently by another process", "dir", d.dir)
+			return nil
+		}
+		return fmt.Errorf("state create: %w", err)
+	}
+	d.log.Info("created dispatch state", "dir", d.dir)
+	return nil
+}
+
+// load opens the pinned maps and loads this build's program against them.
+func (d *Dispatcher) load() error {
+	spec, err := loadSpec()
+	if err != nil {
+		return err
+	}
+	cfgMap, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, "sy_config"), nil)
+	if err != nil {
+		return fmt.Errorf("state %s: open config: %w", d.dir, err)
+	}
+	var cfg dispatchSyCfg
+	err = cfgMap.Lookup(uint32(0), &cfg)
+	cfgMap.Close()
+	if err != nil {
+		return fmt.Errorf("state %s: read config: %w", d.dir, err)
+	}
+	if cfg.Layout > layoutVersion {
+		return fmt.Errorf("state %s has layout %d, this build knows up to %d: %w; run the newer build, or remove the state to start over", d.dir, cfg.Layout, layoutVersion, ErrIncompatible)
+	}
+	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.dir}}); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return fmt.Errorf("state %s: %w: %w", d.dir, ErrIncompatible, err)
+		}
+		return fmt.Errorf("load program: %w", err)
+	}
+	return nil
+}
+
+// attach makes sure this namespace runs the program, adopting a pinned link
+// and replacing an older program in it atomically.
+func (d *Dispatcher) attach(readOnly bool) error {
+	pin := filepath.Join(d.dir, linkPin)
+	l, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case err == nil:
+		if ok, why := d.linkServesNS(l); !ok {
+			l.Close()
+			if readOnly {
+				return fmt.Errorf("state %s: %s", d.dir, why)
+			}
+			d.log.Warn("pinned link is stale; attaching afresh", "dir", d.dir, "reason", why)
+			os.Remove(pin)
+			return d.attachNew(pin)
+		}
+		d.link = l
+		if readOnly {
+			return nil
+		}
+		var cfg dispatchSyCfg
+		if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+			return fmt.Errorf("read config: %w", err)
+		}
+		if cfg.Prog == progHash {
+			return nil
+		}
+		if err := l.Update(d.objs.SyDispatch); err != nil {
+			return fmt.Errorf("replace program: %w", err)
+		}
+		cfg.Prog = progHash
+		if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
+			return fmt.Errorf("write config: %w", err)
+		}
+		d.log.Info("replaced dispatch program", "dir", d.dir)
+		return nil
+	case errors.Is(err, os.ErrNotExist):
+		if readOnly {
+			return fmt.Errorf("state %s: no program attached", d.dir)
+		}
+		return d.attachNew(pin)
+	default:
+		return fmt.Errorf("load pinned link: %w", err)
+	}
+}
+
+func (d *Dispatcher) attachNew(pin string) error {
+	l, err := link.AttachNetNs(d.ns.FD(), d.objs.SyDispatch)
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup: %w", err)
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return fmt.Errorf("pin link: %w", err)
+	}
+	d.link = l
+	var cfg dispatchSyCfg
+	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	cfg.Prog = progHash
+	if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	d.log.Info("attached dispatch program", "netns_inode", d.nsInode)
+	return nil
+}
+
+func (d *Dispatcher) linkServesNS(l link.Link) (bool, string) {
+	info, err := l.Info()
+	if err != nil {
+		return false, fmt.Sprintf("link info: %v", err)
+	}
+	nsi := info.NetNs()
+	if nsi == nil {
+		return false, "pinned link is not a netns link"
+	}
+	if uint64(nsi.NetnsInode) != d.nsInode {
+		return false, fmt.Sprintf("pinned link serves netns inode %d, not %d (namespace gone?)", nsi.NetnsInode, d.nsInode)
+	}
+	return true, ""
+}

@@ -1,0 +1,387 @@
+package binding
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// MaxLabelLen is the longest label accepted, in bytes. It matches systemd's
+// limit on FileDescriptorName so that a socket unit's name can be a label.
+const MaxLabelLen = 255
+
+// ErrInvalid is wrapped by every parse and validation error in this package.
+var ErrInvalid = errors.New("invalid")
+
+// Protocol is a transport protocol, using the IANA numbers.
+type Protocol uint8
+
+const (
+	TCP Protocol = 6
+	UDP Protocol = 17
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	default:
+		return fmt.Sprintf("protocol(%d)", uint8(p))
+	}
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (p Protocol) MarshalText() ([]byte, error) {
+	if p != TCP && p != UDP {
+		return nil, fmt.Errorf("protocol %d: %w", uint8(p), ErrInvalid)
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Protocol) UnmarshalText(b []byte) error {
+	v, err := ParseProtocol(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// ParseProtocol accepts "tcp" or "udp".
+func ParseProtocol(s string) (Protocol, error) {
+	switch s {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	}
+	return 0, fmt.Errorf("protocol %q: %w: use tcp or udp", trunc(s), ErrInvalid)
+}
+
+// Family is an address family of a socket or of traffic.
+type Family uint8
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	switch f {
+	case IPv4:
+		return "ipv4"
+	case IPv6:
+		return "ipv6"
+	default:
+		return fmt.Sprintf("family(%d)", uint8(f))
+	}
+}
+
+// ParseFamily accepts "ipv4" or "ipv6".
+func ParseFamily(s string) (Family, error) {
+	switch s {
+	case "ipv4":
+		return IPv4, nil
+	case "ipv6":
+		return IPv6, nil
+	}
+	return 0, fmt.Errorf("family %q: %w: use ipv4 or ipv6", trunc(s), ErrInvalid)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (f Family) MarshalText() ([]byte, error) {
+	if f != IPv4 && f != IPv6 {
+		return nil, fmt.Errorf("family %d: %w", uint8(f), ErrInvalid)
+	}
+	return []byte(f.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (f *Family) UnmarshalText(b []byte) error {
+	v, err := ParseFamily(string(b))
+	if err != nil {
+		return err
+	}
+	*f = v
+	return nil
+}
+
+// FamilyOf returns the family of a prefix or address.
+func FamilyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// Ports is an inclusive port range. Every port is {0, 65535}.
+type Ports struct {
+	Lo, Hi uint16
+}
+
+// AnyPort matches every port.
+var AnyPort = Ports{0, 65535}
+
+// IsAny reports whether p is the every-port set.
+func (p Ports) IsAny() bool { return p == AnyPort }
+
+// Single reports whether p is one port.
+func (p Ports) Single() bool { return p.Lo == p.Hi }
+
+// Width is the number of ports in p.
+func (p Ports) Width() int { return int(p.Hi) - int(p.Lo) + 1 }
+
+// Contains reports whether port is in p.
+func (p Ports) Contains(port uint16) bool { return p.Lo <= port && port <= p.Hi }
+
+// Overlaps reports whether p and q share a port.
+func (p Ports) Overlaps(q Ports) bool { return p.Lo <= q.Hi && q.Lo <= p.Hi }
+
+// Nested reports whether one of p and q contains the other.
+func (p Ports) Nested(q Ports) bool {
+	return (p.Lo <= q.Lo && q.Hi <= p.Hi) || (q.Lo <= p.Lo && p.Hi <= q.Hi)
+}
+
+func (p Ports) String() string {
+	switch {
+	case p.IsAny():
+		return "*"
+	case p.Single():
+		return strconv.Itoa(int(p.Lo))
+	default:
+		return fmt.Sprintf("%d-%d", p.Lo, p.Hi)
+	}
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (p Ports) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Ports) UnmarshalText(b []byte) error {
+	v, err := ParsePorts(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// ParsePorts accepts one port ("80"), an inclusive range ("8000-8999") or
+// every port ("*").
+func ParsePorts(s string) (Ports, error) {
+	if s == "*" {
+		return AnyPort, nil
+	}
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err := parsePort(lo)
+	if err != nil {
+		return Ports{}, fmt.Errorf("ports %q: %w", trunc(s), err)
+	}
+	if !isRange {
+		return Ports{a, a}, nil
+	}
+	b, err := parsePort(hi)
+	if err != nil {
+		return Ports{}, fmt.Errorf("ports %q: %w", trunc(s), err)
+	}
+	if a > b {
+		return Ports{}, fmt.Errorf("ports %q: %w: range starts after it ends; write it as %d-%d", trunc(s), ErrInvalid, b, a)
+	}
+	return Ports{a, b}, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	if s == "" || len(s) > 5 || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, fmt.Errorf("%w: a port is a number from 1 to 65535, a range like 8000-8999, or '*' for every port", ErrInvalid)
+	}
+	n, _ := strconv.Atoi(s)
+	if n < 1 || n > 65535 {
+		return 0, fmt.Errorf("%w: port %d is out of range 1-65535 (use '*' for every port)", ErrInvalid, n)
+	}
+	return uint16(n), nil
+}
+
+// ParsePrefix accepts an IPv4 or IPv6 CIDR prefix or a bare address (meaning
+// /32 or /128). Host bits are cleared: 10.0.0.1/24 is 10.0.0.0/24. IPv4-mapped
+// IPv6 prefixes and zoned addresses are refused, since no traffic can match
+// them.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		p, err = netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("prefix %q: %w: expected an address or CIDR prefix such as 192.0.2.0/24 or 2001:db8::/64", trunc(s), ErrInvalid)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("prefix %q: %w: expected an address or CIDR prefix such as 192.0.2.0/24 or 2001:db8::/64", trunc(s), ErrInvalid)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if err := checkPrefix(p); err != nil {
+		return netip.Prefix{}, fmt.Errorf("prefix %q: %w", trunc(s), err)
+	}
+	return p.Masked(), nil
+}
+
+func checkPrefix(p netip.Prefix) error {
+	if !p.IsValid() {
+		return fmt.Errorf("%w: not a valid prefix", ErrInvalid)
+	}
+	if p.Addr().Is4In6() {
+		return fmt.Errorf("%w: IPv4-mapped IPv6 prefixes never match; IPv4 traffic matches IPv4 bindings, so write the IPv4 form", ErrInvalid)
+	}
+	if p.Addr().Zone() != "" {
+		return fmt.Errorf("%w: zoned addresses are not supported", ErrInvalid)
+	}
+	return nil
+}
+
+// ValidateLabel checks that s can name a destination: 1 to 255 bytes of ASCII
+// letters, digits and ". _ - @".
+func ValidateLabel(s string) error {
+	if s == "" {
+		return fmt.Errorf("label: %w: must not be empty", ErrInvalid)
+	}
+	if len(s) > MaxLabelLen {
+		return fmt.Errorf("label %q: %w: %d bytes is longer than %d", trunc(s), ErrInvalid, len(s), MaxLabelLen)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '@') {
+			return fmt.Errorf("label %q: %w: byte %d (%q) is not allowed; use letters, digits and . _ - @", trunc(s), ErrInvalid, i, c)
+		}
+	}
+	return nil
+}
+
+// Binding steers traffic of one protocol to a prefix and set of ports to a
+// label.
+type Binding struct {
+	Label    string       `json:"label"`
+	Protocol Protocol     `json:"protocol"`
+	Prefix   netip.Prefix `json:"prefix"`
+	Ports    Ports        `json:"ports"`
+}
+
+// Key identifies a binding without its label: two bindings with the same key
+// cannot coexist.
+type Key struct {
+	Protocol Protocol
+	Prefix   netip.Prefix
+	Ports    Ports
+}
+
+// Key returns b's identity without the label.
+func (b Binding) Key() Key { return Key{b.Protocol, b.Prefix, b.Ports} }
+
+// Family is the address family the binding matches.
+func (b Binding) Family() Family { return FamilyOf(b.Prefix.Addr()) }
+
+func (b Binding) String() string {
+	return fmt.Sprintf("%s %s %s %s", b.Label, b.Protocol, b.Prefix, b.Ports)
+}
+
+func (k Key) String() string {
+	return fmt.Sprintf("%s %s %s", k.Protocol, k.Prefix, k.Ports)
+}
+
+// Parse builds a binding from its four textual parts, as the CLI takes them.
+func Parse(label, protocol, prefix, ports string) (Binding, error) {
+	if err := ValidateLabel(label); err != nil {
+		return Binding{}, err
+	}
+	proto, err := ParseProtocol(protocol)
+	if err != nil {
+		return Binding{}, err
+	}
+	pfx, err := ParsePrefix(prefix)
+	if err != nil {
+		return Binding{}, err
+	}
+	pp, err := ParsePorts(ports)
+	if err != nil {
+		return Binding{}, err
+	}
+	return Binding{Label: label, Protocol: proto, Prefix: pfx, Ports: pp}, nil
+}
+
+// Validate checks a binding built in code or decoded from the wire.
+func (b Binding) Validate() error {
+	if err := ValidateLabel(b.Label); err != nil {
+		return err
+	}
+	if b.Protocol != TCP && b.Protocol != UDP {
+		return fmt.Errorf("binding %s: %w: protocol must be tcp or udp", b, ErrInvalid)
+	}
+	if err := checkPrefix(b.Prefix); err != nil {
+		return fmt.Errorf("binding %s: %w", b, err)
+	}
+	if b.Prefix != b.Prefix.Masked() {
+		return fmt.Errorf("binding %s: %w: prefix has host bits set", b, ErrInvalid)
+	}
+	if b.Ports.Lo > b.Ports.Hi || (b.Ports.Lo == 0 && !b.Ports.IsAny()) {
+		return fmt.Errorf("binding %s: %w: bad port range", b, ErrInvalid)
+	}
+	return nil
+}
+
+// Conflict reports whether a and b, both of the same protocol, would make the
+// choice between them ambiguous: the same prefix with partially overlapping
+// port ranges, or the same prefix and ports with different labels.
+func Conflict(a, b Binding) bool {
+	if a.Protocol != b.Protocol || a.Prefix != b.Prefix {
+		return false
+	}
+	if a.Ports == b.Ports {
+		return a.Label != b.Label
+	}
+	return a.Ports.Overlaps(b.Ports) && !a.Ports.Nested(b.Ports)
+}
+
+// MoreSpecific reports whether a takes precedence over b for traffic that
+// matches both: the longer prefix wins, then the narrower port set.
+func MoreSpecific(a, b Binding) bool {
+	if a.Prefix.Bits() != b.Prefix.Bits() {
+		return a.Prefix.Bits() > b.Prefix.Bits()
+	}
+	return a.Ports.Width() < b.Ports.Width()
+}
+
+// Matches reports whether traffic of protocol proto to addr:port matches b.
+func (b Binding) Matches(proto Protocol, addr netip.AddrPort) bool {
+	a := addr.Addr().Unmap()
+	if addr.Addr().Is4In6() && b.Family() == IPv6 {
+		return false
+	}
+	return b.Protocol == proto && b.Prefix.Contains(a) && b.Ports.Contains(addr.Port())
+}
+
+// Lookup returns the binding that wins for traffic of protocol proto to addr,
+// following switchyard's precedence rules, as a reference implementation for
+// tests and tools. ok is false if no binding matches.
+func Lookup(bs []Binding, proto Protocol, addr netip.AddrPort) (best Binding, ok bool) {
+	for _, b := range bs {
+		if !b.Matches(proto, addr) {
+			continue
+		}
+		if !ok || MoreSpecific(b, best) {
+			best, ok = b, true
+		}
+	}
+	return best, ok
+}
+
+func trunc(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
