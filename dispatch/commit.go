@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -212,16 +213,14 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error
 	if err := record(); err != nil {
 		return err
 	}
-	var lists []int
-	var words []uint32
+	listSet := map[int]bool{}
+	wordSet := map[uint32]bool{}
 	for _, c := range changes {
-		if !slices.Contains(lists, c.key.listIndex()) {
-			lists = append(lists, c.key.listIndex())
-		}
-		if w := c.key.bit() / 64; !slices.Contains(words, w) {
-			words = append(words, w)
-		}
+		listSet[c.key.listIndex()] = true
+		wordSet[c.key.bit()/64] = true
 	}
+	lists := slices.Collect(maps.Keys(listSet))
+	words := slices.Collect(maps.Keys(wordSet))
 	next := m.gen ^ 1
 	for _, gen := range []uint32{next, m.gen} {
 		var w genWriter

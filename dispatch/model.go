@@ -33,9 +33,10 @@ type model struct {
 	labels   map[string]uint32
 	names    map[uint32]string
 	groups   map[groupKey]*group
-	plens    [4]map[uint8]int // per proto*2+family: groups per prefix length
-	bits     map[uint32]int   // filter bit -> prefix keys that set it
-	slots    []bool           // table slots in use
+	plens    [4]map[uint8]int  // per proto*2+family: groups per prefix length
+	bits     map[uint32]int    // filter bit -> prefix keys that set it
+	words    map[uint32]uint64 // filter word -> its value, kept with bits
+	slots    []bool            // table slots in use
 }
 
 func newModel() *model {
@@ -45,6 +46,7 @@ func newModel() *model {
 		names:    map[uint32]string{},
 		groups:   map[groupKey]*group{},
 		bits:     map[uint32]int{},
+		words:    map[uint32]uint64{},
 		slots:    make([]bool, tablesPerGen),
 	}
 	for i := range m.plens {
@@ -242,7 +244,10 @@ func (m *model) compileGroup(g *group) error {
 
 func (m *model) addGroupStats(gk groupKey) {
 	m.plens[gk.listIndex()][uint8(gk.prefix.Bits())]++
-	m.bits[gk.bit()]++
+	b := gk.bit()
+	if m.bits[b]++; m.bits[b] == 1 {
+		m.words[b/64] |= 1 << (b % 64)
+	}
 }
 
 func (m *model) dropGroupStats(gk groupKey) {
@@ -253,6 +258,9 @@ func (m *model) dropGroupStats(gk groupKey) {
 	b := gk.bit()
 	if m.bits[b]--; m.bits[b] <= 0 {
 		delete(m.bits, b)
+		if m.words[b/64] &^= 1 << (b % 64); m.words[b/64] == 0 {
+			delete(m.words, b/64)
+		}
 	}
 }
 
@@ -281,15 +289,7 @@ func (m *model) plenList(li int) dispatchSyPlenList {
 	return l
 }
 
-func (m *model) filterWord(w uint32) uint64 {
-	var v uint64
-	for b := range uint32(64) {
-		if m.bits[w*64+b] > 0 {
-			v |= 1 << b
-		}
-	}
-	return v
-}
+func (m *model) filterWord(w uint32) uint64 { return m.words[w] }
 
 // refresh makes d.cache current, rebuilding it if another process changed
 // the state, and rewrites the data path if it was found inconsistent. The

@@ -1,0 +1,45 @@
+# switchyard — run `make help` for the targets.
+GO      ?= go
+CLANG   ?= clang
+BIN     := bin
+COUNT   ?= 5
+
+.PHONY: help build generate check-generate test test-short fuzz bench demo lint clean
+
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## Build switchyard and switchyardd into bin/.
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+generate: ## Rebuild the BPF objects from bpf/ with clang (bpf2go).
+	cd dispatch && $(GO) generate ./...
+
+check-generate: generate ## Fail if the committed BPF objects differ from a rebuild.
+	@git diff --exit-code -- '*_bpfel.go' '*_bpfel.o' || \
+		{ echo "generated BPF objects are out of date: run 'make generate' and commit"; exit 1; }
+
+lint: ## gofmt and go vet.
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+test: lint ## Run every test (needs root: tests make their own namespaces and bpffs).
+	$(GO) test -count=1 -race -timeout 15m ./...
+
+fuzz: ## Run each fuzz test for FUZZTIME (default 30s).
+	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+			echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} $$t || exit 1; \
+		done; \
+	done
+
+bench: ## Run the benchmarks COUNT times and print `name value unit` medians and ratios.
+	@$(GO) test -run '^$$' -bench 'Lookup' -benchtime 2000000x -count $(COUNT) ./dispatch/ | tee /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) test -run '^$$' -bench 'AddBindings|BindOne' -benchtime 3x -count 1 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench.txt
+
+demo: build ## Dispatch every port of a prefix to one socket in a throwaway namespace.
+	./$(BIN)/switchyard demo
+
+clean: ## Remove build output.
+	rm -rf $(BIN)
