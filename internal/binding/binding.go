@@ -172,7 +172,7 @@ func (p *Ports) UnmarshalText(b []byte) error {
 }
 
 // ParsePorts accepts one port ("80"), an inclusive range ("8000-8999") or
-// every port ("*").
+// every port ("*"). The range 1-65535 is the same as "*".
 func ParsePorts(s string) (Ports, error) {
 	if s == "*" {
 		return AnyPort, nil
@@ -191,6 +191,10 @@ func ParsePorts(s string) (Ports, error) {
 	}
 	if a > b {
 		return Ports{}, fmt.Errorf("ports %q: %w: range starts after it ends; write it as %d-%d", trunc(s), ErrInvalid, b, a)
+	}
+	if a == 1 && b == 65535 {
+		// Every usable port: the same set as '*', so the same binding.
+		return AnyPort, nil
 	}
 	return Ports{a, b}, nil
 }
@@ -224,6 +228,9 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 			return netip.Prefix{}, fmt.Errorf("prefix %q: %w: expected an address or CIDR prefix such as 192.0.2.0/24 or 2001:db8::/64", trunc(s), ErrInvalid)
 		}
 		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.IsValid() {
+		p = p.Masked()
 	}
 	if err := checkPrefix(p); err != nil {
 		return netip.Prefix{}, fmt.Errorf("prefix %q: %w", trunc(s), err)

@@ -410,6 +410,13 @@ func TestWrongNamespace(t *testing.T) {
 	if a.cookie == b.cookie {
 		t.Fatalf("two namespaces share cookie %d", a.cookie)
 	}
+	var inside uint64
+	if err := a.do(func() (err error) {
+		inside, err = CurrentNetNSCookie()
+		return err
+	}); err != nil || inside != a.cookie {
+		t.Fatalf("CurrentNetNSCookie inside the namespace = %d, %v; want %d", inside, err, a.cookie)
+	}
 	host, err := CurrentNetNSCookie()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,631 @@
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Parse reads a config from r and validates it. Problems are reported as
+// *Error values naming their line, joined with errors.Join when there are
+// several (at most 20 are reported).
+func Parse(r io.Reader) (*Config, error) {
+	return parseReader(r, "")
+}
+
+// Load reads and validates the config file at path. Errors name the file.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	defer f.Close()
+	return parseReader(f, path)
+}
+
+func parseReader(r io.Reader, file string) (*Config, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxFileSize+1))
+	if err != nil {
+		if file != "" {
+			return nil, fmt.Errorf("read config %s: %w", file, err)
+		}
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, &Error{File: file, Err: fmt.Errorf("%w: the file is larger than the limit of %d MiB; even %d bindings fit well within it, so check that this is the right file",
+			ErrTooLarge, MaxFileSize>>20, MaxBindings)}
+	}
+	return parseBytes(data, file, true)
+}
+
+// parseBytes parses a whole config. With fast set, it first tries the line
+// scanner of fast.go on the bindings section and gives the rest of the
+// document to the YAML parser; the result is the same either way.
+func parseBytes(data []byte, file string, fast bool) (*Config, error) {
+	d := &decoder{file: file}
+	if fast {
+		if fb, ok := scanBindings(data); ok {
+			d.pre = fb
+			data = fb.rest
+		}
+	}
+	root, err := decodeYAML(data)
+	if err != nil {
+		d.errs = append(d.errs, syntaxError(err))
+		return nil, d.result()
+	}
+	d.document(root)
+	if err := d.result(); err != nil {
+		return nil, err
+	}
+	return &d.cfg, nil
+}
+
+// decodeYAML parses exactly one YAML document; an empty input gives a zero
+// node.
+func decodeYAML(data []byte) (*yaml.Node, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var root yaml.Node
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return &root, nil
+		}
+		return nil, err
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+		return &root, nil
+	case err != nil:
+		return nil, err
+	default:
+		return nil, &Error{Line: next.Line, Err: fmt.Errorf("%w: a second YAML document starts here; a config is one document, so remove the --- separator", ErrSyntax)}
+	}
+}
+
+func syntaxError(err error) *Error {
+	var ce *Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if n, after, ok := strings.Cut(rest, ": "); ok {
+			if v, err := strconv.Atoi(n); err == nil {
+				line, msg = v, after
+			}
+		}
+	}
+	switch {
+	case strings.Contains(msg, "did not find expected alphabetic or numeric character"):
+		msg += ` (a value that starts with "*" is a YAML alias: quote it, as in ports: "*")`
+	case strings.Contains(msg, "did not find expected node content"),
+		strings.Contains(msg, "mapping values are not allowed in this context"):
+		msg += ` (IPv6 addresses that start or end with "::", such as ::/0, must be quoted: prefix: "::/0")`
+	case strings.Contains(msg, "found character that cannot start any token"):
+		msg += " (YAML indents with spaces, not tabs)"
+	}
+	return &Error{Line: line, Err: fmt.Errorf("%w: %s", ErrSyntax, msg)}
+}
+
+// rawBinding is a binding entry as text, before validation.
+type rawBinding struct {
+	label, protocol, prefix, ports string
+	index, line                    int
+}
+
+type decoder struct {
+	file string
+	errs []*Error
+	cfg  Config
+	raws []rawBinding
+	// pre holds bindings read by the fast scanner, if it was used.
+	pre *fastBindings
+}
+
+func (d *decoder) fail(line int, path string, err error) {
+	d.errs = append(d.errs, &Error{File: d.file, Line: line, Path: path, Err: err})
+}
+
+func (d *decoder) failf(line int, path string, format string, args ...any) {
+	d.fail(line, path, fmt.Errorf(format, args...))
+}
+
+// result returns the problems found, sorted by line, or nil.
+func (d *decoder) result() error {
+	if len(d.errs) == 0 {
+		return nil
+	}
+	for _, e := range d.errs {
+		e.File = d.file
+	}
+	slices.SortStableFunc(d.errs, func(a, b *Error) int { return cmp.Compare(a.Line, b.Line) })
+	if len(d.errs) == 1 {
+		return d.errs[0]
+	}
+	n := min(len(d.errs), maxErrors)
+	errs := make([]error, 0, n+1)
+	for _, e := range d.errs[:n] {
+		errs = append(errs, e)
+	}
+	if more := len(d.errs) - n; more > 0 {
+		errs = append(errs, &Error{File: d.file, Err: fmt.Errorf("%d more problems not shown; fix the ones above first", more)})
+	}
+	return errors.Join(errs...)
+}
+
+var topFields = []string{"version", "bindings", "labels", "daemon"}
+
+func (d *decoder) document(root *yaml.Node) {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	empty := n.Kind == 0 || isNull(n)
+	if empty {
+		d.failf(0, "", "the config is empty; it needs at least a line \"version: %d\"", CurrentVersion)
+		return
+	}
+	var haveVersion bool
+	isMap := !empty && d.mapping(n, "")
+	if isMap {
+		d.fields(n, "", topFields, func(key string, k, v *yaml.Node) {
+			switch key {
+			case "version":
+				haveVersion = true
+				d.version(v)
+			case "bindings":
+				if d.pre != nil && k.Line == d.pre.keyLine && isNull(v) {
+					d.raws = d.pre.raws
+				} else {
+					d.bindings(k, v)
+				}
+			case "labels":
+				d.labels(k, v)
+			case "daemon":
+				d.daemon(v)
+			}
+		})
+	}
+	if !haveVersion && isMap {
+		d.failf(1, "version", "missing: add a line \"version: %d\" at the top", CurrentVersion)
+	}
+	d.buildBindings()
+}
+
+func (d *decoder) version(v *yaml.Node) {
+	n, ok := d.uint32(v, "version")
+	if !ok {
+		return
+	}
+	switch {
+	case n == CurrentVersion:
+		d.cfg.Version = CurrentVersion
+	case n > CurrentVersion:
+		d.failf(v.Line, "version", "version %d is newer than this switchyard understands (%d): upgrade switchyard", n, CurrentVersion)
+	default:
+		d.failf(v.Line, "version", "version %d is not supported: use version: %d", n, CurrentVersion)
+	}
+}
+
+var bindingFields = []string{"label", "protocol", "prefix", "ports"}
+
+func (d *decoder) bindings(k, n *yaml.Node) {
+	if !d.sequence(n, "bindings") {
+		return
+	}
+	if len(n.Content) > MaxBindings {
+		d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, len(n.Content), MaxBindings)
+		return
+	}
+	d.raws = make([]rawBinding, 0, len(n.Content))
+	for i, item := range n.Content {
+		path := "bindings[" + strconv.Itoa(i) + "]"
+		if isNull(item) {
+			d.failf(item.Line, path, "empty entry: a binding needs label, protocol, prefix and ports")
+			continue
+		}
+		if !d.mapping(item, path) {
+			continue
+		}
+		r := rawBinding{index: i, line: item.Line}
+		var have [4]bool
+		bad := false
+		d.fields(item, path, bindingFields, func(key string, _, v *yaml.Node) {
+			s, ok := d.str(v, path+"."+key)
+			bad = bad || !ok
+			switch key {
+			case "label":
+				r.label, have[0] = s, true
+			case "protocol":
+				r.protocol, have[1] = s, true
+			case "prefix":
+				r.prefix, have[2] = s, true
+			case "ports":
+				r.ports, have[3] = s, true
+			}
+		})
+		for j, ok := range have {
+			if !ok {
+				bad = true
+				d.failf(item.Line, path, "missing field %q: a binding needs label, protocol, prefix and ports", bindingFields[j])
+			}
+		}
+		if !bad {
+			d.raws = append(d.raws, r)
+		}
+	}
+}
+
+// buildBindings parses the raw bindings and checks them against each other.
+func (d *decoder) buildBindings() {
+	if len(d.raws) == 0 {
+		return
+	}
+	es := make([]entry, 0, len(d.raws))
+	for _, r := range d.raws {
+		b, err := binding.Parse(r.label, r.protocol, r.prefix, r.ports)
+		if err != nil {
+			d.fail(r.line, "bindings["+strconv.Itoa(r.index)+"]", err)
+			continue
+		}
+		es = append(es, entry{b: b, index: r.index, line: r.line})
+	}
+	for _, e := range checkConflicts(es) {
+		e.File = d.file
+		d.errs = append(d.errs, e)
+	}
+	if len(es) > 0 {
+		d.cfg.Bindings = make([]binding.Binding, len(es))
+		for i, e := range es {
+			d.cfg.Bindings[i] = e.b
+		}
+	}
+}
+
+func (d *decoder) labels(key, n *yaml.Node) {
+	if !d.mapping(n, "labels") {
+		return
+	}
+	if len(n.Content)/2 > MaxLabels {
+		d.failf(key.Line, "labels", "%w: %d labels, more than the limit of %d", ErrTooLarge, len(n.Content)/2, MaxLabels)
+		return
+	}
+	seen := make(map[string]int, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		name, ok := d.str(k, "labels")
+		if !ok {
+			continue
+		}
+		if err := binding.ValidateLabel(name); err != nil {
+			d.fail(k.Line, "labels", err)
+			continue
+		}
+		path := "labels." + name
+		if first, dup := seen[name]; dup {
+			d.failf(k.Line, path, "%w label: already listed at line %d; merge the entries", ErrDuplicate, first)
+			continue
+		}
+		seen[name] = k.Line
+		l, ok := d.label(v, path)
+		if !ok {
+			continue
+		}
+		if d.cfg.Labels == nil {
+			d.cfg.Labels = make(map[string]Label)
+		}
+		d.cfg.Labels[name] = l
+	}
+}
+
+var labelFields = []string{"grants", "policy", "upstream"}
+
+func (d *decoder) label(n *yaml.Node, path string) (Label, bool) {
+	var l Label
+	if isNull(n) {
+		return l, true
+	}
+	if !d.mapping(n, path) {
+		return l, false
+	}
+	ok := true
+	policyLine, upstreamLine := n.Line, n.Line
+	d.fields(n, path, labelFields, func(key string, _, v *yaml.Node) {
+		switch key {
+		case "grants":
+			g, gok := d.grants(v, path+".grants")
+			l.Grants, ok = g, ok && gok
+		case "policy":
+			policyLine = v.Line
+			s, sok := d.str(v, path+".policy")
+			if !sok {
+				ok = false
+				return
+			}
+			if s == "" {
+				return
+			}
+			p, err := ParsePolicy(s)
+			if err != nil {
+				d.fail(v.Line, path+".policy", err)
+				ok = false
+				return
+			}
+			l.Policy = p
+		case "upstream":
+			upstreamLine = v.Line
+			s, sok := d.str(v, path+".upstream")
+			if !sok {
+				ok = false
+				return
+			}
+			if s == "" {
+				return
+			}
+			u, err := ParseUpstream(s)
+			if err != nil {
+				d.fail(v.Line, path+".upstream", err)
+				ok = false
+				return
+			}
+			l.Upstream = u
+		}
+	})
+	if !ok {
+		return l, false
+	}
+	if field, err := checkPolicy(l); err != nil {
+		line := policyLine
+		if field == "upstream" {
+			line = upstreamLine
+		}
+		d.fail(line, path+"."+field, err)
+		return l, false
+	}
+	return l, true
+}
+
+var grantFields = []string{"uids", "gids", "users", "groups"}
+
+func (d *decoder) grants(n *yaml.Node, path string) (Grants, bool) {
+	var g Grants
+	if isNull(n) {
+		return g, true
+	}
+	if !d.mapping(n, path) {
+		return g, false
+	}
+	ok := true
+	d.fields(n, path, grantFields, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		if !d.sequence(v, p) {
+			ok = ok && isNull(v)
+			return
+		}
+		for i, item := range v.Content {
+			ip := p + "[" + strconv.Itoa(i) + "]"
+			switch key {
+			case "uids", "gids":
+				id, iok := d.uint32(item, ip)
+				if iok {
+					iok = d.check(item.Line, ip, checkID(id))
+				}
+				if !iok {
+					ok = false
+					continue
+				}
+				if key == "uids" {
+					g.UIDs = append(g.UIDs, id)
+				} else {
+					g.GIDs = append(g.GIDs, id)
+				}
+			case "users", "groups":
+				s, sok := d.str(item, ip)
+				if sok {
+					sok = d.check(item.Line, ip, checkName(s))
+				}
+				if !sok {
+					ok = false
+					continue
+				}
+				if key == "users" {
+					g.Users = append(g.Users, s)
+				} else {
+					g.Groups = append(g.Groups, s)
+				}
+			}
+		}
+	})
+	return g, ok
+}
+
+var daemonFields = []string{"bypass_cgroup", "control", "bpffs", "metrics_addr"}
+
+func (d *decoder) daemon(n *yaml.Node) {
+	if isNull(n) || !d.mapping(n, "daemon") {
+		return
+	}
+	d.fields(n, "daemon", daemonFields, func(key string, _, v *yaml.Node) {
+		p := "daemon." + key
+		s, ok := d.str(v, p)
+		if !ok {
+			return
+		}
+		var err error
+		switch key {
+		case "bypass_cgroup":
+			d.cfg.Daemon.BypassCgroup, err = s, checkAbsPath(s)
+		case "control":
+			d.cfg.Daemon.Control, err = s, checkAbsPath(s)
+		case "bpffs":
+			d.cfg.Daemon.BPFFS, err = s, checkAbsPath(s)
+		case "metrics_addr":
+			d.cfg.Daemon.MetricsAddr, err = s, checkListenAddr(s)
+		}
+		d.check(v.Line, p, err)
+	})
+}
+
+func (d *decoder) check(line int, path string, err error) bool {
+	if err != nil {
+		d.fail(line, path, err)
+		return false
+	}
+	return true
+}
+
+// fields walks the key/value pairs of mapping n. It reports non-string keys,
+// repeated keys and keys not in known, and calls fn for the others.
+func (d *decoder) fields(n *yaml.Node, path string, known []string, fn func(key string, k, v *yaml.Node)) {
+	// Line of each known key, by index; 0 if unseen.
+	var buf [8]int
+	seen := buf[:]
+	if len(known) > len(buf) {
+		seen = make([]int, len(known))
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
+			d.failf(k.Line, path, "%w: YAML merge keys (<<) are not supported; write the fields out", ErrUnknownField)
+			continue
+		}
+		if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
+			d.failf(k.Line, path, "%w: keys must be plain words; known fields are %s", ErrUnknownField, strings.Join(known, ", "))
+			continue
+		}
+		idx := slices.Index(known, k.Value)
+		if idx < 0 {
+			d.failf(k.Line, path, "%w %s; known fields are %s", ErrUnknownField, quote(k.Value), strings.Join(known, ", "))
+			continue
+		}
+		if line := seen[idx]; line != 0 {
+			d.failf(k.Line, join(path, k.Value), "%w field: already set at line %d", ErrDuplicate, line)
+			continue
+		}
+		seen[idx] = k.Line
+		fn(k.Value, k, v)
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping (key: value)"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!str":
+			return "a string"
+		case "!!int":
+			return "a number"
+		case "!!float":
+			return "a decimal number"
+		case "!!bool":
+			return "a boolean (" + n.Value + ")"
+		case "!!null":
+			return "an empty value"
+		case "!!timestamp":
+			return "a date"
+		}
+		return "a value tagged " + quote(n.Tag)
+	}
+	return "nothing"
+}
+
+func (d *decoder) alias(n *yaml.Node, path string) bool {
+	if n.Kind != yaml.AliasNode {
+		return false
+	}
+	d.failf(n.Line, path, "YAML aliases (*%s) are not supported; write the value out", trunc(n.Value))
+	return true
+}
+
+// mapping reports whether n is a mapping; if it is neither a mapping nor
+// null, it reports an error.
+func (d *decoder) mapping(n *yaml.Node, path string) bool {
+	if n.Kind == yaml.MappingNode {
+		return true
+	}
+	if !d.alias(n, path) && !isNull(n) {
+		d.failf(n.Line, path, "expected a mapping (key: value), got %s", kindName(n))
+	}
+	return false
+}
+
+// sequence reports whether n is a list; if it is neither a list nor null,
+// it reports an error.
+func (d *decoder) sequence(n *yaml.Node, path string) bool {
+	if n.Kind == yaml.SequenceNode {
+		return true
+	}
+	if !d.alias(n, path) && !isNull(n) {
+		d.failf(n.Line, path, "expected a list, got %s", kindName(n))
+	}
+	return false
+}
+
+// str reads a string. Plain numbers are taken as their text (ports: 53,
+// label: 2024); null is the empty string; other types are errors.
+func (d *decoder) str(n *yaml.Node, path string) (string, bool) {
+	if d.alias(n, path) {
+		return "", false
+	}
+	if n.Kind == yaml.ScalarNode {
+		switch n.Tag {
+		case "!!str", "!!int":
+			return n.Value, true
+		case "!!null":
+			return "", true
+		}
+	}
+	hint := ""
+	if n.Kind == yaml.ScalarNode {
+		hint = "; quote it if you mean the text " + quote(n.Value)
+	}
+	d.failf(n.Line, path, "expected a string, got %s%s", kindName(n), hint)
+	return "", false
+}
+
+// uint32 reads a decimal number from 0 to 4294967295.
+func (d *decoder) uint32(n *yaml.Node, path string) (uint32, bool) {
+	if d.alias(n, path) {
+		return 0, false
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!int" && n.Value != "" && strings.Trim(n.Value, "0123456789") == "" {
+		if v, err := strconv.ParseUint(n.Value, 10, 32); err == nil {
+			return uint32(v), true
+		}
+		d.failf(n.Line, path, "number %s is out of range", quote(n.Value))
+		return 0, false
+	}
+	got := kindName(n)
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!int" {
+		got = quote(n.Value)
+	}
+	d.failf(n.Line, path, "expected a decimal number, got %s", got)
+	return 0, false
+}

@@ -1,0 +1,177 @@
+package config
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Diff compares two sets of bindings. added holds the bindings of new that
+// old lacks, removed those of old that new lacks; a binding whose label
+// changes is in both. Both are sorted with CompareBindings and hold no
+// repeats.
+func Diff(old, new []binding.Binding) (added, removed []binding.Binding) {
+	return minus(new, old), minus(old, new)
+}
+
+// minus returns the bindings of a that are not in b, sorted, without repeats.
+func minus(a, b []binding.Binding) []binding.Binding {
+	in := make(map[binding.Binding]struct{}, len(b))
+	for _, x := range b {
+		in[x] = struct{}{}
+	}
+	var out []binding.Binding
+	for _, x := range a {
+		if _, ok := in[x]; !ok {
+			in[x] = struct{}{}
+			out = append(out, x)
+		}
+	}
+	SortBindings(out)
+	return out
+}
+
+// CompareBindings orders bindings for display: IPv4 before IPv6, then by
+// prefix address and length, protocol, ports and label.
+func CompareBindings(a, b binding.Binding) int {
+	if c := compareKeys(a, b); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Label, b.Label)
+}
+
+func compareKeys(a, b binding.Binding) int {
+	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Ports.Lo, b.Ports.Lo); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Ports.Hi, b.Ports.Hi)
+}
+
+// SortBindings sorts bs with CompareBindings.
+func SortBindings(bs []binding.Binding) { slices.SortFunc(bs, CompareBindings) }
+
+// FormatDiff renders a binding diff one line per change, "- " for removed
+// and "+ " for added bindings, as switchyard apply prints it:
+//
+//	$ switchyard apply -f switchyard.yaml
+//	- dns udp 192.0.2.0/24 53
+//	+ dns-public udp 192.0.2.0/24 53
+//	+ web tcp 2001:db8::/64 *
+//
+// Lines are sorted by binding key, a removal before an addition of the same
+// key, so a relabelled binding shows as two adjacent lines. It returns ""
+// when there is no change.
+func FormatDiff(added, removed []binding.Binding) string {
+	type change struct {
+		b    binding.Binding
+		sign byte
+	}
+	cs := make([]change, 0, len(added)+len(removed))
+	for _, b := range removed {
+		cs = append(cs, change{b, '-'})
+	}
+	for _, b := range added {
+		cs = append(cs, change{b, '+'})
+	}
+	slices.SortFunc(cs, func(x, y change) int {
+		if c := compareKeys(x.b, y.b); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(x.sign, y.sign); c != 0 { // '+' < '-'
+			return -c
+		}
+		return strings.Compare(x.b.Label, y.b.Label)
+	})
+	var s strings.Builder
+	for _, c := range cs {
+		s.WriteByte(c.sign)
+		s.WriteByte(' ')
+		s.WriteString(c.b.String())
+		s.WriteByte('\n')
+	}
+	return s.String()
+}
+
+// FormatLabelDiff renders the changes between two sets of label settings,
+// sorted by label, in the style of FormatDiff. A changed label shows its old
+// and new settings:
+//
+//	$ switchyard apply -f switchyard.yaml
+//	- label web policy none
+//	+ label web policy splice upstream 10.0.0.5:same uids 953
+//
+// It returns "" when there is no change.
+func FormatLabelDiff(old, new map[string]Label) string {
+	names := slices.Sorted(mapKeys(old))
+	for name := range new {
+		if _, ok := old[name]; !ok {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	var s strings.Builder
+	for _, name := range names {
+		o, inOld := old[name]
+		n, inNew := new[name]
+		if inOld && inNew && o.Equal(n) {
+			continue
+		}
+		if inOld {
+			fmt.Fprintf(&s, "- label %s %s\n", name, o)
+		}
+		if inNew {
+			fmt.Fprintf(&s, "+ label %s %s\n", name, n)
+		}
+	}
+	return s.String()
+}
+
+// Equal reports whether l and m are the same settings.
+func (l Label) Equal(m Label) bool {
+	return l.Policy == m.Policy && l.Upstream == m.Upstream &&
+		slices.Equal(l.Grants.UIDs, m.Grants.UIDs) && slices.Equal(l.Grants.GIDs, m.Grants.GIDs) &&
+		slices.Equal(l.Grants.Users, m.Grants.Users) && slices.Equal(l.Grants.Groups, m.Grants.Groups)
+}
+
+// String describes l on one line: "policy splice upstream 10.0.0.5:same
+// uids 953,954 users bind".
+func (l Label) String() string {
+	var s strings.Builder
+	s.WriteString("policy ")
+	s.WriteString(l.Policy.String())
+	if !l.Upstream.IsZero() {
+		s.WriteString(" upstream ")
+		s.WriteString(l.Upstream.String())
+	}
+	list := func(name string, n int, item func(int) string) {
+		if n == 0 {
+			return
+		}
+		s.WriteString(" " + name + " ")
+		for i := range n {
+			if i > 0 {
+				s.WriteByte(',')
+			}
+			s.WriteString(item(i))
+		}
+	}
+	g := l.Grants
+	list("uids", len(g.UIDs), func(i int) string { return strconv.FormatUint(uint64(g.UIDs[i]), 10) })
+	list("gids", len(g.GIDs), func(i int) string { return strconv.FormatUint(uint64(g.GIDs[i]), 10) })
+	list("users", len(g.Users), func(i int) string { return g.Users[i] })
+	list("groups", len(g.Groups), func(i int) string { return g.Groups[i] })
+	return s.String()
+}

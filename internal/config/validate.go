@@ -1,0 +1,255 @@
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Validate checks a Config built in code with the rules Parse applies to a
+// file. Errors name values by path (bindings[3], labels.web.policy).
+func (c *Config) Validate() error {
+	d := &decoder{}
+	if c.Version != 0 && c.Version != CurrentVersion {
+		d.failf(0, "version", "version %d is not supported: use version: %d", c.Version, CurrentVersion)
+	}
+	if len(c.Bindings) > MaxBindings {
+		d.failf(0, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, len(c.Bindings), MaxBindings)
+	} else {
+		es := make([]entry, 0, len(c.Bindings))
+		for i, b := range c.Bindings {
+			if err := b.Validate(); err != nil {
+				d.fail(0, "bindings["+strconv.Itoa(i)+"]", err)
+				continue
+			}
+			es = append(es, entry{b: b, index: i})
+		}
+		d.errs = append(d.errs, checkConflicts(es)...)
+	}
+	if len(c.Labels) > MaxLabels {
+		d.failf(0, "labels", "%w: %d labels, more than the limit of %d", ErrTooLarge, len(c.Labels), MaxLabels)
+	}
+	for _, name := range slices.Sorted(mapKeys(c.Labels)) {
+		l := c.Labels[name]
+		if err := binding.ValidateLabel(name); err != nil {
+			d.fail(0, "labels", err)
+			continue
+		}
+		path := "labels." + name
+		if l.Policy > PolicySplice {
+			d.failf(0, path+".policy", "policy %d: %w: use none, bypass or splice", uint8(l.Policy), binding.ErrInvalid)
+			continue
+		}
+		if !l.Upstream.IsZero() {
+			if _, err := ParseUpstream(l.Upstream.String()); err != nil {
+				d.fail(0, path+".upstream", err)
+				continue
+			}
+		}
+		if field, err := checkPolicy(l); err != nil {
+			d.fail(0, path+"."+field, err)
+		}
+		checkList(d, path+".grants.uids", l.Grants.UIDs, checkID)
+		checkList(d, path+".grants.gids", l.Grants.GIDs, checkID)
+		checkList(d, path+".grants.users", l.Grants.Users, checkName)
+		checkList(d, path+".grants.groups", l.Grants.Groups, checkName)
+	}
+	for _, f := range []struct {
+		path, value string
+		check       func(string) error
+	}{
+		{"daemon.bypass_cgroup", c.Daemon.BypassCgroup, checkAbsPath},
+		{"daemon.control", c.Daemon.Control, checkAbsPath},
+		{"daemon.bpffs", c.Daemon.BPFFS, checkAbsPath},
+		{"daemon.metrics_addr", c.Daemon.MetricsAddr, checkListenAddr},
+	} {
+		if f.value != "" {
+			d.check(0, f.path, f.check(f.value))
+		}
+	}
+	return d.result()
+}
+
+func checkList[T any](d *decoder, path string, vs []T, check func(T) error) {
+	for i, v := range vs {
+		d.check(0, path+"["+strconv.Itoa(i)+"]", check(v))
+	}
+}
+
+func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// checkPolicy checks that a label's upstream fits its policy. It returns the
+// field to blame.
+func checkPolicy(l Label) (field string, err error) {
+	switch {
+	case l.Policy == PolicySplice && l.Upstream.IsZero():
+		return "policy", errors.New("policy splice needs an upstream: add upstream: host:port, or host:same to keep the port the client dialled")
+	case l.Policy != PolicySplice && !l.Upstream.IsZero():
+		return "upstream", fmt.Errorf("an upstream is only used by policy splice, and this label's policy is %s: set policy: splice or remove the upstream", l.Policy)
+	}
+	return "", nil
+}
+
+func checkID(id uint32) error {
+	if id == math.MaxUint32 {
+		return fmt.Errorf("%w: id %d is (uid_t)-1, which names nobody", binding.ErrInvalid, id)
+	}
+	return nil
+}
+
+// checkName checks the syntax of a user or group name; whether it exists is
+// only known when it is resolved.
+func checkName(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty name", binding.ErrInvalid)
+	}
+	if len(s) > 256 {
+		return fmt.Errorf("%w: name %s is longer than 256 bytes", binding.ErrInvalid, quote(s))
+	}
+	if strings.Trim(s, "0123456789") == "" {
+		return fmt.Errorf("%w: name %s is a number: list numeric ids under uids or gids", binding.ErrInvalid, quote(s))
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == ':' || c == '/' || c == ',' || c == 0x7f {
+			return fmt.Errorf("%w: name %s contains %q, which no user or group name has", binding.ErrInvalid, quote(s), c)
+		}
+	}
+	return nil
+}
+
+func checkAbsPath(s string) error {
+	if s == "" {
+		return nil
+	}
+	if !filepath.IsAbs(s) || strings.IndexByte(s, 0) >= 0 {
+		return fmt.Errorf("%w: %s is not an absolute path; write it from /", binding.ErrInvalid, quote(s))
+	}
+	return nil
+}
+
+func checkListenAddr(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err == nil {
+		var n uint64
+		n, err = strconv.ParseUint(port, 10, 16)
+		if err == nil && (n == 0 || port[0] == '+') {
+			err = errors.New("port 0")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s is not a host:port to listen on; write e.g. 127.0.0.1:9100 or :9100", binding.ErrInvalid, quote(s))
+	}
+	return nil
+}
+
+// entry is a valid binding with where it came from.
+type entry struct {
+	b     binding.Binding
+	index int // position in the bindings list
+	line  int // 0 when unknown
+}
+
+func (e entry) name() string {
+	if e.line > 0 {
+		return fmt.Sprintf("bindings[%d] (line %d: %s)", e.index, e.line, e.b)
+	}
+	return fmt.Sprintf("bindings[%d] (%s)", e.index, e.b)
+}
+
+// checkConflicts finds repeated bindings, bindings with the same key and
+// different labels, and partially overlapping port ranges at the same
+// protocol and prefix (binding.Conflict). Each problem is reported once, on
+// the later of the two entries, naming the earlier.
+func checkConflicts(es []entry) []*Error {
+	if len(es) < 2 {
+		return nil
+	}
+	order := make([]int, len(es))
+	for i := range order {
+		order[i] = i
+	}
+	// Sort by protocol and prefix, then by range start ascending and range
+	// end descending so that a range comes before the ranges it contains,
+	// then by position.
+	slices.SortFunc(order, func(i, j int) int {
+		a, b := &es[i].b, &es[j].b
+		if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
+			return c
+		}
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Ports.Lo, b.Ports.Lo); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Ports.Hi, a.Ports.Hi); c != 0 {
+			return c
+		}
+		return cmp.Compare(i, j)
+	})
+
+	var errs []*Error
+	report := func(later entry, err error) {
+		errs = append(errs, &Error{Line: later.line, Path: "bindings[" + strconv.Itoa(later.index) + "]", Err: err})
+	}
+	// stack holds a chain of nested ranges at the current protocol and
+	// prefix, outermost first. runFirst is the earliest entry with the
+	// current key.
+	var stack []entry
+	var runFirst entry
+	for k, oi := range order {
+		cur := es[oi]
+		if k > 0 {
+			prev := es[order[k-1]].b
+			if prev.Protocol != cur.b.Protocol || prev.Prefix != cur.b.Prefix {
+				stack = stack[:0]
+			} else if prev.Ports == cur.b.Ports {
+				if runFirst.b.Label == cur.b.Label {
+					report(cur, fmt.Errorf("%w binding: %s repeats %s; remove one of them", ErrDuplicate, cur.b, runFirst.name()))
+				} else {
+					report(cur, fmt.Errorf("%w: %s and %s have the same protocol, prefix and ports but different labels; keep one of them", ErrConflict, cur.b, runFirst.name()))
+				}
+				continue
+			}
+		}
+		runFirst = cur
+		for len(stack) > 0 && stack[len(stack)-1].b.Ports.Hi < cur.b.Ports.Lo {
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) > 0 {
+			if top := stack[len(stack)-1]; binding.Conflict(top.b, cur.b) {
+				x, y := top, cur
+				if x.index > y.index {
+					x, y = y, x
+				}
+				report(y, fmt.Errorf("%w: %s and %s have partially overlapping port ranges at the same protocol and prefix, so neither is more specific; make the ranges disjoint or put one inside the other",
+					ErrConflict, y.b, x.name()))
+				continue
+			}
+		}
+		stack = append(stack, cur)
+	}
+	return errs
+}
