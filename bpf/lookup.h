@@ -1,0 +1,227 @@
+/* The dispatch maps and the lookup of a label by binding, shared by every
+ * switchyard program that needs to know which label traffic belongs to.
+ * Include once per object; the maps are pinned by name, so separate objects
+ * that include this share them when loaded against the same pins. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "dispatch.h"
+
+/* Capacities; the loader may override max_entries. */
+#define SY_MAX_LABELS 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sy_cfg);
+} sy_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, struct sy_plen_list);
+} sy_plens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sy_prefix_key);
+	__type(value, struct sy_prefix_val);
+} sy_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sy_port_key);
+	__type(value, __u32);
+} sy_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SY_TABLES_PER_GEN);
+	__type(key, __u32);
+	__type(value, struct sy_table);
+} sy_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SY_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sy_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, SY_MAX_LABELS * 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} sy_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SY_MAX_LABELS);
+	__type(key, __u32);
+	__type(value, struct sy_stats);
+} sy_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sy_binding_key);
+	__type(value, __u32);
+} sy_bindings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SY_MAX_LABELS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sy_label_key);
+	__type(value, struct sy_label_val);
+} sy_labels SEC(".maps");
+
+static __always_inline __u32 mask_word(__u32 word, int bits)
+{
+	if (bits <= 0)
+		return 0;
+	if (bits >= 32)
+		return word;
+	return word & bpf_htonl(~0U << (32 - bits));
+}
+
+/* The bit of sy_filter for a prefix key; dispatch/filter.go computes the
+ * same function. */
+static __always_inline __u32 filter_bit(const struct sy_prefix_key *k)
+{
+	__u64 x = ((__u64)k->addr[0] << 32) | k->addr[1];
+	__u64 y = ((__u64)k->addr[2] << 32) | k->addr[3];
+
+	x ^= y * 0xff51afd7ed558ccdULL;
+	x ^= ((__u64)k->plen << 16) | ((__u64)k->proto << 8) | k->family;
+	x *= 0x9e3779b97f4a7c15ULL;
+	return x >> (64 - SY_FILTER_LOG2);
+}
+
+/* Finds the segment holding port among n sorted, disjoint segments. */
+static __always_inline __u32 search_table(const struct sy_table *t, __u16 port)
+{
+	__u32 lo = 0, hi = t->nseg;
+
+	if (hi > SY_TABLE_SEGS)
+		hi = SY_TABLE_SEGS;
+	/* Invariant: the answer, if any, is in [lo, hi). 9 halvings cover 256. */
+	for (int i = 0; i < 9 && lo < hi; i++) {
+		__u32 mid = (lo + hi) / 2;
+		const struct sy_seg *s;
+
+		if (mid >= SY_TABLE_SEGS)
+			return 0;
+		s = &t->segs[mid];
+		if (port < s->lo)
+			hi = mid;
+		else if (port > s->hi)
+			lo = mid + 1;
+		else
+			return s->label;
+	}
+	return 0;
+}
+
+/* A global function, so the verifier checks it once rather than once for
+ * every prefix length the caller's loop may visit. */
+__noinline __u32 sy_resolve_port(const struct sy_prefix_val *v,
+				 const struct sy_prefix_key *key, __u32 port)
+{
+	if (!v || !key)
+		return 0;
+	if (v->flags & SY_PV_PORTS) {
+		struct sy_port_key pk = { .prefix = *key, .port = port };
+		__u32 *label = bpf_map_lookup_elem(&sy_ports, &pk);
+
+		if (label && *label)
+			return *label;
+	}
+
+	if (v->table) {
+		__u32 idx = v->table;
+		const struct sy_table *t = bpf_map_lookup_elem(&sy_tables, &idx);
+
+		if (t) {
+			__u32 label = search_table(t, port);
+
+			if (label)
+				return label;
+		}
+	} else {
+		for (int i = 0; i < SY_INLINE_SEGS; i++) {
+			if (i >= v->nseg)
+				break;
+			if (port >= v->segs[i].lo && port <= v->segs[i].hi)
+				return v->segs[i].label;
+		}
+	}
+
+	return v->any_label;
+}
+
+/* The label of the most specific binding for traffic of protocol proto
+ * (SY_PROTO_*) and family fam (SY_FAM_*) to addr (network byte order, IPv4 in
+ * addr[0]) and port, or 0 if no binding matches. Every program that asks
+ * which label a connection belongs to uses this, so they all agree. */
+static __always_inline __u32 sy_lookup_label(__u8 proto, __u8 fam, const __u32 addr[4], __u16 port)
+{
+	struct sy_prefix_key key = { .proto = proto, .family = fam };
+	const struct sy_cfg *cfg;
+	const struct sy_plen_list *pl;
+	__u32 zero = 0, idx, label = 0, n;
+
+	cfg = bpf_map_lookup_elem(&sy_config, &zero);
+	if (!cfg)
+		return 0;
+	key.gen = cfg->gen & 1;
+
+	idx = key.gen * 4 + key.proto * 2 + key.family;
+	pl = bpf_map_lookup_elem(&sy_plens, &idx);
+	if (!pl)
+		return 0;
+	n = pl->count;
+	if (n > SY_MAX_PLENS)
+		n = SY_MAX_PLENS;
+
+	for (__u32 i = 0; i < SY_MAX_PLENS; i++) {
+		const struct sy_prefix_val *v;
+		__u32 bit, fidx;
+		__u64 *word;
+		int plen;
+
+		if (i >= n)
+			break;
+		plen = pl->lens[i];
+		key.plen = plen;
+		key.addr[0] = mask_word(addr[0], plen);
+		key.addr[1] = mask_word(addr[1], plen - 32);
+		key.addr[2] = mask_word(addr[2], plen - 64);
+		key.addr[3] = mask_word(addr[3], plen - 96);
+
+		bit = filter_bit(&key);
+		fidx = key.gen * SY_FILTER_WORDS + (bit >> 6);
+		word = bpf_map_lookup_elem(&sy_filter, &fidx);
+		if (!word || !(*word & (1ULL << (bit & 63))))
+			continue;
+
+		v = bpf_map_lookup_elem(&sy_prefixes, &key);
+		if (!v)
+			continue;
+		label = sy_resolve_port(v, &key, port);
+		if (label)
+			break;
+	}
+	return label;
+}

@@ -1,0 +1,249 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/switchyard-project/switchyard/dispatch"
+	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/netns"
+)
+
+// Env is what the daemon takes from its surroundings, injected for tests.
+type Env struct {
+	Stderr io.Writer
+	// Signals delivers SIGTERM/SIGINT (stop) and SIGHUP (reload config).
+	Signals <-chan os.Signal
+}
+
+// OSEnv is the real environment.
+func OSEnv() Env {
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	return Env{Stderr: os.Stderr, Signals: ch}
+}
+
+type flags struct {
+	netns, config, control, bpffs, metrics string
+	logFormat, logLevel                    string
+	check                                  bool
+}
+
+// Main runs switchyardd and returns its exit code.
+func Main(env Env, args []string) int {
+	var f flags
+	fs := flag.NewFlagSet("switchyardd", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.StringVar(&f.netns, "netns", "", "network namespace to serve, e.g. /run/netns/NAME (default: switchyardd's own)")
+	fs.StringVar(&f.config, "config", "", "YAML config file: label grants and policies, and bindings if it has any")
+	fs.StringVar(&f.control, "control", "", "control socket path (default: "+control.RunDir+"/netns-INODE.sock)")
+	fs.StringVar(&f.bpffs, "bpffs", dispatch.DefaultRoot, "directory on a bpf filesystem for pinned state")
+	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9434")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&f.check, "check", false, "load the config and the dispatch state, report, and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.Stderr, "switchyardd: unexpected argument %q; see switchyardd -h\n", fs.Arg(0))
+		return 2
+	}
+	log, err := newLogger(env.Stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "switchyardd: %v\n", err)
+		return 2
+	}
+	if err := run(env, f, log); err != nil {
+		log.Error("switchyardd failed", "err", err)
+		daemon.SdNotify(false, "STATUS=failed: "+err.Error())
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Debug("sd_notify", "err", err)
+	}
+}
+
+func run(env Env, f flags, log *slog.Logger) error {
+	notify(log, "STATUS=loading config")
+	var cfg *config.Config
+	if f.config != "" {
+		var err error
+		if cfg, err = config.Load(f.config); err != nil {
+			return err
+		}
+	}
+
+	ns, err := netns.Open(f.netns)
+	if err != nil {
+		return err
+	}
+	ino, err := ns.Inode()
+	ns.Close()
+	if err != nil {
+		return err
+	}
+	if f.control == "" {
+		f.control = control.DefaultPath(ino)
+	}
+
+	notify(log, "STATUS=opening dispatch state")
+	if err := dispatch.MountBPFFS(f.bpffs); err != nil {
+		return err
+	}
+	d, err := dispatch.Open(f.netns, dispatch.Options{Root: f.bpffs, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	srv, err := New(d, Options{Logger: log, StatePath: DefaultStatePath(f.control)})
+	if err != nil {
+		return err
+	}
+	if cfg != nil {
+		if err := srv.loadConfig(cfg); err != nil {
+			return err
+		}
+	}
+	bs, err := d.Bindings()
+	if err != nil {
+		return err
+	}
+	if f.check {
+		log.Info("check passed", "state", d.Dir(), "bindings", len(bs))
+		return nil
+	}
+
+	if err := os.MkdirAll(filepath.Dir(f.control), 0o755); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	ln, err := control.Listen(f.control)
+	if err != nil {
+		return err
+	}
+	// Anyone may connect; what they may do is decided per request from
+	// their credentials.
+	if err := os.Chmod(f.control, 0o666); err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var metricsSrv *http.Server
+	if f.metrics != "" {
+		mln, err := net.Listen("tcp", f.metrics)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		metricsSrv = &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go metricsSrv.Serve(mln)
+		log.Info("serving metrics", "addr", mln.Addr().String())
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	log.Info("switchyardd ready", "version", Version, "netns_inode", ino, "state", d.Dir(), "control", f.control, "bindings", len(bs))
+	notify(log, fmt.Sprintf("READY=1\nSTATUS=serving %d bindings on %s", len(bs), f.control))
+
+	var tick <-chan time.Time
+	if iv, err := daemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
+		t := time.NewTicker(iv / 2)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-tick:
+			// The daemon is healthy if its state answers.
+			if _, _, err := d.Counters(); err == nil {
+				notify(log, "WATCHDOG=1")
+			} else {
+				log.Warn("watchdog check failed", "err", err)
+			}
+		case sig := <-env.Signals:
+			if sig == syscall.SIGHUP {
+				if err := srv.reload(f.config); err != nil {
+					log.Error("reload failed; keeping the running config", "err", err)
+				}
+				continue
+			}
+			log.Info("stopping; dispatching stays in place", "signal", sig.String())
+			notify(log, "STOPPING=1\nSTATUS=stopping")
+			cancel()
+			err := <-served
+			if metricsSrv != nil {
+				metricsSrv.Close()
+			}
+			return err
+		case err := <-served:
+			return fmt.Errorf("control server: %w", err)
+		}
+	}
+}
+
+// loadConfig takes label settings from cfg, and its bindings if it has any.
+func (s *Server) loadConfig(cfg *config.Config) error {
+	if err := s.SetLabels(cfg.Labels); err != nil {
+		return err
+	}
+	if cfg.Bindings == nil {
+		return nil
+	}
+	added, removed, err := s.d.ReplaceBindings(cfg.Bindings, false)
+	if err != nil {
+		return fmt.Errorf("apply config bindings: %w", err)
+	}
+	s.log.Info("applied config bindings", "added", len(added), "removed", len(removed))
+	return nil
+}
+
+func (s *Server) reload(path string) error {
+	if path == "" {
+		return errors.New("no --config to reload")
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	if err := s.loadConfig(cfg); err != nil {
+		return err
+	}
+	s.log.Info("reloaded config", "file", path)
+	return nil
+}

@@ -1,0 +1,104 @@
+package server
+
+import (
+	"net/http"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The metrics switchyardd exports. README.md documents each; keep them in
+// step.
+var (
+	descLookups = prometheus.NewDesc("switchyard_lookups_total",
+		"New connections and datagrams whose most specific binding has this label.", []string{"label"}, nil)
+	descHits = prometheus.NewDesc("switchyard_hits_total",
+		"Lookups delivered to the label's socket.", []string{"label"}, nil)
+	descMissing = prometheus.NewDesc("switchyard_missing_socket_total",
+		"Lookups refused because the label had no usable socket.", []string{"label"}, nil)
+	descBadSocket = prometheus.NewDesc("switchyard_bad_socket_total",
+		"Lookups refused because the kernel would not assign the label's socket.", []string{"label"}, nil)
+	descUnmatched = prometheus.NewDesc("switchyard_unmatched_lookups_total",
+		"Lookups that matched no binding and were left to the kernel.", nil, nil)
+	descBindings = prometheus.NewDesc("switchyard_bindings",
+		"Bindings in force, by label.", []string{"label"}, nil)
+	descSockets = prometheus.NewDesc("switchyard_sockets",
+		"Registered sockets, by label, protocol and family.", []string{"label", "protocol", "family"}, nil)
+	descRefusedReg = prometheus.NewDesc("switchyard_registrations_refused_total",
+		"Socket registrations refused: no grant, or an unusable socket.", nil, nil)
+	descRefusedChange = prometheus.NewDesc("switchyard_changes_refused_total",
+		"Requests to change bindings or settings refused for lack of privilege.", nil, nil)
+	descBadRequests = prometheus.NewDesc("switchyard_control_bad_requests_total",
+		"Control messages that could not be decoded.", nil, nil)
+	descScrapeErr = prometheus.NewDesc("switchyard_scrape_errors_total",
+		"Times reading the dispatch state for metrics failed.", nil, nil)
+	descInfo = prometheus.NewDesc("switchyard_build_info",
+		"Always 1; the version label says which build runs.", []string{"version"}, nil)
+)
+
+type collector struct {
+	s          *Server
+	scrapeErrs atomic.Uint64
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
+		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr, descInfo} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, Version)
+	ch <- prometheus.MustNewConstMetric(descRefusedReg, prometheus.CounterValue, float64(s.Stats.RefusedRegistrations.Load()))
+	ch <- prometheus.MustNewConstMetric(descRefusedChange, prometheus.CounterValue, float64(s.Stats.RefusedChanges.Load()))
+	ch <- prometheus.MustNewConstMetric(descBadRequests, prometheus.CounterValue, float64(s.Stats.BadRequests.Load()))
+	defer func() {
+		ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.CounterValue, float64(c.scrapeErrs.Load()))
+	}()
+
+	counters, unmatched, err := s.d.Counters()
+	if err != nil {
+		c.scrapeErrs.Add(1)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descUnmatched, prometheus.CounterValue, float64(unmatched))
+	for label, v := range counters {
+		ch <- prometheus.MustNewConstMetric(descLookups, prometheus.CounterValue, float64(v.Lookups), label)
+		ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(v.Hits), label)
+		ch <- prometheus.MustNewConstMetric(descMissing, prometheus.CounterValue, float64(v.Missing), label)
+		ch <- prometheus.MustNewConstMetric(descBadSocket, prometheus.CounterValue, float64(v.BadSocket), label)
+	}
+	bs, err := s.d.Bindings()
+	if err != nil {
+		c.scrapeErrs.Add(1)
+		return
+	}
+	perLabel := map[string]int{}
+	for _, b := range bs {
+		perLabel[b.Label]++
+	}
+	for label, n := range perLabel {
+		ch <- prometheus.MustNewConstMetric(descBindings, prometheus.GaugeValue, float64(n), label)
+	}
+	dests, err := s.d.Destinations()
+	if err != nil {
+		c.scrapeErrs.Add(1)
+		return
+	}
+	for _, d := range dests {
+		ch <- prometheus.MustNewConstMetric(descSockets, prometheus.GaugeValue, 1, d.Label, d.Protocol.String(), d.Family.String())
+	}
+}
+
+// MetricsHandler serves Prometheus metrics: switchyard's own and the Go
+// runtime's.
+func (s *Server) MetricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s})
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}

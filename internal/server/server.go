@@ -1,0 +1,482 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/dispatch"
+	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/sockinfo"
+)
+
+// Version is the daemon's version, set at build time.
+var Version = "dev"
+
+// LabelSettings are what the daemon knows of a label beyond its bindings.
+type LabelSettings struct {
+	Grants   config.Grants `json:"grants"`
+	Policy   string        `json:"policy,omitempty"`
+	Upstream string        `json:"upstream,omitempty"`
+
+	principals config.Principals
+}
+
+// Stats count what the server refused, for metrics.
+type Stats struct {
+	RefusedRegistrations atomic.Uint64
+	RefusedChanges       atomic.Uint64
+	BadRequests          atomic.Uint64
+}
+
+// Server serves the control protocol for one dispatcher.
+type Server struct {
+	log       *slog.Logger
+	d         *dispatch.Dispatcher
+	resolver  config.Resolver
+	statePath string
+	Stats     Stats
+
+	mu     sync.RWMutex
+	labels map[string]*LabelSettings
+
+	wg sync.WaitGroup
+}
+
+// Options configure New.
+type Options struct {
+	Logger *slog.Logger
+	// Resolver turns user and group names of grants into ids. Default:
+	// the system's databases.
+	Resolver *config.Resolver
+	// StatePath is a file where label settings persist across restarts
+	// of the daemon. Empty: not persisted.
+	StatePath string
+}
+
+// New makes a server for d. Label settings start from the state file, if
+// there is one.
+func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
+	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, labels: map[string]*LabelSettings{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.resolver = config.SystemResolver()
+	if opts.Resolver != nil {
+		s.resolver = *opts.Resolver
+	}
+	if s.statePath != "" {
+		b, err := os.ReadFile(s.statePath)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("read label settings: %w", err)
+		default:
+			labels := map[string]*LabelSettings{}
+			if err := json.Unmarshal(b, &labels); err != nil {
+				return nil, fmt.Errorf("read label settings %s: %w", s.statePath, err)
+			}
+			if err := s.setLabels(labels); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return s, nil
+}
+
+// SetLabels replaces the label settings with those of a config file.
+func (s *Server) SetLabels(labels map[string]config.Label) error {
+	m := make(map[string]*LabelSettings, len(labels))
+	for name, l := range labels {
+		ls := &LabelSettings{Grants: l.Grants, Policy: l.Policy.String()}
+		if !l.Upstream.IsZero() {
+			ls.Upstream = l.Upstream.String()
+		}
+		m[name] = ls
+	}
+	return s.setLabels(m)
+}
+
+func (s *Server) setLabels(m map[string]*LabelSettings) error {
+	for name, ls := range m {
+		p, err := ls.Grants.Resolve(s.resolver)
+		if err != nil {
+			return fmt.Errorf("grants of label %s: %w", name, err)
+		}
+		ls.principals = p
+	}
+	s.mu.Lock()
+	s.labels = m
+	s.mu.Unlock()
+	return s.persist()
+}
+
+func (s *Server) persist() error {
+	if s.statePath == "" {
+		return nil
+	}
+	s.mu.RLock()
+	b, err := json.MarshalIndent(s.labels, "", "  ")
+	s.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("save label settings: %w", err)
+	}
+	tmp := s.statePath + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save label settings: %w", err)
+	}
+	if err := os.Rename(tmp, s.statePath); err != nil {
+		return fmt.Errorf("save label settings: %w", err)
+	}
+	return nil
+}
+
+// Labels returns a copy of the label settings.
+func (s *Server) Labels() map[string]LabelSettings {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]LabelSettings, len(s.labels))
+	for k, v := range s.labels {
+		out[k] = *v
+	}
+	return out
+}
+
+// Serve accepts control connections until ctx is done or the listener
+// fails, then waits for the requests under way to finish.
+func (s *Server) Serve(ctx context.Context, ln *control.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer s.wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, c *control.Conn) {
+	defer c.Close()
+	cred, err := c.PeerCred()
+	if err != nil {
+		s.log.Warn("control connection without credentials", "err", err)
+		return
+	}
+	p := peer{uid: cred.UID, gid: cred.GID, pid: cred.PID, groups: peerGroups(c)}
+	for ctx.Err() == nil {
+		req, files, err := c.ReadRequest()
+		if err != nil {
+			if isEOF(err) {
+				return
+			}
+			s.Stats.BadRequests.Add(1)
+			s.log.Warn("bad control request", "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
+			// Say what was wrong if the peer still listens, then hang up:
+			// after a malformed message the stream cannot be trusted.
+			c.WriteReply(control.NewErrorReply(control.ProtocolVersion, 0, err))
+			return
+		}
+		rep := s.handle(p, req, files)
+		for _, f := range files {
+			f.Close() // the daemon never keeps a service's socket
+		}
+		if err := c.WriteReply(rep); err != nil {
+			s.log.Debug("write control reply", "err", err)
+			return
+		}
+	}
+}
+
+type peer struct {
+	uid, gid uint32
+	pid      int32
+	groups   []uint32
+}
+
+func (p peer) root() bool { return p.uid == 0 }
+
+func (s *Server) handle(p peer, req *control.Request, files []*os.File) *control.Reply {
+	body, err := s.do(p, req, files)
+	if err != nil {
+		return control.NewErrorReply(req.Version, req.Op(), toControlError(err))
+	}
+	return control.NewReply(req, body)
+}
+
+var errPermission = errors.New("permission denied")
+
+func (s *Server) refuse(p peer, what string, counter *atomic.Uint64, format string, args ...any) error {
+	counter.Add(1)
+	msg := fmt.Sprintf(format, args...)
+	s.log.Warn("refused request", "op", what, "peer_uid", p.uid, "peer_gid", p.gid, "peer_pid", p.pid, "reason", msg)
+	return fmt.Errorf("%w: %s", errPermission, msg)
+}
+
+func (s *Server) requireRoot(p peer, op string) error {
+	if p.root() {
+		return nil
+	}
+	return s.refuse(p, op, &s.Stats.RefusedChanges, "%s needs root (uid 0); uid %d may only register sockets for labels the daemon config grants it", op, p.uid)
+}
+
+func (s *Server) mayRegister(p peer, label string) error {
+	if p.root() {
+		return nil
+	}
+	s.mu.RLock()
+	ls := s.labels[label]
+	s.mu.RUnlock()
+	if ls != nil {
+		if ls.principals.Permits(p.uid, p.gid) {
+			return nil
+		}
+		for _, g := range p.groups {
+			if ls.principals.Permits(^uint32(0), g) {
+				return nil
+			}
+		}
+	}
+	return s.refuse(p, "register", &s.Stats.RefusedRegistrations, "uid %d (gid %d) has no grant for label %s; add it under labels.%s.grants in the daemon config", p.uid, p.gid, label, label)
+}
+
+func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.ResponseBody, error) {
+	switch r := req.Body.(type) {
+	case *control.VersionRequest:
+		return &control.VersionResponse{Version: Version, Protocols: supportedProtocols()}, nil
+	case *control.BindRequest:
+		if err := s.requireRoot(p, "bind"); err != nil {
+			return nil, err
+		}
+		added, err := s.d.AddBindings(r.Binding)
+		if err != nil {
+			return nil, err
+		}
+		if len(added) > 0 {
+			s.log.Info("bound", "binding", r.Binding.String(), "peer_uid", p.uid)
+		}
+		return &control.BindResponse{}, nil
+	case *control.UnbindRequest:
+		if err := s.requireRoot(p, "unbind"); err != nil {
+			return nil, err
+		}
+		if err := s.d.RemoveBindings(r.Binding); err != nil {
+			return nil, err
+		}
+		s.log.Info("unbound", "binding", r.Binding.String(), "peer_uid", p.uid)
+		return &control.UnbindResponse{}, nil
+	case *control.ListBindingsRequest:
+		bs, err := s.d.Bindings()
+		if err != nil {
+			return nil, err
+		}
+		if r.Label != "" {
+			bs = slices.DeleteFunc(bs, func(b binding.Binding) bool { return b.Label != r.Label })
+		}
+		return &control.ListBindingsResponse{Bindings: bs}, nil
+	case *control.RegisterRequest:
+		if err := s.mayRegister(p, r.Label); err != nil {
+			return nil, err
+		}
+		res := &control.RegisterResponse{}
+		for _, f := range files {
+			info, _ := sockinfo.Inspect(int(f.Fd()))
+			dest, err := s.d.RegisterFD(r.Label, int(f.Fd()))
+			if err != nil {
+				s.Stats.RefusedRegistrations.Add(1)
+				s.log.Warn("refused socket", "label", r.Label, "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
+				return nil, err
+			}
+			res.Results = append(res.Results, control.RegisterResult{Protocol: dest.Protocol, Family: dest.Family, Local: info.Local})
+		}
+		return res, nil
+	case *control.UnregisterRequest:
+		if err := s.mayRegister(p, r.Label); err != nil {
+			return nil, err
+		}
+		if err := s.d.Unregister(r.Label, r.Protocol, r.Family); err != nil {
+			return nil, err
+		}
+		s.log.Info("unregistered", "label", r.Label, "protocol", r.Protocol.String(), "family", r.Family.String(), "peer_uid", p.uid)
+		return &control.UnregisterResponse{}, nil
+	case *control.StatusRequest:
+		return s.status(r.Label)
+	case *control.SetPolicyRequest:
+		if err := s.requireRoot(p, "policy"); err != nil {
+			return nil, err
+		}
+		return s.setPolicy(r)
+	case *control.ApplyRequest:
+		if err := s.requireRoot(p, "apply"); err != nil {
+			return nil, err
+		}
+		return s.apply(r)
+	default:
+		return nil, control.Errorf(control.CodeUnsupported, "operation %s is not supported by this daemon (version %s)", req.Op(), Version)
+	}
+}
+
+func supportedProtocols() []uint16 {
+	var out []uint16
+	for v := control.MinVersion; v <= control.MaxVersion; v++ {
+		out = append(out, v)
+	}
+	return out
+}
+
+func (s *Server) status(label string) (*control.StatusResponse, error) {
+	bs, err := s.d.Bindings()
+	if err != nil {
+		return nil, err
+	}
+	dests, err := s.d.Destinations()
+	if err != nil {
+		return nil, err
+	}
+	counters, _, err := s.d.Counters()
+	if err != nil {
+		return nil, err
+	}
+	byLabel := map[string]*control.LabelStatus{}
+	get := func(name string) *control.LabelStatus {
+		ls := byLabel[name]
+		if ls == nil {
+			ls = &control.LabelStatus{Label: name}
+			byLabel[name] = ls
+		}
+		return ls
+	}
+	for _, b := range bs {
+		get(b.Label).Bindings++
+	}
+	for _, d := range dests {
+		ls := get(d.Label)
+		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: d.Protocol, Family: d.Family, Cookie: d.Cookie})
+	}
+	settings := s.Labels()
+	for name := range settings {
+		get(name)
+	}
+	for name, c := range counters {
+		ls := get(name)
+		ls.Hits, ls.Missing = c.Hits, c.Missing // TODO(lookups, bad_socket) once the wire has them
+	}
+	for name, ls := range byLabel {
+		if st, ok := settings[name]; ok {
+			p, _ := control.ParsePolicy(st.Policy)
+			ls.Policy, ls.Upstream = p, st.Upstream
+		}
+	}
+	res := &control.StatusResponse{Version: Version, NetNS: s.d.NetNSCookie()}
+	for _, name := range slices.Sorted(maps.Keys(byLabel)) {
+		if label != "" && name != label {
+			continue
+		}
+		res.Labels = append(res.Labels, *byLabel[name])
+	}
+	if label != "" && len(res.Labels) == 0 {
+		return nil, fmt.Errorf("status %s: %w: no binding, socket or setting has this label", label, dispatch.ErrNotFound)
+	}
+	return res, nil
+}
+
+func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, error) {
+	if err := control.ValidatePolicy(r.Policy, r.Upstream); err != nil {
+		return nil, err
+	}
+	if r.Policy != control.PolicyNone {
+		return nil, control.Errorf(control.CodeUnsupported, "policy %s is not available in this build of switchyardd (%s); connections are dispatched without it", r.Policy, Version)
+	}
+	s.mu.Lock()
+	ls := s.labels[r.Label]
+	if ls == nil {
+		ls = &LabelSettings{}
+		s.labels[r.Label] = ls
+	}
+	ls.Policy, ls.Upstream = r.Policy.String(), r.Upstream
+	s.mu.Unlock()
+	if err := s.persist(); err != nil {
+		return nil, err
+	}
+	return &control.SetPolicyResponse{}, nil
+}
+
+func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) {
+	return nil, control.Errorf(control.CodeUnsupported, "apply is not available in this build of switchyardd (%s)", Version)
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// toControlError gives err the protocol code a client can branch on.
+func toControlError(err error) error {
+	var ce *control.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	code := control.CodeInternal
+	switch {
+	case errors.Is(err, errPermission):
+		code = control.CodePermission
+	case errors.Is(err, dispatch.ErrConflict):
+		code = control.CodeConflict
+	case errors.Is(err, dispatch.ErrNotFound):
+		code = control.CodeNotFound
+	case errors.Is(err, binding.ErrInvalid), errors.Is(err, dispatch.ErrBadSocket),
+		errors.Is(err, dispatch.ErrCapacity), sockinfo.IsRefusal(err), errors.Is(err, config.ErrInvalid):
+		code = control.CodeInvalid
+	}
+	return control.Errorf(code, "%s", err.Error())
+}
+
+// peerGroups reads the peer's supplementary groups (SO_PEERGROUPS).
+func peerGroups(c *control.Conn) []uint32 {
+	rc, err := c.UnixConn().SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var groups []uint32
+	rc.Control(func(fd uintptr) {
+		buf := make([]byte, 4*256)
+		n := uint32(len(buf))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno != 0 {
+			return
+		}
+		for i := 0; i+4 <= int(n); i += 4 {
+			groups = append(groups, binary.NativeEndian.Uint32(buf[i:]))
+		}
+	})
+	return groups
+}
+
+// DefaultStatePath is where label settings persist for a control socket.
+func DefaultStatePath(controlPath string) string {
+	return filepath.Join(filepath.Dir(controlPath), filepath.Base(controlPath)+".labels.json")
+}

@@ -1,0 +1,264 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/switchyard-project/switchyard/internal/testenv"
+)
+
+var bin struct {
+	dir        string
+	switchyard string
+	daemon     string
+}
+
+func TestMain(m *testing.M) {
+	if fd := os.Getenv("SWITCHYARD_E2E_SERVE_FD"); fd != "" {
+		serveFD(fd, os.Getenv("SWITCHYARD_E2E_BODY"))
+		return
+	}
+	dir, err := os.MkdirTemp("", "switchyard-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755)
+	build := exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/switchyard", "../cmd/switchyardd")
+	if testing.CoverMode() == "" {
+		build = exec.Command("go", "build", "-o", dir+"/", "../cmd/switchyard", "../cmd/switchyardd")
+	}
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	bin.dir, bin.switchyard, bin.daemon = dir, filepath.Join(dir, "switchyard"), filepath.Join(dir, "switchyardd")
+	code := testenv.CheckFDLeaks(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// world is one test's namespace, bpffs, and daemon.
+type world struct {
+	t       *testing.T
+	ns      *testenv.NetNS
+	root    string
+	dir     string // world-readable scratch directory
+	control string
+	d       *daemonProc
+}
+
+func newWorld(t *testing.T, daemonArgs ...string) *world {
+	t.Helper()
+	ns := testenv.NewNetNS(t)
+	for _, p := range []string{"10.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"} {
+		ns.AddLocalRoute(t, netip.MustParsePrefix(p))
+	}
+	dir, err := os.MkdirTemp("", "switchyard-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	w := &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock")}
+	w.d = w.startDaemon(daemonArgs...)
+	return w
+}
+
+type daemonProc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startDaemon runs switchyardd for the world's namespace and returns once
+// it has told systemd's notify socket READY=1.
+func (w *world) startDaemon(extra ...string) *daemonProc {
+	w.t.Helper()
+	notifyPath := filepath.Join(w.dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer notify.Close()
+	defer os.Remove(notifyPath)
+
+	args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--log-level", "debug"}, extra...)
+	cmd := exec.Command(bin.daemon, args...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	w.t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if w.t.Failed() {
+			w.t.Logf("switchyardd log:\n%s", p.stderr.String())
+		}
+	})
+
+	got := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- string(buf[:n])
+		}
+	}()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case msg, ok := <-got:
+			if !ok {
+				w.t.Fatalf("notify socket closed before READY=1; log:\n%s", p.stderr.String())
+			}
+			if strings.Contains(msg, "READY=1") {
+				return p
+			}
+		case <-p.done:
+			w.t.Fatalf("switchyardd exited before READY=1 (%v); log:\n%s", cmd.ProcessState, p.stderr.String())
+		case <-deadline:
+			w.t.Fatalf("switchyardd not ready after 20s; log:\n%s", p.stderr.String())
+		}
+	}
+}
+
+// stop sends sig and waits for the daemon to exit.
+func (p *daemonProc) stop(t *testing.T, sig syscall.Signal) *os.ProcessState {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("switchyardd did not exit after %v; log:\n%s", sig, p.stderr.String())
+	}
+	return p.cmd.ProcessState
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// cli runs the switchyard binary against the world's daemon.
+func (w *world) cli(args ...string) result {
+	w.t.Helper()
+	return w.cliAs(nil, nil, args...)
+}
+
+// cliAs runs the CLI with credentials and extra files (fd 3, 4, ...).
+func (w *world) cliAs(cred *syscall.Credential, files []*os.File, args ...string) result {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin.switchyard, append([]string{"--control", w.control}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.ExtraFiles = files
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			w.t.Fatalf("run switchyard %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func (w *world) mustCLI(args ...string) string {
+	w.t.Helper()
+	r := w.cli(args...)
+	if r.code != 0 {
+		w.t.Fatalf("switchyard %s: exit %d: %s%s", strings.Join(args, " "), r.code, r.stderr, r.stdout)
+	}
+	return r.stdout
+}
+
+// run runs a real client inside the namespace and returns its output.
+func (w *world) run(name string, args ...string) (string, error) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := w.ns.Command(name, args...)
+	cmd2 := exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
+	out, err := cmd2.CombinedOutput()
+	return string(out), err
+}
+
+// serveFD is the test binary's second life: an HTTP service on an inherited
+// listening socket, as a socket-activated service would run.
+func serveFD(fd, body string) {
+	var n int
+	fmt.Sscan(fd, &n)
+	ln, err := net.FileListener(os.NewFile(uintptr(n), "listener"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve fd:", err)
+		os.Exit(1)
+	}
+	http.Serve(ln, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "%s saw %s", body, r.Context().Value(http.LocalAddrContextKey))
+	}))
+}
+
+// metrics scrapes the daemon's metrics endpoint, whose address it logged
+// before it became ready.
+func (w *world) metrics() string {
+	w.t.Helper()
+	log := w.d.stderr.String()
+	i := strings.Index(log, "serving metrics addr=")
+	if i < 0 {
+		w.t.Fatalf("daemon did not log a metrics address:\n%s", log)
+	}
+	addr := strings.Fields(log[i+len("serving metrics addr="):])[0]
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		w.t.Fatalf("scrape metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return b.String()
+}

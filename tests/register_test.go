@@ -1,0 +1,314 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/switchyard-project/switchyard/register"
+)
+
+// httpService serves, on ln, a body naming the service and the address the
+// client dialled.
+func httpService(t *testing.T, name string, ln net.Listener) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "%s saw %s", name, r.Context().Value(http.LocalAddrContextKey))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// curl fetches url from inside the namespace with the real curl.
+func (w *world) curl(url string) string {
+	w.t.Helper()
+	out, err := w.run("curl", "-sS", "--max-time", "5", url)
+	if err != nil {
+		w.t.Fatalf("curl %s: %v: %s", url, err, out)
+	}
+	return out
+}
+
+func (w *world) expectCurl(host string, port int, want string) {
+	w.t.Helper()
+	hp := net.JoinHostPort(host, fmt.Sprint(port))
+	got := w.curl("http://" + hp + "/")
+	if wantBody := want + " saw " + hp; got != wantBody {
+		w.t.Errorf("curl %s: got %q, want %q", hp, got, wantBody)
+	}
+}
+
+// A socket handed over by SCM_RIGHTS through package register serves TCP
+// (curl) and UDP (socat) on several addresses and ports of its bindings, and
+// UDP replies come from the address the client sent to.
+func TestRegisterOverControlSocket(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mustCLI("bind", "web", "tcp", "10.1.0.0/16", "*")
+	w.mustCLI("bind", "web6", "tcp", "2001:db8:1::/64", "8000-8999")
+	w.mustCLI("bind", "dns", "udp", "192.0.2.0/24", "53")
+
+	var ln, ln6 *net.TCPListener
+	var uc *net.UDPConn
+	err := w.ns.Do(func() error {
+		var err error
+		ctx := context.Background()
+		if ln, err = register.ListenTCP(ctx, w.control, "web", "tcp4", "127.0.0.1:0"); err != nil {
+			return err
+		}
+		if ln6, err = register.ListenTCP(ctx, w.control, "web6", "tcp6", "[::1]:0"); err != nil {
+			return err
+		}
+		uc, err = register.ListenUDP(ctx, w.control, "dns", "udp4", "127.0.0.1:0")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	httpService(t, "web", ln)
+	httpService(t, "web6", ln6)
+	udp, err := register.NewUDPConn(uc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, src, dst, err := udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			udp.WriteTo([]byte(fmt.Sprintf("dns saw %s for %s", dst, strings.TrimSpace(string(buf[:n])))), dst, src)
+		}
+	}()
+
+	for _, a := range []string{"10.1.0.1", "10.1.77.200", "10.1.255.254"} {
+		for _, port := range []int{80, 443, 8080, 65000} {
+			w.expectCurl(a, port, "web")
+		}
+	}
+	for _, port := range []int{8000, 8500, 8999} {
+		w.expectCurl("2001:db8:1::7", port, "web6")
+	}
+	for _, a := range []string{"192.0.2.1", "192.0.2.53", "192.0.2.254"} {
+		out, err := w.runInput("ping\n", "socat", "-T", "3", "-", "UDP4:"+a+":53")
+		want := fmt.Sprintf("dns saw %s:53 for ping", a)
+		if err != nil || out != want {
+			t.Errorf("udp to %s:53: got %q (%v), want %q", a, out, err, want)
+		}
+	}
+	st := w.mustCLI("status", "-o", "json")
+	for _, l := range []string{`"web"`, `"web6"`, `"dns"`} {
+		if !strings.Contains(st, l) {
+			t.Errorf("status lacks %s:\n%s", l, st)
+		}
+	}
+}
+
+// The register-socket pattern: systemd-socket-activate (as a .socket unit
+// would) hands a named listening socket to `switchyard register`, which
+// registers it; the service then serves it.
+func TestRegisterFromSocketActivation(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mustCLI("bind", "activated", "tcp", "10.2.0.0/24", "8000-8999")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf("%s --control %s register activated && SWITCHYARD_E2E_SERVE_FD=3 SWITCHYARD_E2E_BODY=activated exec %s", bin.switchyard, w.control, self)
+	cmd := w.ns.Command("systemd-socket-activate", "-l", "127.0.0.1:18080", "--fdname=activated", "sh", "-c", script)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() && !strings.Contains(lines.Text(), "Listening on") {
+	}
+	go func() {
+		for lines.Scan() {
+			t.Log("systemd-socket-activate:", lines.Text())
+		}
+	}()
+	// The first connection starts the unit, as with systemd; its answer
+	// proves the registration went through before the service started.
+	w.expectCurl("127.0.0.1", 18080, "activated")
+	for _, a := range []string{"10.2.0.1", "10.2.0.99"} {
+		for _, port := range []int{8000, 8123, 8999} {
+			w.expectCurl(a, port, "activated")
+		}
+	}
+}
+
+// register-pid takes a listening socket out of a running process (socat)
+// and registers it.
+func TestRegisterPID(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mustCLI("bind", "legacy", "tcp", "10.3.0.0/24", "*")
+	cmd := w.ns.Command("socat", "TCP4-LISTEN:19090,bind=127.0.0.1,reuseaddr,fork", `SYSTEM:printf 'HTTP/1.0 200 OK\r\n\r\nlegacy'`)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	w.waitListening("127.0.0.1:19090")
+
+	out := w.mustCLI("register-pid", fmt.Sprint(cmd.Process.Pid), "legacy", "tcp", "127.0.0.1:19090")
+	if !strings.Contains(out, "legacy") {
+		t.Errorf("register-pid printed %q", out)
+	}
+	for _, hp := range []string{"10.3.0.1:80", "10.3.0.200:9999"} {
+		if got := w.curl("http://" + hp + "/"); got != "legacy" {
+			t.Errorf("curl %s: %q", hp, got)
+		}
+	}
+	// A wrong address is refused, naming what the process has.
+	r := w.cli("register-pid", fmt.Sprint(cmd.Process.Pid), "legacy", "tcp", "127.0.0.1:1")
+	if r.code == 0 || !strings.Contains(r.stderr, "127.0.0.1:19090") {
+		t.Errorf("register-pid with a wrong address: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+// waitListening polls until something accepts connections at addr in the
+// namespace: the readiness check for programs that give no signal.
+func (w *world) waitListening(addr string) {
+	w.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := w.ns.DialTCP(addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.t.Fatalf("nothing listens on %s", addr)
+}
+
+func (w *world) runInput(input, name string, args ...string) (string, error) {
+	w.t.Helper()
+	cmd := w.ns.Command(name, args...)
+	cmd.Stdin = strings.NewReader(input)
+	out, err := cmd.Output()
+	return string(out), err
+}
+
+// Authorization: root may do anything; another uid only registers sockets
+// for labels granted to it, and changes no bindings. Refusals are logged
+// and counted.
+func TestAuthorization(t *testing.T) {
+	t.Parallel()
+	cfg := writeFile(t, `version: 1
+labels:
+  granted:
+    grants: {uids: [4242]}
+`)
+	w := newWorld(t, "--config", cfg, "--metrics-addr", "127.0.0.1:0")
+	w.mustCLI("bind", "granted", "tcp", "10.4.0.0/24", "*")
+	w.mustCLI("bind", "other", "tcp", "10.5.0.0/24", "*")
+	user := &syscall.Credential{Uid: 4242, Gid: 4242}
+	stranger := &syscall.Credential{Uid: 4343, Gid: 4343}
+
+	r := w.cliAs(user, nil, "bind", "granted", "tcp", "10.6.0.0/24", "*")
+	if r.code == 0 || !strings.Contains(r.stderr, "root") {
+		t.Errorf("non-root bind: exit %d, %q", r.code, r.stderr)
+	}
+	r = w.cliAs(user, nil, "unbind", "granted", "tcp", "10.4.0.0/24", "*")
+	if r.code == 0 {
+		t.Errorf("non-root unbind succeeded")
+	}
+
+	ln := w.ns.ListenTCP(t, "127.0.0.1:0")
+	httpService(t, "granted", ln)
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r = w.cliAs(user, []*os.File{f}, "register", "--fd", "3", "other")
+	if r.code == 0 || !strings.Contains(r.stderr, "grant") {
+		t.Errorf("uid 4242 registering label other: exit %d, %q", r.code, r.stderr)
+	}
+	r = w.cliAs(stranger, []*os.File{f}, "register", "--fd", "3", "granted")
+	if r.code == 0 {
+		t.Errorf("uid 4343 registered label granted")
+	}
+	r = w.cliAs(user, []*os.File{f}, "register", "--fd", "3", "granted")
+	if r.code != 0 {
+		t.Fatalf("uid 4242 registering its own label: exit %d, %s", r.code, r.stderr)
+	}
+	f.Close()
+	w.expectCurl("10.4.0.9", 1234, "granted")
+	if _, err := w.run("curl", "-sS", "--max-time", "3", "http://10.5.0.9:1234/"); err == nil {
+		t.Errorf("label other got a socket")
+	}
+	bs := w.mustCLI("bindings")
+	if strings.Contains(bs, "10.6.0.0/24") || !strings.Contains(bs, "10.4.0.0/24") {
+		t.Errorf("bindings after refused changes:\n%s", bs)
+	}
+
+	log := w.d.stderr.String()
+	if n := strings.Count(log, "refused request"); n < 4 {
+		t.Errorf("%d refusals logged, want at least 4:\n%s", n, log)
+	}
+	m := w.metrics()
+	for _, want := range []string{"switchyard_registrations_refused_total 2", "switchyard_changes_refused_total 2"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// A SIGKILLed daemon leaves traffic flowing; a new one adopts the state.
+func TestDaemonKillKeepsTraffic(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mustCLI("bind", "web", "tcp", "10.7.0.0/24", "*")
+	var ln *net.TCPListener
+	if err := w.ns.Do(func() error {
+		var err error
+		ln, err = register.ListenTCP(context.Background(), w.control, "web", "tcp4", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	httpService(t, "web", ln)
+	w.expectCurl("10.7.0.1", 80, "web")
+	before := w.mustCLI("bindings", "-o", "json")
+
+	w.d.stop(t, syscall.SIGKILL)
+	w.expectCurl("10.7.0.2", 81, "web")
+
+	w.d = w.startDaemon()
+	if after := w.mustCLI("bindings", "-o", "json"); after != before {
+		t.Errorf("bindings after restart:\n%s\nwant\n%s", after, before)
+	}
+	w.expectCurl("10.7.0.3", 82, "web")
+	if st := w.mustCLI("status", "web"); !strings.Contains(st, "web") {
+		t.Errorf("status after restart: %s", st)
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	f, err := os.CreateTemp("", "switchyard-*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(f.Name()) })
+	f.WriteString(content)
+	f.Close()
+	os.Chmod(f.Name(), 0o644)
+	return f.Name()
+}
