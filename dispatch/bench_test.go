@@ -33,8 +33,8 @@ type skLookupCtx struct {
 func tcp4Ctx(dst netip.AddrPort) skLookupCtx {
 	a := dst.Addr().As4()
 	return skLookupCtx{
-		Family:     2,  // AF_INET
-		Protocol:   6,  // TCP
+		Family:     2, // AF_INET
+		Protocol:   6, // TCP
 		RemoteIP4:  binary.NativeEndian.Uint32([]byte{192, 0, 2, 99}),
 		RemotePort: 40000,
 		LocalIP4:   binary.NativeEndian.Uint32(a[:]),

@@ -79,7 +79,6 @@ func (e *env) tcpServer(label, addr string) *net.TCPListener {
 	return ln
 }
 
-
 // dialLabel connects to addr and returns the label of the server that
 // answered and the local address that server saw.
 func (e *env) dialLabel(addr string) (label, local string, err error) {
