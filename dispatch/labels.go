@@ -113,3 +113,33 @@ func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 	}
 	return fn(m)
 }
+
+// LabelID returns the number the programs know a label by. Programs of other
+// packages that share the pinned maps (see bpf/lookup.h) key per-label state
+// by it. ok is false for a label with neither bindings nor sockets.
+func (d *Dispatcher) LabelID(name string) (id uint32, ok bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := d.read()
+	if err != nil {
+		return 0, false, err
+	}
+	id, ok = m.labels[name]
+	return id, ok, nil
+}
+
+// EnsureLabel gives a label an id if it has none yet, so that settings can
+// be attached to it before it has bindings or sockets.
+func (d *Dispatcher) EnsureLabel(name string) (uint32, error) {
+	var id uint32
+	err := d.exclusive(func(m *model) error {
+		if _, ok := m.labels[name]; !ok {
+			if err := d.allocLabels(m, []string{name}); err != nil {
+				return err
+			}
+		}
+		id = m.labels[name]
+		return nil
+	})
+	return id, err
+}
