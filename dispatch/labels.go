@@ -7,6 +7,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
 // allocLabels gives ids to labels that have none, recording them in
@@ -48,7 +50,7 @@ func (d *Dispatcher) gcLabels(m *model) error {
 	}
 	var gone []string
 	for name, id := range m.labels {
-		if used[name] || d.hasSocket(id) {
+		if used[name] || m.kept[name] || d.hasSocket(id) {
 			continue
 		}
 		k := labelKey(name)
@@ -128,9 +130,16 @@ func (d *Dispatcher) LabelID(name string) (id uint32, ok bool, err error) {
 	return id, ok, nil
 }
 
-// EnsureLabel gives a label an id if it has none yet, so that settings can
-// be attached to it before it has bindings or sockets.
-func (d *Dispatcher) EnsureLabel(name string) (uint32, error) {
+// labelKept marks, in sy_labels, a label kept for its settings.
+const labelKept = 1
+
+// KeepLabel gives a label an id if it has none yet and keeps it, with its
+// id, while it has neither bindings nor sockets, so that settings keyed by
+// the id never pass to another label. ReleaseLabel undoes it.
+func (d *Dispatcher) KeepLabel(name string) (uint32, error) {
+	if err := binding.ValidateLabel(name); err != nil {
+		return 0, err
+	}
 	var id uint32
 	err := d.exclusive(func(m *model) error {
 		if _, ok := m.labels[name]; !ok {
@@ -139,7 +148,35 @@ func (d *Dispatcher) EnsureLabel(name string) (uint32, error) {
 			}
 		}
 		id = m.labels[name]
-		return nil
+		if m.kept[name] {
+			return nil
+		}
+		k := labelKey(name)
+		if err := d.objs.SyLabels.Put(&k, &dispatchSyLabelVal{Id: id, Flags: labelKept}); err != nil {
+			return fmt.Errorf("keep label %s: %w", name, err)
+		}
+		m.kept[name] = true
+		return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
 	})
 	return id, err
+}
+
+// ReleaseLabel lets a kept label go once it has neither bindings nor
+// sockets.
+func (d *Dispatcher) ReleaseLabel(name string) error {
+	return d.exclusive(func(m *model) error {
+		id, ok := m.labels[name]
+		if !ok || !m.kept[name] {
+			return nil
+		}
+		k := labelKey(name)
+		if err := d.objs.SyLabels.Put(&k, &dispatchSyLabelVal{Id: id}); err != nil {
+			return fmt.Errorf("release label %s: %w", name, err)
+		}
+		delete(m.kept, name)
+		if err := d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial }); err != nil {
+			return err
+		}
+		return d.gcLabels(m)
+	})
 }

@@ -32,6 +32,7 @@ type model struct {
 	bindings map[binding.Key]string
 	labels   map[string]uint32
 	names    map[uint32]string
+	kept     map[string]bool // labels kept without bindings or sockets
 	groups   map[groupKey]*group
 	plens    [4]map[uint8]int  // per proto*2+family: groups per prefix length
 	bits     map[uint32]int    // filter bit -> prefix keys that set it
@@ -44,6 +45,7 @@ func newModel() *model {
 		bindings: map[binding.Key]string{},
 		labels:   map[string]uint32{},
 		names:    map[uint32]string{},
+		kept:     map[string]bool{},
 		groups:   map[groupKey]*group{},
 		bits:     map[uint32]int{},
 		words:    map[uint32]uint64{},
@@ -164,6 +166,9 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		name := labelName(&lk)
 		m.labels[name] = lv.Id
 		m.names[lv.Id] = name
+		if lv.Flags&labelKept != 0 {
+			m.kept[name] = true
+		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, false, fmt.Errorf("read labels: %w", err)
