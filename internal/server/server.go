@@ -304,8 +304,21 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		}
 		res := &control.RegisterResponse{}
 		for _, f := range files {
-			info, _ := sockinfo.Inspect(int(f.Fd()))
-			dest, err := s.d.RegisterFD(r.Label, int(f.Fd()))
+			// Not f.Fd(): that would switch the service's socket, which
+			// shares the file description, to blocking mode.
+			rc, err := f.SyscallConn()
+			if err != nil {
+				return nil, err
+			}
+			var info sockinfo.Info
+			var dest dispatch.Destination
+			cerr := rc.Control(func(fd uintptr) {
+				info, _ = sockinfo.Inspect(int(fd))
+				dest, err = s.d.RegisterFD(r.Label, int(fd))
+			})
+			if cerr != nil {
+				return nil, cerr
+			}
 			if err != nil {
 				s.Stats.RefusedRegistrations.Add(1)
 				s.log.Warn("refused socket", "label", r.Label, "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
@@ -383,7 +396,7 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 	}
 	for name, c := range counters {
 		ls := get(name)
-		ls.Hits, ls.Missing = c.Hits, c.Missing // TODO(lookups, bad_socket) once the wire has them
+		ls.Lookups, ls.Hits, ls.Missing, ls.BadSocket = c.Lookups, c.Hits, c.Missing, c.BadSocket
 	}
 	for name, ls := range byLabel {
 		if st, ok := settings[name]; ok {

@@ -1,0 +1,273 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Client sends requests to switchyardd, one at a time, over one Conn. Its
+// methods are safe for concurrent use; they take turns. A reply with an
+// error comes back as an *Error (match it with errors.Is and the ErrX
+// sentinels); transport failures come back wrapped, and make every later
+// call fail with ErrBroken: dial again.
+type Client struct {
+	mu     sync.Mutex
+	conn   *Conn
+	broken error
+}
+
+// Dial connects to the control socket at path; "" means DefaultPath of the
+// caller's network namespace.
+func Dial(ctx context.Context, path string) (*Client, error) {
+	if path == "" {
+		ino, err := NetNSInode("")
+		if err != nil {
+			return nil, fmt.Errorf("control dial: %w", err)
+		}
+		path = DefaultPath(ino)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unixpacket", path)
+	if err != nil {
+		return nil, dialError(path, err)
+	}
+	conn, err := NewConn(c.(*net.UnixConn))
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return NewClient(conn), nil
+}
+
+func dialError(path string, err error) error {
+	var hint string
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		hint = "no control socket there: start switchyardd for this network namespace, or give the right --control path"
+	case errors.Is(err, unix.ECONNREFUSED):
+		hint = "nobody listens there: switchyardd is not running; start it"
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		hint = "no permission to connect: run as root, or ask for access to the control socket's directory"
+	case errors.Is(err, unix.EPROTOTYPE):
+		hint = "that socket is not a switchyard control socket (wrong socket type); check the --control path"
+	}
+	if hint == "" {
+		return fmt.Errorf("control dial %s: %w", path, err)
+	}
+	return fmt.Errorf("control dial %s: %w: %s", path, err, hint)
+}
+
+// NewClient makes a client of an established connection. Closing the client
+// closes conn.
+func NewClient(conn *Conn) *Client { return &Client{conn: conn} }
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Do sends one request with files attached (only Register takes any) and
+// returns the result. An error reply is returned as an *Error. The files
+// stay the caller's.
+func (c *Client) Do(ctx context.Context, body RequestBody, files []*os.File) (ResponseBody, error) {
+	op := body.Op()
+	fds := make([]int, 0, len(files))
+	defer func() { closeFDs(fds) }()
+	for _, f := range files {
+		fd, err := dupFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("control %s: %w", op, err)
+		}
+		fds = append(fds, fd)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return nil, fmt.Errorf("control %s: %w", op, c.broken)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("control %s: %w", op, err)
+	}
+	deadline, _ := ctx.Deadline()
+	if err := c.conn.SetDeadline(deadline); err != nil {
+		return nil, fmt.Errorf("control %s: %w", op, err)
+	}
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		// Wake up a blocked Send or Recv. The connection is then out of
+		// step and marked broken below.
+		c.conn.SetDeadline(time.Unix(1, 0))
+		close(woken)
+	})
+	defer func() {
+		if !stop() {
+			<-woken // never let it touch the deadline of a later call
+		}
+	}()
+
+	rep, err := c.roundTrip(NewRequest(body), fds)
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			// The only deadlines on the connection are the context's; the
+			// poller's timer may fire a moment before the context's.
+			if cerr == nil {
+				cerr = context.DeadlineExceeded
+			}
+			err = fmt.Errorf("%w (%v)", cerr, err)
+		}
+		var le localError
+		if !errors.As(err, &le) {
+			// Something may have been sent or received: the connection
+			// is no longer in step.
+			c.broken = fmt.Errorf("%w (%v)", ErrBroken, err)
+			c.conn.Close()
+		}
+		return nil, fmt.Errorf("control %s: %w", op, err)
+	}
+	if rep.Err != nil {
+		return nil, rep.Err
+	}
+	return rep.Body, nil
+}
+
+// roundTrip sends req and reads its reply.
+func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
+	fs, err := encodeRequest(req)
+	if err != nil {
+		return nil, localError{err}
+	}
+	if err := c.conn.sendFrames(fs, fds); err != nil {
+		return nil, err
+	}
+	rep, err := c.conn.ReadReply()
+	if err != nil {
+		return nil, err
+	}
+	if rep.Op != req.Op() && rep.Op != 0 {
+		return nil, invalidf("control message: got a %s reply to a %s request", rep.Op, req.Op())
+	}
+	if rep.Version != req.Version {
+		return nil, invalidf("control message: reply speaks version %d to a version %d request", rep.Version, req.Version)
+	}
+	return rep, nil
+}
+
+// localError marks a request refused before anything was sent.
+type localError struct{ error }
+
+func (e localError) Unwrap() error { return e.error }
+
+// dupFile returns a close-on-exec duplicate of f's descriptor. It does not
+// use f.Fd, which would switch a socket shared with a net.Conn to blocking
+// mode.
+func dupFile(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("file %s: %w", f.Name(), err)
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, fmt.Errorf("file %s: %w", f.Name(), err)
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("file %s: dup: %w", f.Name(), derr)
+	}
+	return nfd, nil
+}
+
+// Version asks for the daemon's version and protocol versions.
+func (c *Client) Version(ctx context.Context) (*VersionResponse, error) {
+	r, err := c.Do(ctx, &VersionRequest{}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*VersionResponse), nil
+}
+
+// Ping checks that the daemon answers.
+func (c *Client) Ping(ctx context.Context) error {
+	_, err := c.Version(ctx)
+	return err
+}
+
+// Bind adds a binding.
+func (c *Client) Bind(ctx context.Context, b binding.Binding) error {
+	_, err := c.Do(ctx, &BindRequest{Binding: b}, nil)
+	return err
+}
+
+// Unbind removes a binding.
+func (c *Client) Unbind(ctx context.Context, b binding.Binding) error {
+	_, err := c.Do(ctx, &UnbindRequest{Binding: b}, nil)
+	return err
+}
+
+// ListBindings returns every binding, or those of label if it is not empty.
+func (c *Client) ListBindings(ctx context.Context, label string) ([]binding.Binding, error) {
+	r, err := c.Do(ctx, &ListBindingsRequest{Label: label}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*ListBindingsResponse).Bindings, nil
+}
+
+// Register registers the sockets in files as destinations of label. The
+// daemon does not keep the caller's descriptors: the files stay open and
+// the caller's to close.
+func (c *Client) Register(ctx context.Context, label string, files ...*os.File) ([]RegisterResult, error) {
+	if len(files) == 0 || len(files) > MaxRegisterFiles {
+		return nil, fmt.Errorf("control register: %w", invalidf("%d sockets given; give 1 to %d", len(files), MaxRegisterFiles))
+	}
+	r, err := c.Do(ctx, &RegisterRequest{Label: label}, files)
+	if err != nil {
+		return nil, err
+	}
+	res := r.(*RegisterResponse).Results
+	if len(res) != len(files) {
+		return nil, fmt.Errorf("control register: %w", invalidf("daemon answered with %d results for %d sockets", len(res), len(files)))
+	}
+	return res, nil
+}
+
+// Unregister removes the socket of a destination.
+func (c *Client) Unregister(ctx context.Context, label string, proto binding.Protocol, fam binding.Family) error {
+	_, err := c.Do(ctx, &UnregisterRequest{Label: label, Protocol: proto, Family: fam}, nil)
+	return err
+}
+
+// Status returns the state of every label, or only of label if it is not
+// empty.
+func (c *Client) Status(ctx context.Context, label string) (*StatusResponse, error) {
+	r, err := c.Do(ctx, &StatusRequest{Label: label}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*StatusResponse), nil
+}
+
+// SetPolicy sets a label's connection policy. upstream is for splice only.
+func (c *Client) SetPolicy(ctx context.Context, label string, p Policy, upstream string) error {
+	_, err := c.Do(ctx, &SetPolicyRequest{Label: label, Policy: p, Upstream: upstream}, nil)
+	return err
+}
+
+// Apply makes the daemon's bindings and label settings equal to cfg, or with
+// dryRun only reports what that would change.
+func (c *Client) Apply(ctx context.Context, cfg Config, dryRun bool) (*ApplyResponse, error) {
+	r, err := c.Do(ctx, &ApplyRequest{Config: cfg, DryRun: dryRun}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*ApplyResponse), nil
+}

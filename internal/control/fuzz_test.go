@@ -1,0 +1,137 @@
+package control
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+)
+
+// fuzzSplit turns fuzz input into datagrams: a, then b if it is not empty.
+func fuzzSplit(a, b []byte) [][]byte {
+	if len(b) == 0 {
+		return [][]byte{a}
+	}
+	return [][]byte{a, b}
+}
+
+// seedTwo adds a message as two fuzz arguments: the first datagram and the
+// rest joined, so that chunked seeds exercise the assembler.
+func seedTwo(f *testing.F, ds [][]byte, nfds uint8) {
+	if len(ds) == 1 {
+		f.Add(ds[0], []byte(nil), nfds)
+		return
+	}
+	f.Add(ds[0], ds[1], nfds)
+}
+
+// chunked re-encodes a message's payload in datagrams of at most n bytes, so
+// that small seeds also cover continuation datagrams.
+func chunked(ds [][]byte, n int) [][]byte {
+	h, err := parseHeader(ds[0])
+	if err != nil || len(ds) != 1 {
+		return ds
+	}
+	fs, _ := framesOf(h.version, h.op, h.flags&flagReply != 0, ds[0][headerLen:], n)
+	return joinFrames(fs)
+}
+
+// framesOf is frames with a chosen chunk size.
+func framesOf(version uint16, op Op, reply bool, p []byte, n int) ([]frame, error) {
+	var out []frame
+	for i := 0; i == 0 || i < len(p); i += n {
+		chunk := p[i:min(i+n, len(p))]
+		h := header{version: version, op: op, total: uint32(len(p)), length: uint32(len(chunk))}
+		if reply {
+			h.flags |= flagReply
+		}
+		if i+n < len(p) {
+			h.flags |= flagMore
+		}
+		var fr frame
+		h.put(fr.hdr[:])
+		fr.payload = chunk
+		out = append(out, fr)
+	}
+	return out, nil
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, body := range sampleRequests(f) {
+		ds, err := EncodeRequest(NewRequest(body))
+		if err != nil {
+			f.Fatal(err)
+		}
+		nfds := uint8(0)
+		if body.Op() == OpRegister {
+			nfds = 1
+		}
+		seedTwo(f, ds, nfds)
+		seedTwo(f, chunked(ds, len(ds[0])/2), nfds)
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte, nfds uint8) {
+		ds := fuzzSplit(a, b)
+		req, err := DecodeRequest(ds, int(nfds))
+		if err != nil {
+			if _, ok := err.(*Error); !ok {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		// Whatever is accepted must encode again, and stay the same
+		// through another round.
+		ds1, err := EncodeRequest(req)
+		if err != nil {
+			t.Fatalf("accepted request does not encode: %v\n%#v", err, req.Body)
+		}
+		req2, err := DecodeRequest(ds1, int(nfds))
+		if err != nil {
+			t.Fatalf("re-encoded request does not decode: %v", err)
+		}
+		ds2, err := EncodeRequest(req2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.EqualFunc(ds1, ds2, bytes.Equal) {
+			t.Fatalf("encoding not stable:\n%q\n%q", ds1, ds2)
+		}
+	})
+}
+
+func FuzzDecodeReply(f *testing.F) {
+	for _, rep := range sampleReplies(f) {
+		ds, err := EncodeReply(rep)
+		if err != nil {
+			f.Fatal(err)
+		}
+		seedTwo(f, ds, 0)
+		seedTwo(f, chunked(ds, len(ds[0])/2), 0)
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte, nfds uint8) {
+		ds := fuzzSplit(a, b)
+		rep, err := DecodeReply(ds, int(nfds))
+		if err != nil {
+			if _, ok := err.(*Error); !ok {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		if (rep.Err == nil) == (rep.Body == nil) {
+			t.Fatalf("reply with error %v and body %v", rep.Err, rep.Body)
+		}
+		ds1, err := EncodeReply(rep)
+		if err != nil {
+			t.Fatalf("accepted reply does not encode: %v\n%#v", err, rep)
+		}
+		rep2, err := DecodeReply(ds1, 0)
+		if err != nil {
+			t.Fatalf("re-encoded reply does not decode: %v", err)
+		}
+		ds2, err := EncodeReply(rep2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.EqualFunc(ds1, ds2, bytes.Equal) {
+			t.Fatalf("encoding not stable:\n%q\n%q", ds1, ds2)
+		}
+	})
+}

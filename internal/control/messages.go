@@ -1,0 +1,606 @@
+package control
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Protocol versions. A peer sends ProtocolVersion and accepts any version in
+// [MinVersion, MaxVersion]; a reply uses the version of its request. Adding
+// a field, an operation or an error code needs a new version, since decoding
+// refuses what it does not know.
+const (
+	MinVersion      uint16 = 1
+	MaxVersion      uint16 = 1
+	ProtocolVersion uint16 = MaxVersion
+)
+
+// SupportedVersion reports whether v is a protocol version this package
+// speaks.
+func SupportedVersion(v uint16) bool { return v >= MinVersion && v <= MaxVersion }
+
+// Op is an operation of the control protocol. The numbers are part of the
+// protocol.
+type Op uint16
+
+const (
+	OpVersion      Op = 1 // daemon version and supported protocol versions; also a ping
+	OpBind         Op = 2
+	OpUnbind       Op = 3
+	OpListBindings Op = 4
+	OpRegister     Op = 5 // carries one or more sockets by SCM_RIGHTS
+	OpUnregister   Op = 6
+	OpStatus       Op = 7
+	OpSetPolicy    Op = 8
+	OpApply        Op = 9
+)
+
+var opNames = map[Op]string{
+	OpVersion:      "version",
+	OpBind:         "bind",
+	OpUnbind:       "unbind",
+	OpListBindings: "list-bindings",
+	OpRegister:     "register",
+	OpUnregister:   "unregister",
+	OpStatus:       "status",
+	OpSetPolicy:    "set-policy",
+	OpApply:        "apply",
+}
+
+func (o Op) String() string {
+	if s, ok := opNames[o]; ok {
+		return s
+	}
+	return fmt.Sprintf("op(%d)", uint16(o))
+}
+
+// Known reports whether o is an operation of this protocol version.
+func (o Op) Known() bool {
+	_, ok := opNames[o]
+	return ok
+}
+
+// MaxRegisterFiles is the most sockets one Register request may carry.
+const MaxRegisterFiles = 64
+
+// fdRange is how many file descriptors a request of the op must carry.
+// Replies never carry any.
+func (o Op) fdRange() (lo, hi int) {
+	if o == OpRegister {
+		return 1, MaxRegisterFiles
+	}
+	return 0, 0
+}
+
+// Policy is a label's connection policy.
+type Policy uint8
+
+const (
+	PolicyNone   Policy = iota // no sockmap program (the default)
+	PolicyBypass               // SK_MSG redirect between local sockets
+	PolicySplice               // the daemon accepts and splices to an upstream
+)
+
+func (p Policy) String() string {
+	switch p {
+	case PolicyNone:
+		return "none"
+	case PolicyBypass:
+		return "bypass"
+	case PolicySplice:
+		return "splice"
+	}
+	return fmt.Sprintf("policy(%d)", uint8(p))
+}
+
+// ParsePolicy accepts "none", "bypass" or "splice".
+func ParsePolicy(s string) (Policy, error) {
+	switch s {
+	case "none":
+		return PolicyNone, nil
+	case "bypass":
+		return PolicyBypass, nil
+	case "splice":
+		return PolicySplice, nil
+	}
+	if len(s) > 32 {
+		s = s[:32] + "..."
+	}
+	return 0, fmt.Errorf("policy %q: %w: use none, bypass or splice", s, binding.ErrInvalid)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (p Policy) MarshalText() ([]byte, error) {
+	if p > PolicySplice {
+		return nil, fmt.Errorf("policy %d: %w", uint8(p), binding.ErrInvalid)
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Policy) UnmarshalText(b []byte) error {
+	v, err := ParsePolicy(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// ValidatePolicy checks a policy with its upstream. Splice needs an upstream
+// "host:port" or "host:same" (keep the port the client dialled); the other
+// policies take none.
+func ValidatePolicy(p Policy, upstream string) error {
+	switch p {
+	case PolicyNone, PolicyBypass:
+		if upstream != "" {
+			return fmt.Errorf("policy %s: %w: takes no upstream; only splice does", p, binding.ErrInvalid)
+		}
+		return nil
+	case PolicySplice:
+		return validateUpstream(upstream)
+	}
+	return fmt.Errorf("policy %d: %w: use none, bypass or splice", uint8(p), binding.ErrInvalid)
+}
+
+func validateUpstream(s string) error {
+	const hint = "give host:port, or host:same to keep the port the client dialled"
+	if s == "" {
+		return fmt.Errorf("policy splice: %w: needs an upstream; %s", binding.ErrInvalid, hint)
+	}
+	if len(s) > 512 {
+		return fmt.Errorf("upstream: %w: longer than 512 bytes", binding.ErrInvalid)
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return fmt.Errorf("upstream %q: %w: %s", s, binding.ErrInvalid, hint)
+	}
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("upstream %q: %w: host has a control, space or non-ASCII byte", s, binding.ErrInvalid)
+		}
+	}
+	if port == "same" {
+		return nil
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return fmt.Errorf("upstream %q: %w: port must be 1-65535 or \"same\"", s, binding.ErrInvalid)
+	}
+	return nil
+}
+
+// RequestBody is the typed argument of one operation: one of the
+// *...Request types of this package.
+type RequestBody interface {
+	// Op is the operation the body belongs to.
+	Op() Op
+	// Validate checks the arguments without any daemon state.
+	Validate() error
+	isRequest()
+}
+
+// ResponseBody is the typed result of one operation: one of the
+// *...Response types of this package.
+type ResponseBody interface {
+	Op() Op
+	isResponse()
+}
+
+// newRequestBody returns a zero body for op, or nil for an unknown op.
+func newRequestBody(op Op) RequestBody {
+	switch op {
+	case OpVersion:
+		return new(VersionRequest)
+	case OpBind:
+		return new(BindRequest)
+	case OpUnbind:
+		return new(UnbindRequest)
+	case OpListBindings:
+		return new(ListBindingsRequest)
+	case OpRegister:
+		return new(RegisterRequest)
+	case OpUnregister:
+		return new(UnregisterRequest)
+	case OpStatus:
+		return new(StatusRequest)
+	case OpSetPolicy:
+		return new(SetPolicyRequest)
+	case OpApply:
+		return new(ApplyRequest)
+	}
+	return nil
+}
+
+// newResponseBody returns a zero body for op, or nil for an unknown op.
+func newResponseBody(op Op) ResponseBody {
+	switch op {
+	case OpVersion:
+		return new(VersionResponse)
+	case OpBind:
+		return new(BindResponse)
+	case OpUnbind:
+		return new(UnbindResponse)
+	case OpListBindings:
+		return new(ListBindingsResponse)
+	case OpRegister:
+		return new(RegisterResponse)
+	case OpUnregister:
+		return new(UnregisterResponse)
+	case OpStatus:
+		return new(StatusResponse)
+	case OpSetPolicy:
+		return new(SetPolicyResponse)
+	case OpApply:
+		return new(ApplyResponse)
+	}
+	return nil
+}
+
+// VersionRequest asks for the daemon's version. It doubles as a ping.
+type VersionRequest struct{}
+
+// VersionResponse is the daemon's build version and the protocol versions it
+// speaks.
+type VersionResponse struct {
+	Version   string   `json:"version"`
+	Protocols []uint16 `json:"protocols"`
+}
+
+// BindRequest adds one binding. Binding an existing identical binding
+// succeeds; one that conflicts fails with CodeConflict.
+type BindRequest struct {
+	Binding binding.Binding `json:"binding"`
+}
+
+// BindResponse is empty.
+type BindResponse struct{}
+
+// UnbindRequest removes one binding; the label must match too.
+type UnbindRequest struct {
+	Binding binding.Binding `json:"binding"`
+}
+
+// UnbindResponse is empty.
+type UnbindResponse struct{}
+
+// ListBindingsRequest lists bindings, all of them or those of one label.
+type ListBindingsRequest struct {
+	Label string `json:"label,omitempty"`
+}
+
+// ListBindingsResponse holds the bindings, in the daemon's order.
+type ListBindingsResponse struct {
+	Bindings []binding.Binding `json:"bindings"`
+}
+
+// RegisterRequest registers the sockets attached to the message (SCM_RIGHTS,
+// 1 to MaxRegisterFiles of them) as destinations of Label. The daemon works
+// out protocol and family from each socket.
+type RegisterRequest struct {
+	Label string `json:"label"`
+}
+
+// RegisterResult describes one registered socket, in the order the sockets
+// were attached.
+type RegisterResult struct {
+	Protocol binding.Protocol `json:"protocol"`
+	Family   binding.Family   `json:"family"`
+	// Local is the address the socket is bound to.
+	Local netip.AddrPort `json:"local"`
+	// Replaced is true if the socket took the place of an earlier one.
+	Replaced bool `json:"replaced,omitempty"`
+}
+
+// RegisterResponse has one result per socket.
+type RegisterResponse struct {
+	Results []RegisterResult `json:"results"`
+}
+
+// UnregisterRequest removes the socket of a destination.
+type UnregisterRequest struct {
+	Label    string           `json:"label"`
+	Protocol binding.Protocol `json:"protocol"`
+	Family   binding.Family   `json:"family"`
+}
+
+// UnregisterResponse is empty.
+type UnregisterResponse struct{}
+
+// StatusRequest asks for the state of every label, or of one.
+type StatusRequest struct {
+	Label string `json:"label,omitempty"`
+}
+
+// StatusResponse is the daemon's view of its namespace.
+type StatusResponse struct {
+	Version string        `json:"version"`
+	NetNS   uint64        `json:"netns"`
+	Labels  []LabelStatus `json:"labels"`
+}
+
+// LabelStatus is the state of one label.
+type LabelStatus struct {
+	Label    string         `json:"label"`
+	Policy   Policy         `json:"policy"`
+	Upstream string         `json:"upstream,omitempty"`
+	Bindings int            `json:"bindings"`
+	Sockets  []SocketStatus `json:"sockets,omitempty"`
+	// Lookups that chose this label; of those, the ones delivered, the
+	// ones refused for want of a socket (rule 5 of the design), and the
+	// ones the kernel would not assign to the registered socket.
+	Lookups   uint64 `json:"lookups"`
+	Hits      uint64 `json:"hits"`
+	Missing   uint64 `json:"missing"`
+	BadSocket uint64 `json:"bad_socket"`
+}
+
+// SocketStatus is one registered destination of a label.
+type SocketStatus struct {
+	Protocol binding.Protocol `json:"protocol"`
+	Family   binding.Family   `json:"family"`
+	Local    netip.AddrPort   `json:"local"`
+	Cookie   uint64           `json:"cookie"`
+}
+
+// SetPolicyRequest sets a label's connection policy.
+type SetPolicyRequest struct {
+	Label    string `json:"label"`
+	Policy   Policy `json:"policy"`
+	Upstream string `json:"upstream,omitempty"`
+}
+
+// SetPolicyResponse is empty.
+type SetPolicyResponse struct{}
+
+// Config is a whole desired state: what `switchyard apply` sends.
+type Config struct {
+	Bindings []binding.Binding `json:"bindings"`
+	Labels   []LabelSettings   `json:"labels,omitempty"`
+}
+
+// LabelSettings are the per-label settings of a Config.
+type LabelSettings struct {
+	Label    string `json:"label"`
+	Policy   Policy `json:"policy"`
+	Upstream string `json:"upstream,omitempty"`
+	// Users and Groups (names or numeric ids) may register sockets for the
+	// label without being root.
+	Users  []string `json:"users,omitempty"`
+	Groups []string `json:"groups,omitempty"`
+}
+
+// ApplyRequest makes the daemon's bindings and label settings equal to
+// Config. With DryRun the daemon only computes the diff.
+type ApplyRequest struct {
+	Config Config `json:"config"`
+	DryRun bool   `json:"dry_run,omitempty"`
+}
+
+// ApplyResponse reports what changed, or would change with DryRun.
+type ApplyResponse struct {
+	Applied bool `json:"applied"`
+	Diff    Diff `json:"diff"`
+}
+
+// Diff is the difference between the daemon's state and a Config. A binding
+// whose label changes is removed and added.
+type Diff struct {
+	AddBindings    []binding.Binding `json:"add_bindings,omitempty"`
+	RemoveBindings []binding.Binding `json:"remove_bindings,omitempty"`
+	Labels         []LabelChange     `json:"labels,omitempty"`
+}
+
+// Empty reports whether d changes nothing.
+func (d Diff) Empty() bool {
+	return len(d.AddBindings) == 0 && len(d.RemoveBindings) == 0 && len(d.Labels) == 0
+}
+
+// LabelChange is a change of one label's settings. Old is nil for a label
+// that is new, New is nil for one that goes away.
+type LabelChange struct {
+	Label string         `json:"label"`
+	Old   *LabelSettings `json:"old,omitempty"`
+	New   *LabelSettings `json:"new,omitempty"`
+}
+
+func (*VersionRequest) Op() Op      { return OpVersion }
+func (*BindRequest) Op() Op         { return OpBind }
+func (*UnbindRequest) Op() Op       { return OpUnbind }
+func (*ListBindingsRequest) Op() Op { return OpListBindings }
+func (*RegisterRequest) Op() Op     { return OpRegister }
+func (*UnregisterRequest) Op() Op   { return OpUnregister }
+func (*StatusRequest) Op() Op       { return OpStatus }
+func (*SetPolicyRequest) Op() Op    { return OpSetPolicy }
+func (*ApplyRequest) Op() Op        { return OpApply }
+
+func (*VersionRequest) isRequest()      {}
+func (*BindRequest) isRequest()         {}
+func (*UnbindRequest) isRequest()       {}
+func (*ListBindingsRequest) isRequest() {}
+func (*RegisterRequest) isRequest()     {}
+func (*UnregisterRequest) isRequest()   {}
+func (*StatusRequest) isRequest()       {}
+func (*SetPolicyRequest) isRequest()    {}
+func (*ApplyRequest) isRequest()        {}
+
+func (*VersionResponse) Op() Op      { return OpVersion }
+func (*BindResponse) Op() Op         { return OpBind }
+func (*UnbindResponse) Op() Op       { return OpUnbind }
+func (*ListBindingsResponse) Op() Op { return OpListBindings }
+func (*RegisterResponse) Op() Op     { return OpRegister }
+func (*UnregisterResponse) Op() Op   { return OpUnregister }
+func (*StatusResponse) Op() Op       { return OpStatus }
+func (*SetPolicyResponse) Op() Op    { return OpSetPolicy }
+func (*ApplyResponse) Op() Op        { return OpApply }
+
+func (*VersionResponse) isResponse()      {}
+func (*BindResponse) isResponse()         {}
+func (*UnbindResponse) isResponse()       {}
+func (*ListBindingsResponse) isResponse() {}
+func (*RegisterResponse) isResponse()     {}
+func (*UnregisterResponse) isResponse()   {}
+func (*StatusResponse) isResponse()       {}
+func (*SetPolicyResponse) isResponse()    {}
+func (*ApplyResponse) isResponse()        {}
+
+// Validate implements RequestBody.
+func (*VersionRequest) Validate() error { return nil }
+
+// Validate implements RequestBody.
+func (r *BindRequest) Validate() error { return r.Binding.Validate() }
+
+// Validate implements RequestBody.
+func (r *UnbindRequest) Validate() error { return r.Binding.Validate() }
+
+// Validate implements RequestBody.
+func (r *ListBindingsRequest) Validate() error { return optionalLabel(r.Label) }
+
+// Validate implements RequestBody.
+func (r *RegisterRequest) Validate() error { return binding.ValidateLabel(r.Label) }
+
+// Validate implements RequestBody.
+func (r *UnregisterRequest) Validate() error {
+	if err := binding.ValidateLabel(r.Label); err != nil {
+		return err
+	}
+	if r.Protocol != binding.TCP && r.Protocol != binding.UDP {
+		return fmt.Errorf("unregister: %w: protocol must be tcp or udp", binding.ErrInvalid)
+	}
+	if r.Family != binding.IPv4 && r.Family != binding.IPv6 {
+		return fmt.Errorf("unregister: %w: family must be ipv4 or ipv6", binding.ErrInvalid)
+	}
+	return nil
+}
+
+// Validate implements RequestBody.
+func (r *StatusRequest) Validate() error { return optionalLabel(r.Label) }
+
+// Validate implements RequestBody.
+func (r *SetPolicyRequest) Validate() error {
+	if err := binding.ValidateLabel(r.Label); err != nil {
+		return err
+	}
+	return ValidatePolicy(r.Policy, r.Upstream)
+}
+
+// Validate implements RequestBody. It checks every binding and label
+// setting on its own; conflicts between bindings are the daemon's to find.
+func (r *ApplyRequest) Validate() error { return r.Config.Validate() }
+
+// Validate checks each binding and each label's settings, and that no label
+// has settings twice.
+func (c *Config) Validate() error {
+	for i := range c.Bindings {
+		if err := c.Bindings[i].Validate(); err != nil {
+			return fmt.Errorf("binding %d: %w", i+1, err)
+		}
+	}
+	seen := make(map[string]bool, len(c.Labels))
+	for i := range c.Labels {
+		s := &c.Labels[i]
+		if err := s.Validate(); err != nil {
+			return err
+		}
+		if seen[s.Label] {
+			return fmt.Errorf("label %q: %w: settings given twice; merge them", s.Label, binding.ErrInvalid)
+		}
+		seen[s.Label] = true
+	}
+	return nil
+}
+
+// Validate checks one label's settings.
+func (s *LabelSettings) Validate() error {
+	if err := binding.ValidateLabel(s.Label); err != nil {
+		return err
+	}
+	if err := ValidatePolicy(s.Policy, s.Upstream); err != nil {
+		return fmt.Errorf("label %q: %w", s.Label, err)
+	}
+	for _, list := range [][]string{s.Users, s.Groups} {
+		for _, name := range list {
+			if err := validatePrincipal(name); err != nil {
+				return fmt.Errorf("label %q: %w", s.Label, err)
+			}
+		}
+	}
+	return nil
+}
+
+// validatePrincipal accepts a user or group name or number as POSIX and
+// systemd allow them, loosely: 1 to 256 bytes, no space, control, colon,
+// slash or non-ASCII byte.
+func validatePrincipal(s string) error {
+	if s == "" || len(s) > 256 {
+		return fmt.Errorf("user or group %q: %w: must be 1 to 256 bytes", s, binding.ErrInvalid)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == ':' || c == '/' {
+			return fmt.Errorf("user or group %q: %w: byte %d is not allowed", s, binding.ErrInvalid, i)
+		}
+	}
+	return nil
+}
+
+func optionalLabel(l string) error {
+	if l == "" {
+		return nil
+	}
+	return binding.ValidateLabel(l)
+}
+
+// Message is a *Request or a *Reply.
+type Message interface {
+	isMessage()
+}
+
+// Request is one request: the protocol version it speaks and its body, which
+// also gives the operation.
+type Request struct {
+	Version uint16
+	Body    RequestBody
+}
+
+// NewRequest returns a request of the current protocol version.
+func NewRequest(body RequestBody) *Request {
+	return &Request{Version: ProtocolVersion, Body: body}
+}
+
+// Op is the request's operation.
+func (r *Request) Op() Op { return r.Body.Op() }
+
+// Reply answers one request: either Err is set, or Body holds the result of
+// the request's operation.
+type Reply struct {
+	Version uint16
+	Op      Op
+	Err     *Error
+	Body    ResponseBody
+}
+
+// NewReply returns a successful reply to req.
+func NewReply(req *Request, body ResponseBody) *Reply {
+	return &Reply{Version: req.Version, Op: body.Op(), Body: body}
+}
+
+// NewErrorReply returns a failed reply for op, with the code AsError picks
+// for err. A reply to a request that could not be decoded may use op 0 (and
+// version ProtocolVersion); the client still sees the error.
+func NewErrorReply(version uint16, op Op, err error) *Reply {
+	if !SupportedVersion(version) {
+		version = ProtocolVersion
+	}
+	e := AsError(err)
+	if e == nil {
+		e = Errorf(CodeInternal, "unknown error")
+	}
+	return &Reply{Version: version, Op: op, Err: e}
+}
+
+func (*Request) isMessage() {}
+func (*Reply) isMessage()   {}
