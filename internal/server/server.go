@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -188,6 +189,10 @@ func (s *Server) serveConn(ctx context.Context, c *control.Conn) {
 		return
 	}
 	p := peer{uid: cred.UID, gid: cred.GID, pid: cred.PID, groups: peerGroups(c)}
+	if !p.root() {
+		// Only root may send the large messages (apply).
+		c.SetRequestLimit(control.MaxSmallMessage)
+	}
 	for ctx.Err() == nil {
 		req, files, err := c.ReadRequest()
 		if err != nil {
@@ -439,7 +444,107 @@ func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, e
 }
 
 func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) {
-	return nil, control.Errorf(control.CodeUnsupported, "apply is not available in this build of switchyardd (%s)", Version)
+	next := make(map[string]*LabelSettings, len(r.Config.Labels))
+	for _, l := range r.Config.Labels {
+		if err := control.ValidatePolicy(l.Policy, l.Upstream); err != nil {
+			return nil, fmt.Errorf("label %s: %w", l.Label, err)
+		}
+		if l.Policy != control.PolicyNone {
+			return nil, control.Errorf(control.CodeUnsupported, "label %s: policy %s is not available in this build of switchyardd (%s)", l.Label, l.Policy, Version)
+		}
+		ls := &LabelSettings{Grants: grantsFromWire(l.Users, l.Groups), Policy: l.Policy.String(), Upstream: l.Upstream}
+		p, err := ls.Grants.Resolve(s.resolver)
+		if err != nil {
+			return nil, fmt.Errorf("label %s: %w", l.Label, err)
+		}
+		ls.principals = p
+		next[l.Label] = ls
+	}
+	added, removed, err := s.d.ReplaceBindings(r.Config.Bindings, r.DryRun)
+	if err != nil {
+		return nil, err
+	}
+	res := &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{AddBindings: added, RemoveBindings: removed}}
+	cur := s.Labels()
+	for _, name := range slices.Sorted(maps.Keys(unionKeys(cur, next))) {
+		old, hadOld := cur[name]
+		nw, hasNew := next[name]
+		var ch control.LabelChange
+		ch.Label = name
+		if hadOld {
+			ch.Old = old.wire(name)
+		}
+		if hasNew {
+			ch.New = nw.wire(name)
+		}
+		if hadOld && hasNew && sameSettings(ch.Old, ch.New) {
+			continue
+		}
+		res.Diff.Labels = append(res.Diff.Labels, ch)
+	}
+	if r.DryRun {
+		return res, nil
+	}
+	s.mu.Lock()
+	s.labels = next
+	s.mu.Unlock()
+	if err := s.persist(); err != nil {
+		return nil, err
+	}
+	s.log.Info("applied config", "added_bindings", len(added), "removed_bindings", len(removed), "label_changes", len(res.Diff.Labels))
+	return res, nil
+}
+
+func unionKeys[V1, V2 any](a map[string]V1, b map[string]V2) map[string]bool {
+	out := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}
+
+func sameSettings(a, b *control.LabelSettings) bool {
+	return a.Policy == b.Policy && a.Upstream == b.Upstream && slices.Equal(a.Users, b.Users) && slices.Equal(a.Groups, b.Groups)
+}
+
+// wire is the protocol's form of a label's settings: numeric ids as strings
+// beside names.
+func (ls *LabelSettings) wire(name string) *control.LabelSettings {
+	p, _ := control.ParsePolicy(ls.Policy)
+	out := &control.LabelSettings{Label: name, Policy: p, Upstream: ls.Upstream}
+	for _, id := range ls.Grants.UIDs {
+		out.Users = append(out.Users, strconv.FormatUint(uint64(id), 10))
+	}
+	out.Users = append(out.Users, ls.Grants.Users...)
+	for _, id := range ls.Grants.GIDs {
+		out.Groups = append(out.Groups, strconv.FormatUint(uint64(id), 10))
+	}
+	out.Groups = append(out.Groups, ls.Grants.Groups...)
+	slices.Sort(out.Users)
+	slices.Sort(out.Groups)
+	return out
+}
+
+func grantsFromWire(users, groups []string) config.Grants {
+	var g config.Grants
+	for _, u := range users {
+		if id, err := strconv.ParseUint(u, 10, 32); err == nil {
+			g.UIDs = append(g.UIDs, uint32(id))
+		} else {
+			g.Users = append(g.Users, u)
+		}
+	}
+	for _, gr := range groups {
+		if id, err := strconv.ParseUint(gr, 10, 32); err == nil {
+			g.GIDs = append(g.GIDs, uint32(id))
+		} else {
+			g.Groups = append(g.Groups, gr)
+		}
+	}
+	return g
 }
 
 func isEOF(err error) bool {
