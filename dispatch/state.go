@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -59,7 +60,14 @@ type Dispatcher struct {
 
 // progHash identifies the program this build carries. The compatibility
 // check relies on it, never on kernel program tags, whose definition changed.
-var progHash = sha256.Sum256(_DispatchBytes)
+func progHash() [32]byte { return sha256.Sum256(append(slices.Clip(_DispatchBytes), progVariant...)) }
+
+// progVariant and patchProgram let a test build carry a different program
+// (see variant_upgradetest.go); in a normal build they change nothing.
+var (
+	progVariant  = ""
+	patchProgram = func(*ebpf.CollectionSpec) {}
+)
 
 // Open adopts the dispatch state of the network namespace at netnsPath (""
 // for the caller's own), creating and attaching it if there is none. State
@@ -242,6 +250,7 @@ func loadSpec() (*ebpf.CollectionSpec, error) {
 		}
 		m.Pinning = ebpf.PinByName
 	}
+	patchProgram(spec)
 	return spec, nil
 }
 
@@ -332,13 +341,13 @@ func (d *Dispatcher) attach(readOnly bool) error {
 		if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
-		if cfg.Prog == progHash {
+		if cfg.Prog == progHash() {
 			return nil
 		}
 		if err := l.Update(d.objs.SyDispatch); err != nil {
 			return fmt.Errorf("replace program: %w", err)
 		}
-		cfg.Prog = progHash
+		cfg.Prog = progHash()
 		if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
 			return fmt.Errorf("write config: %w", err)
 		}
@@ -368,7 +377,7 @@ func (d *Dispatcher) attachNew(pin string) error {
 	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	cfg.Prog = progHash
+	cfg.Prog = progHash()
 	if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}

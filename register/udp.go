@@ -11,10 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrSourcePort is returned by UDPConn.WriteTo for a source whose port is
-// not the socket's own: a UDP reply always leaves from the port the socket
-// is bound to.
-var ErrSourcePort = errors.New("source port differs from the socket's port")
+// ErrSourcePort is returned by UDPConn.WriteTo when it cannot send from a
+// source whose port is not the socket's own.
+var ErrSourcePort = errors.New("cannot send from that source port")
 
 // UDPConn is a UDP socket that knows the original destination of each
 // datagram and can reply from it. With switchyard a socket receives
@@ -179,20 +178,21 @@ func (u *UDPConn) destination(oob []byte) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// WriteTo sends b to to, from the address of src: pass the dst that
-// ReadFrom returned for the request. The source address is set with an
+// WriteTo sends b to to, from src: pass the dst that ReadFrom returned for
+// the request, so the client sees the reply come from where it sent. When
+// src's port is the socket's own (or 0), the source address is set with an
 // IP_PKTINFO or IPV6_PKTINFO control message, so it may be any local
 // address, including one that is local only through a `local` route (see
-// NewUDPConn). The source port is always the socket's own: src's port must
-// be that port, or 0 for "whatever the socket's port is", else WriteTo
-// returns ErrSourcePort (a client that connected its socket to the port it
-// sent to would drop the reply). A zero src lets the kernel pick the source,
-// like net.UDPConn.WriteTo.
+// NewUDPConn). When the request came to another port, as it does through a
+// port-range or every-port binding, the reply leaves from a short-lived
+// socket bound to src with IP_FREEBIND; dispatching of new datagrams is not
+// disturbed by it. A zero src lets the kernel pick the source, like
+// net.UDPConn.WriteTo.
 func (u *UDPConn) WriteTo(b []byte, src, to netip.AddrPort) (int, error) {
 	var oob []byte
 	if a := src.Addr(); a.IsValid() && !a.IsUnspecified() {
 		if p := src.Port(); p != 0 && p != u.port {
-			return 0, fmt.Errorf("udp reply from %s: %w (%d): bind the label's ports one at a time, or reply from a socket bound to port %d", src, ErrSourcePort, u.port, p)
+			return u.writeFrom(b, src, to)
 		}
 		if a.Is4() || a.Is4In6() {
 			oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: a.Unmap().As4()})
@@ -205,6 +205,57 @@ func (u *UDPConn) WriteTo(b []byte, src, to netip.AddrPort) (int, error) {
 		return n, fmt.Errorf("udp reply from %s to %s: %w", src.Addr(), to, err)
 	}
 	return n, nil
+}
+
+// writeFrom sends one datagram from a socket of its own bound to src. That
+// socket is made in the calling thread's network namespace, which must be
+// u's, as it is for a service that runs in one namespace.
+func (u *UDPConn) writeFrom(b []byte, src, to netip.AddrPort) (int, error) {
+	fail := func(err error) (int, error) {
+		return 0, fmt.Errorf("udp reply from %s to %s: %w", src, to, err)
+	}
+	s, t := src.Addr().Unmap(), to.Addr().Unmap()
+	if s.Is4() != t.Is4() {
+		return fail(fmt.Errorf("%w: source and destination are of different families", ErrSourcePort))
+	}
+	var fd int
+	var err error
+	var sa, da unix.Sockaddr
+	if s.Is4() {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1)
+		}
+		sa = &unix.SockaddrInet4{Addr: s.As4(), Port: int(src.Port())}
+		da = &unix.SockaddrInet4{Addr: t.As4(), Port: int(to.Port())}
+	} else {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+		}
+		sa = &unix.SockaddrInet6{Addr: s.As16(), Port: int(src.Port())}
+		da = &unix.SockaddrInet6{Addr: t.As16(), Port: int(to.Port())}
+	}
+	if err != nil {
+		if fd > 0 {
+			unix.Close(fd)
+		}
+		return fail(err)
+	}
+	defer unix.Close(fd)
+	if err := u.sameNetNS(fd); err != nil {
+		return fail(err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail(err)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail(fmt.Errorf("%w: bind: %w", ErrSourcePort, err))
+	}
+	if err := unix.Sendto(fd, b, 0, da); err != nil {
+		return fail(err)
+	}
+	return len(b), nil
 }
 
 // Conn returns the underlying socket.
@@ -224,3 +275,24 @@ func (u *UDPConn) SetReadDeadline(t time.Time) error { return u.c.SetReadDeadlin
 
 // SetWriteDeadline sets the deadline for WriteTo.
 func (u *UDPConn) SetWriteDeadline(t time.Time) error { return u.c.SetWriteDeadline(t) }
+
+// sameNetNS checks that fd is in u's network namespace.
+func (u *UDPConn) sameNetNS(fd int) error {
+	mine, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return nil // kernels before 5.14 cannot tell; assume the usual case
+	}
+	rc, err := u.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var theirs uint64
+	var gerr error
+	rc.Control(func(ufd uintptr) {
+		theirs, gerr = unix.GetsockoptUint64(int(ufd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	})
+	if gerr == nil && theirs != mine {
+		return fmt.Errorf("%w: this thread is in another network namespace than the socket; reply from a thread in the socket's namespace", ErrSourcePort)
+	}
+	return nil
+}

@@ -141,6 +141,9 @@ func TestUDPReplyFromOtherAddress(t *testing.T) {
 	}
 }
 
+// A reply to a datagram that reached the socket on another port, as through
+// a port-range binding, still comes from the port the client sent to: a
+// client connected to that address and port accepts it.
 func TestUDPWriteToSourcePort(t *testing.T) {
 	ns := udpNetNS(t)
 	u, err := register.NewUDPConn(ns.ListenUDP(t, "127.0.0.1:0"))
@@ -148,9 +151,27 @@ func TestUDPWriteToSourcePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := port(t, u.Conn()) + 1
-	_, err = u.WriteTo([]byte("x"), netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), other), netip.MustParseAddrPort("127.0.0.1:9"))
-	if !errors.Is(err, register.ErrSourcePort) || !strings.Contains(err.Error(), "bind the label's ports one at a time") {
-		t.Fatalf("got %v, want ErrSourcePort", err)
+	dialled := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), other)
+	client, err := ns.DialUDP(dialled.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	to := netip.MustParseAddrPort(client.LocalAddr().String())
+	if _, err := u.WriteTo([]byte("reply"), dialled, to); !errors.Is(err, register.ErrSourcePort) || !strings.Contains(err.Error(), "namespace") {
+		t.Fatalf("reply from a thread of another namespace: %v, want ErrSourcePort naming the namespace", err)
+	}
+	if err := ns.Do(func() error {
+		_, err := u.WriteTo([]byte("reply"), dialled, to)
+		return err
+	}); err != nil {
+		t.Fatalf("reply from %s: %v", dialled, err)
+	}
+	client.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 16)
+	n, err := client.Read(buf)
+	if err != nil || string(buf[:n]) != "reply" {
+		t.Fatalf("client connected to %s read %q, %v", dialled, buf[:n], err)
 	}
 }
 

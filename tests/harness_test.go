@@ -23,6 +23,7 @@ var bin struct {
 	dir        string
 	switchyard string
 	daemon     string
+	next       string // switchyardd of the next build
 }
 
 func TestMain(m *testing.M) {
@@ -36,17 +37,22 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Chmod(dir, 0o755)
-	build := exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/switchyard", "../cmd/switchyardd")
-	if testing.CoverMode() == "" {
-		build = exec.Command("go", "build", "-o", dir+"/", "../cmd/switchyard", "../cmd/switchyardd")
-	}
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build binaries:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	// The upgrade build carries a different dispatch program (see
+	// dispatch/variant_upgradetest.go).
+	for _, b := range [][]string{
+		{"build", "-o", dir + "/", "../cmd/switchyard", "../cmd/switchyardd"},
+		{"build", "-tags", "switchyard_upgradetest", "-ldflags", "-X github.com/switchyard-project/switchyard/internal/server.Version=next", "-o", dir + "/switchyardd-next", "../cmd/switchyardd"},
+	} {
+		build := exec.Command("go", b...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build binaries:", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	bin.dir, bin.switchyard, bin.daemon = dir, filepath.Join(dir, "switchyard"), filepath.Join(dir, "switchyardd")
+	bin.next = filepath.Join(dir, "switchyardd-next")
 	code := testenv.CheckFDLeaks(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -54,7 +60,7 @@ func TestMain(m *testing.M) {
 
 // world is one test's namespace, bpffs, and daemon.
 type world struct {
-	t       *testing.T
+	t       testing.TB
 	ns      *testenv.NetNS
 	root    string
 	dir     string // world-readable scratch directory
@@ -62,7 +68,15 @@ type world struct {
 	d       *daemonProc
 }
 
-func newWorld(t *testing.T, daemonArgs ...string) *world {
+func newWorld(t testing.TB, daemonArgs ...string) *world {
+	t.Helper()
+	w := newWorldNoDaemon(t)
+	w.d = w.startDaemon(daemonArgs...)
+	return w
+}
+
+// newWorldNoDaemon is a world whose daemon the test starts itself.
+func newWorldNoDaemon(t testing.TB) *world {
 	t.Helper()
 	ns := testenv.NewNetNS(t)
 	for _, p := range []string{"10.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"} {
@@ -74,9 +88,7 @@ func newWorld(t *testing.T, daemonArgs ...string) *world {
 	}
 	os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	w := &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock")}
-	w.d = w.startDaemon(daemonArgs...)
-	return w
+	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock")}
 }
 
 type daemonProc struct {
@@ -106,6 +118,11 @@ func (s *syncBuffer) String() string {
 // it has told systemd's notify socket READY=1.
 func (w *world) startDaemon(extra ...string) *daemonProc {
 	w.t.Helper()
+	return w.startDaemonBin(bin.daemon, extra...)
+}
+
+func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
+	w.t.Helper()
 	notifyPath := filepath.Join(w.dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
 	if err != nil {
@@ -115,7 +132,7 @@ func (w *world) startDaemon(extra ...string) *daemonProc {
 	defer os.Remove(notifyPath)
 
 	args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--log-level", "debug"}, extra...)
-	cmd := exec.Command(bin.daemon, args...)
+	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
 	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
@@ -162,7 +179,7 @@ func (w *world) startDaemon(extra ...string) *daemonProc {
 }
 
 // stop sends sig and waits for the daemon to exit.
-func (p *daemonProc) stop(t *testing.T, sig syscall.Signal) *os.ProcessState {
+func (p *daemonProc) stop(t testing.TB, sig syscall.Signal) *os.ProcessState {
 	t.Helper()
 	p.cmd.Process.Signal(sig)
 	select {
@@ -248,11 +265,12 @@ func serveFD(fd, body string) {
 func (w *world) metrics() string {
 	w.t.Helper()
 	log := w.d.stderr.String()
-	i := strings.Index(log, "serving metrics addr=")
+	const key = `msg="serving metrics" addr=`
+	i := strings.Index(log, key)
 	if i < 0 {
 		w.t.Fatalf("daemon did not log a metrics address:\n%s", log)
 	}
-	addr := strings.Fields(log[i+len("serving metrics addr="):])[0]
+	addr := strings.Fields(log[i+len(key):])[0]
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		w.t.Fatalf("scrape metrics: %v", err)

@@ -1,0 +1,157 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/control"
+)
+
+func runApply(inv *invocation) error {
+	if err := inv.wantArgs(0, 0); err != nil {
+		return err
+	}
+	file := inv.flag("f")
+	if file == "" {
+		return inv.usage("no config file given: pass -f FILE ('-' for stdin)")
+	}
+	cfg, err := loadConfig(inv.env, file)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	req, err := toControlConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("apply: %s: %w: fix the file and apply it again", file, err)
+	}
+	dryRun := inv.has("dry-run")
+
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	res, err := c.Apply(inv.ctx, req, dryRun)
+	if err != nil {
+		return inv.requestError("", err)
+	}
+	w := inv.stdout()
+	if res.Diff.Empty() {
+		fmt.Fprintln(w, "no changes")
+		return nil
+	}
+	io.WriteString(w, config.FormatDiff(res.Diff.AddBindings, res.Diff.RemoveBindings))
+	io.WriteString(w, formatLabelChanges(res.Diff.Labels))
+	if dryRun || !res.Applied {
+		fmt.Fprintln(w, "dry run: nothing changed; run without --dry-run to apply")
+	}
+	return nil
+}
+
+// loadConfig reads and validates a config file; "-" is stdin. Problems in the
+// file come back one per line, each naming its line in the file.
+func loadConfig(env Env, file string) (*config.Config, error) {
+	var r io.Reader
+	if file == "-" {
+		r = env.Stdin
+	} else {
+		f, err := env.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("%w: check the path given with -f", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	cfg, err := config.Parse(r)
+	if err == nil {
+		return cfg, nil
+	}
+	if !errors.Is(err, config.ErrInvalid) {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	var lines []string
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			lines = append(lines, e.Error())
+		}
+	} else {
+		lines = []string{err.Error()}
+	}
+	if len(lines) == 1 {
+		return nil, fmt.Errorf("%s: %w: fix the file and apply it again", file, err)
+	}
+	return nil, fmt.Errorf("%s has %d problems; fix them and apply it again:\n%w", file, len(lines), err)
+}
+
+// toControlConfig turns a config file into the request that apply sends.
+// Numeric grants travel as decimal strings, which the daemon reads as ids.
+func toControlConfig(cfg *config.Config) (control.Config, error) {
+	out := control.Config{Bindings: slices.Clone(cfg.Bindings)}
+	if out.Bindings == nil {
+		out.Bindings = []binding.Binding{}
+	}
+	names := make([]string, 0, len(cfg.Labels))
+	for name := range cfg.Labels {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		l := cfg.Labels[name]
+		p, err := control.ParsePolicy(l.Policy.String())
+		if err != nil {
+			return control.Config{}, fmt.Errorf("label %s: %w", name, err)
+		}
+		s := control.LabelSettings{Label: name, Policy: p, Upstream: l.Upstream.String()}
+		for _, id := range l.Grants.UIDs {
+			s.Users = append(s.Users, strconv.FormatUint(uint64(id), 10))
+		}
+		s.Users = append(s.Users, l.Grants.Users...)
+		for _, id := range l.Grants.GIDs {
+			s.Groups = append(s.Groups, strconv.FormatUint(uint64(id), 10))
+		}
+		s.Groups = append(s.Groups, l.Grants.Groups...)
+		out.Labels = append(out.Labels, s)
+	}
+	if err := out.Validate(); err != nil {
+		return control.Config{}, err
+	}
+	return out, nil
+}
+
+// formatLabelChanges renders label changes in the style of
+// config.FormatLabelDiff, a removed and an added line for a changed label:
+//
+//	$ switchyard apply -f switchyard.yaml
+//	- label web policy none
+//	+ label web policy splice upstream 10.0.0.5:same users knot
+func formatLabelChanges(cs []control.LabelChange) string {
+	var b strings.Builder
+	for _, c := range cs {
+		if c.Old != nil {
+			fmt.Fprintf(&b, "- label %s %s\n", c.Label, describeSettings(c.Old))
+		}
+		if c.New != nil {
+			fmt.Fprintf(&b, "+ label %s %s\n", c.Label, describeSettings(c.New))
+		}
+	}
+	return b.String()
+}
+
+func describeSettings(s *control.LabelSettings) string {
+	d := "policy " + s.Policy.String()
+	if s.Upstream != "" {
+		d += " upstream " + s.Upstream
+	}
+	if len(s.Users) > 0 {
+		d += " users " + strings.Join(s.Users, ",")
+	}
+	if len(s.Groups) > 0 {
+		d += " groups " + strings.Join(s.Groups, ",")
+	}
+	return d
+}

@@ -1,0 +1,349 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/sockinfo"
+)
+
+// Version is the CLI's version, set at build time with
+//
+//	go build -ldflags "-X github.com/switchyard-project/switchyard/internal/cli.Version=1.2.3"
+var Version = "dev"
+
+// Exit statuses of Main.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// Env is everything a command may touch outside the process's memory.
+// Tests fill it with buffers and fakes; OSEnv wires it to the real process.
+// Nil fields get harmless defaults (no input, discarded output, an empty
+// environment, pid 0, no files).
+type Env struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Getenv reads an environment variable ("" if unset).
+	Getenv func(key string) string
+	// Getpid returns the process id, compared with LISTEN_PID.
+	Getpid func() int
+	// Open opens a file for reading (apply -f FILE).
+	Open func(name string) (io.ReadCloser, error)
+	// InheritedFile takes over the socket descriptor fd that the process
+	// inherited (from systemd, or a parent for --fd). The caller owns the
+	// file and closes it. It fails if fd is not open or not a socket.
+	InheritedFile func(fd int) (*os.File, error)
+}
+
+// OSEnv is the Env of the running process.
+func OSEnv() Env {
+	return Env{
+		Stdin:         os.Stdin,
+		Stdout:        os.Stdout,
+		Stderr:        os.Stderr,
+		Getenv:        os.Getenv,
+		Getpid:        os.Getpid,
+		Open:          func(name string) (io.ReadCloser, error) { return os.Open(name) },
+		InheritedFile: inheritedFile,
+	}
+}
+
+func (e Env) withDefaults() Env {
+	if e.Stdin == nil {
+		e.Stdin = strings.NewReader("")
+	}
+	if e.Stdout == nil {
+		e.Stdout = io.Discard
+	}
+	if e.Stderr == nil {
+		e.Stderr = io.Discard
+	}
+	if e.Getenv == nil {
+		e.Getenv = func(string) string { return "" }
+	}
+	if e.Getpid == nil {
+		e.Getpid = func() int { return 0 }
+	}
+	if e.Open == nil {
+		e.Open = func(name string) (io.ReadCloser, error) {
+			return nil, &os.PathError{Op: "open", Path: name, Err: os.ErrNotExist}
+		}
+	}
+	if e.InheritedFile == nil {
+		e.InheritedFile = func(fd int) (*os.File, error) {
+			return nil, fmt.Errorf("fd %d is not open: %w", fd, unix.EBADF)
+		}
+	}
+	return e
+}
+
+// inheritedFile wraps an inherited descriptor in an *os.File. Descriptors
+// that are not sockets are refused before they are wrapped, so that a wrong
+// --fd never makes the CLI close a descriptor of the Go runtime. The
+// descriptor is made close-on-exec, as sd_listen_fds does, so nothing this
+// process might start keeps the socket alive.
+func inheritedFile(fd int) (*os.File, error) {
+	if fd < 0 {
+		return nil, fmt.Errorf("fd %d: %w", fd, unix.EBADF)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return nil, fmt.Errorf("fd %d is not open: %w", fd, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("fd %d: fstat: %w", fd, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("fd %d: %w", fd, sockinfo.ErrNotSocket)
+	}
+	unix.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), fmt.Sprintf("fd %d", fd)), nil
+}
+
+// Main runs the command line args (without the program name) and returns the
+// exit status: ExitOK, ExitFailure, or ExitUsage for a command line that is
+// wrong. Errors are printed as one line on env.Stderr:
+//
+//	switchyard: <what went wrong>: <what to do>
+func Main(ctx context.Context, env Env, args []string) int {
+	env = env.withDefaults()
+	err := run(ctx, env, args)
+	if err == nil {
+		return ExitOK
+	}
+	msg := err.Error()
+	first, rest, _ := strings.Cut(msg, "\n")
+	fmt.Fprintf(env.Stderr, "switchyard: %s\n", first)
+	// Only config files report several problems; each gets a line.
+	for line := range strings.SplitSeq(rest, "\n") {
+		if line != "" {
+			fmt.Fprintf(env.Stderr, "  %s\n", line)
+		}
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// usageError is a command line that cannot work as written.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// invocation is one parsed command line.
+type invocation struct {
+	ctx     context.Context
+	env     Env
+	cmd     *command
+	args    []string            // positional arguments
+	flags   map[string][]string // command flags by canonical name
+	netns   string
+	control string
+}
+
+func (inv *invocation) flag(name string) string {
+	v := inv.flags[name]
+	if len(v) == 0 {
+		return ""
+	}
+	return v[len(v)-1]
+}
+
+func (inv *invocation) has(name string) bool { return len(inv.flags[name]) > 0 }
+
+// usage is a usage error of the invocation's command, pointing at its help.
+func (inv *invocation) usage(format string, args ...any) error {
+	return usagef("%s: %s: run 'switchyard %s -h' for help", inv.cmd.name, fmt.Sprintf(format, args...), inv.cmd.name)
+}
+
+// argError is a usage error for an argument a parser refused; the parsers'
+// messages already say what to write instead.
+func (inv *invocation) argError(err error) error {
+	return &usageError{fmt.Errorf("%s: %w", inv.cmd.name, err)}
+}
+
+// wantArgs checks the number of positional arguments.
+func (inv *invocation) wantArgs(lo, hi int) error {
+	n := len(inv.args)
+	if n >= lo && n <= hi {
+		return nil
+	}
+	got := "no arguments"
+	switch {
+	case n == 1:
+		got = "1 argument"
+	case n > 1:
+		got = fmt.Sprintf("%d arguments", n)
+	}
+	want := inv.cmd.synopsis()
+	if want == "" {
+		want = "no arguments"
+	}
+	return inv.usage("expected %s, got %s", want, got)
+}
+
+func (inv *invocation) stdout() io.Writer { return inv.env.Stdout }
+
+type flagSpec struct {
+	names  []string // first is canonical; each works with - or --
+	value  string   // placeholder of the value; "" for a boolean flag
+	repeat bool
+	help   string
+}
+
+var globalFlags = []flagSpec{
+	{names: []string{"netns"}, value: "PATH", help: "network namespace to work in, such as /run/netns/NAME or /proc/PID/ns/net (default: this process's)"},
+	{names: []string{"control"}, value: "PATH", help: "control socket of switchyardd (default: /run/switchyard/netns-INODE/control.sock of the namespace)"},
+}
+
+var helpFlag = flagSpec{names: []string{"h", "help"}, help: "show this help"}
+
+var outputFlag = flagSpec{names: []string{"o", "output"}, value: "FORMAT", help: "table (default) or json"}
+
+func lookupFlag(specs []flagSpec, name string) *flagSpec {
+	for i := range specs {
+		for _, n := range specs[i].names {
+			if n == name {
+				return &specs[i]
+			}
+		}
+	}
+	return nil
+}
+
+// parseFlags splits args into positional arguments and flags. Flags are
+// written -name, --name, -name=value, --name=value or -name value; "--"
+// ends the flags. A lone "-" is positional.
+func parseFlags(args []string, specs []flagSpec) (pos []string, vals map[string][]string, err error) {
+	vals = make(map[string][]string)
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			pos = append(pos, a)
+			continue
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		spec := lookupFlag(specs, name)
+		if spec == nil {
+			return nil, nil, fmt.Errorf("unknown flag %s", a)
+		}
+		canon := spec.names[0]
+		if spec.value == "" {
+			if hasValue {
+				return nil, nil, fmt.Errorf("flag %s takes no value", a)
+			}
+			vals[canon] = append(vals[canon], "true")
+			continue
+		}
+		if !hasValue {
+			if i+1 >= len(args) {
+				return nil, nil, fmt.Errorf("flag %s needs a value (%s)", a, spec.value)
+			}
+			i++
+			value = args[i]
+		}
+		if len(vals[canon]) > 0 && !spec.repeat {
+			vals[canon] = vals[canon][:0]
+		}
+		vals[canon] = append(vals[canon], value)
+	}
+	return pos, vals, nil
+}
+
+func run(ctx context.Context, env Env, args []string) error {
+	inv := &invocation{ctx: ctx, env: env}
+	// Global flags before the command.
+	for len(args) > 0 && len(args[0]) > 1 && args[0][0] == '-' && args[0] != "--" {
+		a := args[0]
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		switch name {
+		case "h", "help":
+			return writeUsage(env.Stdout)
+		case "version":
+			args = append([]string{"version"}, args[1:]...)
+			continue
+		case "netns", "control":
+			if !hasValue {
+				if len(args) < 2 {
+					return usagef("flag %s needs a value (PATH): run 'switchyard help' for help", a)
+				}
+				value, args = args[1], args[1:]
+			}
+			if name == "netns" {
+				inv.netns = value
+			} else {
+				inv.control = value
+			}
+			args = args[1:]
+		default:
+			return usagef("unknown flag %s: the flags before the command are --netns PATH and --control PATH; run 'switchyard help' for help", a)
+		}
+	}
+	if len(args) == 0 {
+		return usagef("no command given: run 'switchyard help' for the list of commands")
+	}
+	name := args[0]
+	if name == "help" {
+		return runHelp(env, args[1:])
+	}
+	cmd := findCommand(name)
+	if cmd == nil {
+		return usagef("unknown command %q: run 'switchyard help' for the list of commands", trunc(name))
+	}
+	inv.cmd = cmd
+
+	specs := append(append([]flagSpec{helpFlag}, globalFlags...), cmd.flags...)
+	pos, vals, err := parseFlags(args[1:], specs)
+	if err != nil {
+		return inv.usage("%v", err)
+	}
+	if len(vals["h"]) > 0 {
+		return writeCommandHelp(env.Stdout, cmd)
+	}
+	if v := vals["netns"]; len(v) > 0 {
+		inv.netns = v[len(v)-1]
+	}
+	if v := vals["control"]; len(v) > 0 {
+		inv.control = v[len(v)-1]
+	}
+	inv.args, inv.flags = pos, vals
+	if lookupFlag(cmd.flags, "o") != nil {
+		switch f := inv.flag("o"); f {
+		case "", "table", "json":
+		default:
+			return inv.usage("output format %q: use -o table or -o json", trunc(f))
+		}
+	}
+	return cmd.run(inv)
+}
+
+func (inv *invocation) json() bool { return inv.flag("o") == "json" }
+
+func trunc(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

@@ -1,0 +1,348 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/control"
+)
+
+// parseBinding reads LABEL tcp|udp PREFIX PORTS with the shared parser.
+func (inv *invocation) parseBinding() (binding.Binding, error) {
+	if err := inv.wantArgs(4, 4); err != nil {
+		return binding.Binding{}, err
+	}
+	b, err := binding.Parse(inv.args[0], inv.args[1], inv.args[2], inv.args[3])
+	if err != nil {
+		return binding.Binding{}, inv.argError(err)
+	}
+	return b, nil
+}
+
+func runBind(inv *invocation) error {
+	b, err := inv.parseBinding()
+	if err != nil {
+		return err
+	}
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Bind(inv.ctx, b); err != nil {
+		return inv.requestError(b.Label, err)
+	}
+	fmt.Fprintf(inv.stdout(), "bound %s\n", b)
+	return nil
+}
+
+func runUnbind(inv *invocation) error {
+	b, err := inv.parseBinding()
+	if err != nil {
+		return err
+	}
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Unbind(inv.ctx, b); err != nil {
+		return inv.requestError(b.Label, err)
+	}
+	fmt.Fprintf(inv.stdout(), "unbound %s\n", b)
+	return nil
+}
+
+// optionalLabel reads an optional LABEL argument.
+func (inv *invocation) optionalLabel() (string, error) {
+	if err := inv.wantArgs(0, 1); err != nil {
+		return "", err
+	}
+	if len(inv.args) == 0 {
+		return "", nil
+	}
+	if err := binding.ValidateLabel(inv.args[0]); err != nil {
+		return "", inv.argError(err)
+	}
+	return inv.args[0], nil
+}
+
+// bindingJSON is a binding in the CLI's JSON output.
+type bindingJSON struct {
+	Label    string `json:"label"`
+	Protocol string `json:"protocol"`
+	Prefix   string `json:"prefix"`
+	Ports    string `json:"ports"`
+}
+
+func toBindingJSON(b binding.Binding) bindingJSON {
+	return bindingJSON{Label: b.Label, Protocol: b.Protocol.String(), Prefix: b.Prefix.String(), Ports: b.Ports.String()}
+}
+
+func runBindings(inv *invocation) error {
+	label, err := inv.optionalLabel()
+	if err != nil {
+		return err
+	}
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	bs, err := c.ListBindings(inv.ctx, label)
+	if err != nil {
+		return inv.requestError(label, err)
+	}
+	if inv.json() {
+		out := struct {
+			Bindings []bindingJSON `json:"bindings"`
+		}{Bindings: make([]bindingJSON, 0, len(bs))}
+		for _, b := range bs {
+			out.Bindings = append(out.Bindings, toBindingJSON(b))
+		}
+		return writeJSON(inv.stdout(), out)
+	}
+	if len(bs) == 0 {
+		if label != "" {
+			fmt.Fprintf(inv.stdout(), "no bindings for label %s\n", label)
+		} else {
+			fmt.Fprintln(inv.stdout(), "no bindings")
+		}
+		return nil
+	}
+	tw := newTable(inv.stdout())
+	fmt.Fprintln(tw, "LABEL\tPROTOCOL\tPREFIX\tPORTS")
+	for _, b := range bs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Label, b.Protocol, b.Prefix, b.Ports)
+	}
+	return tw.Flush()
+}
+
+func runUnregister(inv *invocation) error {
+	if err := inv.wantArgs(3, 3); err != nil {
+		return err
+	}
+	label := inv.args[0]
+	if err := binding.ValidateLabel(label); err != nil {
+		return inv.argError(err)
+	}
+	proto, err := binding.ParseProtocol(inv.args[1])
+	if err != nil {
+		return inv.argError(err)
+	}
+	fam, err := binding.ParseFamily(inv.args[2])
+	if err != nil {
+		return inv.argError(err)
+	}
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Unregister(inv.ctx, label, proto, fam); err != nil {
+		return inv.requestError(label, err)
+	}
+	fmt.Fprintf(inv.stdout(), "unregistered %s %s %s\n", label, proto, fam)
+	return nil
+}
+
+// statusJSON is the JSON of `switchyard status -o json`.
+type statusJSON struct {
+	Version string            `json:"version"`
+	NetNS   uint64            `json:"netns"`
+	Labels  []labelStatusJSON `json:"labels"`
+}
+
+type labelStatusJSON struct {
+	Label    string       `json:"label"`
+	Policy   string       `json:"policy"`
+	Upstream string       `json:"upstream"`
+	Bindings int          `json:"bindings"`
+	Sockets  []socketJSON `json:"sockets"`
+	Hits     uint64       `json:"hits"`
+	Missing  uint64       `json:"missing"`
+}
+
+type socketJSON struct {
+	Protocol string `json:"protocol"`
+	Family   string `json:"family"`
+	Local    string `json:"local"`
+	Cookie   uint64 `json:"cookie"`
+}
+
+func runStatus(inv *invocation) error {
+	label, err := inv.optionalLabel()
+	if err != nil {
+		return err
+	}
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.Status(inv.ctx, label)
+	if err != nil {
+		return inv.requestError(label, err)
+	}
+	if inv.json() {
+		out := statusJSON{Version: st.Version, NetNS: st.NetNS, Labels: make([]labelStatusJSON, 0, len(st.Labels))}
+		for _, l := range st.Labels {
+			lj := labelStatusJSON{
+				Label: l.Label, Policy: l.Policy.String(), Upstream: l.Upstream,
+				Bindings: l.Bindings, Sockets: make([]socketJSON, 0, len(l.Sockets)),
+				Hits: l.Hits, Missing: l.Missing,
+			}
+			for _, s := range l.Sockets {
+				lj.Sockets = append(lj.Sockets, socketJSON{
+					Protocol: s.Protocol.String(), Family: s.Family.String(), Local: s.Local.String(), Cookie: s.Cookie,
+				})
+			}
+			out.Labels = append(out.Labels, lj)
+		}
+		return writeJSON(inv.stdout(), out)
+	}
+	w := inv.stdout()
+	fmt.Fprintf(w, "switchyardd %s, network namespace %d\n", st.Version, st.NetNS)
+	if len(st.Labels) == 0 {
+		fmt.Fprintln(w, "no labels: bind one with 'switchyard bind' or 'switchyard apply'")
+		return nil
+	}
+	tw := newTable(w)
+	fmt.Fprintln(tw, "LABEL\tPOLICY\tBINDINGS\tHITS\tMISSING\tSOCKETS")
+	for _, l := range st.Labels {
+		policy := l.Policy.String()
+		if l.Upstream != "" {
+			policy += " " + l.Upstream
+		}
+		socks := []string{"none"}
+		if len(l.Sockets) > 0 {
+			socks = socks[:0]
+			for _, s := range l.Sockets {
+				socks = append(socks, fmt.Sprintf("%s %s %s", s.Protocol, s.Family, s.Local))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", l.Label, policy, l.Bindings, l.Hits, l.Missing, socks[0])
+		for _, s := range socks[1:] {
+			fmt.Fprintf(tw, "\t\t\t\t\t%s\n", s)
+		}
+	}
+	return tw.Flush()
+}
+
+func runPolicy(inv *invocation) error {
+	if err := inv.wantArgs(2, 3); err != nil {
+		return err
+	}
+	label := inv.args[0]
+	if err := binding.ValidateLabel(label); err != nil {
+		return inv.argError(err)
+	}
+	p, err := control.ParsePolicy(inv.args[1])
+	if err != nil {
+		return inv.argError(err)
+	}
+	var upstream string
+	if len(inv.args) == 3 {
+		upstream = inv.args[2]
+	}
+	if err := control.ValidatePolicy(p, upstream); err != nil {
+		return inv.argError(err)
+	}
+	c, err := inv.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetPolicy(inv.ctx, label, p, upstream); err != nil {
+		return inv.requestError(label, err)
+	}
+	if upstream != "" {
+		fmt.Fprintf(inv.stdout(), "policy of %s: %s to %s\n", label, p, upstream)
+	} else {
+		fmt.Fprintf(inv.stdout(), "policy of %s: %s\n", label, p)
+	}
+	return nil
+}
+
+// versionTimeout bounds how long version waits for the daemon, which is
+// optional to it.
+const versionTimeout = 3 * time.Second
+
+type versionJSON struct {
+	Version   string   `json:"version"`
+	Protocols []uint16 `json:"protocols"`
+}
+
+func runVersion(inv *invocation) error {
+	if err := inv.wantArgs(0, 0); err != nil {
+		return err
+	}
+	var protos []uint16
+	for v := control.MinVersion; v <= control.MaxVersion; v++ {
+		protos = append(protos, v)
+	}
+	client := versionJSON{Version: Version, Protocols: protos}
+
+	var daemon *versionJSON
+	var derr error
+	ctx, cancel := context.WithTimeout(inv.ctx, versionTimeout)
+	defer cancel()
+	sub := *inv
+	sub.ctx = ctx
+	if c, err := sub.dial(); err != nil {
+		derr = err
+	} else {
+		v, err := c.Version(ctx)
+		c.Close()
+		if err != nil {
+			derr = inv.requestError("", err)
+		} else {
+			daemon = &versionJSON{Version: v.Version, Protocols: v.Protocols}
+		}
+	}
+
+	if inv.json() {
+		out := struct {
+			Client      versionJSON  `json:"client"`
+			Daemon      *versionJSON `json:"daemon"`
+			DaemonError string       `json:"daemon_error,omitempty"`
+		}{Client: client, Daemon: daemon}
+		if derr != nil {
+			out.DaemonError = strings.TrimPrefix(derr.Error(), "version: ")
+		}
+		return writeJSON(inv.stdout(), out)
+	}
+	w := inv.stdout()
+	fmt.Fprintf(w, "switchyard %s (control protocol %s)\n", client.Version, joinUint16(client.Protocols))
+	if daemon != nil {
+		fmt.Fprintf(w, "switchyardd %s (control protocol %s)\n", daemon.Version, joinUint16(daemon.Protocols))
+	} else {
+		fmt.Fprintf(w, "switchyardd: not reachable: %s\n", strings.TrimPrefix(derr.Error(), "version: "))
+	}
+	return nil
+}
+
+func joinUint16(vs []uint16) string {
+	s := make([]string, len(vs))
+	for i, v := range vs {
+		s[i] = strconv.Itoa(int(v))
+	}
+	return strings.Join(s, ", ")
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
