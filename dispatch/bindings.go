@@ -3,7 +3,6 @@ package dispatch
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -22,9 +21,11 @@ func (d *Dispatcher) Bindings() ([]binding.Binding, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]binding.Binding, 0, len(m.bindings))
-	for k, l := range m.bindings {
-		out = append(out, binding.Binding{Label: l, Protocol: k.Protocol, Prefix: k.Prefix, Ports: k.Ports})
+	out := make([]binding.Binding, 0, m.count)
+	for gk, g := range m.groups {
+		for _, pl := range g.ports {
+			out = append(out, binding.Binding{Label: pl.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports})
+		}
 	}
 	SortBindings(out)
 	return out, nil
@@ -72,6 +73,22 @@ func (d *Dispatcher) read() (*model, error) {
 	return d.refresh(true)
 }
 
+// updates holds the next bindings of the groups an edit changes; an empty
+// list removes the group.
+type updates map[groupKey][]portLabel
+
+// portsOf returns the bindings a group will have: the update's if the edit
+// touched it already, else a copy of the current ones.
+func (u updates) portsOf(m *model, gk groupKey) []portLabel {
+	if ps, ok := u[gk]; ok {
+		return ps
+	}
+	if g := m.groups[gk]; g != nil {
+		return slices.Clone(g.ports)
+	}
+	return nil
+}
+
 // AddBindings adds bindings in one atomic change. Bindings that exist already
 // with the same label are left as they are and not reported as added. A
 // binding that would make the choice of socket ambiguous, or that gives an
@@ -83,19 +100,22 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 			return nil, err
 		}
 	}
-	err = d.change(func(cur map[binding.Key]string) (map[binding.Key]string, error) {
-		next := maps.Clone(cur)
+	err = d.change(func(m *model) (updates, error) {
+		added = nil
+		u := updates{}
 		for _, b := range bs {
-			if l, ok := next[b.Key()]; ok {
-				if l == b.Label {
+			gk := groupKey{b.Protocol, b.Prefix}
+			ps := u.portsOf(m, gk)
+			if i := findPorts(ps, b.Ports); i >= 0 {
+				if ps[i].label == b.Label {
 					continue
 				}
-				return nil, fmt.Errorf("bind %s: %w: %s is bound to label %s; unbind it first", b, ErrConflict, b.Key(), l)
+				return nil, fmt.Errorf("bind %s: %w: %s is bound to label %s; unbind it first", b, ErrConflict, b.Key(), ps[i].label)
 			}
-			next[b.Key()] = b.Label
+			u[gk] = append(ps, portLabel{b.Ports, b.Label})
 			added = append(added, b)
 		}
-		return next, nil
+		return u, nil
 	})
 	if err != nil {
 		return nil, err
@@ -106,19 +126,21 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 // RemoveBindings removes bindings in one atomic change. Each must exist with
 // the given label, or nothing changes and the error wraps ErrNotFound.
 func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
-	return d.change(func(cur map[binding.Key]string) (map[binding.Key]string, error) {
-		next := maps.Clone(cur)
+	return d.change(func(m *model) (updates, error) {
+		u := updates{}
 		for _, b := range bs {
-			l, ok := next[b.Key()]
-			if !ok {
+			gk := groupKey{b.Protocol, b.Prefix}
+			ps := u.portsOf(m, gk)
+			i := findPorts(ps, b.Ports)
+			if i < 0 {
 				return nil, fmt.Errorf("unbind %s: %w: no such binding", b, ErrNotFound)
 			}
-			if l != b.Label {
-				return nil, fmt.Errorf("unbind %s: %w: %s is bound to label %s, not %s", b, ErrNotFound, b.Key(), l, b.Label)
+			if ps[i].label != b.Label {
+				return nil, fmt.Errorf("unbind %s: %w: %s is bound to label %s, not %s", b, ErrNotFound, b.Key(), ps[i].label, b.Label)
 			}
-			delete(next, b.Key())
+			u[gk] = slices.Delete(ps, i, i+1)
 		}
-		return next, nil
+		return u, nil
 	})
 }
 
@@ -126,31 +148,55 @@ func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 // returns what was added and removed (a binding whose label changes is in
 // both). With dryRun it only computes the difference.
 func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, removed []binding.Binding, err error) {
-	next := make(map[binding.Key]string, len(bs))
+	next := map[groupKey][]portLabel{}
 	for _, b := range bs {
 		if err := b.Validate(); err != nil {
 			return nil, nil, err
 		}
-		if l, ok := next[b.Key()]; ok && l != b.Label {
-			return nil, nil, fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), l, b.Label)
+		gk := groupKey{b.Protocol, b.Prefix}
+		ps := next[gk]
+		if i := findPorts(ps, b.Ports); i >= 0 {
+			if ps[i].label != b.Label {
+				return nil, nil, fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), ps[i].label, b.Label)
+			}
+			continue
 		}
-		next[b.Key()] = b.Label
+		next[gk] = append(ps, portLabel{b.Ports, b.Label})
 	}
-	err = d.change(func(cur map[binding.Key]string) (map[binding.Key]string, error) {
-		for k, l := range cur {
-			if nl, ok := next[k]; !ok || nl != l {
-				removed = append(removed, binding.Binding{Label: l, Protocol: k.Protocol, Prefix: k.Prefix, Ports: k.Ports})
+	for _, ps := range next {
+		sortPorts(ps)
+	}
+	err = d.change(func(m *model) (updates, error) {
+		added, removed = nil, nil
+		u := updates{}
+		diff := func(gk groupKey, old, nw []portLabel) {
+			a, r := diffPorts(old, nw)
+			for _, pl := range a {
+				added = append(added, binding.Binding{Label: pl.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports})
+			}
+			for _, pl := range r {
+				removed = append(removed, binding.Binding{Label: pl.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports})
+			}
+			if len(a)+len(r) > 0 {
+				u[gk] = nw
 			}
 		}
-		for k, l := range next {
-			if ol, ok := cur[k]; !ok || ol != l {
-				added = append(added, binding.Binding{Label: l, Protocol: k.Protocol, Prefix: k.Prefix, Ports: k.Ports})
+		for gk, ps := range next {
+			var old []portLabel
+			if g := m.groups[gk]; g != nil {
+				old = g.ports
+			}
+			diff(gk, old, ps)
+		}
+		for gk, g := range m.groups {
+			if _, ok := next[gk]; !ok {
+				diff(gk, g.ports, nil)
 			}
 		}
 		if dryRun {
-			return cur, nil
+			return nil, nil
 		}
-		return next, nil
+		return u, nil
 	})
 	if err != nil {
 		return nil, nil, err
@@ -160,27 +206,50 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 	return added, removed, nil
 }
 
+// diffPorts compares two sorted binding lists of one group.
+func diffPorts(old, nw []portLabel) (added, removed []portLabel) {
+	i, j := 0, 0
+	for i < len(old) || j < len(nw) {
+		switch {
+		case j == len(nw) || (i < len(old) && comparePorts(old[i].ports, nw[j].ports) < 0):
+			removed = append(removed, old[i])
+			i++
+		case i == len(old) || comparePorts(old[i].ports, nw[j].ports) > 0:
+			added = append(added, nw[j])
+			j++
+		default:
+			if old[i].label != nw[j].label {
+				removed = append(removed, old[i])
+				added = append(added, nw[j])
+			}
+			i++
+			j++
+		}
+	}
+	return added, removed
+}
+
 // checkGroup refuses port sets of one (protocol, prefix) that overlap
 // without nesting.
-func checkGroup(gk groupKey, ports map[binding.Ports]string) error {
-	ps := slices.Collect(maps.Keys(ports))
-	slices.SortFunc(ps, func(a, b binding.Ports) int {
-		if c := cmp.Compare(a.Lo, b.Lo); c != 0 {
+func checkGroup(gk groupKey, ports []portLabel) error {
+	ps := slices.Clone(ports)
+	slices.SortFunc(ps, func(a, b portLabel) int {
+		if c := cmp.Compare(a.ports.Lo, b.ports.Lo); c != 0 {
 			return c
 		}
-		return cmp.Compare(b.Hi, a.Hi)
+		return cmp.Compare(b.ports.Hi, a.ports.Hi)
 	})
 	// In laminar order every range either nests in an open one or starts
 	// after it ends; a stack of open ranges finds any that do neither.
-	var open []binding.Ports
+	var open []portLabel
 	for _, p := range ps {
-		for len(open) > 0 && open[len(open)-1].Hi < p.Lo {
+		for len(open) > 0 && open[len(open)-1].ports.Hi < p.ports.Lo {
 			open = open[:len(open)-1]
 		}
-		if n := len(open); n > 0 && open[n-1].Hi < p.Hi {
+		if n := len(open); n > 0 && open[n-1].ports.Hi < p.ports.Hi {
 			o := open[n-1]
-			a := binding.Binding{Label: ports[o], Protocol: gk.proto, Prefix: gk.prefix, Ports: o}
-			b := binding.Binding{Label: ports[p], Protocol: gk.proto, Prefix: gk.prefix, Ports: p}
+			a := binding.Binding{Label: o.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: o.ports}
+			b := binding.Binding{Label: p.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: p.ports}
 			return fmt.Errorf("%w: %s and %s overlap partially, so which one wins would be ambiguous; make one range contain the other, or split them", ErrConflict, b, a)
 		}
 		open = append(open, p)
@@ -189,9 +258,9 @@ func checkGroup(gk groupKey, ports map[binding.Ports]string) error {
 }
 
 // change runs an edit of the binding set under the exclusive lock and makes
-// the result visible atomically. edit gets the current bindings and returns
-// the next ones (returning cur itself means no change).
-func (d *Dispatcher) change(edit func(cur map[binding.Key]string) (map[binding.Key]string, error)) error {
+// the result visible atomically. edit returns the next bindings of the
+// groups it changes (nil: no change).
+func (d *Dispatcher) change(edit func(m *model) (updates, error)) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	unlock, err := d.lock(unix.LOCK_EX)
@@ -203,59 +272,35 @@ func (d *Dispatcher) change(edit func(cur map[binding.Key]string) (map[binding.K
 	if err != nil {
 		return err
 	}
-	next, err := edit(m.bindings)
-	if err != nil {
+	u, err := edit(m)
+	if err != nil || len(u) == 0 {
 		return err
 	}
-	if len(next) > maxBindings {
-		return fmt.Errorf("%w: %d bindings, at most %d", ErrCapacity, len(next), maxBindings)
-	}
-
-	// Which groups change, and how.
-	touched := map[groupKey]bool{}
-	for k, l := range next {
-		if ol, ok := m.bindings[k]; !ok || ol != l {
-			touched[groupKey{k.Protocol, k.Prefix}] = true
+	count := m.count
+	var newLabels []string
+	for gk, ps := range u {
+		sortPorts(ps)
+		if g := m.groups[gk]; g != nil {
+			count -= len(g.ports)
 		}
-	}
-	for k := range m.bindings {
-		if _, ok := next[k]; !ok {
-			touched[groupKey{k.Protocol, k.Prefix}] = true
-		}
-	}
-	if len(touched) == 0 {
-		return nil
-	}
-	newPorts := map[groupKey]map[binding.Ports]string{}
-	for gk := range touched {
-		newPorts[gk] = map[binding.Ports]string{}
-	}
-	for k, l := range next {
-		gk := groupKey{k.Protocol, k.Prefix}
-		if touched[gk] {
-			newPorts[gk][k.Ports] = l
-		}
-	}
-	for gk, ports := range newPorts {
-		if err := checkGroup(gk, ports); err != nil {
+		count += len(ps)
+		if err := checkGroup(gk, ps); err != nil {
 			return err
 		}
-	}
-
-	// Labels that appear for the first time get ids.
-	var newLabels []string
-	for _, ports := range newPorts {
-		for _, l := range ports {
-			if _, ok := m.labels[l]; !ok && !slices.Contains(newLabels, l) {
-				newLabels = append(newLabels, l)
+		for _, pl := range ps {
+			if _, ok := m.labels[pl.label]; !ok && !slices.Contains(newLabels, pl.label) {
+				newLabels = append(newLabels, pl.label)
 			}
 		}
+	}
+	if count > maxBindings {
+		return fmt.Errorf("%w: %d bindings, at most %d", ErrCapacity, count, maxBindings)
 	}
 	if err := d.allocLabels(m, newLabels); err != nil {
 		return err
 	}
 
-	changes := make([]groupChange, 0, len(touched))
+	changes := make([]groupChange, 0, len(u))
 	var slotsTaken []uint32
 	fail := func(err error) error {
 		for _, s := range slotsTaken {
@@ -264,10 +309,27 @@ func (d *Dispatcher) change(edit func(cur map[binding.Key]string) (map[binding.K
 		d.cache = nil
 		return err
 	}
-	for gk, ports := range newPorts {
+	var putKeys, delKeys []dispatchSyBindingKey
+	var putVals []uint32
+	for gk, ps := range u {
 		c := groupChange{key: gk, old: m.groups[gk]}
-		if len(ports) > 0 {
-			g := &group{ports: ports}
+		var old []portLabel
+		if c.old != nil {
+			old = c.old.ports
+		}
+		added, removed := diffPorts(old, ps)
+		for _, pl := range removed {
+			delKeys = append(delKeys, bindingMapKey(binding.Key{Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports}))
+		}
+		for _, pl := range added {
+			putKeys = append(putKeys, bindingMapKey(binding.Key{Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports}))
+			putVals = append(putVals, m.labels[pl.label])
+		}
+		if len(added)+len(removed) == 0 {
+			continue
+		}
+		if len(ps) > 0 {
+			g := &group{ports: slices.Clip(ps)}
 			if err := m.compileGroup(g); err != nil {
 				return fail(fmt.Errorf("%s %s: %w", gk.proto, gk.prefix, err))
 			}
@@ -285,44 +347,25 @@ func (d *Dispatcher) change(edit func(cur map[binding.Key]string) (map[binding.K
 			}
 			c.new = g
 		}
-		if c.old != nil && c.new != nil && c.old.c.equal(&c.new.c) && c.old.slot == c.new.slot {
-			m.groups[gk] = c.new
-			continue
-		}
 		changes = append(changes, c)
 	}
-
-	var putKeys []dispatchSyBindingKey
-	var putVals []uint32
-	var delKeys []dispatchSyBindingKey
-	for k, l := range next {
-		if ol, ok := m.bindings[k]; !ok || ol != l {
-			putKeys = append(putKeys, bindingMapKey(k))
-			putVals = append(putVals, m.labels[l])
-		}
-	}
-	for k := range m.bindings {
-		if _, ok := next[k]; !ok {
-			delKeys = append(delKeys, bindingMapKey(k))
-		}
-	}
-	// Update the model, then the maps.
+	// A binding whose label changes is deleted and put under the same
+	// key; put after delete keeps it.
 	for _, c := range changes {
 		if c.old != nil {
-			m.dropGroupStats(c.key)
+			m.dropGroupStats(c.key, c.old)
 			delete(m.groups, c.key)
 		}
 		if c.new != nil {
-			m.addGroupStats(c.key)
+			m.addGroupStats(c.key, c.new)
 			m.groups[c.key] = c.new
 		}
 	}
-	m.bindings = next
 	err = d.commit(m, changes, func() error {
-		if err := batchPut(d.objs.SyBindings, putKeys, putVals); err != nil {
+		if err := batchDelete(d.objs.SyBindings, delKeys); err != nil {
 			return fmt.Errorf("record bindings: %w", err)
 		}
-		if err := batchDelete(d.objs.SyBindings, delKeys); err != nil {
+		if err := batchPut(d.objs.SyBindings, putKeys, putVals); err != nil {
 			return fmt.Errorf("record bindings: %w", err)
 		}
 		return nil
@@ -331,4 +374,20 @@ func (d *Dispatcher) change(edit func(cur map[binding.Key]string) (map[binding.K
 		return err
 	}
 	return d.gcLabels(m)
+}
+
+// BindingCounts returns how many bindings each label has, without listing
+// them.
+func (d *Dispatcher) BindingCounts() (map[string]int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := d.read()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int, len(m.protos))
+	for label, pr := range m.protos {
+		out[label] = pr[0] + pr[1]
+	}
+	return out, nil
 }

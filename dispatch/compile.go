@@ -47,21 +47,22 @@ func (c *compiled) equal(o *compiled) bool {
 
 // compile flattens the port bindings of one (protocol, prefix). The ranges
 // must be laminar (nested or disjoint), which the conflict check ensures.
-func compile(ports map[binding.Ports]uint32) (compiled, error) {
+func compile(ports []portBinding) (compiled, error) {
 	var c compiled
-	var all, ranges []portBinding
-	for p, l := range ports {
-		switch {
+	all := make([]portBinding, 0, len(ports))
+	var ranges []portBinding
+	for _, pb := range ports {
+		switch p := pb.ports; {
 		case p.IsAny():
-			c.anyLabel = l
+			c.anyLabel = pb.label
 		case p.Single():
-			all = append(all, portBinding{p, l})
+			all = append(all, pb)
 		default:
-			all = append(all, portBinding{p, l})
-			ranges = append(ranges, portBinding{p, l})
+			all = append(all, pb)
+			ranges = append(ranges, pb)
 		}
 	}
-	c.segs = flatten(all)
+	c.segs = slices.Clip(flatten(all))
 	if len(c.segs) <= inlineSegs {
 		return c, nil
 	}

@@ -55,7 +55,7 @@ func TestCompileMatchesNaive(t *testing.T) {
 			ports[binding.AnyPort] = 999
 		}
 		build(1, 200+rng.IntN(2000), 0)
-		c, err := compile(ports)
+		c, err := compile(asList(ports))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,12 +73,12 @@ func TestCompileMatchesNaive(t *testing.T) {
 }
 
 func TestCompileInline(t *testing.T) {
-	c, err := compile(map[binding.Ports]uint32{
+	c, err := compile(asList(map[binding.Ports]uint32{
 		{Lo: 80, Hi: 80}:     1,
 		{Lo: 8000, Hi: 8999}: 2,
 		{Lo: 8080, Hi: 8080}: 3,
 		binding.AnyPort:      4,
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,15 @@ func TestCompileTooManySegments(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		ports[binding.Ports{Lo: uint16(1000 + 10*i), Hi: uint16(1005 + 10*i)}] = uint32(i%2 + 1)
 	}
-	if _, err := compile(ports); err == nil {
+	if _, err := compile(asList(ports)); err == nil {
 		t.Fatal("300 disjoint ranges compiled; want a capacity error")
 	}
+}
+
+func asList(ports map[binding.Ports]uint32) []portBinding {
+	var out []portBinding
+	for p, l := range ports {
+		out = append(out, portBinding{p, l})
+	}
+	return out
 }

@@ -44,13 +44,9 @@ func (d *Dispatcher) allocLabels(m *model, names []string) error {
 
 // gcLabels forgets labels that have neither bindings nor sockets.
 func (d *Dispatcher) gcLabels(m *model) error {
-	used := make(map[string]bool, len(m.labels))
-	for _, l := range m.bindings {
-		used[l] = true
-	}
 	var gone []string
 	for name, id := range m.labels {
-		if used[name] || m.kept[name] || d.hasSocket(id) {
+		if m.protos[name] != nil || m.kept[name] || d.hasSocket(id) {
 			continue
 		}
 		k := labelKey(name)

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -19,37 +20,65 @@ type groupKey struct {
 }
 
 type group struct {
-	ports map[binding.Ports]string // label names
+	ports []portLabel // sorted by port set
 	c     compiled
 	slot  uint32 // table slot, 0 when segments are inline
+}
+
+// portLabel is one binding of a group.
+type portLabel struct {
+	ports binding.Ports
+	label string
+}
+
+func comparePorts(a, b binding.Ports) int {
+	if c := cmp.Compare(a.Lo, b.Lo); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Hi, b.Hi)
+}
+
+func sortPorts(ps []portLabel) {
+	slices.SortFunc(ps, func(a, b portLabel) int { return comparePorts(a.ports, b.ports) })
+}
+
+// find returns the index of the binding of port set p, or -1.
+func findPorts(ps []portLabel, p binding.Ports) int {
+	for i := range ps {
+		if ps[i].ports == p {
+			return i
+		}
+	}
+	return -1
 }
 
 // model is a process's picture of the pinned state. It is rebuilt from the
 // maps whenever another process changed them (sy_config.serial moved).
 type model struct {
-	serial   uint64
-	gen      uint32
-	bindings map[binding.Key]string
-	labels   map[string]uint32
-	names    map[uint32]string
-	kept     map[string]bool // labels kept without bindings or sockets
-	groups   map[groupKey]*group
-	plens    [4]map[uint8]int  // per proto*2+family: groups per prefix length
-	bits     map[uint32]int    // filter bit -> prefix keys that set it
-	words    map[uint32]uint64 // filter word -> its value, kept with bits
-	slots    []bool            // table slots in use
+	serial uint64
+	gen    uint32
+	count  int // bindings in all groups
+	labels map[string]uint32
+	names  map[uint32]string
+	kept   map[string]bool // labels kept without bindings or sockets
+	groups map[groupKey]*group
+	protos map[string]*[2]int // per label: bindings of tcp and udp
+	plens  [4]map[uint8]int   // per proto*2+family: groups per prefix length
+	bits   map[uint32]int     // filter bit -> prefix keys that set it
+	words  map[uint32]uint64  // filter word -> its value, kept with bits
+	slots  []bool             // table slots in use
 }
 
 func newModel() *model {
 	m := &model{
-		bindings: map[binding.Key]string{},
-		labels:   map[string]uint32{},
-		names:    map[uint32]string{},
-		kept:     map[string]bool{},
-		groups:   map[groupKey]*group{},
-		bits:     map[uint32]int{},
-		words:    map[uint32]uint64{},
-		slots:    make([]bool, tablesPerGen),
+		protos: map[string]*[2]int{},
+		labels: map[string]uint32{},
+		names:  map[uint32]string{},
+		kept:   map[string]bool{},
+		groups: map[groupKey]*group{},
+		bits:   map[uint32]int{},
+		words:  map[uint32]uint64{},
+		slots:  make([]bool, tablesPerGen),
 	}
 	for i := range m.plens {
 		m.plens[i] = map[uint8]int{}
@@ -186,27 +215,26 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		if !ok {
 			return nil, false, fmt.Errorf("binding %s refers to unknown label id %d", key, id)
 		}
-		m.bindings[key] = name
+		gk := groupKey{key.Protocol, key.Prefix}
+		g := m.groups[gk]
+		if g == nil {
+			g = &group{}
+			m.groups[gk] = g
+		}
+		g.ports = append(g.ports, portLabel{key.Ports, name})
 	}
 	if err := bit.Err(); err != nil {
 		return nil, false, fmt.Errorf("read bindings: %w", err)
 	}
 
-	for key, label := range m.bindings {
-		gk := groupKey{key.Protocol, key.Prefix}
-		g := m.groups[gk]
-		if g == nil {
-			g = &group{ports: map[binding.Ports]string{}}
-			m.groups[gk] = g
-		}
-		g.ports[key.Ports] = label
-	}
 	resync := cfg.Dirty != 0
 	for gk, g := range m.groups {
+		sortPorts(g.ports)
+		g.ports = slices.Clip(g.ports)
 		if err := m.compileGroup(g); err != nil {
 			return nil, false, fmt.Errorf("recorded bindings of %s %s: %w", gk.proto, gk.prefix, err)
 		}
-		m.addGroupStats(gk)
+		m.addGroupStats(gk, g)
 		if resync {
 			continue
 		}
@@ -235,9 +263,9 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 }
 
 func (m *model) compileGroup(g *group) error {
-	ids := make(map[binding.Ports]uint32, len(g.ports))
-	for p, name := range g.ports {
-		ids[p] = m.labels[name]
+	ids := make([]portBinding, len(g.ports))
+	for i, pl := range g.ports {
+		ids[i] = portBinding{pl.ports, m.labels[pl.label]}
 	}
 	c, err := compile(ids)
 	if err != nil {
@@ -247,7 +275,16 @@ func (m *model) compileGroup(g *group) error {
 	return nil
 }
 
-func (m *model) addGroupStats(gk groupKey) {
+func (m *model) addGroupStats(gk groupKey, g *group) {
+	m.count += len(g.ports)
+	for _, pl := range g.ports {
+		pr := m.protos[pl.label]
+		if pr == nil {
+			pr = new([2]int)
+			m.protos[pl.label] = pr
+		}
+		pr[protoIndex(gk.proto)]++
+	}
 	m.plens[gk.listIndex()][uint8(gk.prefix.Bits())]++
 	b := gk.bit()
 	if m.bits[b]++; m.bits[b] == 1 {
@@ -255,7 +292,15 @@ func (m *model) addGroupStats(gk groupKey) {
 	}
 }
 
-func (m *model) dropGroupStats(gk groupKey) {
+func (m *model) dropGroupStats(gk groupKey, g *group) {
+	m.count -= len(g.ports)
+	for _, pl := range g.ports {
+		if pr := m.protos[pl.label]; pr != nil {
+			if pr[protoIndex(gk.proto)]--; pr[0] == 0 && pr[1] == 0 {
+				delete(m.protos, pl.label)
+			}
+		}
+	}
 	li, pl := gk.listIndex(), uint8(gk.prefix.Bits())
 	if m.plens[li][pl]--; m.plens[li][pl] <= 0 {
 		delete(m.plens[li], pl)

@@ -58,15 +58,13 @@ func (d *Dispatcher) RegisterFD(label string, fd int) (Destination, error) {
 	}
 	dest := Destination{Label: label, Protocol: info.Protocol, Family: info.Family, Cookie: info.Cookie}
 	err = d.exclusive(func(m *model) error {
-		var protos []binding.Protocol
-		for k, l := range m.bindings {
-			if l == label && !slices.Contains(protos, k.Protocol) {
-				protos = append(protos, k.Protocol)
+		if pr := m.protos[label]; pr != nil && pr[protoIndex(info.Protocol)] == 0 {
+			has := binding.TCP
+			if pr[0] == 0 {
+				has = binding.UDP
 			}
-		}
-		if len(protos) > 0 && !slices.Contains(protos, info.Protocol) {
 			return fmt.Errorf("register %s: %w: the label's bindings are %s only, and this is a %s socket (%s); register a %s socket, or bind the label for %s first",
-				label, ErrBadSocket, protos[0], info.Protocol, info, protos[0], info.Protocol)
+				label, ErrBadSocket, has, info.Protocol, info, has, info.Protocol)
 		}
 		if _, ok := m.labels[label]; !ok {
 			if err := d.allocLabels(m, []string{label}); err != nil {

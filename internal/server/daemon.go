@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -142,6 +144,17 @@ func run(env Env, f flags, log *slog.Logger) error {
 	bs, err := d.Bindings()
 	if err != nil {
 		return err
+	}
+	// Reading the pinned state made garbage in proportion to the number
+	// of bindings; give it back before settling in, and keep the heap
+	// near what the state needs (unless the operator set GOMEMLIMIT).
+	debug.FreeOSMemory()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		limit := int64(ms.HeapAlloc)*3/2 + 16<<20
+		debug.SetMemoryLimit(limit)
+		log.Debug("soft memory limit", "bytes", limit)
 	}
 	if f.check {
 		log.Info("check passed", "state", d.Dir(), "bindings", len(bs))

@@ -72,14 +72,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descMissing, prometheus.CounterValue, float64(v.Missing), label)
 		ch <- prometheus.MustNewConstMetric(descBadSocket, prometheus.CounterValue, float64(v.BadSocket), label)
 	}
-	bs, err := s.d.Bindings()
+	perLabel, err := s.d.BindingCounts()
 	if err != nil {
 		c.scrapeErrs.Add(1)
 		return
-	}
-	perLabel := map[string]int{}
-	for _, b := range bs {
-		perLabel[b.Label]++
 	}
 	for label, n := range perLabel {
 		ch <- prometheus.MustNewConstMetric(descBindings, prometheus.GaugeValue, float64(n), label)

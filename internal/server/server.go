@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -210,11 +211,31 @@ func (s *Server) serveConn(ctx context.Context, c *control.Conn) {
 		for _, f := range files {
 			f.Close() // the daemon never keeps a service's socket
 		}
-		if err := c.WriteReply(rep); err != nil {
+		err = c.WriteReply(rep)
+		if large(rep) {
+			// A reply listing many bindings left garbage of its size;
+			// hand it back rather than keep it resident.
+			rep = nil
+			debug.FreeOSMemory()
+		}
+		if err != nil {
 			s.log.Debug("write control reply", "err", err)
 			return
 		}
 	}
+}
+
+// large reports whether a reply carries so many bindings that the memory
+// it took is worth returning at once.
+func large(rep *control.Reply) bool {
+	const many = 10000
+	switch b := rep.Body.(type) {
+	case *control.ListBindingsResponse:
+		return len(b.Bindings) >= many
+	case *control.ApplyResponse:
+		return len(b.Diff.AddBindings)+len(b.Diff.RemoveBindings) >= many
+	}
+	return false
 }
 
 type peer struct {
@@ -367,7 +388,7 @@ func supportedProtocols() []uint16 {
 }
 
 func (s *Server) status(label string) (*control.StatusResponse, error) {
-	bs, err := s.d.Bindings()
+	counts, err := s.d.BindingCounts()
 	if err != nil {
 		return nil, err
 	}
@@ -388,8 +409,8 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 		}
 		return ls
 	}
-	for _, b := range bs {
-		get(b.Label).Bindings++
+	for label, n := range counts {
+		get(label).Bindings = n
 	}
 	for _, d := range dests {
 		ls := get(d.Label)
