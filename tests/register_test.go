@@ -258,10 +258,7 @@ labels:
 		t.Fatalf("uid 4242 registering its own label: exit %d, %s", r.code, r.stderr)
 	}
 	f.Close()
-	// os/exec put the shared socket in blocking mode (it calls Fd on
-	// ExtraFiles); give it back to Go's poller before serving.
-	rc, _ := ln.SyscallConn()
-	rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
+	restoreNonblock(ln)
 	httpService(t, "granted", ln)
 	w.expectCurl("10.4.0.9", 1234, "granted")
 	if _, err := w.run("curl", "-sS", "--max-time", "3", "http://10.5.0.9:1234/"); err == nil {
@@ -325,4 +322,11 @@ func writeFile(t *testing.T, content string) string {
 	f.Close()
 	os.Chmod(f.Name(), 0o644)
 	return f.Name()
+}
+
+// restoreNonblock undoes what os/exec did to a listener passed in
+// ExtraFiles: it calls Fd, which puts the shared socket in blocking mode.
+func restoreNonblock(ln *net.TCPListener) {
+	rc, _ := ln.SyscallConn()
+	rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
 }

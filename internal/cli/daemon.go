@@ -12,10 +12,15 @@ import (
 // controlPath is the control socket to use: --control, or the default of
 // the --netns namespace.
 func (inv *invocation) controlPath() (string, error) {
-	if inv.control != "" {
+	// A --netns that names no namespace is an error even beside
+	// --control: the user meant some namespace, and this is not it.
+	if inv.netns == "" && inv.control != "" {
 		return inv.control, nil
 	}
 	ino, err := control.NetNSInode(inv.netns)
+	if err == nil && inv.control != "" {
+		return inv.control, nil
+	}
 	if err != nil {
 		if inv.netns == "" {
 			return "", fmt.Errorf("%s: find this process's network namespace: %w: give the control socket with --control PATH", inv.cmd.name, err)
