@@ -54,6 +54,10 @@ type Dispatcher struct {
 	objs     dispatchObjects
 	link     link.Link
 
+	// migrated holds maps made to this build's layout during Open; they
+	// are pinned once the program that uses them is attached.
+	migrated map[string]*ebpf.Map
+
 	mu    sync.Mutex // guards the cache below, within this process
 	cache *model
 }
@@ -151,6 +155,7 @@ func (d *Dispatcher) NetNSCookie() uint64 { return d.nsCookie }
 // Close releases the dispatcher's handles. The pinned state, and with it
 // dispatching, stays in place.
 func (d *Dispatcher) Close() error {
+	closeAll(d.migrated)
 	if d.link != nil {
 		d.link.Close()
 	}
@@ -308,11 +313,27 @@ func (d *Dispatcher) load() error {
 	if cfg.Layout > layoutVersion {
 		return fmt.Errorf("state %s has layout %d, this build knows up to %d: %w; run the newer build, or remove the state to start over", d.dir, cfg.Layout, layoutVersion, ErrIncompatible)
 	}
-	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.dir}}); err != nil {
+	old, err := incompatible(d.dir, spec)
+	if err != nil {
+		return err
+	}
+	defer closeAll(old)
+	fresh, err := migrateMaps(spec, old)
+	if err != nil {
+		return fmt.Errorf("state %s: %w", d.dir, err)
+	}
+	d.migrated = fresh
+	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{
+		Maps:            ebpf.MapOptions{PinPath: d.dir},
+		MapReplacements: fresh,
+	}); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return fmt.Errorf("state %s: %w: %w", d.dir, ErrIncompatible, err)
 		}
 		return fmt.Errorf("load program: %w", err)
+	}
+	for name := range fresh {
+		d.log.Info("migrated map to this build's layout", "map", name, "dir", d.dir)
 	}
 	return nil
 }
@@ -341,13 +362,17 @@ func (d *Dispatcher) attach(readOnly bool) error {
 		if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
-		if cfg.Prog == progHash() {
+		if cfg.Prog == progHash() && len(d.migrated) == 0 {
 			return nil
 		}
 		if err := l.Update(d.objs.SyDispatch); err != nil {
 			return fmt.Errorf("replace program: %w", err)
 		}
+		if err := d.pinMigrated(); err != nil {
+			return err
+		}
 		cfg.Prog = progHash()
+		cfg.Layout = layoutVersion
 		if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
 			return fmt.Errorf("write config: %w", err)
 		}
@@ -363,10 +388,25 @@ func (d *Dispatcher) attach(readOnly bool) error {
 	}
 }
 
+// pinMigrated makes the maps migrated by load the pinned ones, now that the
+// program using them runs.
+func (d *Dispatcher) pinMigrated() error {
+	if err := repin(d.dir, d.migrated); err != nil {
+		return err
+	}
+	closeAll(d.migrated)
+	d.migrated = nil
+	return nil
+}
+
 func (d *Dispatcher) attachNew(pin string) error {
 	l, err := link.AttachNetNs(d.ns.FD(), d.objs.SyDispatch)
 	if err != nil {
 		return fmt.Errorf("attach sk_lookup: %w", err)
+	}
+	if err := d.pinMigrated(); err != nil {
+		l.Close()
+		return err
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
