@@ -27,30 +27,8 @@ func (d *Dispatcher) Bindings() ([]binding.Binding, error) {
 			out = append(out, binding.Binding{Label: pl.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports})
 		}
 	}
-	SortBindings(out)
+	binding.Sort(out)
 	return out, nil
-}
-
-// SortBindings orders bindings by protocol, family, prefix, ports, label.
-func SortBindings(bs []binding.Binding) {
-	slices.SortFunc(bs, func(a, b binding.Binding) int {
-		if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
-			return c
-		}
-		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Ports.Lo, b.Ports.Lo); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Ports.Hi, b.Ports.Hi); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Label, b.Label)
-	})
 }
 
 // read returns a current model under a shared lock, repairing the state
@@ -201,8 +179,8 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 	if err != nil {
 		return nil, nil, err
 	}
-	SortBindings(added)
-	SortBindings(removed)
+	binding.Sort(added)
+	binding.Sort(removed)
 	return added, removed, nil
 }
 
@@ -261,17 +239,11 @@ func checkGroup(gk groupKey, ports []portLabel) error {
 // the result visible atomically. edit returns the next bindings of the
 // groups it changes (nil: no change).
 func (d *Dispatcher) change(edit func(m *model) (updates, error)) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	unlock, err := d.lock(unix.LOCK_EX)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	m, err := d.refresh(true)
-	if err != nil {
-		return err
-	}
+	return d.exclusive(func(m *model) error { return d.apply(m, edit) })
+}
+
+// apply carries out change under the lock.
+func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error)) error {
 	u, err := edit(m)
 	if err != nil || len(u) == 0 {
 		return err

@@ -221,8 +221,28 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error
 	}
 	lists := slices.Collect(maps.Keys(listSet))
 	words := slices.Collect(maps.Keys(wordSet))
+	if err := d.writeGenerations(m, changes, lists, words, nil); err != nil {
+		return err
+	}
+	for _, c := range changes {
+		if c.old != nil && c.old.slot != 0 && (c.new == nil || c.new.slot != c.old.slot) {
+			m.slots[c.old.slot] = false
+		}
+	}
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial })
+}
+
+// writeGenerations writes changes to the inactive generation, switches to
+// it, waits until no program reads the other, and writes that one too. With
+// clear, each generation is first emptied.
+func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words []uint32, clear func(gen uint32) error) error {
 	next := m.gen ^ 1
 	for _, gen := range []uint32{next, m.gen} {
+		if clear != nil {
+			if err := clear(gen); err != nil {
+				return err
+			}
+		}
 		var w genWriter
 		for _, c := range changes {
 			w.group(gen, c)
@@ -241,12 +261,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error
 		}
 	}
 	m.gen = next
-	for _, c := range changes {
-		if c.old != nil && c.old.slot != 0 && (c.new == nil || c.new.slot != c.old.slot) {
-			m.slots[c.old.slot] = false
-		}
-	}
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial })
+	return nil
 }
 
 // rewrite makes both generations equal to m from scratch, deleting whatever
@@ -272,8 +287,8 @@ func (d *Dispatcher) rewrite(m *model) error {
 	for i := range allWords {
 		allWords[i] = uint32(i)
 	}
-	next := m.gen ^ 1
-	for _, gen := range []uint32{next, m.gen} {
+	// Nothing reads a generation while it is written: clear it first.
+	clear := func(gen uint32) error {
 		pk, err := prefixKeysOfGen(d.objs.SyPrefixes, gen)
 		if err != nil {
 			return fmt.Errorf("read prefixes: %w", err)
@@ -282,30 +297,16 @@ func (d *Dispatcher) rewrite(m *model) error {
 		if err != nil {
 			return fmt.Errorf("read ports: %w", err)
 		}
-		// Nothing reads this generation: clear it, then fill it.
 		if err := batchDelete(d.objs.SyPorts, ok); err != nil {
 			return fmt.Errorf("clear ports: %w", err)
 		}
 		if err := batchDelete(d.objs.SyPrefixes, pk); err != nil {
 			return fmt.Errorf("clear prefixes: %w", err)
 		}
-		var w genWriter
-		for _, c := range changes {
-			w.group(gen, c)
-		}
-		if err := w.flush(d); err != nil {
-			return err
-		}
-		if err := d.writeLists(m, gen, allLists, allWords); err != nil {
-			return err
-		}
-		if gen == next {
-			if err := d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next }); err != nil {
-				return err
-			}
-			d.waitReaders()
-		}
+		return nil
 	}
-	m.gen = next
+	if err := d.writeGenerations(m, changes, allLists, allWords, clear); err != nil {
+		return err
+	}
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/switchyard-project/switchyard/internal/testenv"
+	"github.com/switchyard-project/switchyard/register"
 )
 
 var bin struct {
@@ -279,4 +280,20 @@ func (w *world) metrics() string {
 	var b bytes.Buffer
 	b.ReadFrom(resp.Body)
 	return b.String()
+}
+
+// registerTCP listens in the namespace and hands the socket to the daemon
+// with package register, as a Go service would.
+func (w *world) registerTCP(label, network, addr string) *net.TCPListener {
+	w.t.Helper()
+	var ln *net.TCPListener
+	if err := w.ns.Do(func() error {
+		var err error
+		ln, err = register.ListenTCP(context.Background(), w.control, label, network, addr)
+		return err
+	}); err != nil {
+		w.t.Fatalf("register %s: %v", label, err)
+	}
+	w.t.Cleanup(func() { ln.Close() })
+	return ln
 }

@@ -1,10 +1,8 @@
 package tests
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,8 +12,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-
-	"github.com/switchyard-project/switchyard/register"
 )
 
 // load dials random addresses and ports of a prefix from inside the
@@ -116,15 +112,7 @@ bindings:
   - {label: new, protocol: tcp, prefix: 10.10.0.0/16, ports: "443"}
 `)
 	w.mustCLI("apply", "-f", v1)
-	var ln *net.TCPListener
-	if err := w.ns.Do(func() error {
-		var err error
-		ln, err = register.ListenTCP(context.Background(), w.control, "web", "tcp4", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := w.registerTCP("web", "tcp4", "127.0.0.1:0")
 	go func() {
 		for {
 			c, err := ln.Accept()

@@ -286,15 +286,7 @@ func TestDaemonKillKeepsTraffic(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	w.mustCLI("bind", "web", "tcp", "10.7.0.0/24", "*")
-	var ln *net.TCPListener
-	if err := w.ns.Do(func() error {
-		var err error
-		ln, err = register.ListenTCP(context.Background(), w.control, "web", "tcp4", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	httpService(t, "web", ln)
+	httpService(t, "web", w.registerTCP("web", "tcp4", "127.0.0.1:0"))
 	w.expectCurl("10.7.0.1", 80, "web")
 	before := w.mustCLI("bindings", "-o", "json")
 

@@ -1,9 +1,11 @@
 package binding
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -370,6 +372,35 @@ func (b Binding) Matches(proto Protocol, addr netip.AddrPort) bool {
 	}
 	return b.Protocol == proto && b.Prefix.Contains(a) && b.Ports.Contains(addr.Port())
 }
+
+// CompareKeys orders bindings for display without looking at labels: IPv4
+// before IPv6, then by prefix address and length, protocol and ports.
+func CompareKeys(a, b Binding) int {
+	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Ports.Lo, b.Ports.Lo); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Ports.Hi, b.Ports.Hi)
+}
+
+// Compare orders bindings for display: by CompareKeys, then label.
+func Compare(a, b Binding) int {
+	if c := CompareKeys(a, b); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Label, b.Label)
+}
+
+// Sort sorts bs with Compare.
+func Sort(bs []Binding) { slices.SortFunc(bs, Compare) }
 
 // Lookup returns the binding that wins for traffic of protocol proto to addr,
 // following switchyard's precedence rules, as a reference implementation for

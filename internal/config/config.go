@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/control"
 )
 
 // CurrentVersion is the only schema version this package reads and writes.
@@ -102,62 +103,19 @@ type Daemon struct {
 // IsZero reports whether no daemon setting is given.
 func (d Daemon) IsZero() bool { return d == Daemon{} }
 
-// Policy is a connection policy.
-type Policy uint8
+// Policy is a connection policy: the control protocol's type, so that a
+// file's settings go over the wire as they are.
+type Policy = control.Policy
 
 // Connection policies; the zero value is PolicyNone.
 const (
-	// PolicyNone leaves connections alone.
-	PolicyNone Policy = iota
-	// PolicyBypass short-circuits local TCP connections with SK_MSG.
-	PolicyBypass
-	// PolicySplice has the daemon accept connections and splice them to an
-	// upstream in the kernel.
-	PolicySplice
+	PolicyNone   = control.PolicyNone
+	PolicyBypass = control.PolicyBypass
+	PolicySplice = control.PolicySplice
 )
 
-func (p Policy) String() string {
-	switch p {
-	case PolicyNone:
-		return "none"
-	case PolicyBypass:
-		return "bypass"
-	case PolicySplice:
-		return "splice"
-	}
-	return fmt.Sprintf("policy(%d)", uint8(p))
-}
-
 // ParsePolicy accepts "none", "bypass" or "splice".
-func ParsePolicy(s string) (Policy, error) {
-	switch s {
-	case "none":
-		return PolicyNone, nil
-	case "bypass":
-		return PolicyBypass, nil
-	case "splice":
-		return PolicySplice, nil
-	}
-	return 0, fmt.Errorf("policy %s: %w: use none, bypass or splice", quote(s), binding.ErrInvalid)
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (p Policy) MarshalText() ([]byte, error) {
-	if p > PolicySplice {
-		return nil, fmt.Errorf("policy %d: %w", uint8(p), binding.ErrInvalid)
-	}
-	return []byte(p.String()), nil
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (p *Policy) UnmarshalText(b []byte) error {
-	v, err := ParsePolicy(string(b))
-	if err != nil {
-		return err
-	}
-	*p = v
-	return nil
-}
+func ParsePolicy(s string) (Policy, error) { return control.ParsePolicy(s) }
 
 // Upstream is where the splice policy connects to: a host and a port, or the
 // host and whatever port the client dialled ("host:same"), so that one label

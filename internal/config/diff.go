@@ -12,7 +12,7 @@ import (
 
 // Diff compares two sets of bindings. added holds the bindings of new that
 // old lacks, removed those of old that new lacks; a binding whose label
-// changes is in both. Both are sorted with CompareBindings and hold no
+// changes is in both. Both are sorted with binding.Compare and hold no
 // repeats.
 func Diff(old, new []binding.Binding) (added, removed []binding.Binding) {
 	return minus(new, old), minus(old, new)
@@ -31,37 +31,9 @@ func minus(a, b []binding.Binding) []binding.Binding {
 			out = append(out, x)
 		}
 	}
-	SortBindings(out)
+	binding.Sort(out)
 	return out
 }
-
-// CompareBindings orders bindings for display: IPv4 before IPv6, then by
-// prefix address and length, protocol, ports and label.
-func CompareBindings(a, b binding.Binding) int {
-	if c := compareKeys(a, b); c != 0 {
-		return c
-	}
-	return strings.Compare(a.Label, b.Label)
-}
-
-func compareKeys(a, b binding.Binding) int {
-	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Ports.Lo, b.Ports.Lo); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Ports.Hi, b.Ports.Hi)
-}
-
-// SortBindings sorts bs with CompareBindings.
-func SortBindings(bs []binding.Binding) { slices.SortFunc(bs, CompareBindings) }
 
 // FormatDiff renders a binding diff one line per change, "- " for removed
 // and "+ " for added bindings, as switchyard apply prints it:
@@ -87,7 +59,7 @@ func FormatDiff(added, removed []binding.Binding) string {
 		cs = append(cs, change{b, '+'})
 	}
 	slices.SortFunc(cs, func(x, y change) int {
-		if c := compareKeys(x.b, y.b); c != 0 {
+		if c := binding.CompareKeys(x.b, y.b); c != 0 {
 			return c
 		}
 		if c := cmp.Compare(x.sign, y.sign); c != 0 { // '+' < '-'
