@@ -27,23 +27,16 @@ func (inv *invocation) parseBinding() (binding.Binding, error) {
 }
 
 func runBind(inv *invocation) error {
-	b, err := inv.parseBinding()
-	if err != nil {
-		return err
-	}
-	c, err := inv.dial()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Bind(inv.ctx, b); err != nil {
-		return inv.requestError(b.Label, err)
-	}
-	fmt.Fprintf(inv.stdout(), "bound %s\n", b)
-	return nil
+	return changeBinding(inv, "bound", (*control.Client).Bind)
 }
 
 func runUnbind(inv *invocation) error {
+	return changeBinding(inv, "unbound", (*control.Client).Unbind)
+}
+
+// changeBinding sends the binding of the command line with do and says
+// what was done.
+func changeBinding(inv *invocation, done string, do func(*control.Client, context.Context, binding.Binding) error) error {
 	b, err := inv.parseBinding()
 	if err != nil {
 		return err
@@ -53,10 +46,10 @@ func runUnbind(inv *invocation) error {
 		return err
 	}
 	defer c.Close()
-	if err := c.Unbind(inv.ctx, b); err != nil {
+	if err := do(c, inv.ctx, b); err != nil {
 		return inv.requestError(b.Label, err)
 	}
-	fmt.Fprintf(inv.stdout(), "unbound %s\n", b)
+	fmt.Fprintf(inv.stdout(), "%s %s\n", done, b)
 	return nil
 }
 
