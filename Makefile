@@ -4,7 +4,7 @@ CLANG   ?= clang
 BIN     := bin
 COUNT   ?= 5
 
-.PHONY: help build generate check-generate test test-short fuzz bench demo lint clean
+.PHONY: help build generate check-generate test test-short fuzz bench bench-policy demo lint clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -14,6 +14,7 @@ build: ## Build switchyard and switchyardd into bin/.
 
 generate: ## Rebuild the BPF objects from bpf/ with clang (bpf2go).
 	cd dispatch && $(GO) generate ./...
+	cd internal/policy && $(GO) generate ./...
 
 check-generate: generate ## Fail if the committed BPF objects differ from a rebuild.
 	@git diff --exit-code -- '*_bpfel.go' '*_bpfel.o' || \
@@ -36,7 +37,11 @@ fuzz: ## Run each fuzz test for FUZZTIME (default 30s).
 bench: ## Run the benchmarks COUNT times and print `name value unit` medians and ratios.
 	@$(GO) test -run '^$$' -bench 'Lookup' -benchtime 2000000x -count $(COUNT) ./dispatch/ | tee /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'AddBindings|BindOne' -benchtime 3x -count 1 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) test -run '^$$' -bench 'Register|DaemonMemory' -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench.txt
+
+bench-policy: ## Benchmark bypass and splice with sockperf, iperf3, socat (root; COUNT runs, default 3).
+	@COUNT=$${POLICY_COUNT:-3} GO=$(GO) ./scripts/bench-policy.sh
 
 demo: build ## Dispatch every port of a prefix to one socket in a throwaway namespace.
 	./$(BIN)/switchyard demo

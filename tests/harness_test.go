@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 	"github.com/switchyard-project/switchyard/register"
 )
@@ -66,6 +67,8 @@ type world struct {
 	root    string
 	dir     string // world-readable scratch directory
 	control string
+	cgroup  string   // the bypass policy's cgroup
+	env     []string // extra environment of the daemon
 	d       *daemonProc
 }
 
@@ -89,12 +92,29 @@ func newWorldNoDaemon(t testing.TB) *world {
 	}
 	os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock")}
+	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock"), cgroup: testCgroup(t)}
+}
+
+// testCgroup makes a cgroup v2 directory for the daemon's bypass programs,
+// so that tests never attach anything to the host's own cgroups.
+func testCgroup(t testing.TB) string {
+	t.Helper()
+	root, err := policy.CgroupRoot()
+	if err != nil {
+		t.Fatalf("cgroup v2: %v", err)
+	}
+	dir, err := os.MkdirTemp(root, "switchyard-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	return dir
 }
 
 type daemonProc struct {
 	cmd    *exec.Cmd
 	stderr *syncBuffer
+	notes  *syncBuffer // what it told the notify socket
 	done   chan struct{}
 }
 
@@ -129,13 +149,12 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	defer notify.Close()
-	defer os.Remove(notifyPath)
+	w.t.Cleanup(func() { notify.Close(); os.Remove(notifyPath) })
 
-	args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--log-level", "debug"}, extra...)
+	args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--bypass-cgroup", w.cgroup, "--log-level", "debug"}, extra...)
 	cmd := exec.Command(path, args...)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+notifyPath), w.env...)
+	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, notes: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		w.t.Fatal(err)
@@ -158,7 +177,11 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 				close(got)
 				return
 			}
-			got <- string(buf[:n])
+			p.notes.Write(append(buf[:n:n], '\n'))
+			select {
+			case got <- string(buf[:n]):
+			default:
+			}
 		}
 	}()
 	deadline := time.After(20 * time.Second)

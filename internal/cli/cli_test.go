@@ -301,10 +301,10 @@ func TestStatus(t *testing.T) {
 	r := runMain(t, nil, "--control", d.path, "status")
 	want := "" +
 		"switchyardd 9.9.9, network namespace 4026531840\n" +
-		"LABEL  POLICY                BINDINGS  HITS  MISSING  SOCKETS\n" +
-		"dns    none                  1         10    2        udp ipv4 192.0.2.1:53\n" +
-		"                                                      udp ipv6 [::]:53\n" +
-		"web    splice 10.0.0.5:same  2         0     0        none\n"
+		"LABEL  POLICY                BINDINGS  LOOKUPS  HITS  MISSING  BAD  SOCKETS\n" +
+		"dns    none                  1         0        10    2        0    udp ipv4 192.0.2.1:53\n" +
+		"                                                                    udp ipv6 [::]:53\n" +
+		"web    splice 10.0.0.5:same  2         0        0     0        0    none (connections are refused)\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("got:\n%s\nwant stdout:\n%s", r, want)
 	}
@@ -318,12 +318,16 @@ func TestStatus(t *testing.T) {
 		"version": "9.9.9",
 		"netns":   float64(4026531840),
 		"labels": []any{
-			map[string]any{"label": "dns", "policy": "none", "upstream": "", "bindings": float64(1), "hits": float64(10), "missing": float64(2),
+			map[string]any{"label": "dns", "policy": "none", "upstream": "", "policy_state": "", "bindings": float64(1),
+				"lookups": float64(0), "hits": float64(10), "missing": float64(2), "bad_socket": float64(0),
+				"policy_bytes": float64(0), "policy_connections": float64(0),
 				"sockets": []any{
 					map[string]any{"protocol": "udp", "family": "ipv4", "local": "192.0.2.1:53", "cookie": float64(4097)},
 					map[string]any{"protocol": "udp", "family": "ipv6", "local": "[::]:53", "cookie": float64(4098)},
 				}},
-			map[string]any{"label": "web", "policy": "splice", "upstream": "10.0.0.5:same", "bindings": float64(2), "hits": float64(0), "missing": float64(0),
+			map[string]any{"label": "web", "policy": "splice", "upstream": "10.0.0.5:same", "policy_state": "", "bindings": float64(2),
+				"lookups": float64(0), "hits": float64(0), "missing": float64(0), "bad_socket": float64(0),
+				"policy_bytes": float64(0), "policy_connections": float64(0),
 				"sockets": []any{}},
 		},
 	}

@@ -154,19 +154,24 @@ type statusJSON struct {
 }
 
 type labelStatusJSON struct {
-	Label    string       `json:"label"`
-	Policy   string       `json:"policy"`
-	Upstream string       `json:"upstream"`
-	Bindings int          `json:"bindings"`
-	Sockets  []socketJSON `json:"sockets"`
-	Hits     uint64       `json:"hits"`
-	Missing  uint64       `json:"missing"`
+	Label             string       `json:"label"`
+	Policy            string       `json:"policy"`
+	Upstream          string       `json:"upstream"`
+	PolicyState       string       `json:"policy_state"`
+	Bindings          int          `json:"bindings"`
+	Sockets           []socketJSON `json:"sockets"`
+	Lookups           uint64       `json:"lookups"`
+	Hits              uint64       `json:"hits"`
+	Missing           uint64       `json:"missing"`
+	BadSocket         uint64       `json:"bad_socket"`
+	PolicyBytes       uint64       `json:"policy_bytes"`
+	PolicyConnections uint64       `json:"policy_connections"`
 }
 
 type socketJSON struct {
 	Protocol string `json:"protocol"`
 	Family   string `json:"family"`
-	Local    string `json:"local"`
+	Local    string `json:"local,omitempty"`
 	Cookie   uint64 `json:"cookie"`
 }
 
@@ -189,13 +194,17 @@ func runStatus(inv *invocation) error {
 		for _, l := range st.Labels {
 			lj := labelStatusJSON{
 				Label: l.Label, Policy: l.Policy.String(), Upstream: l.Upstream,
-				Bindings: l.Bindings, Sockets: make([]socketJSON, 0, len(l.Sockets)),
-				Hits: l.Hits, Missing: l.Missing,
+				PolicyState: l.PolicyState,
+				Bindings:    l.Bindings, Sockets: make([]socketJSON, 0, len(l.Sockets)),
+				Lookups: l.Lookups, Hits: l.Hits, Missing: l.Missing, BadSocket: l.BadSocket,
+				PolicyBytes: l.PolicyBytes, PolicyConnections: l.PolicyConnections,
 			}
 			for _, s := range l.Sockets {
-				lj.Sockets = append(lj.Sockets, socketJSON{
-					Protocol: s.Protocol.String(), Family: s.Family.String(), Local: s.Local.String(), Cookie: s.Cookie,
-				})
+				sj := socketJSON{Protocol: s.Protocol.String(), Family: s.Family.String(), Cookie: s.Cookie}
+				if s.Local.IsValid() {
+					sj.Local = s.Local.String()
+				}
+				lj.Sockets = append(lj.Sockets, sj)
 			}
 			out.Labels = append(out.Labels, lj)
 		}
@@ -208,22 +217,29 @@ func runStatus(inv *invocation) error {
 		return nil
 	}
 	tw := newTable(w)
-	fmt.Fprintln(tw, "LABEL\tPOLICY\tBINDINGS\tHITS\tMISSING\tSOCKETS")
+	fmt.Fprintln(tw, "LABEL\tPOLICY\tBINDINGS\tLOOKUPS\tHITS\tMISSING\tBAD\tSOCKETS")
 	for _, l := range st.Labels {
 		policy := l.Policy.String()
 		if l.Upstream != "" {
 			policy += " " + l.Upstream
 		}
-		socks := []string{"none"}
+		if l.PolicyState != "" && l.PolicyState != policy {
+			policy += " [" + l.PolicyState + "]"
+		}
+		socks := []string{"none (connections are refused)"}
 		if len(l.Sockets) > 0 {
 			socks = socks[:0]
 			for _, s := range l.Sockets {
-				socks = append(socks, fmt.Sprintf("%s %s %s", s.Protocol, s.Family, s.Local))
+				where := s.Local.String()
+				if !s.Local.IsValid() {
+					where = fmt.Sprintf("cookie %d", s.Cookie)
+				}
+				socks = append(socks, fmt.Sprintf("%s %s %s", s.Protocol, s.Family, where))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", l.Label, policy, l.Bindings, l.Hits, l.Missing, socks[0])
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", l.Label, policy, l.Bindings, l.Lookups, l.Hits, l.Missing, l.BadSocket, socks[0])
 		for _, s := range socks[1:] {
-			fmt.Fprintf(tw, "\t\t\t\t\t%s\n", s)
+			fmt.Fprintf(tw, "\t\t\t\t\t\t\t%s\n", s)
 		}
 	}
 	return tw.Flush()

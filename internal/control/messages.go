@@ -337,6 +337,11 @@ type LabelStatus struct {
 	Hits      uint64 `json:"hits"`
 	Missing   uint64 `json:"missing"`
 	BadSocket uint64 `json:"bad_socket"`
+	// PolicyState says what of the policy is in force, or why not.
+	PolicyState string `json:"policy_state,omitempty"`
+	// Bytes and connections the policy's fast path took on.
+	PolicyBytes       uint64 `json:"policy_bytes,omitempty"`
+	PolicyConnections uint64 `json:"policy_connections,omitempty"`
 }
 
 // SocketStatus is one registered destination of a label.

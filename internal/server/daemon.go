@@ -23,6 +23,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
+	"github.com/switchyard-project/switchyard/internal/policy"
 )
 
 // Env is what the daemon takes from its surroundings, injected for tests.
@@ -41,6 +42,8 @@ func OSEnv() Env {
 
 type flags struct {
 	netns, config, control, bpffs, metrics string
+	bypassCgroup                           string
+	trustReaders                           bool
 	logFormat, logLevel                    string
 	check                                  bool
 }
@@ -57,6 +60,8 @@ func Main(env Env, args []string) int {
 	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9434")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.bypassCgroup, "bypass-cgroup", "", "cgroup v2 directory whose sockets the bypass policy applies to (default: the config's daemon.bypass_cgroup, else the cgroup v2 root)")
+	fs.BoolVar(&f.trustReaders, "bypass-trust-readers", false, "let bypass redirect where the kernel cannot show how receivers read: you vouch that no service of a bypass label, nor a local client of one, reads its socket with splice(2), which never sees redirected data")
 	fs.BoolVar(&f.check, "check", false, "load the config and the dispatch state, report, and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -188,6 +193,19 @@ func run(env Env, f flags, log *slog.Logger) error {
 		go metricsSrv.Serve(mln)
 		log.Info("serving metrics", "addr", mln.Addr().String())
 	}
+
+	cg := f.bypassCgroup
+	if cg == "" && cfg != nil {
+		cg = cfg.Daemon.BypassCgroup
+	}
+	pm, err := policy.Open(d, policy.Options{Cgroup: cg, Logger: log, NetNS: f.netns, TrustReaders: f.trustReaders})
+	why := ""
+	if err != nil {
+		why = err.Error()
+		log.Warn("connection policies unavailable; dispatching goes on without them", "err", err)
+	}
+	srv.SetPolicies(ctx, pm, why)
+	defer srv.closePolicies()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()

@@ -34,6 +34,10 @@ var (
 		"Control messages that could not be decoded.", nil, nil)
 	descScrapeErr = prometheus.NewDesc("switchyard_scrape_errors_total",
 		"Times reading the dispatch state for metrics failed.", nil, nil)
+	descPolicyBytes = prometheus.NewDesc("switchyard_policy_bytes_total",
+		"Bytes moved by a connection policy's fast path (bypass: redirected; splice: proxied).", []string{"label", "policy"}, nil)
+	descPolicyConns = prometheus.NewDesc("switchyard_policy_connections_total",
+		"Connections a connection policy took on.", []string{"label", "policy"}, nil)
 	descInfo = prometheus.NewDesc("switchyard_build_info",
 		"Always 1; the version label says which build runs.", []string{"version"}, nil)
 )
@@ -45,7 +49,8 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
-		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr, descInfo} {
+		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr,
+		descPolicyBytes, descPolicyConns, descInfo} {
 		ch <- d
 	}
 }
@@ -79,6 +84,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for label, n := range perLabel {
 		ch <- prometheus.MustNewConstMetric(descBindings, prometheus.GaugeValue, float64(n), label)
+	}
+	s.mu.RLock()
+	pm := s.pm
+	s.mu.RUnlock()
+	if pm != nil {
+		if pc, err := pm.Counters(); err != nil {
+			c.scrapeErrs.Add(1)
+		} else {
+			settings := s.Labels()
+			for label, v := range pc {
+				p := settings[label].Policy
+				if p == "" {
+					p = "none"
+				}
+				ch <- prometheus.MustNewConstMetric(descPolicyBytes, prometheus.CounterValue, float64(v.Bytes), label, p)
+				ch <- prometheus.MustNewConstMetric(descPolicyConns, prometheus.CounterValue, float64(v.Connections), label, p)
+			}
+		}
 	}
 	dests, err := s.d.Destinations()
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +26,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 )
 
@@ -57,6 +59,9 @@ type Server struct {
 
 	mu     sync.RWMutex
 	labels map[string]*LabelSettings
+	pm     *policy.Manager // nil: policies unavailable, because of pmWhy
+	pmWhy  string
+	pmCtx  context.Context
 
 	wg sync.WaitGroup
 }
@@ -75,7 +80,7 @@ type Options struct {
 // New makes a server for d. Label settings start from the state file, if
 // there is one.
 func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
-	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, labels: map[string]*LabelSettings{}}
+	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, labels: map[string]*LabelSettings{}, pmWhy: "no policy manager", pmCtx: context.Background()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -182,8 +187,15 @@ func (s *Server) Serve(ctx context.Context, ln *control.Listener) error {
 	}
 }
 
+// idleTimeout is how long a control connection may wait for its next
+// request; a client that says nothing does not hold the daemon's resources.
+const idleTimeout = 30 * time.Second
+
 func (s *Server) serveConn(ctx context.Context, c *control.Conn) {
 	defer c.Close()
+	// Stopping the daemon ends idle connections too.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	cred, err := c.PeerCred()
 	if err != nil {
 		s.log.Warn("control connection without credentials", "err", err)
@@ -195,9 +207,10 @@ func (s *Server) serveConn(ctx context.Context, c *control.Conn) {
 		c.SetRequestLimit(control.MaxSmallMessage)
 	}
 	for ctx.Err() == nil {
+		c.SetReadDeadline(time.Now().Add(idleTimeout))
 		req, files, err := c.ReadRequest()
 		if err != nil {
-			if isEOF(err) {
+			if isEOF(err) || errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
 				return
 			}
 			s.Stats.BadRequests.Add(1)
@@ -430,6 +443,7 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 			ls.Policy, ls.Upstream = p, st.Upstream
 		}
 	}
+	s.policyStatus(byLabel)
 	res := &control.StatusResponse{Version: Version, NetNS: s.d.NetNSCookie()}
 	for _, name := range slices.Sorted(maps.Keys(byLabel)) {
 		if label != "" && name != label {
@@ -447,8 +461,14 @@ func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, e
 	if err := control.ValidatePolicy(r.Policy, r.Upstream); err != nil {
 		return nil, err
 	}
-	if r.Policy != control.PolicyNone {
-		return nil, control.Errorf(control.CodeUnsupported, "policy %s is not available in this build of switchyardd (%s); connections are dispatched without it", r.Policy, Version)
+	s.mu.RLock()
+	var from control.Policy
+	if ls := s.labels[r.Label]; ls != nil {
+		from, _ = control.ParsePolicy(ls.Policy)
+	}
+	s.mu.RUnlock()
+	if err := s.enforce(r.Label, from, r.Policy, r.Upstream); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	ls := s.labels[r.Label]
@@ -461,6 +481,7 @@ func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, e
 	if err := s.persist(); err != nil {
 		return nil, err
 	}
+	s.log.Info("policy set", "label", r.Label, "policy", r.Policy.String(), "upstream", r.Upstream)
 	return &control.SetPolicyResponse{}, nil
 }
 
@@ -471,7 +492,12 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 			return nil, fmt.Errorf("label %s: %w", l.Label, err)
 		}
 		if l.Policy != control.PolicyNone {
-			return nil, control.Errorf(control.CodeUnsupported, "label %s: policy %s is not available in this build of switchyardd (%s)", l.Label, l.Policy, Version)
+			s.mu.RLock()
+			pm, why := s.pm, s.pmWhy
+			s.mu.RUnlock()
+			if pm == nil {
+				return nil, control.Errorf(control.CodeUnsupported, "label %s: policy %s: connection policies are unavailable here: %s", l.Label, l.Policy, why)
+			}
 		}
 		ls := &LabelSettings{Grants: grantsFromWire(l.Users, l.Groups), Policy: l.Policy.String(), Upstream: l.Upstream}
 		p, err := ls.Grants.Resolve(s.resolver)
@@ -505,6 +531,21 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	}
 	if r.DryRun {
 		return res, nil
+	}
+	for _, ch := range res.Diff.Labels {
+		from, to, upstream := control.PolicyNone, control.PolicyNone, ""
+		if ch.Old != nil {
+			from = ch.Old.Policy
+		}
+		if ch.New != nil {
+			to, upstream = ch.New.Policy, ch.New.Upstream
+		}
+		if from == to && (ch.Old == nil || ch.New == nil || ch.Old.Upstream == upstream) {
+			continue
+		}
+		if err := s.enforce(ch.Label, from, to, upstream); err != nil {
+			return nil, fmt.Errorf("label %s: bindings applied, but policy %s failed: %w", ch.Label, to, err)
+		}
 	}
 	s.mu.Lock()
 	s.labels = next

@@ -1,0 +1,311 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const spliceAddr = srvAddr + ":9000"
+
+// splice starts a proxy for label "px" bound at spliceAddr to upstream.
+func (e *env) splice(upstream string) {
+	e.t.Helper()
+	e.bind("px", srvAddr+"/32", "9000")
+	err := e.m.StartSplice(context.Background(), "px", upstream, func(ln *net.TCPListener) error {
+		_, err := e.d.Register("px", ln)
+		return err
+	})
+	if err != nil {
+		e.t.Fatalf("start splice: %v", err)
+	}
+}
+
+func engines() []Engine { return []Engine{EngineSplice, EngineSockmap} }
+
+// Bytes proxied by splice arrive intact, in both directions (the reply
+// comes back through the proxy after the client's half-close), for every
+// way the upstream reads and with each engine.
+func TestSpliceIntegrity(t *testing.T) {
+	n := integrityBytes()
+	for _, v := range []struct {
+		name  string
+		eng   Engine
+		limit uint32
+	}{
+		{"splice", EngineSplice, 0},
+		{"sockmap", EngineSockmap, 0},
+		// A bound high enough that most bytes stay in the kernel.
+		{"sockmap-kernel", EngineSockmap, 256 << 20},
+	} {
+		for _, recv := range []string{"read", "readv", "splice"} {
+			t.Run(v.name+"/"+recv, func(t *testing.T) {
+				t.Parallel()
+				e := newEnv(t, Options{SpliceEngine: v.eng, SpliceLimit: v.limit})
+				up := e.server("", false, recv)
+				e.splice("127.0.0.1:" + up.port)
+				e.transfer(e.cli, false, spliceAddr, 2, n)
+				c := e.counters("px")
+				st, _ := e.m.Status()
+				e.m.mu.Lock()
+				user := e.m.splices["px"].bytes.Load()
+				e.m.mu.Unlock()
+				t.Logf("counters %+v, %.1f%% of bytes moved in the kernel; status %q", c, 100*float64(c.Bytes-user)/float64(c.Bytes), st["px"])
+				if c.Connections != 1 || c.Bytes < n {
+					t.Errorf("counters %+v: want 1 connection and at least %d bytes", c, n)
+				}
+			})
+		}
+	}
+}
+
+// host:same dials the port the client dialled.
+func TestSpliceSamePort(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ln := e.srv.ListenTCP(t, "127.0.0.1:9000")
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			fmt.Fprintf(c, "hello from %s", c.LocalAddr())
+			c.Close()
+		}
+	}()
+	e.splice("127.0.0.1:same")
+	c, err := e.cli.DialTCP(spliceAddr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "hello from 127.0.0.1:9000" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+}
+
+// pair dials through the proxy and returns the client's end and the
+// upstream's end of one proxied connection.
+func (e *env) pair(t *testing.T, ln *net.TCPListener) (client, upstream *net.TCPConn) {
+	t.Helper()
+	c, err := e.cli.DialTCP(spliceAddr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ln.SetDeadline(time.Now().Add(5 * time.Second))
+	u, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return c.(*net.TCPConn), u
+}
+
+func expectRead(t *testing.T, c net.Conn, want string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, len(want))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != want {
+		t.Fatalf("read %q, %v; want %q", buf, err, want)
+	}
+}
+
+func expectEOF(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	if n != 0 || err != io.EOF {
+		t.Fatalf("read %d, %v; want EOF", n, err)
+	}
+}
+
+func expectReset(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var err error
+	for err == nil {
+		_, err = c.Read(make([]byte, 4096))
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read: %v; want connection reset", err)
+	}
+}
+
+// Half-close travels both ways and each side can still send after it; a
+// reset on either side resets the other; an upstream that exits is seen as
+// end of stream.
+func TestSplicePropagation(t *testing.T) {
+	for _, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{SpliceEngine: eng})
+			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+			e.splice(ln.Addr().String())
+
+			// Half-close, client first.
+			c, u := e.pair(t, ln)
+			c.Write([]byte("ping"))
+			c.CloseWrite()
+			expectRead(t, u, "ping")
+			expectEOF(t, u)
+			u.Write([]byte("pong after your FIN"))
+			u.CloseWrite()
+			expectRead(t, c, "pong after your FIN")
+			expectEOF(t, c)
+
+			// Half-close, upstream first.
+			c, u = e.pair(t, ln)
+			u.Write([]byte("banner"))
+			u.CloseWrite()
+			expectRead(t, c, "banner")
+			expectEOF(t, c)
+			c.Write([]byte("late request"))
+			c.CloseWrite()
+			expectRead(t, u, "late request")
+			expectEOF(t, u)
+
+			// Reset by the upstream.
+			c, u = e.pair(t, ln)
+			c.Write([]byte("x"))
+			expectRead(t, u, "x")
+			u.SetLinger(0)
+			u.Close()
+			expectReset(t, c)
+
+			// Reset by the client.
+			c, u = e.pair(t, ln)
+			u.Write([]byte("y"))
+			expectRead(t, c, "y")
+			c.SetLinger(0)
+			c.Close()
+			expectReset(t, u)
+		})
+	}
+}
+
+// With an upstream that reads slowly, what queues between the client's
+// writes and the upstream's reads stays bounded: the client is held back.
+func TestSpliceSlowReceiverBounded(t *testing.T) {
+	// Per direction: 2*SpliceBuffer received + 1 MiB pipe or SpliceLimit
+	// + 2*SpliceBuffer to send, with the defaults.
+	const bound = 2*DefaultSpliceBuffer + 1<<20 + 2*DefaultSpliceBuffer
+	for _, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{SpliceEngine: eng})
+			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+			e.splice(ln.Addr().String())
+			c, u := e.pair(t, ln)
+			var written, read atomic.Int64
+			stop := make(chan struct{})
+			go func() {
+				buf := make([]byte, 256<<10)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+					n, _ := c.Write(buf)
+					written.Add(int64(n))
+				}
+			}()
+			buf := make([]byte, 64<<10)
+			e.m.mu.Lock()
+			px := e.m.splices["px"]
+			e.m.mu.Unlock()
+			var peak, proxyPeak int64
+			deadline := time.Now().Add(3 * time.Second)
+			for time.Now().Before(deadline) {
+				n, err := io.ReadFull(u, buf)
+				read.Add(int64(n))
+				if err != nil {
+					t.Fatal(err)
+				}
+				peak = max(peak, written.Load()-read.Load())
+				proxyPeak = max(proxyPeak, px.queued())
+				time.Sleep(5 * time.Millisecond)
+			}
+			close(stop)
+			t.Logf("%s: client wrote %d, upstream read %d; peak in flight end to end %d bytes, peak held by the proxy %d bytes (bound %d)",
+				eng, written.Load(), read.Load(), peak, proxyPeak, bound)
+			if proxyPeak > bound {
+				t.Errorf("the proxy held up to %d bytes, want at most %d", proxyPeak, bound)
+			}
+		})
+	}
+}
+
+func (e *env) startSplice(upstream string) {
+	e.t.Helper()
+	err := e.m.StartSplice(context.Background(), "px", upstream, func(ln *net.TCPListener) error {
+		_, err := e.d.Register("px", ln)
+		return err
+	})
+	if err != nil {
+		e.t.Fatalf("start splice: %v", err)
+	}
+}
+
+// Stopping a splice while a connection streams through it loses nothing:
+// the open connection runs to its end, new ones are refused (the label has
+// no socket), and starting the splice again serves them.
+func TestSpliceStopWhileOpen(t *testing.T) {
+	for _, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{SpliceEngine: eng})
+			up := e.server("", false, "read")
+			upstream := "127.0.0.1:" + up.port
+			e.splice(upstream)
+			const n = 48 << 20
+			h := e.startEnv(e.cli, false, []string{"SY_CLIENT_PACE=2ms"}, "client", spliceAddr, "7", fmt.Sprint(n))
+			time.Sleep(150 * time.Millisecond)
+			if err := e.m.StopSplice("px"); err != nil {
+				t.Fatal(err)
+			}
+			if c, err := e.cli.DialTCP(spliceAddr, 2*time.Second); err == nil {
+				c.Close()
+				t.Error("a new connection was accepted after StopSplice")
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("dial after StopSplice: %v, want connection refused", err)
+			}
+			if got, want := h.line(t), fmt.Sprintf("ok %d %s", n, streamHash(7, n)); got != want {
+				t.Fatalf("connection open across StopSplice: client says %q, want %q", got, want)
+			}
+			e.startSplice(upstream)
+			e.transfer(e.cli, false, spliceAddr, 8, 8<<20)
+		})
+	}
+}
+
+// A kernel path that cannot attach leaves connections working, and Status
+// says why.
+func TestBypassFallbackWhenUnattachable(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{Cgroup: t.TempDir(), TrustReaders: true}) // not a cgroup
+	e.bind("svc", srvAddr+"/32", "8080")
+	e.server("svc", true, "read")
+	if err := e.m.SetBypass("svc", true); err != nil {
+		t.Fatal(err)
+	}
+	e.transfer(e.cli, true, srvAddr+":8080", 6, 8<<20)
+	st, err := e.m.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st["svc"], "not accelerated") || !strings.Contains(st["svc"], "cgroup") {
+		t.Errorf("status %q, want it to say bypass is not accelerated and why", st["svc"])
+	}
+	if c := e.counters("svc"); c.Bytes != 0 {
+		t.Errorf("counters %+v with no sockops program attached", c)
+	}
+}

@@ -1,0 +1,106 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/policy"
+)
+
+// Connection policies are carried out by a policy.Manager. If it could not
+// be opened (no cgroup v2, programs refused), the daemon still dispatches and
+// says why policies are unavailable.
+
+// SetPolicies gives the server its policy manager, or the reason there is
+// none, and puts in force the policies of the label settings.
+func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string) {
+	s.mu.Lock()
+	s.pm, s.pmWhy, s.pmCtx = pm, why, ctx
+	labels := make(map[string]LabelSettings, len(s.labels))
+	for name, ls := range s.labels {
+		labels[name] = *ls
+	}
+	s.mu.Unlock()
+	for name, ls := range labels {
+		p, _ := control.ParsePolicy(ls.Policy)
+		if p == control.PolicyNone {
+			continue
+		}
+		if err := s.enforce(name, control.PolicyNone, p, ls.Upstream); err != nil {
+			s.log.Error("policy not in force", "label", name, "policy", ls.Policy, "err", err)
+		}
+	}
+}
+
+// enforce moves a label from policy from to policy to.
+func (s *Server) enforce(label string, from, to control.Policy, upstream string) error {
+	s.mu.RLock()
+	pm, why, ctx := s.pm, s.pmWhy, s.pmCtx
+	s.mu.RUnlock()
+	if pm == nil {
+		if to == control.PolicyNone {
+			return nil
+		}
+		return control.Errorf(control.CodeUnsupported, "policy %s for %s: connection policies are unavailable here: %s", to, label, why)
+	}
+	if from == control.PolicySplice {
+		if err := pm.StopSplice(label); err != nil {
+			return err
+		}
+	}
+	if err := pm.SetBypass(label, to == control.PolicyBypass); err != nil {
+		return err
+	}
+	if to == control.PolicySplice {
+		return pm.StartSplice(ctx, label, upstream, func(ln *net.TCPListener) error {
+			_, err := s.d.Register(label, ln)
+			return err
+		})
+	}
+	return nil
+}
+
+// policyStatus fills the policy state and counters of each label.
+func (s *Server) policyStatus(byLabel map[string]*control.LabelStatus) {
+	s.mu.RLock()
+	pm, why := s.pm, s.pmWhy
+	s.mu.RUnlock()
+	if pm == nil {
+		for _, ls := range byLabel {
+			if ls.Policy != control.PolicyNone {
+				ls.PolicyState = "not in force: " + why
+			}
+		}
+		return
+	}
+	states, err := pm.Status()
+	if err != nil {
+		s.log.Warn("policy status", "err", err)
+	}
+	counters, err := pm.Counters()
+	if err != nil {
+		s.log.Warn("policy counters", "err", err)
+	}
+	for name, ls := range byLabel {
+		ls.PolicyState = states[name]
+		if ls.Policy != control.PolicyNone && ls.PolicyState == "" {
+			ls.PolicyState = "not in force"
+		}
+		c := counters[name]
+		ls.PolicyBytes, ls.PolicyConnections = c.Bytes, c.Connections
+	}
+}
+
+func (s *Server) closePolicies() {
+	s.mu.Lock()
+	pm := s.pm
+	s.pm = nil
+	s.mu.Unlock()
+	if pm != nil {
+		if err := pm.Close(); err != nil {
+			s.log.Warn("close policies", "err", fmt.Sprint(err))
+		}
+	}
+}

@@ -1,0 +1,91 @@
+package tests
+
+import (
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Malformed, oversized and truncated control messages get an error reply or
+// a hang-up; the daemon goes on serving and keeps no fd that came with them.
+// An idle or silent connection does not stop the daemon from stopping.
+func TestControlGarbage(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	pid := w.d.cmd.Process.Pid
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	w.mustCLI("version")
+	before := fds()
+
+	pipeR, pipeW, _ := os.Pipe()
+	defer pipeR.Close()
+	defer pipeW.Close()
+	rights := syscall.UnixRights(int(pipeR.Fd()), int(pipeW.Fd()))
+	for _, msg := range [][]byte{
+		[]byte("garbage"),
+		make([]byte, 200),
+		append([]byte("SWYD\x00\x01\x00\x02\x00\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00\x10"), []byte("{\"binding\":")...),
+		append([]byte("SWYD\x00\x09\x00\x05\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x02"), []byte("{}")...),
+		make([]byte, 70000),
+	} {
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: w.control, Net: "unixpacket"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.WriteMsgUnix(msg, rights, nil)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 65536)
+		n, _, _, _, _ := c.ReadMsgUnix(buf, nil)
+		if n > 0 && !strings.Contains(string(buf[:n]), "invalid") && !strings.Contains(string(buf[:n]), "unsupported") {
+			t.Errorf("reply to garbage: %q", buf[:n])
+		}
+		c.Close()
+	}
+	if v := w.mustCLI("version"); !strings.Contains(v, "dev") {
+		t.Errorf("daemon after garbage: %q", v)
+	}
+	if after := fds(); after > before {
+		t.Errorf("daemon holds %d fds after garbage, %d before", after, before)
+	}
+
+	// A connection that never speaks does not hold up a stop.
+	idle, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: w.control, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	start := time.Now()
+	if st := w.d.stop(t, syscall.SIGTERM); st.ExitCode() != 0 || time.Since(start) > 5*time.Second {
+		t.Errorf("stop with an idle client: %v after %v", st, time.Since(start))
+	}
+}
+
+// The daemon speaks sd_notify: STATUS at each phase, READY, the watchdog
+// while its state answers, and STOPPING.
+func TestNotify(t *testing.T) {
+	t.Parallel()
+	w := newWorldNoDaemon(t)
+	w.env = []string{"WATCHDOG_USEC=200000"}
+	w.d = w.startDaemon()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(w.d.notes.String(), "WATCHDOG=1") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.d.stop(t, syscall.SIGTERM)
+	notes := w.d.notes.String()
+	for _, want := range []string{"STATUS=opening dispatch state", "READY=1", "STATUS=serving 0 bindings", "WATCHDOG=1", "STOPPING=1"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notify messages lack %q:\n%s", want, notes)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package tests
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// Policies set with the CLI take effect in the daemon: splice proxies a
+// label's connections to its upstream (a fixed port, or the port the client
+// dialled), status shows what is in force, and policy none hands the label
+// back to registered sockets.
+func TestPolicyThroughDaemon(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, "--metrics-addr", "127.0.0.1:0")
+	upstream := w.ns.ListenTCP(t, "127.0.0.1:0")
+	httpService(t, "upstream", upstream)
+	up := upstream.Addr().String()
+	same := w.ns.ListenTCP(t, "127.0.0.2:8123")
+	httpService(t, "same-port", same)
+
+	w.mustCLI("bind", "proxied", "tcp", "10.6.0.0/24", "*")
+	w.mustCLI("policy", "proxied", "splice", up)
+	// The upstream answers, and sees the proxy's connection to it.
+	for _, hp := range []string{"10.6.0.1:80", "10.6.0.77:8443"} {
+		if got := w.curl("http://" + hp + "/"); got != "upstream saw "+up {
+			t.Errorf("curl %s through splice: %q", hp, got)
+		}
+	}
+	w.mustCLI("policy", "proxied", "splice", "127.0.0.2:same")
+	if got := w.curl("http://10.6.0.9:8123/"); got != "same-port saw 127.0.0.2:8123" {
+		t.Errorf("curl through splice to host:same: %q", got)
+	}
+
+	var st struct {
+		Labels []struct {
+			Label, Policy, Upstream, PolicyState string
+			PolicyConnections                    uint64 `json:"policy_connections"`
+		} `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(w.mustCLI("status", "proxied", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Labels) != 1 || st.Labels[0].Policy != "splice" || st.Labels[0].Upstream != "127.0.0.2:same" || st.Labels[0].PolicyConnections < 3 {
+		t.Errorf("status of proxied: %+v", st.Labels)
+	}
+	if m := w.metrics(); !strings.Contains(m, `switchyard_policy_connections_total{label="proxied",policy="splice"}`) {
+		t.Errorf("metrics lack the policy's connections")
+	}
+
+	w.mustCLI("policy", "proxied", "bypass")
+	out := w.mustCLI("status", "proxied")
+	if !strings.Contains(out, "bypass") {
+		t.Errorf("status after policy bypass:\n%s", out)
+	}
+	w.mustCLI("policy", "proxied", "none")
+	if _, err := w.run("curl", "-sS", "--max-time", "3", "http://10.6.0.1:80/"); err == nil {
+		t.Errorf("after policy none the splice proxy still answers for a label without a socket")
+	}
+	httpService(t, "direct", w.registerTCP("proxied", "tcp4", "127.0.0.1:0"))
+	if got := w.curl("http://10.6.0.1:80/"); got != "direct saw 10.6.0.1:80" {
+		t.Errorf("after policy none: %q", got)
+	}
+}
