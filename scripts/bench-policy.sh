@@ -7,8 +7,8 @@
 #
 # Needs: root, Linux with cgroup v2, go, and the Debian packages sockperf,
 # iperf3 and socat (apt-get install -y sockperf iperf3 socat). The busy
-# polling cases set net.core.busy_poll and net.core.busy_read (global, not
-# per namespace) to 50 while they run and restore them.
+# polling cases turn it on for sockperf's sockets only (--lls); they never
+# touch the host's sysctls.
 #
 # Environment: COUNT (runs, default 3), SECONDS_PER_RUN (each tool's run,
 # default 4), BENCH (benchmark regexp, default all), GO (default go).
