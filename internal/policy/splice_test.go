@@ -139,8 +139,8 @@ func expectReset(t *testing.T, c net.Conn) {
 }
 
 // Half-close travels both ways and each side can still send after it; a
-// reset on either side resets the other; an upstream that exits is seen as
-// end of stream.
+// reset on either side resets the other. (Peers that exit:
+// TestSplicePeerExit, TestSpliceClientExit.)
 func TestSplicePropagation(t *testing.T) {
 	for _, eng := range engines() {
 		t.Run(string(eng), func(t *testing.T) {
@@ -307,5 +307,82 @@ func TestBypassFallbackWhenUnattachable(t *testing.T) {
 	}
 	if c := e.counters("svc"); c.Bytes != 0 {
 		t.Errorf("counters %+v with no sockops program attached", c)
+	}
+}
+
+// A peer process that exits closes its end; the other side of the splice
+// sees the bytes it sent and then end of stream, whichever side exited.
+func TestSplicePeerExit(t *testing.T) {
+	for i, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{SpliceEngine: eng})
+
+			// The upstream is a process per connection (socat's forked
+			// child) that answers and exits.
+			port := fmt.Sprint(19191 + i)
+			up := e.srv.Command("socat", "TCP4-LISTEN:"+port+",bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo bye")
+			if err := up.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { up.Process.Kill(); up.Wait() }()
+			for deadline := time.Now().Add(5 * time.Second); ; {
+				c, err := e.srv.DialTCP("127.0.0.1:"+port, time.Second)
+				if err == nil {
+					c.Close()
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("socat does not listen")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			e.splice("127.0.0.1:" + port)
+			var c net.Conn
+			for deadline := time.Now().Add(5 * time.Second); ; {
+				var err error
+				if c, err = e.cli.DialTCP(spliceAddr, 3*time.Second); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal(err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != "bye\n" {
+				t.Fatalf("client after the upstream exited: %q, %v; want its bytes, then end of stream", got, err)
+			}
+		})
+	}
+}
+
+// A client process that sends and exits: the upstream gets its bytes, then
+// end of stream.
+func TestSpliceClientExit(t *testing.T) {
+	for _, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{SpliceEngine: eng})
+			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+			e.splice(ln.Addr().String())
+			cli := e.cli.Command("socat", "-u", "SYSTEM:echo hi", "TCP4:"+spliceAddr)
+			if out, err := cli.CombinedOutput(); err != nil {
+				t.Fatalf("client: %v: %s", err, out)
+			}
+			ln.SetDeadline(time.Now().Add(5 * time.Second))
+			u, err := ln.AcceptTCP()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			u.SetDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(u)
+			if err != nil || string(got) != "hi\n" {
+				t.Fatalf("upstream after the client exited: %q, %v; want its bytes, then end of stream", got, err)
+			}
+		})
 	}
 }
