@@ -1,8 +1,10 @@
 package tests
 
 import (
+	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -86,6 +88,24 @@ func TestNotify(t *testing.T) {
 	for _, want := range []string{"STATUS=opening dispatch state", "READY=1", "STATUS=serving 0 bindings", "WATCHDOG=1", "STOPPING=1"} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notify messages lack %q:\n%s", want, notes)
+		}
+	}
+}
+
+// Without a bpf filesystem where the state should live, the daemon says so
+// and how to fix it, and exits non-zero.
+func TestDaemonWithoutBPFFS(t *testing.T) {
+	t.Parallel()
+	w := newWorldNoDaemon(t)
+	notBPF := t.TempDir()
+	out, err := exec.Command(bin.daemon, "--netns", w.ns.Path(), "--bpffs", notBPF+"/state", "--control", w.control, "--check").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("switchyardd without bpffs: %v, want exit 1\n%s", err, out)
+	}
+	for _, want := range []string{"no bpf filesystem", "mount -t bpf bpf " + notBPF + "/state", "--bpffs"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("switchyardd without bpffs does not say %q:\n%s", want, out)
 		}
 	}
 }
