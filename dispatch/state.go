@@ -439,3 +439,24 @@ func (d *Dispatcher) linkServesNS(l link.Link) (bool, string) {
 	}
 	return true, ""
 }
+
+// Verify loads this build's programs and maps into the kernel without
+// pinning or attaching anything, to check that the kernel accepts them.
+func Verify() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
+	}
+	spec, err := loadSpec()
+	if err != nil {
+		return err
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return fmt.Errorf("load programs: %w", err)
+	}
+	coll.Close()
+	return nil
+}

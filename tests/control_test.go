@@ -109,3 +109,38 @@ func TestDaemonWithoutBPFFS(t *testing.T) {
 		}
 	}
 }
+
+// switchyardd --check loads everything and changes nothing: no state is
+// made where there is none, and a config's bindings are only compared.
+func TestDaemonCheckChangesNothing(t *testing.T) {
+	t.Parallel()
+	w := newWorldNoDaemon(t)
+	check := func(extra ...string) string {
+		t.Helper()
+		args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--check"}, extra...)
+		out, err := exec.Command(bin.daemon, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("switchyardd --check: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	if out := check(); !strings.Contains(out, "no dispatch state yet") {
+		t.Errorf("check without state: %s", out)
+	}
+	ents, _ := os.ReadDir(w.root)
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".debug") { // the kernel's own files
+			t.Fatalf("check made state: %s", e.Name())
+		}
+	}
+	w.d = w.startDaemon()
+	w.mustCLI("bind", "web", "tcp", "10.1.0.0/24", "*")
+	before := w.mustCLI("bindings", "-o", "json")
+	cfg := writeFile(t, "version: 1\nbindings:\n  - {label: other, protocol: tcp, prefix: 10.2.0.0/24, ports: \"80\"}\n")
+	if out := check("--config", cfg); !strings.Contains(out, "added=1 removed=1") {
+		t.Errorf("check with a config: %s", out)
+	}
+	if after := w.mustCLI("bindings", "-o", "json"); after != before {
+		t.Errorf("check changed the bindings:\n%s\nwant\n%s", after, before)
+	}
+}

@@ -127,6 +127,9 @@ func run(env Env, f flags, log *slog.Logger) error {
 		f.control = control.DefaultPath(ino)
 	}
 
+	if f.check {
+		return check(f, cfg, log)
+	}
 	notify(log, "STATUS=opening dispatch state")
 	if err := dispatch.MountBPFFS(f.bpffs); err != nil {
 		return err
@@ -160,10 +163,6 @@ func run(env Env, f flags, log *slog.Logger) error {
 		limit := int64(ms.HeapAlloc)*3/2 + 16<<20
 		debug.SetMemoryLimit(limit)
 		log.Debug("soft memory limit", "bytes", limit)
-	}
-	if f.check {
-		log.Info("check passed", "state", d.Dir(), "bindings", len(bs))
-		return nil
 	}
 
 	if err := os.MkdirAll(filepath.Dir(f.control), 0o755); err != nil {
@@ -246,6 +245,40 @@ func run(env Env, f flags, log *slog.Logger) error {
 			return fmt.Errorf("control server: %w", err)
 		}
 	}
+}
+
+// check loads everything without changing anything: the config, the
+// programs (unpinned), and existing state read-only with a dry run of the
+// config's bindings against it.
+func check(f flags, cfg *config.Config, log *slog.Logger) error {
+	if err := dispatch.Verify(); err != nil {
+		return err
+	}
+	if err := dispatch.CheckBPFFS(f.bpffs); err != nil {
+		return err
+	}
+	d, err := dispatch.Open(f.netns, dispatch.Options{Root: f.bpffs, Logger: log, ReadOnly: true})
+	if errors.Is(err, dispatch.ErrNotFound) {
+		log.Info("check passed; no dispatch state yet in this namespace", "root", f.bpffs)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	bs, err := d.Bindings()
+	if err != nil {
+		return err
+	}
+	if cfg != nil && cfg.Bindings != nil {
+		added, removed, err := d.ReplaceBindings(cfg.Bindings, true)
+		if err != nil {
+			return err
+		}
+		log.Info("config bindings would change", "added", len(added), "removed", len(removed))
+	}
+	log.Info("check passed", "state", d.Dir(), "bindings", len(bs))
+	return nil
 }
 
 // loadConfig takes label settings from cfg, and its bindings if it has any.
