@@ -230,13 +230,3 @@ func sockopt(t *testing.T, c syscall.Conn, level, opt int) int {
 	}
 	return v
 }
-
-// countFDs counts this process's open descriptors.
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}

@@ -56,7 +56,7 @@ func isTimeout(err error) bool {
 
 func TestListenTCPRefused(t *testing.T) {
 	ns := testenv.NewNetNS(t)
-	before := countFDs(t)
+	before := testenv.CountFDs(t)
 	var err error
 	ns.Do(func() error {
 		_, err = register.ListenTCP(t.Context(), controlPath, "denied", "tcp4", "127.0.0.1:0")
@@ -67,7 +67,7 @@ func TestListenTCPRefused(t *testing.T) {
 	}
 	// Nothing stays open: the listener was closed.
 	time.Sleep(10 * time.Millisecond)
-	if after := countFDs(t); after > before {
+	if after := testenv.CountFDs(t); after > before {
 		t.Fatalf("%d descriptors left open", after-before)
 	}
 }

@@ -58,22 +58,12 @@ func rawFD(t *testing.T, c *Conn) int {
 	return fd
 }
 
-// countFDs counts this process's open descriptors.
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // checkNoLeak fails the test if it ends with more descriptors than now.
 func checkNoLeak(t *testing.T) {
 	t.Helper()
-	before := countFDs(t)
+	before := testenv.CountFDs(t)
 	t.Cleanup(func() {
-		if after := countFDs(t); after > before {
+		if after := testenv.CountFDs(t); after > before {
 			t.Errorf("%d descriptors leaked", after-before)
 		}
 	})

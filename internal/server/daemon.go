@@ -149,7 +149,7 @@ func run(env Env, f flags, log *slog.Logger) error {
 			return err
 		}
 	}
-	bs, err := d.Bindings()
+	nb, err := bindingCount(d)
 	if err != nil {
 		return err
 	}
@@ -208,8 +208,8 @@ func run(env Env, f flags, log *slog.Logger) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
-	log.Info("switchyardd ready", "version", Version, "netns_inode", ino, "state", d.Dir(), "control", f.control, "bindings", len(bs))
-	notify(log, fmt.Sprintf("READY=1\nSTATUS=serving %d bindings on %s", len(bs), f.control))
+	log.Info("switchyardd ready", "version", Version, "netns_inode", ino, "state", d.Dir(), "control", f.control, "bindings", nb)
+	notify(log, fmt.Sprintf("READY=1\nSTATUS=serving %d bindings on %s", nb, f.control))
 
 	var tick <-chan time.Time
 	if iv, err := daemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
@@ -266,7 +266,7 @@ func check(f flags, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer d.Close()
-	bs, err := d.Bindings()
+	nb, err := bindingCount(d)
 	if err != nil {
 		return err
 	}
@@ -277,7 +277,7 @@ func check(f flags, cfg *config.Config, log *slog.Logger) error {
 		}
 		log.Info("config bindings would change", "added", len(added), "removed", len(removed))
 	}
-	log.Info("check passed", "state", d.Dir(), "bindings", len(bs))
+	log.Info("check passed", "state", d.Dir(), "bindings", nb)
 	return nil
 }
 
@@ -310,4 +310,14 @@ func (s *Server) reload(path string) error {
 	}
 	s.log.Info("reloaded config", "file", path)
 	return nil
+}
+
+// bindingCount is the number of bindings in force, without listing them.
+func bindingCount(d *dispatch.Dispatcher) (int, error) {
+	counts, err := d.BindingCounts()
+	n := 0
+	for _, c := range counts {
+		n += c
+	}
+	return n, err
 }

@@ -115,3 +115,13 @@ func openFDs() (map[int]string, error) {
 	}
 	return fds, nil
 }
+
+// CountFDs is the number of descriptors this process has open.
+func CountFDs(tb testing.TB) int {
+	tb.Helper()
+	fds, err := openFDs()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(fds)
+}
