@@ -79,12 +79,11 @@ func TestNotify(t *testing.T) {
 	w := newWorldNoDaemon(t)
 	w.env = []string{"WATCHDOG_USEC=200000"}
 	w.d = w.startDaemon()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(w.d.notes.String(), "WATCHDOG=1") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	if !w.d.notes.waitFor("WATCHDOG=1", 10*time.Second) {
+		t.Errorf("no WATCHDOG=1 within 10s of READY with WATCHDOG_USEC=200000")
 	}
 	w.d.stop(t, syscall.SIGTERM)
-	notes := w.d.notes.String()
+	notes := w.d.allNotes(t)
 	for _, want := range []string{"STATUS=opening dispatch state", "READY=1", "STATUS=serving 0 bindings", "WATCHDOG=1", "STOPPING=1"} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notify messages lack %q:\n%s", want, notes)

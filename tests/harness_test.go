@@ -115,18 +115,67 @@ type daemonProc struct {
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	notes  *syncBuffer // what it told the notify socket
+	notify string      // the notify socket's path
 	done   chan struct{}
 }
 
+// allNotes returns everything the daemon has sent to its notify socket so
+// far, including datagrams still queued: it sends a marker of its own and
+// waits until the reader has seen it, which a datagram socket delivers
+// after everything sent before it.
+func (p *daemonProc) allNotes(t testing.TB) string {
+	t.Helper()
+	marker := fmt.Sprintf("TEST-MARKER-%d", time.Now().UnixNano())
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: p.notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(marker)); err != nil {
+		t.Fatal(err)
+	}
+	if !p.notes.waitFor(marker, 10*time.Second) {
+		t.Fatalf("notify reader did not see %s", marker)
+	}
+	return strings.ReplaceAll(p.notes.String(), marker+"\n", "")
+}
+
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	written chan struct{} // closed and replaced on each write
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.written != nil {
+		close(s.written)
+		s.written = nil
+	}
 	return s.b.Write(p)
+}
+
+// waitFor reports whether the buffer contains substr within timeout.
+func (s *syncBuffer) waitFor(substr string, timeout time.Duration) bool {
+	expire := time.After(timeout)
+	for {
+		s.mu.Lock()
+		if strings.Contains(s.b.String(), substr) {
+			s.mu.Unlock()
+			return true
+		}
+		if s.written == nil {
+			s.written = make(chan struct{})
+		}
+		ch := s.written
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-expire:
+			return false
+		}
+	}
 }
 
 func (s *syncBuffer) String() string {
@@ -154,7 +203,7 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 	args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--bypass-cgroup", w.cgroup, "--log-level", "debug"}, extra...)
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+notifyPath), w.env...)
-	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, notes: &syncBuffer{}, done: make(chan struct{})}
+	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, notes: &syncBuffer{}, notify: notifyPath, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		w.t.Fatal(err)
