@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 #include "lookup.h"
 #include "policy.h"
@@ -35,8 +36,13 @@ struct tcp_sock {
 	__u32 copied_seq;
 } __attribute__((preserve_access_index));
 
-/* Only what the fentry programs read of the kernel's types. */
-struct sock;
+/* Only what the programs read of the kernel's struct sock: sk_ll_usec is
+ * the socket's busy polling time (SO_BUSY_POLL, or net.core.busy_read when
+ * the socket was made). */
+struct sock {
+	unsigned int sk_ll_usec;
+} __attribute__((preserve_access_index));
+
 struct socket {
 	struct sock *sk;
 } __attribute__((preserve_access_index));
@@ -127,10 +133,24 @@ static __always_inline int v4mapped(const __u32 a[4])
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 }
 
+/* busy_polls reports whether the owner of sk busy-polls when it reads
+ * (SO_BUSY_POLL). A bypass socket reads through tcp_bpf, which never busy
+ * polls: such an owner would sleep and be woken for every message instead
+ * of spinning, and across CPUs that costs far more than bypass saves. */
+static __always_inline int busy_polls(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp || !bpf_core_field_exists(((struct sock *)tp)->sk_ll_usec))
+		return 0;
+	return ((struct sock *)tp)->sk_ll_usec != 0;
+}
+
 SEC("sockops")
 int sy_p_sockops(struct bpf_sock_ops *ctx)
 {
-	struct sy_p_tuple key = {};
+	struct sy_p_tuple key = {}, peer = {};
+	struct bpf_sock *sk;
 	struct sy_p_counts *s;
 	struct sy_p_sock *st;
 	struct sy_p_cfg *cfg;
@@ -215,21 +235,32 @@ int sy_p_sockops(struct bpf_sock_ops *ctx)
 	if (passive) {
 		/* The client's end joined first (its handshake completes
 		 * first) if it is local; a remote peer is left alone. */
-		struct sy_p_tuple peer = {
-			.family = key.family,
-			.lport = key.rport,
-			.rport = key.lport,
-		};
-
+		peer.family = key.family;
+		peer.lport = key.rport;
+		peer.rport = key.lport;
 		__builtin_memcpy(peer.laddr, key.raddr, sizeof(peer.laddr));
 		__builtin_memcpy(peer.raddr, key.laddr, sizeof(peer.raddr));
 		if (!bpf_map_lookup_elem(&sy_p_rx, &peer))
 			return 1;
 	}
 
-	if (!ctx->sk)
+	sk = ctx->sk;
+	if (!sk)
 		return 1;
-	st = bpf_sk_storage_get(&sy_p_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	/* Both ends join or neither does: a server end that busy-polls also
+	 * takes the client's end out, which nothing can have redirected to
+	 * yet (the server's end was not in the map). */
+	if (busy_polls(sk)) {
+		if (passive) {
+			bpf_map_delete_elem(&sy_p_bypass, &peer);
+			bpf_map_delete_elem(&sy_p_rx, &peer);
+		}
+		s = stats(label);
+		if (s)
+			s->busy_poll++;
+		return 1;
+	}
+	st = bpf_sk_storage_get(&sy_p_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 1;
 	st->label = label;

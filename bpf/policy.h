@@ -92,4 +92,5 @@ struct sy_p_counts {
 	__u64 messages;
 	__u64 connections;
 	__u64 passed; /* messages of bypass sockets that took the normal path */
+	__u64 busy_poll; /* connections left alone because an end busy-polls */
 };

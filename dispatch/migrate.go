@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -70,6 +71,8 @@ func migrateMaps(spec *ebpf.CollectionSpec, old map[string]*ebpf.Map) (map[strin
 			return fail(fmt.Errorf("map %s has smaller values in this build: %w", name, ErrIncompatible))
 		case ms.Type == ebpf.SockMap || ms.Type == ebpf.SockHash:
 			return fail(fmt.Errorf("map %s holds sockets, which cannot be copied: %w; register the sockets again after removing the state", name, ErrIncompatible))
+		case ms.Type == ebpf.SkStorage:
+			return fail(fmt.Errorf("map %s is socket storage, which cannot be copied: %w", name, ErrIncompatible))
 		}
 		nm, err := ebpf.NewMap(ms)
 		if err != nil {
@@ -116,6 +119,34 @@ func copyEntries(from, to *ebpf.Map, ms *ebpf.MapSpec) error {
 		}
 	}
 	return it.Err()
+}
+
+// MigratePinned brings the maps of spec that are pinned by name in dir to
+// spec's layout, the way Open does for the dispatcher's own maps, for
+// packages that keep maps beside them. Each migrated map is pinned over the
+// old one at once, so programs loaded against dir afterwards use it; until
+// they replace the programs running, those update the old maps, so
+// counters may miss that moment. It returns the names of the maps migrated.
+func MigratePinned(dir string, spec *ebpf.CollectionSpec) ([]string, error) {
+	old, err := incompatible(dir, spec)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(old)
+	fresh, err := migrateMaps(spec, old)
+	if err != nil {
+		return nil, fmt.Errorf("state %s: %w", dir, err)
+	}
+	defer closeAll(fresh)
+	if err := repin(dir, fresh); err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(fresh))
+	for name := range fresh {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 // repin pins each migrated map over the old map's pin, atomically.

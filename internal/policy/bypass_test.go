@@ -1,9 +1,13 @@
 package policy
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 const gib = 1 << 30
@@ -22,6 +26,16 @@ func (e *env) counters(label string) Counters {
 		e.t.Fatal(err)
 	}
 	return c[label]
+}
+
+// bypassInForce fails the test unless the svc label's bypass is
+// accelerated, so that a test of what bypass leaves alone can fail.
+func (e *env) bypassInForce() {
+	e.t.Helper()
+	st, err := e.m.Status()
+	if err != nil || !strings.HasPrefix(st["svc"], "bypass") || strings.Contains(st["svc"], "not accelerated") {
+		e.t.Fatalf("status %q, %v: want bypass in force", st["svc"], err)
+	}
 }
 
 // Bytes sent through bypass between two namespaces arrive intact, whether
@@ -71,11 +85,52 @@ func TestBypassLeavesRemotePeerAlone(t *testing.T) {
 	if err := e.m.SetBypass("svc", true); err != nil {
 		t.Fatal(err)
 	}
+	e.bypassInForce()
 	e.transfer(e.cli, false, srvAddr+":8080", 3, 32<<20)
 	c := e.counters("svc")
 	t.Logf("counters %+v", c)
 	if c != (Counters{}) {
 		t.Errorf("bypass took on a connection with a remote peer: %+v", c)
+	}
+}
+
+// A connection whose client or server busy-polls (SO_BUSY_POLL) stays on
+// the normal path, where busy polling works, and is counted; with the
+// server's end busy-polling, the client's end, which joined first, leaves
+// again, so none of its messages count as passed either.
+func TestBypassLeavesBusyPollingAlone(t *testing.T) {
+	for _, side := range []string{"client", "server"} {
+		t.Run(side, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{TrustReaders: true})
+			e.bind("svc", srvAddr+"/32", "8080")
+			var srvEnv, cliEnv []string
+			if side == "server" {
+				srvEnv = []string{"SY_BUSY_POLL=50"}
+			} else {
+				cliEnv = []string{"SY_BUSY_POLL=50"}
+			}
+			e.serverEnv("svc", true, "read", srvEnv)
+			if err := e.m.SetBypass("svc", true); err != nil {
+				t.Fatal(err)
+			}
+			e.bypassInForce()
+			e.transfer(e.cli, true, srvAddr+":8080", 6, 8<<20, cliEnv...)
+			e.transfer(e.cli, true, srvAddr+":8080", 7, 1<<20, cliEnv...)
+			c := e.counters("svc")
+			t.Logf("counters %+v", c)
+			if c != (Counters{BusyPoll: 2}) {
+				t.Errorf("counters %+v, want only busy_poll 2: both connections left alone", c)
+			}
+			// The same server without busy polling on the client is
+			// bypassed (the server side cannot be switched off).
+			if side == "client" {
+				e.transfer(e.cli, true, srvAddr+":8080", 8, 1<<20)
+				if c := e.counters("svc"); c.Bytes < 1<<20 || c.Connections != 1 {
+					t.Errorf("a client without busy polling was not bypassed: %+v", c)
+				}
+			}
+		})
 	}
 }
 
@@ -151,5 +206,55 @@ func TestBypassSurvivesRestart(t *testing.T) {
 	e.transfer(e.cli, true, srvAddr+":8080", 5, 8<<20)
 	if c := e.counters("svc"); c.Bytes < 16<<20 {
 		t.Errorf("after restart bypass redirected %d bytes in all, want %d", c.Bytes, 16<<20)
+	}
+}
+
+// Policy maps pinned by an older build with another layout are migrated on
+// Open: here sy_p_stats as it was before busy_poll joined its values. The
+// counters it held survive and bypass works on against the new map.
+func TestMigrateOlderStats(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{TrustReaders: true})
+	e.bind("svc", srvAddr+"/32", "8080")
+	e.server("svc", true, "read")
+	id, ok, err := e.d.LabelID("svc")
+	if err != nil || !ok {
+		t.Fatalf("label id: %v %v", ok, err)
+	}
+	e.m.Close()
+
+	// The older layout: four counters (bytes, messages, connections,
+	// passed), 32 bytes, instead of this build's five.
+	pin := filepath.Join(e.d.Dir(), "sy_p_stats")
+	cur, err := ebpf.LoadPinnedMap(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 32, MaxEntries: cur.MaxEntries()})
+	cur.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	vals := make([][4]uint64, ebpf.MustPossibleCPU())
+	vals[0] = [4]uint64{1000, 10, 1, 5}
+	if err := old.Put(id, vals); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(pin)
+	if err := old.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+
+	e.m = e.open()
+	if c := e.counters("svc"); c != (Counters{Bytes: 1000, Messages: 10, Connections: 1, Passed: 5}) {
+		t.Errorf("counters after migration %+v, want those of the old map", c)
+	}
+	if err := e.m.SetBypass("svc", true); err != nil {
+		t.Fatal(err)
+	}
+	e.transfer(e.cli, true, srvAddr+":8080", 9, 4<<20)
+	if c := e.counters("svc"); c.Bytes < 1000+4<<20 || c.Connections != 2 {
+		t.Errorf("after migration bypass counted %+v, want 4 MiB more and a second connection", c)
 	}
 }

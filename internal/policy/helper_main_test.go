@@ -35,6 +35,7 @@ func helperMain(role string, args []string) int {
 func serverMain(recv string) int {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	mustf(err, "socket")
+	busyPoll(fd)
 	mustf(unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}), "bind")
 	mustf(unix.Listen(fd, 128), "listen")
 	sa, err := unix.Getsockname(fd)
@@ -115,6 +116,7 @@ func clientMain(addr string, seed, n uint64) int {
 	ap := netip.MustParseAddrPort(addr)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	mustf(err, "socket")
+	busyPoll(fd)
 	mustf(unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}), "connect %s", addr)
 	s := newStream(seed)
 	rnd := rand.New(rand.NewPCG(seed, 9))
@@ -170,6 +172,16 @@ func clientMain(addr string, seed, n uint64) int {
 	}
 	fmt.Printf("ok %s\n", want)
 	return 0
+}
+
+// busyPoll turns on busy polling for fd's reads (SO_BUSY_POLL) for the
+// microseconds SY_BUSY_POLL says, if set.
+func busyPoll(fd int) {
+	if v := os.Getenv("SY_BUSY_POLL"); v != "" {
+		us, err := strconv.Atoi(v)
+		mustf(err, "SY_BUSY_POLL")
+		mustf(unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUSY_POLL, us), "SO_BUSY_POLL")
+	}
 }
 
 var _ = net.IPv4len

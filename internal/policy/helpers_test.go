@@ -214,7 +214,13 @@ func (h *helper) line(t testing.TB) string {
 // listener (taken from it with pidfd_getfd) for label, unless label is "".
 func (e *env) server(label string, inCgroup bool, recv string) *helper {
 	e.t.Helper()
-	h := e.start(e.srv, inCgroup, "server", recv)
+	return e.serverEnv(label, inCgroup, recv, nil)
+}
+
+// serverEnv is server with extra environment for the helper.
+func (e *env) serverEnv(label string, inCgroup bool, recv string, env []string) *helper {
+	e.t.Helper()
+	h := e.startEnv(e.srv, inCgroup, env, "server", recv)
 	fields := strings.Fields(h.line(e.t))
 	if len(fields) != 3 || fields[0] != "listening" {
 		e.t.Fatalf("server helper: %q", fields)

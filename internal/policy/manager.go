@@ -104,6 +104,11 @@ type Counters struct {
 	// Passed counts bypass messages that took the normal path: the peer
 	// was remote, not yet known, or the policy was switched off.
 	Passed uint64 `json:"passed"`
+	// BusyPoll counts connections bypass left alone because an end
+	// busy-polls (SO_BUSY_POLL, or net.core.busy_read when the socket was
+	// made): bypassed sockets read without busy polling, which across CPUs
+	// is slower than the normal path with it.
+	BusyPoll uint64 `json:"busy_poll"`
 }
 
 // Manager applies connection policies to the labels of one dispatcher. Its
@@ -216,6 +221,15 @@ func Open(d *dispatch.Dispatcher, opts Options) (*Manager, error) {
 		return nil, err
 	}
 	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: m.dir}}
+	// Maps pinned by an older build with another layout are migrated
+	// first; what cannot be (sockets, socket storage) is refused.
+	migrated, err := dispatch.MigratePinned(m.dir, spec)
+	if err != nil {
+		return nil, fmt.Errorf("policy state: %w: remove the sy_p_* pins to start over", err)
+	}
+	for _, name := range migrated {
+		m.log.Info("migrated map to this build's layout", "map", name, "dir", m.dir)
+	}
 	if err := spec.LoadAndAssign(&m.maps, copts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("policy state %s: %w: remove the sy_p_* pins to start over", m.dir, err)
@@ -549,6 +563,7 @@ func (m *Manager) Counters() (map[string]Counters, error) {
 			c.Messages += s.Messages
 			c.Connections += s.Connections
 			c.Passed += s.Passed
+			c.BusyPoll += s.BusyPoll
 		}
 		m.mu.Lock()
 		for _, p := range append([]*Proxy{m.splices[name]}, m.retired[name]...) {

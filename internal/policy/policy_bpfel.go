@@ -60,6 +60,7 @@ type policySyP_counts struct {
 	Messages    uint64
 	Connections uint64
 	Passed      uint64
+	BusyPoll    uint64
 }
 
 type policySyP_dir struct {

@@ -38,6 +38,8 @@ var (
 		"Bytes moved by a connection policy's fast path (bypass: redirected; splice: proxied).", []string{"label", "policy"}, nil)
 	descPolicyConns = prometheus.NewDesc("switchyard_policy_connections_total",
 		"Connections a connection policy took on.", []string{"label", "policy"}, nil)
+	descBusyPoll = prometheus.NewDesc("switchyard_bypass_busy_poll_connections_total",
+		"Connections bypass left on the normal path because an end busy-polls (SO_BUSY_POLL).", []string{"label"}, nil)
 	descInfo = prometheus.NewDesc("switchyard_build_info",
 		"Always 1; the version label says which build runs.", []string{"version"}, nil)
 )
@@ -50,7 +52,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
 		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr,
-		descPolicyBytes, descPolicyConns, descInfo} {
+		descPolicyBytes, descPolicyConns, descBusyPoll, descInfo} {
 		ch <- d
 	}
 }
@@ -100,6 +102,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				}
 				ch <- prometheus.MustNewConstMetric(descPolicyBytes, prometheus.CounterValue, float64(v.Bytes), label, p)
 				ch <- prometheus.MustNewConstMetric(descPolicyConns, prometheus.CounterValue, float64(v.Connections), label, p)
+				if p == "bypass" || v.BusyPoll > 0 {
+					ch <- prometheus.MustNewConstMetric(descBusyPoll, prometheus.CounterValue, float64(v.BusyPoll), label)
+				}
 			}
 		}
 	}
