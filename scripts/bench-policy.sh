@@ -1,9 +1,10 @@
 #!/bin/sh
 # Benchmarks of switchyard's connection policies (internal/policy): sockperf
 # ping-pong latency with and without bypass, iperf3 throughput with and
-# without bypass, and iperf3 through the splice proxy against socat and a
-# direct connection. Prints `name value unit` medians over COUNT runs, then
-# ratios measured in the same run.
+# without bypass, iperf3 through the splice proxy against socat and a direct
+# connection, and the wakeup floor of a ping-pong that sleeps. Prints
+# `name value unit` medians over COUNT runs, then ratios measured in the
+# same run.
 #
 # Needs: root, Linux with cgroup v2, go, and the Debian packages sockperf,
 # iperf3 and socat (apt-get install -y sockperf iperf3 socat). The busy
@@ -15,7 +16,7 @@
 set -eu
 GO=${GO:-go}
 COUNT=${COUNT:-3}
-BENCH=${BENCH:-'BypassPingPong|BypassThroughput|SpliceThroughput'}
+BENCH=${BENCH:-'BypassPingPong|WakeupFloor|BypassThroughput|SpliceThroughput'}
 for tool in sockperf iperf3 socat; do
 	command -v "$tool" >/dev/null || { echo "bench-policy: $tool missing: apt-get install -y $tool" >&2; exit 1; }
 done
@@ -62,6 +63,12 @@ END {
 		ratio(tag "_p50_bypass_vs_normal", with, base, "p50_us")
 		ratio(tag "_p99_bypass_vs_normal", with, base, "p99_us")
 		ratio(tag "_p99.9_bypass_vs_normal", with, base, "p99.9_us")
+	}
+	# How close each path is to a pipe ping-pong that sleeps the same way
+	# (BenchmarkWakeupFloor): across CPUs on a VM the wakeup is most of it.
+	for (c = 2; c <= 3; c++) for (v = 1; v <= 2; v++) {
+		path = v == 1 ? "normal" : "bypass"
+		ratio("pingpong_" cpus[c] "_" path "_p50_vs_wakeup_floor", "BypassPingPong/bypass=" (v == 2 ? "true" : "false") "/cpu=" cpus[c] "/busypoll=false", "WakeupFloor/cpu=" cpus[c], "p50_us")
 	}
 	ratio("iperf3_bypass_vs_normal", "BypassThroughput/bypass=true", "BypassThroughput/bypass=false", "Gbit/s")
 	ratio("iperf3_bypass_vs_normal_cpu_per_byte", "BypassThroughput/bypass=true", "BypassThroughput/bypass=false", "core_s/GB")

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 	"github.com/switchyard-project/switchyard/register"
 )
@@ -92,22 +91,13 @@ func newWorldNoDaemon(t testing.TB) *world {
 	}
 	os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock"), cgroup: testCgroup(t)}
+	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock"), cgroup: testCgroupDir(t)}
 }
 
-// testCgroup makes a cgroup v2 directory for the daemon's bypass programs,
-// so that tests never attach anything to the host's own cgroups.
-func testCgroup(t testing.TB) string {
-	t.Helper()
-	root, err := policy.CgroupRoot()
-	if err != nil {
-		t.Fatalf("cgroup v2: %v", err)
-	}
-	dir, err := os.MkdirTemp(root, "switchyard-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.Remove(dir) })
+// testCgroupDir is a cgroup of the test's own for the daemon's bypass
+// programs.
+func testCgroupDir(t testing.TB) string {
+	dir, _ := testenv.Cgroup(t)
 	return dir
 }
 

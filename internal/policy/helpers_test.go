@@ -67,7 +67,7 @@ func newEnv(t testing.TB, opts Options) *env {
 	testenv.NewVethPair(t, e.srv, e.cli, e.vethSrv, e.vethCli,
 		netip.MustParsePrefix(srvAddr+"/24"), netip.MustParsePrefix(cliAddr+"/24"))
 	root := testenv.BPFFS(t)
-	e.cgroup, e.cgfd = testCgroup(t)
+	e.cgroup, e.cgfd = testenv.Cgroup(t)
 	d, err := dispatch.Open(e.srv.Path(), dispatch.Options{Root: root})
 	if err != nil {
 		t.Fatalf("open dispatcher: %v", err)
@@ -94,39 +94,6 @@ func (e *env) open() *Manager {
 	}
 	e.t.Cleanup(func() { m.Close() })
 	return m
-}
-
-// testCgroup makes a cgroup under the cgroup v2 root for this test's
-// helper processes, and removes it afterwards.
-func testCgroup(t testing.TB) (string, int) {
-	t.Helper()
-	root, err := CgroupRoot()
-	if err != nil {
-		t.Skipf("no cgroup v2: %v", err)
-	}
-	dir, err := os.MkdirTemp(root, "switchyard-test-")
-	if err != nil {
-		t.Fatalf("test cgroup: %v", err)
-	}
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatalf("test cgroup: %v", err)
-	}
-	t.Cleanup(func() {
-		unix.Close(fd)
-		// Helpers may take a moment to be reaped.
-		for i := 0; ; i++ {
-			err := os.Remove(dir)
-			if err == nil || i == 100 {
-				if err != nil {
-					t.Errorf("remove test cgroup: %v", err)
-				}
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-	return dir, fd
 }
 
 func (e *env) bind(label, prefix, ports string) {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
+	"github.com/switchyard-project/switchyard/internal/cgroup"
 )
 
 // Sentinel errors that callers branch on with errors.Is.
@@ -347,7 +348,7 @@ func (m *Manager) attachBypass(spec *ebpf.CollectionSpec, opts *ebpf.CollectionO
 	defer ops.Close()
 	cg := m.opts.Cgroup
 	if cg == "" {
-		if cg, err = CgroupRoot(); err != nil {
+		if cg, err = cgroup.Root(); err != nil {
 			fail(err)
 			return
 		}
