@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/testenv"
 	"github.com/switchyard-project/switchyard/register"
@@ -91,7 +94,9 @@ func newWorldNoDaemon(t testing.TB) *world {
 	}
 	os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: filepath.Join(dir, "control.sock"), cgroup: testCgroupDir(t)}
+	control := filepath.Join(dir, "control.sock")
+	t.Cleanup(func() { stopSpliceWorkers(t, control+".splice") })
+	return &world{t: t, ns: ns, root: testenv.BPFFS(t), dir: dir, control: control, cgroup: testCgroupDir(t)}
 }
 
 // testCgroupDir is a cgroup of the test's own for the daemon's bypass
@@ -103,7 +108,7 @@ func testCgroupDir(t testing.TB) string {
 
 type daemonProc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *logFile
 	notes  *syncBuffer // what it told the notify socket
 	notify string      // the notify socket's path
 	done   chan struct{}
@@ -128,6 +133,14 @@ func (p *daemonProc) allNotes(t testing.TB) string {
 		t.Fatalf("notify reader did not see %s", marker)
 	}
 	return strings.ReplaceAll(p.notes.String(), marker+"\n", "")
+}
+
+// logFile is a daemon's log, in a file.
+type logFile struct{ path string }
+
+func (l *logFile) String() string {
+	b, _ := os.ReadFile(l.path)
+	return string(b)
 }
 
 type syncBuffer struct {
@@ -193,8 +206,15 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 	args := append([]string{"--netns", w.ns.Path(), "--bpffs", w.root, "--control", w.control, "--bypass-cgroup", w.cgroup, "--log-level", "debug"}, extra...)
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+notifyPath), w.env...)
-	p := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, notes: &syncBuffer{}, notify: notifyPath, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
+	// A file, not a pipe: the daemon's splice workers inherit its stderr
+	// and outlive it, and os/exec would wait for them to close a pipe.
+	logf, err := os.CreateTemp(w.dir, "switchyardd-*.log")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer logf.Close()
+	p := &daemonProc{cmd: cmd, stderr: &logFile{logf.Name()}, notes: &syncBuffer{}, notify: notifyPath, done: make(chan struct{})}
+	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
 		w.t.Fatal(err)
 	}
@@ -358,4 +378,51 @@ func (w *world) registerTCP(label, network, addr string) *net.TCPListener {
 	}
 	w.t.Cleanup(func() { ln.Close() })
 	return ln
+}
+
+// stopSpliceWorkers ends the splice workers a test's daemons left running
+// (they outlive the daemon by design) and waits for them to exit.
+func stopSpliceWorkers(t testing.TB, dir string) {
+	socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	for _, sock := range socks {
+		st, err := askWorker(sock, "status")
+		if err != nil {
+			continue
+		}
+		pidfd, err := unix.PidfdOpen(st.PID, 0)
+		if err != nil {
+			continue
+		}
+		askWorker(sock, "stop")
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		if n, _ := unix.Poll(fds, 5000); n == 0 {
+			t.Errorf("splice worker %d did not stop within 5s; killing it", st.PID)
+			unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+		}
+		unix.Close(pidfd)
+	}
+}
+
+// workerStatus is what a splice worker answers on its control socket.
+type workerStatus struct {
+	PID         int    `json:"pid"`
+	Label       string `json:"label"`
+	Upstream    string `json:"upstream"`
+	Bytes       uint64 `json:"bytes"`
+	Connections uint64 `json:"connections"`
+	Open        int    `json:"open"`
+	Draining    bool   `json:"draining"`
+}
+
+func askWorker(sock, op string) (workerStatus, error) {
+	var st workerStatus
+	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		return st, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c, op)
+	err = json.NewDecoder(c).Decode(&st)
+	return st, err
 }

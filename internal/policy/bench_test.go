@@ -496,7 +496,7 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 					b.Fatal(err)
 				}
 				e.m.mu.Lock()
-				px = e.m.splices["px"]
+				px = e.m.splices["px"].(*Proxy)
 				e.m.mu.Unlock()
 				go func() {
 					for {

@@ -87,6 +87,9 @@ type Options struct {
 	// negative leaves the kernel's autotuning alone (unbounded up to the
 	// tcp_rmem/tcp_wmem sysctls).
 	SpliceBuffer int
+	// Workers, if set, runs splice proxies in worker processes that
+	// outlive the manager (see WorkerOptions). Open fills its defaults.
+	Workers *WorkerOptions
 	// SpliceLimit bounds, per direction of a kernel-spliced connection,
 	// the bytes queued between the sockets. Default DefaultSpliceLimit.
 	SpliceLimit uint32
@@ -130,8 +133,9 @@ type Manager struct {
 	busyWhy    string
 	guard      uint32
 	spliceWhy  string // non-empty: the kernel splice path cannot work
-	splices    map[string]*Proxy
-	retired    map[string][]*Proxy // stopped splices, for their counters
+	splices    map[string]splicer
+	retired    map[string][]splicer // stopped splices, for their counters
+	found      []*worker            // splice workers found at Open, not yet adopted
 	closed     bool
 	busyPoll   int // last busy polling state written, -1 none
 	stopc      chan struct{}
@@ -216,7 +220,7 @@ func Open(d *dispatch.Dispatcher, opts Options) (*Manager, error) {
 	if opts.SpliceLimit == 0 {
 		opts.SpliceLimit = DefaultSpliceLimit
 	}
-	m := &Manager{d: d, log: opts.Logger, opts: opts, dir: d.Dir(), splices: make(map[string]*Proxy), retired: make(map[string][]*Proxy)}
+	m := &Manager{d: d, log: opts.Logger, opts: opts, dir: d.Dir(), splices: make(map[string]splicer), retired: make(map[string][]splicer)}
 	spec, err := loadSpec()
 	if err != nil {
 		return nil, err
@@ -241,6 +245,21 @@ func Open(d *dispatch.Dispatcher, opts Options) (*Manager, error) {
 	if err := m.maps.SyP_config.Put(uint32(0), &cfg); err != nil {
 		m.maps.Close()
 		return nil, fmt.Errorf("policy config write: %w", err)
+	}
+	if wo := opts.Workers; wo != nil {
+		if len(wo.Command) == 0 {
+			wo.Command = []string{"/proc/self/exe", "splice-worker"}
+		}
+		if wo.Build == "" {
+			if wo.Build, err = buildID(); err != nil {
+				m.maps.Close()
+				return nil, err
+			}
+		}
+		if err := m.findWorkers(); err != nil {
+			m.maps.Close()
+			return nil, err
+		}
 	}
 	m.attachBypass(spec, copts)
 	m.busyPoll = -1
@@ -466,12 +485,20 @@ func (m *Manager) Close() error {
 	}
 	m.closed = true
 	close(m.stopc)
+	// Proxies in this process end with it; workers run on, for the next
+	// manager to adopt.
 	var proxies []*Proxy
-	for _, p := range m.splices {
-		proxies = append(proxies, p)
+	for _, s := range m.splices {
+		if p, ok := s.(*Proxy); ok {
+			proxies = append(proxies, p)
+		}
 	}
-	for _, ps := range m.retired {
-		proxies = append(proxies, ps...)
+	for _, ss := range m.retired {
+		for _, s := range ss {
+			if p, ok := s.(*Proxy); ok {
+				proxies = append(proxies, p)
+			}
+		}
 	}
 	m.splices = nil
 	m.mu.Unlock()
@@ -567,14 +594,15 @@ func (m *Manager) Counters() (map[string]Counters, error) {
 			c.BusyPoll += s.BusyPoll
 		}
 		m.mu.Lock()
-		for _, p := range append([]*Proxy{m.splices[name]}, m.retired[name]...) {
+		running := append([]splicer{m.splices[name]}, m.retired[name]...)
+		m.mu.Unlock()
+		for _, p := range running {
 			if p != nil {
 				u := p.counters()
 				c.Bytes += u.Bytes
 				c.Connections += u.Connections
 			}
 		}
-		m.mu.Unlock()
 		if c != (Counters{}) {
 			out[name] = c
 		}

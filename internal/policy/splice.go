@@ -39,22 +39,47 @@ type Proxy struct {
 
 	bytes       atomic.Uint64
 	connections atomic.Uint64
+	lastAccept  atomic.Int64 // unix nanoseconds
+}
+
+// splicer is a label's running splice proxy: a Proxy in this process, or
+// a worker process.
+type splicer interface {
+	status() string
+	counters() Counters
+	stop(graceful bool)
+}
+
+// parseUpstream splits "host:port" or "host:same" (port "").
+func parseUpstream(label, upstream string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(upstream)
+	if err != nil {
+		return "", "", fmt.Errorf("splice %s: upstream %q: %w; write host:port or host:same", label, upstream, err)
+	}
+	if port == "same" {
+		return host, "", nil
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("splice %s: upstream %q: port must be 1-65535 or 'same'", label, upstream)
+	}
+	return host, port, nil
+}
+
+func newProxy(m *Manager, label, upstream, host, port string) *Proxy {
+	return &Proxy{m: m, label: label, upstream: upstream, host: host, port: port, conns: make(map[*net.TCPConn]struct{})}
 }
 
 // StartSplice makes the manager proxy label's connections to upstream
 // ("host:port", or "host:same" for the port the client dialled). It creates
 // the label's listening sockets (MPTCP off) and passes each to register,
 // which should register it for the label with the dispatcher. The proxy
-// runs until StopSplice, Close, or ctx ends.
+// runs until StopSplice, Close, or ctx ends; with Options.Workers, in a
+// worker process that outlives the manager, and a worker found serving
+// the same is adopted instead.
 func (m *Manager) StartSplice(ctx context.Context, label, upstream string, register func(*net.TCPListener) error) error {
-	host, port, err := net.SplitHostPort(upstream)
+	host, port, err := parseUpstream(label, upstream)
 	if err != nil {
-		return fmt.Errorf("splice %s: upstream %q: %w; write host:port or host:same", label, upstream, err)
-	}
-	if port == "same" {
-		port = ""
-	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("splice %s: upstream %q: port must be 1-65535 or 'same'", label, upstream)
+		return err
 	}
 	m.mu.Lock()
 	if m.closed {
@@ -65,22 +90,37 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 		m.mu.Unlock()
 		return fmt.Errorf("splice %s: %w: stop it first", label, ErrExists)
 	}
-	p := &Proxy{m: m, label: label, upstream: upstream, host: host, port: port, conns: make(map[*net.TCPConn]struct{})}
+	p := newProxy(m, label, upstream, host, port)
 	p.kernel = m.skbProg != nil
 	p.why = m.spliceWhy
 	m.splices[label] = p
 	m.mu.Unlock()
+	// The kernel engine's maps and pair slots are the daemon's.
+	useWorker := m.opts.Workers != nil && !p.kernel
+	var lns []*net.TCPListener
 	fail := func(err error) error {
 		m.mu.Lock()
 		delete(m.splices, label)
 		m.mu.Unlock()
-		for _, ln := range p.lns {
+		for _, ln := range lns {
 			ln.Close()
 		}
 		return err
 	}
+	set := func(s splicer) {
+		m.mu.Lock()
+		m.splices[label] = s
+		m.mu.Unlock()
+	}
 	if _, err := m.d.KeepLabel(label); err != nil {
 		return fail(fmt.Errorf("splice %s: %w", label, err))
+	}
+	if useWorker {
+		if w := m.adoptWorker(label, upstream); w != nil {
+			set(w)
+			m.retireFound(label)
+			return nil
+		}
 	}
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		var ln net.Listener
@@ -92,19 +132,47 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 			return err
 		})
 		if err != nil {
-			if addr == "[::1]:0" && len(p.lns) > 0 {
+			if addr == "[::1]:0" && len(lns) > 0 {
 				m.log.Debug("splice: no IPv6 listener", "label", label, "error", err)
 				continue
 			}
 			return fail(fmt.Errorf("splice %s: listen: %w", label, err))
 		}
-		p.lns = append(p.lns, ln.(*net.TCPListener))
+		lns = append(lns, ln.(*net.TCPListener))
 	}
-	for _, ln := range p.lns {
+	if useWorker {
+		// The worker serves before the label's socket becomes its
+		// listener; the daemon's copies close once registered.
+		w, err := m.startWorker(label, upstream, p.why, lns)
+		if err != nil {
+			return fail(err)
+		}
+		for _, ln := range lns {
+			if err := register(ln); err != nil {
+				w.stop(false)
+				return fail(fmt.Errorf("splice %s: register listener: %w", label, err))
+			}
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+		set(w)
+		m.retireFound(label)
+		return nil
+	}
+	p.lns = lns
+	for _, ln := range lns {
 		if err := register(ln); err != nil {
 			return fail(fmt.Errorf("splice %s: register listener: %w", label, err))
 		}
 	}
+	p.run(ctx)
+	m.log.Info("splice started", "label", label, "upstream", upstream, "kernel", p.kernel)
+	return nil
+}
+
+// run accepts on the proxy's listeners until ctx ends or stop.
+func (p *Proxy) run(ctx context.Context) {
 	p.ctx, p.cancel = context.WithCancel(ctx)
 	for _, ln := range p.lns {
 		p.wg.Add(1)
@@ -116,8 +184,22 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 			ln.Close()
 		}
 	}()
-	m.log.Info("splice started", "label", label, "upstream", upstream, "kernel", p.kernel)
-	return nil
+}
+
+// quiet returns once no connection has been accepted for d.
+func (p *Proxy) quiet(d time.Duration) {
+	since := time.Now()
+	for {
+		last := time.Unix(0, p.lastAccept.Load())
+		if last.Before(since) {
+			last = since
+		}
+		wait := time.Until(last.Add(d))
+		if wait <= 0 {
+			return
+		}
+		time.Sleep(wait)
+	}
 }
 
 // StopSplice stops label's proxy: its listeners close, so the label has no
@@ -194,6 +276,7 @@ func (p *Proxy) accept(ln *net.TCPListener) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		p.lastAccept.Store(time.Now().UnixNano())
 		p.wg.Add(1)
 		go p.serve(c)
 	}

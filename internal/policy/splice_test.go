@@ -55,7 +55,7 @@ func TestSpliceIntegrity(t *testing.T) {
 				c := e.counters("px")
 				st, _ := e.m.Status()
 				e.m.mu.Lock()
-				user := e.m.splices["px"].bytes.Load()
+				user := e.m.splices["px"].(*Proxy).bytes.Load()
 				e.m.mu.Unlock()
 				t.Logf("counters %+v, %.1f%% of bytes moved in the kernel; status %q", c, 100*float64(c.Bytes-user)/float64(c.Bytes), st["px"])
 				if c.Connections != 1 || c.Bytes < n {
@@ -220,7 +220,7 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 			}()
 			buf := make([]byte, 64<<10)
 			e.m.mu.Lock()
-			px := e.m.splices["px"]
+			px := e.m.splices["px"].(*Proxy)
 			e.m.mu.Unlock()
 			var peak, proxyPeak int64
 			deadline := time.Now().Add(3 * time.Second)

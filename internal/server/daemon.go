@@ -197,7 +197,10 @@ func run(env Env, f flags, log *slog.Logger) error {
 	if cg == "" && cfg != nil {
 		cg = cfg.Daemon.BypassCgroup
 	}
-	pm, err := policy.Open(d, policy.Options{Cgroup: cg, Logger: log, NetNS: f.netns, TrustReaders: f.trustReaders})
+	// Splice proxies run in workers that outlive the daemon, found again
+	// through their sockets beside the control socket.
+	workers := &policy.WorkerOptions{Dir: f.control + ".splice"}
+	pm, err := policy.Open(d, policy.Options{Cgroup: cg, Logger: log, NetNS: f.netns, TrustReaders: f.trustReaders, Workers: workers})
 	why := ""
 	if err != nil {
 		why = err.Error()

@@ -32,6 +32,9 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 			s.log.Error("policy not in force", "label", name, "policy", ls.Policy, "err", err)
 		}
 	}
+	if pm != nil {
+		pm.SettleWorkers()
+	}
 }
 
 // enforce moves a label from policy from to policy to.
