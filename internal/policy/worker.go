@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Splice workers: with Options.Workers set, each label's splice proxy runs
@@ -145,6 +147,15 @@ func (m *Manager) findWorkers() error {
 	wo := m.opts.Workers
 	if err := os.MkdirAll(wo.Dir, 0o700); err != nil {
 		return fmt.Errorf("splice workers: %w", err)
+	}
+	// Only this user may place sockets there: the daemon acts on what
+	// answers on them.
+	var st unix.Stat_t
+	if err := unix.Lstat(wo.Dir, &st); err != nil {
+		return fmt.Errorf("splice workers: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
+		return fmt.Errorf("splice workers: %s must be a directory of uid %d that no one else may write to", wo.Dir, os.Geteuid())
 	}
 	socks, err := filepath.Glob(filepath.Join(wo.Dir, "*.sock"))
 	if err != nil {
