@@ -183,9 +183,8 @@ func (m *Manager) findWorkers() error {
 	return nil
 }
 
-// adopt takes over a found worker that serves label as asked, and drains
-// the other found workers of label once the label's socket is the new
-// one's. It reports whether one was adopted.
+// adoptWorker takes over the found worker that serves label with
+// upstream and is of this build, or returns nil if there is none.
 func (m *Manager) adoptWorker(label, upstream string) *worker {
 	m.mu.Lock()
 	defer m.mu.Unlock()
