@@ -118,6 +118,9 @@ func clientMain(addr string, seed, n uint64) int {
 	mustf(err, "socket")
 	busyPoll(fd)
 	mustf(unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}), "connect %s", addr)
+	if os.Getenv("SY_CLIENT_SAY_CONNECTED") != "" {
+		fmt.Println("connected")
+	}
 	s := newStream(seed)
 	rnd := rand.New(rand.NewPCG(seed, 9))
 	pace, _ := time.ParseDuration(os.Getenv("SY_CLIENT_PACE"))

@@ -267,8 +267,10 @@ func TestSpliceStopWhileOpen(t *testing.T) {
 			upstream := "127.0.0.1:" + up.port
 			e.splice(upstream)
 			const n = 48 << 20
-			h := e.startEnv(e.cli, false, []string{"SY_CLIENT_PACE=2ms"}, "client", spliceAddr, "7", fmt.Sprint(n))
-			time.Sleep(150 * time.Millisecond)
+			h := e.startEnv(e.cli, false, []string{"SY_CLIENT_PACE=2ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", spliceAddr, "7", fmt.Sprint(n))
+			if got := h.line(t); got != "connected" {
+				t.Fatalf("client: %q", got)
+			}
 			if err := e.m.StopSplice("px"); err != nil {
 				t.Fatal(err)
 			}
