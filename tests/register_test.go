@@ -157,6 +157,10 @@ func TestRegisterFromSocketActivation(t *testing.T) {
 			w.expectCurl(a, port, "activated")
 		}
 	}
+	// Status names the registered socket by its address.
+	if st := w.mustCLI("status", "activated"); !strings.Contains(st, "tcp ipv4 127.0.0.1:18080") {
+		t.Errorf("status does not show the socket's address:\n%s", st)
+	}
 }
 
 // register-pid takes a listening socket out of a running process (socat)

@@ -140,7 +140,7 @@ func run(env Env, f flags, log *slog.Logger) error {
 	}
 	defer d.Close()
 
-	srv, err := New(d, Options{Logger: log, StatePath: DefaultStatePath(f.control)})
+	srv, err := New(d, Options{Logger: log, StatePath: DefaultStatePath(f.control), NetNS: f.netns})
 	if err != nil {
 		return err
 	}

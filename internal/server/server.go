@@ -26,6 +26,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 )
@@ -55,6 +56,7 @@ type Server struct {
 	d         *dispatch.Dispatcher
 	resolver  config.Resolver
 	statePath string
+	netnsPath string
 	Stats     Stats
 
 	mu     sync.RWMutex
@@ -75,12 +77,15 @@ type Options struct {
 	// StatePath is a file where label settings persist across restarts
 	// of the daemon. Empty: not persisted.
 	StatePath string
+	// NetNS is the path of the dispatcher's network namespace ("": the
+	// caller's), where status looks up the registered sockets' addresses.
+	NetNS string
 }
 
 // New makes a server for d. Label settings start from the state file, if
 // there is one.
 func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
-	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, labels: map[string]*LabelSettings{}, pmWhy: "no policy manager", pmCtx: context.Background()}
+	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, netnsPath: opts.NetNS, labels: map[string]*LabelSettings{}, pmWhy: "no policy manager", pmCtx: context.Background()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -425,9 +430,10 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 	for label, n := range counts {
 		get(label).Bindings = n
 	}
+	eps := s.endpoints()
 	for _, d := range dests {
 		ls := get(d.Label)
-		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: d.Protocol, Family: d.Family, Cookie: d.Cookie})
+		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: d.Protocol, Family: d.Family, Local: eps[d.Cookie].Local, Cookie: d.Cookie})
 	}
 	settings := s.Labels()
 	for name := range settings {
@@ -659,4 +665,20 @@ func peerGroups(c *control.Conn) []uint32 {
 // DefaultStatePath is where label settings persist for a control socket.
 func DefaultStatePath(controlPath string) string {
 	return filepath.Join(filepath.Dir(controlPath), filepath.Base(controlPath)+".labels.json")
+}
+
+// endpoints returns the addresses of the namespace's sockets by cookie, for
+// status; on failure none (status then names sockets by cookie).
+func (s *Server) endpoints() map[uint64]sockinfo.Endpoint {
+	ns, err := netns.Open(s.netnsPath)
+	if err != nil {
+		s.log.Debug("socket addresses", "err", err)
+		return nil
+	}
+	defer ns.Close()
+	var eps map[uint64]sockinfo.Endpoint
+	if err := ns.Do(func() (err error) { eps, err = sockinfo.Endpoints(); return err }); err != nil {
+		s.log.Debug("socket addresses", "err", err)
+	}
+	return eps
 }
