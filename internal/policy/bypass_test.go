@@ -28,6 +28,17 @@ func (e *env) counters(label string) Counters {
 	return c[label]
 }
 
+// bypassServer binds svc to srvAddr:8080, serves it with a server helper in
+// the bypass cgroup that reads with recv, and turns bypass on for it.
+func (e *env) bypassServer(recv string, env []string) {
+	e.t.Helper()
+	e.bind("svc", srvAddr+"/32", "8080")
+	e.serverEnv("svc", true, recv, env)
+	if err := e.m.SetBypass("svc", true); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // bypassInForce fails the test unless the svc label's bypass is
 // accelerated, so that a test of what bypass leaves alone can fail.
 func (e *env) bypassInForce() {
@@ -52,11 +63,7 @@ func TestBypassIntegrity(t *testing.T) {
 		t.Run(tc.recv, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, Options{TrustReaders: tc.trust})
-			e.bind("svc", srvAddr+"/32", "8080")
-			e.server("svc", true, tc.recv)
-			if err := e.m.SetBypass("svc", true); err != nil {
-				t.Fatal(err)
-			}
+			e.bypassServer(tc.recv, nil)
 			e.transfer(e.cli, true, srvAddr+":8080", 1, n)
 			c := e.counters("svc")
 			st, _ := e.m.Status()
@@ -80,11 +87,7 @@ func TestBypassIntegrity(t *testing.T) {
 func TestBypassLeavesRemotePeerAlone(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Options{TrustReaders: true})
-	e.bind("svc", srvAddr+"/32", "8080")
-	e.server("svc", true, "read")
-	if err := e.m.SetBypass("svc", true); err != nil {
-		t.Fatal(err)
-	}
+	e.bypassServer("read", nil)
 	e.bypassInForce()
 	e.transfer(e.cli, false, srvAddr+":8080", 3, 32<<20)
 	c := e.counters("svc")
@@ -103,17 +106,13 @@ func TestBypassLeavesBusyPollingAlone(t *testing.T) {
 		t.Run(side, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, Options{TrustReaders: true})
-			e.bind("svc", srvAddr+"/32", "8080")
 			var srvEnv, cliEnv []string
 			if side == "server" {
 				srvEnv = []string{"SY_BUSY_POLL=50"}
 			} else {
 				cliEnv = []string{"SY_BUSY_POLL=50"}
 			}
-			e.serverEnv("svc", true, "read", srvEnv)
-			if err := e.m.SetBypass("svc", true); err != nil {
-				t.Fatal(err)
-			}
+			e.bypassServer("read", srvEnv)
 			e.bypassInForce()
 			e.transfer(e.cli, true, srvAddr+":8080", 6, 8<<20, cliEnv...)
 			e.transfer(e.cli, true, srvAddr+":8080", 7, 1<<20, cliEnv...)
@@ -139,11 +138,7 @@ func TestBypassLeavesBusyPollingAlone(t *testing.T) {
 func TestBypassToggleWhileOpen(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Options{TrustReaders: true})
-	e.bind("svc", srvAddr+"/32", "8080")
-	e.server("svc", true, "read")
-	if err := e.m.SetBypass("svc", true); err != nil {
-		t.Fatal(err)
-	}
+	e.bypassServer("read", nil)
 	done := make(chan struct{})
 	stop := make(chan struct{})
 	var switches int
@@ -187,11 +182,7 @@ func TestBypassToggleWhileOpen(t *testing.T) {
 func TestBypassSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Options{TrustReaders: true})
-	e.bind("svc", srvAddr+"/32", "8080")
-	e.server("svc", true, "read")
-	if err := e.m.SetBypass("svc", true); err != nil {
-		t.Fatal(err)
-	}
+	e.bypassServer("read", nil)
 	e.m.Close()
 	// No manager: the pinned programs work on.
 	e.transfer(e.cli, true, srvAddr+":8080", 4, 8<<20)

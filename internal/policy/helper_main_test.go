@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -186,5 +185,3 @@ func busyPoll(fd int) {
 		mustf(unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUSY_POLL, us), "SO_BUSY_POLL")
 	}
 }
-
-var _ = net.IPv4len

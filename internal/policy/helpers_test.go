@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -259,5 +258,3 @@ func mustf(err error, format string, args ...any) {
 		os.Exit(2)
 	}
 }
-
-var _ = filepath.Join

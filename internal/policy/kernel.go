@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -179,7 +180,7 @@ func (p *Proxy) kernelDir(src, dst *net.TCPConn, slot uint32) error {
 				p.bytes.Add(uint64(nr))
 			}
 			if err != nil {
-				if errors.Is(err, errEOF) {
+				if errors.Is(err, io.EOF) {
 					return nil
 				}
 				return err

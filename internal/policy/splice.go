@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"strconv"
@@ -549,5 +548,3 @@ func rawConn(c *net.TCPConn) syscall.RawConn {
 	rc, _ := c.SyscallConn()
 	return rc
 }
-
-var errEOF = io.EOF

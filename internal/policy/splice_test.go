@@ -294,11 +294,7 @@ func TestSpliceStopWhileOpen(t *testing.T) {
 func TestBypassFallbackWhenUnattachable(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Options{Cgroup: t.TempDir(), TrustReaders: true}) // not a cgroup
-	e.bind("svc", srvAddr+"/32", "8080")
-	e.server("svc", true, "read")
-	if err := e.m.SetBypass("svc", true); err != nil {
-		t.Fatal(err)
-	}
+	e.bypassServer("read", nil)
 	e.transfer(e.cli, true, srvAddr+":8080", 6, 8<<20)
 	st, err := e.m.Status()
 	if err != nil {
