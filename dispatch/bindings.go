@@ -38,7 +38,7 @@ func (d *Dispatcher) read() (*model, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := d.refresh(false)
+	m, err := d.refresh(repairRefuse)
 	unlock()
 	if err != errNeedExclusive {
 		return m, err
@@ -48,7 +48,7 @@ func (d *Dispatcher) read() (*model, error) {
 		return nil, err
 	}
 	defer unlock()
-	return d.refresh(true)
+	return d.refresh(repairWrite)
 }
 
 // updates holds the next bindings of the groups an edit changes; an empty
@@ -124,7 +124,8 @@ func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 
 // ReplaceBindings makes the bindings equal to bs in one atomic change, and
 // returns what was added and removed (a binding whose label changes is in
-// both). With dryRun it only computes the difference.
+// both). With dryRun it only computes the difference and writes nothing,
+// not even a repair of state left inconsistent by an interrupted change.
 func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, removed []binding.Binding, err error) {
 	next := map[groupKey][]portLabel{}
 	for _, b := range bs {
@@ -144,7 +145,7 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 	for _, ps := range next {
 		sortPorts(ps)
 	}
-	err = d.change(func(m *model) (updates, error) {
+	edit := func(m *model) (updates, error) {
 		added, removed = nil, nil
 		u := updates{}
 		diff := func(gk groupKey, old, nw []portLabel) {
@@ -171,11 +172,16 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 				diff(gk, g.ports, nil)
 			}
 		}
-		if dryRun {
-			return nil, nil
-		}
 		return u, nil
-	})
+	}
+	if dryRun {
+		err = d.view(func(m *model) error {
+			_, err := edit(m)
+			return err
+		})
+	} else {
+		err = d.change(edit)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -273,11 +279,9 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error)) error
 	}
 
 	changes := make([]groupChange, 0, len(u))
-	var slotsTaken []uint32
+	// m is d.cache, and may hold table slots taken below: drop it, and the
+	// next operation rebuilds it from the maps.
 	fail := func(err error) error {
-		for _, s := range slotsTaken {
-			m.slots[s] = false
-		}
 		d.cache = nil
 		return err
 	}
@@ -314,7 +318,6 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error)) error
 						return fail(err)
 					}
 					g.slot = s
-					slotsTaken = append(slotsTaken, s)
 				}
 			}
 			c.new = g

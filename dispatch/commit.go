@@ -144,8 +144,8 @@ func mapName(m *ebpf.Map) string {
 	return "?"
 }
 
-// writeShared writes what both generations of one change need beyond the
-// groups: prefix length lists and filter words of the given generation.
+// writeLists writes what a change needs beyond the groups in generation gen:
+// the prefix length lists and filter words it touches.
 func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words []uint32) error {
 	keys := make([]uint32, 0, len(lists))
 	vals := make([]dispatchSyPlenList, 0, len(lists))
@@ -153,8 +153,9 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words []uint3
 		keys = append(keys, gen*4+uint32(li))
 		vals = append(vals, m.plenList(li))
 	}
-	// The filter must let through every prefix the entries hold, so new
-	// bits are set before the lists grow and old ones cleared after.
+	// Filter words are written whole, bits set and cleared at once, then
+	// the lists. No lookup reads gen meanwhile (see writeGenerations), so
+	// the order is not seen by the program.
 	fkeys := make([]uint32, 0, len(words))
 	fvals := make([]uint64, 0, len(words))
 	for _, w := range words {

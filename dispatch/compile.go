@@ -10,9 +10,9 @@ import (
 
 // Capacities fixed by the map layout in bpf/dispatch.h.
 const (
-	inlineSegs   = 6    // SY_INLINE_SEGS
-	tableSegs    = 256  // SY_TABLE_SEGS
-	tablesPerGen = 1024 // SY_TABLES_PER_GEN
+	inlineSegs   = len(dispatchSyPrefixVal{}.Segs) // SY_INLINE_SEGS
+	tableSegs    = len(dispatchSyTable{}.Segs)     // SY_TABLE_SEGS
+	tablesPerGen = 1024                            // SY_TABLES_PER_GEN
 	maxLabels    = 16384
 )
 
@@ -32,18 +32,6 @@ type compiled struct {
 
 // useTable reports whether segs live in a table rather than inline.
 func (c *compiled) useTable() bool { return len(c.segs) > inlineSegs }
-
-func (c *compiled) equal(o *compiled) bool {
-	if c.anyLabel != o.anyLabel || !slices.Equal(c.segs, o.segs) || len(c.ports) != len(o.ports) {
-		return false
-	}
-	for p, l := range c.ports {
-		if ol, ok := o.ports[p]; !ok || ol != l {
-			return false
-		}
-	}
-	return true
-}
 
 // compile flattens the port bindings of one (protocol, prefix). The ranges
 // must be laminar (nested or disjoint), which the conflict check ensures.
@@ -131,24 +119,4 @@ func flatten(bs []portBinding) []seg {
 		stack = stack[:len(stack)-1]
 	}
 	return out
-}
-
-// resolve is the Go twin of the program's port resolution, for tests.
-func (c *compiled) resolve(port uint16) uint32 {
-	if l, ok := c.ports[port]; ok {
-		return l
-	}
-	i, found := slices.BinarySearchFunc(c.segs, port, func(s seg, p uint16) int {
-		switch {
-		case s.hi < p:
-			return -1
-		case s.lo > p:
-			return 1
-		}
-		return 0
-	})
-	if found {
-		return c.segs[i].label
-	}
-	return c.anyLabel
 }

@@ -2,10 +2,31 @@ package dispatch
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
+
+// resolve is the Go twin of the program's port resolution.
+func (c *compiled) resolve(port uint16) uint32 {
+	if l, ok := c.ports[port]; ok {
+		return l
+	}
+	i, found := slices.BinarySearchFunc(c.segs, port, func(s seg, p uint16) int {
+		switch {
+		case s.hi < p:
+			return -1
+		case s.lo > p:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		return c.segs[i].label
+	}
+	return c.anyLabel
+}
 
 // naive returns the label of the narrowest range holding port.
 func naive(ports map[binding.Ports]uint32, port uint16) uint32 {

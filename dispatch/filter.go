@@ -7,7 +7,7 @@ const (
 	filterWords = 1 << (filterLog2 - 6)
 )
 
-// filterBit is the Go twin of filter_bit in bpf/dispatch.c.
+// filterBit is the Go twin of filter_bit in bpf/lookup.h.
 func filterBit(k *dispatchSyPrefixKey) uint32 {
 	x := uint64(k.Addr[0])<<32 | uint64(k.Addr[1])
 	y := uint64(k.Addr[2])<<32 | uint64(k.Addr[3])

@@ -39,10 +39,17 @@ func (d *Dispatcher) allocLabels(m *model, names []string) error {
 		m.labels[name] = next
 		m.names[next] = name
 	}
+	return d.bumpSerial(m)
+}
+
+// bumpSerial tells other processes that the recorded state changed, and
+// records in m that it holds the change.
+func (d *Dispatcher) bumpSerial(m *model) error {
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
 }
 
-// gcLabels forgets labels that have neither bindings nor sockets.
+// gcLabels forgets labels that have neither bindings nor sockets, unless
+// they are kept (KeepLabel).
 func (d *Dispatcher) gcLabels(m *model) error {
 	var gone []string
 	for name, id := range m.labels {
@@ -62,7 +69,7 @@ func (d *Dispatcher) gcLabels(m *model) error {
 		delete(m.names, m.labels[name])
 		delete(m.labels, name)
 	}
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
+	return d.bumpSerial(m)
 }
 
 func (d *Dispatcher) hasSocket(id uint32) bool {
@@ -81,7 +88,7 @@ func (d *Dispatcher) socketCookie(slot uint32) (uint64, bool) {
 }
 
 // Labels returns the names of all known labels: those with bindings or a
-// registered socket.
+// registered socket, and those kept by KeepLabel.
 func (d *Dispatcher) Labels() ([]string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -96,8 +103,13 @@ func (d *Dispatcher) Labels() ([]string, error) {
 	return out, nil
 }
 
-// exclusive runs fn with a current model under the exclusive lock.
+// exclusive runs fn, which changes the state, with a current model under the
+// exclusive lock, repairing the state first if needed. A read-only
+// dispatcher refuses.
 func (d *Dispatcher) exclusive(fn func(m *model) error) error {
+	if d.readOnly {
+		return fmt.Errorf("state %s: %w", d.dir, errReadOnly)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	unlock, err := d.lock(unix.LOCK_EX)
@@ -105,7 +117,24 @@ func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 		return err
 	}
 	defer unlock()
-	m, err := d.refresh(true)
+	m, err := d.refresh(repairWrite)
+	if err != nil {
+		return err
+	}
+	return fn(m)
+}
+
+// view runs fn, which only reads, with a current model under the shared
+// lock. It writes nothing, not even a repair (see refresh).
+func (d *Dispatcher) view(fn func(m *model) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	unlock, err := d.lock(unix.LOCK_SH)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m, err := d.refresh(repairSkip)
 	if err != nil {
 		return err
 	}
@@ -114,7 +143,8 @@ func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 
 // LabelID returns the number the programs know a label by. Programs of other
 // packages that share the pinned maps (see bpf/lookup.h) key per-label state
-// by it. ok is false for a label with neither bindings nor sockets.
+// by it. ok is false for a label with neither bindings nor sockets, unless
+// it is kept (KeepLabel).
 func (d *Dispatcher) LabelID(name string) (id uint32, ok bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -152,7 +182,7 @@ func (d *Dispatcher) KeepLabel(name string) (uint32, error) {
 			return fmt.Errorf("keep label %s: %w", name, err)
 		}
 		m.kept[name] = true
-		return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
+		return d.bumpSerial(m)
 	})
 	return id, err
 }
@@ -170,7 +200,7 @@ func (d *Dispatcher) ReleaseLabel(name string) error {
 			return fmt.Errorf("release label %s: %w", name, err)
 		}
 		delete(m.kept, name)
-		if err := d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial }); err != nil {
+		if err := d.bumpSerial(m); err != nil {
 			return err
 		}
 		return d.gcLabels(m)

@@ -42,7 +42,7 @@ func sortPorts(ps []portLabel) {
 	slices.SortFunc(ps, func(a, b portLabel) int { return comparePorts(a.ports, b.ports) })
 }
 
-// find returns the index of the binding of port set p, or -1.
+// findPorts returns the index of the binding of port set p, or -1.
 func findPorts(ps []portLabel, p binding.Ports) int {
 	for i := range ps {
 		if ps[i].ports == p {
@@ -341,11 +341,30 @@ func (m *model) plenList(li int) dispatchSyPlenList {
 
 func (m *model) filterWord(w uint32) uint64 { return m.words[w] }
 
-// refresh makes d.cache current, rebuilding it if another process changed
-// the state, and rewrites the data path if it was found inconsistent. The
-// caller holds the state lock (shared is enough unless a rewrite may be
-// needed: pass exclusive=true).
-func (d *Dispatcher) refresh(exclusive bool) (*model, error) {
+// repairMode says what refresh does when it finds the data path
+// inconsistent with the recorded bindings.
+type repairMode int
+
+const (
+	// repairRefuse: return errNeedExclusive. The caller holds the shared
+	// lock.
+	repairRefuse repairMode = iota
+	// repairWrite: rewrite the data path. The caller holds the exclusive
+	// lock.
+	repairWrite
+	// repairSkip: write nothing (a dry run). The caller holds either lock.
+	repairSkip
+)
+
+// refresh returns a current model, rebuilding d.cache if another process
+// changed the state, and deals with a data path found inconsistent as how
+// says. A read-only dispatcher always skips the repair.
+//
+// A model whose repair was skipped holds the recorded bindings and labels,
+// which is what the data path holds once repaired, so it answers reads and
+// dry runs. It lacks the table slots, though, so it is returned without
+// becoming d.cache: the next refresh rebuilds it, and a writer repairs first.
+func (d *Dispatcher) refresh(how repairMode) (*model, error) {
 	var cfg dispatchSyCfg
 	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
@@ -358,8 +377,15 @@ func (d *Dispatcher) refresh(exclusive bool) (*model, error) {
 		return nil, err
 	}
 	if resync {
-		if !exclusive {
+		if d.readOnly {
+			how = repairSkip
+		}
+		switch how {
+		case repairRefuse:
 			return nil, errNeedExclusive
+		case repairSkip:
+			d.cache = nil
+			return m, nil
 		}
 		d.log.Warn("dispatch state was left inconsistent by an interrupted change; rewriting it", "dir", d.dir)
 		if err := d.rewrite(m); err != nil {
@@ -372,7 +398,8 @@ func (d *Dispatcher) refresh(exclusive bool) (*model, error) {
 
 var errNeedExclusive = errors.New("state needs repair under an exclusive lock")
 
-// mapKeys lists the keys of a hash map whose generation is gen.
+// prefixKeysOfGen lists the keys of generation gen in m (sy_prefixes);
+// portKeysOfGen does the same for sy_ports.
 func prefixKeysOfGen(m *ebpf.Map, gen uint32) ([]dispatchSyPrefixKey, error) {
 	var out []dispatchSyPrefixKey
 	var k dispatchSyPrefixKey

@@ -22,8 +22,11 @@ import (
 // DefaultRoot is where state is pinned unless Options.Root says otherwise.
 const DefaultRoot = "/sys/fs/bpf/switchyard"
 
-// layoutVersion names the layout of the pinned maps. A build refuses state
-// of a newer layout and migrates state of an older one.
+// layoutVersion numbers the layout of the pinned maps; sy_config records it
+// when a build creates the state or attaches its program. A build refuses
+// state of a newer layout. Migration does not go by this number: load compares the
+// shape of each pinned map with this build's and migrates those that differ
+// (see migrate.go).
 const layoutVersion = 1
 
 const linkPin = "link"
@@ -36,7 +39,10 @@ type Options struct {
 	// Logger receives structured logs. Default: discard.
 	Logger *slog.Logger
 	// ReadOnly opens existing state without replacing the attached
-	// program; it fails if there is no state yet.
+	// program; it fails if there is no state yet. A read-only dispatcher
+	// writes nothing: it reads state left inconsistent by an interrupted
+	// change as the recorded bindings say, without repairing it, and
+	// refuses changes and Remove.
 	ReadOnly bool
 }
 
@@ -51,6 +57,7 @@ type Dispatcher struct {
 	nsCookie uint64
 	dir      string
 	dirf     *os.File // held open for flock
+	readOnly bool
 	objs     dispatchObjects
 	link     link.Link
 
@@ -64,7 +71,11 @@ type Dispatcher struct {
 
 // progHash identifies the program this build carries. The compatibility
 // check relies on it, never on kernel program tags, whose definition changed.
-func progHash() [32]byte { return sha256.Sum256(append(slices.Clip(_DispatchBytes), progVariant...)) }
+// It is computed on first use, after the init of variant_upgradetest.go has
+// set progVariant.
+var progHash = sync.OnceValue(func() [32]byte {
+	return sha256.Sum256(append(slices.Clip(_DispatchBytes), progVariant...))
+})
 
 // progVariant and patchProgram let a test build carry a different program
 // (see variant_upgradetest.go); in a normal build they change nothing.
@@ -91,7 +102,7 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{log: log, ns: ns}
+	d := &Dispatcher{log: log, ns: ns, readOnly: opts.ReadOnly}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -132,10 +143,10 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 	if err := d.load(); err != nil {
 		return nil, err
 	}
-	if err := d.attach(opts.ReadOnly); err != nil {
+	if err := d.attach(); err != nil {
 		return nil, err
 	}
-	if _, err := d.refresh(true); err != nil {
+	if _, err := d.refresh(repairWrite); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -172,22 +183,29 @@ func (d *Dispatcher) Close() error {
 // Remove detaches the program and deletes the pinned state: dispatching in
 // the namespace stops. The dispatcher is closed.
 func (d *Dispatcher) Remove() error {
+	if d.readOnly {
+		return fmt.Errorf("remove state %s: %w", d.dir, errReadOnly)
+	}
 	unlock, err := d.lock(unix.LOCK_EX)
 	if err != nil {
 		return err
 	}
-	defer unlock()
 	if d.link != nil {
 		if err := d.link.Unpin(); err != nil {
+			unlock()
 			return fmt.Errorf("unpin link: %w", err)
 		}
 	}
+	// Delete under the lock; closing the directory releases it.
+	err = os.RemoveAll(d.dir)
 	d.Close()
-	if err := os.RemoveAll(d.dir); err != nil {
+	if err != nil {
 		return fmt.Errorf("remove state: %w", err)
 	}
 	return nil
 }
+
+var errReadOnly = errors.New("the dispatcher was opened read-only")
 
 // CheckBPFFS returns ErrNoBPFFS, with what to do about it, if dir (or its
 // nearest existing parent) is not on a bpf filesystem.
@@ -339,15 +357,16 @@ func (d *Dispatcher) load() error {
 }
 
 // attach makes sure this namespace runs the program, adopting a pinned link
-// and replacing an older program in it atomically.
-func (d *Dispatcher) attach(readOnly bool) error {
+// and replacing an older program in it atomically. A read-only dispatcher
+// only adopts a pinned link that serves the namespace.
+func (d *Dispatcher) attach() error {
 	pin := filepath.Join(d.dir, linkPin)
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
 	case err == nil:
 		if ok, why := d.linkServesNS(l); !ok {
 			l.Close()
-			if readOnly {
+			if d.readOnly {
 				return fmt.Errorf("state %s: %s", d.dir, why)
 			}
 			d.log.Warn("pinned link is stale; attaching afresh", "dir", d.dir, "reason", why)
@@ -355,7 +374,7 @@ func (d *Dispatcher) attach(readOnly bool) error {
 			return d.attachNew(pin)
 		}
 		d.link = l
-		if readOnly {
+		if d.readOnly {
 			return nil
 		}
 		var cfg dispatchSyCfg
@@ -371,15 +390,13 @@ func (d *Dispatcher) attach(readOnly bool) error {
 		if err := d.pinMigrated(); err != nil {
 			return err
 		}
-		cfg.Prog = progHash()
-		cfg.Layout = layoutVersion
-		if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
-			return fmt.Errorf("write config: %w", err)
+		if err := d.stampProgram(); err != nil {
+			return err
 		}
 		d.log.Info("replaced dispatch program", "dir", d.dir)
 		return nil
 	case errors.Is(err, os.ErrNotExist):
-		if readOnly {
+		if d.readOnly {
 			return fmt.Errorf("state %s: no program attached", d.dir)
 		}
 		return d.attachNew(pin)
@@ -413,16 +430,20 @@ func (d *Dispatcher) attachNew(pin string) error {
 		return fmt.Errorf("pin link: %w", err)
 	}
 	d.link = l
-	var cfg dispatchSyCfg
-	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
-		return fmt.Errorf("read config: %w", err)
-	}
-	cfg.Prog = progHash()
-	if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
-		return fmt.Errorf("write config: %w", err)
+	if err := d.stampProgram(); err != nil {
+		return err
 	}
 	d.log.Info("attached dispatch program", "netns_inode", d.nsInode)
 	return nil
+}
+
+// stampProgram records in sy_config that this build's program, and with it
+// this build's layout, serves the state.
+func (d *Dispatcher) stampProgram() error {
+	return d.writeConfig(func(c *dispatchSyCfg) {
+		c.Prog = progHash()
+		c.Layout = layoutVersion
+	})
 }
 
 func (d *Dispatcher) linkServesNS(l link.Link) (bool, string) {
