@@ -27,12 +27,12 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-/* Only the field the splice bound reads; CO-RE finds it in the kernel's
- * struct tcp_sock. */
+/* Only the fields the programs read: write_seq (the splice bound, and
+ * bypass's check that the peer read all sent the normal way) and
+ * copied_seq (how far a bypass socket's owner has read). CO-RE finds them
+ * in the kernel's struct tcp_sock. */
 struct tcp_sock {
 	__u32 write_seq;
-	__u32 snd_una;
-	__u32 rcv_nxt;
 	__u32 copied_seq;
 } __attribute__((preserve_access_index));
 
@@ -133,6 +133,17 @@ static __always_inline int v4mapped(const __u32 a[4])
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 }
 
+/* reverse sets out to k seen from the other end: the key of the peer of
+ * the socket whose key is k. */
+static __always_inline void reverse(struct sy_p_tuple *out, const struct sy_p_tuple *k)
+{
+	out->family = k->family;
+	out->lport = k->rport;
+	out->rport = k->lport;
+	__builtin_memcpy(out->laddr, k->raddr, sizeof(out->laddr));
+	__builtin_memcpy(out->raddr, k->laddr, sizeof(out->raddr));
+}
+
 /* busy_polls reports whether the owner of sk busy-polls when it reads
  * (SO_BUSY_POLL). A bypass socket reads through tcp_bpf, which never busy
  * polls: such an owner would sleep and be woken for every message instead
@@ -222,6 +233,13 @@ int sy_p_sockops(struct bpf_sock_ops *ctx)
 	if (passive) {
 		if (cfg->netns_cookie != bpf_get_netns_cookie(ctx))
 			return 1;
+		/* The client's end joined first (its handshake completes
+		 * first) if it is local; a remote peer is left alone. One hash
+		 * lookup settles that before the label's lookup, so a remote
+		 * client's connection costs no more. */
+		reverse(&peer, &key);
+		if (!bpf_map_lookup_elem(&sy_p_rx, &peer))
+			return 1;
 		__builtin_memcpy(addr, key.laddr, sizeof(addr));
 		fam = key.family == 4 ? SY_FAM_V4 : SY_FAM_V6;
 		label = sy_lookup_label(SY_PROTO_TCP, fam, addr, key.lport);
@@ -232,17 +250,6 @@ int sy_p_sockops(struct bpf_sock_ops *ctx)
 	}
 	if (!label || !bypass_on(label))
 		return 1;
-	if (passive) {
-		/* The client's end joined first (its handshake completes
-		 * first) if it is local; a remote peer is left alone. */
-		peer.family = key.family;
-		peer.lport = key.rport;
-		peer.rport = key.lport;
-		__builtin_memcpy(peer.laddr, key.raddr, sizeof(peer.laddr));
-		__builtin_memcpy(peer.raddr, key.laddr, sizeof(peer.raddr));
-		if (!bpf_map_lookup_elem(&sy_p_rx, &peer))
-			return 1;
-	}
 
 	sk = ctx->sk;
 	if (!sk)
@@ -307,36 +314,8 @@ int sy_p_msg(struct sk_msg_md *msg)
 	if (cfg->guard == SY_P_GUARD_TRUST && st->passed)
 		goto pass;
 
-	/* The peer's key is this end's tuple reversed. */
-	peer.lport = bpf_ntohl(msg->remote_port);
-	peer.rport = msg->local_port;
-	if (msg->family == AF_INET) {
-		peer.family = 4;
-		peer.laddr[0] = msg->remote_ip4;
-		peer.raddr[0] = msg->local_ip4;
-	} else if (msg->family == AF_INET6) {
-		__u32 l[4], r[4];
-
-		l[0] = msg->local_ip6[0];
-		l[1] = msg->local_ip6[1];
-		l[2] = msg->local_ip6[2];
-		l[3] = msg->local_ip6[3];
-		r[0] = msg->remote_ip6[0];
-		r[1] = msg->remote_ip6[1];
-		r[2] = msg->remote_ip6[2];
-		r[3] = msg->remote_ip6[3];
-		if (v4mapped(l) && v4mapped(r)) {
-			peer.family = 4;
-			peer.laddr[0] = r[3];
-			peer.raddr[0] = l[3];
-		} else {
-			peer.family = 6;
-			__builtin_memcpy(peer.laddr, r, sizeof(r));
-			__builtin_memcpy(peer.raddr, l, sizeof(l));
-		}
-	} else {
-		goto pass;
-	}
+	/* The peer's key is this end's key, as sockops made it, reversed. */
+	reverse(&peer, &st->key);
 
 	/* Redirect only when nothing can be lost or overtaken:
 	 *  - the peer is a bypass socket (not remote, not gone);

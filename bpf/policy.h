@@ -24,10 +24,14 @@ struct sy_p_cfg {
 	__u32 splice_limit;
 	/* How bypass decides it may redirect (SY_P_GUARD_*). */
 	__u32 guard;
-	/* Non-zero while busy polling is on (net.core.busy_poll or
-	 * busy_read): redirected data passes no NAPI instance, so busy
-	 * polling cannot see it and the receiver sleeps, which made cross-CPU
-	 * latency worse than without bypass. Bypass pauses meanwhile. */
+	/* Non-zero while net.core.busy_poll is on: epoll then busy-polls
+	 * for every socket it waits on, whatever the socket's own setting, and
+	 * redirected data passes no NAPI instance, so busy polling cannot see
+	 * it and the receiver sleeps, which made cross-CPU latency worse than
+	 * without bypass. Bypass pauses meanwhile. Busy polling in read
+	 * (SO_BUSY_POLL, or net.core.busy_read, which a socket takes as its
+	 * own setting when it is made) is per socket: sockops leaves such
+	 * sockets alone instead. */
 	__u32 busy_poll;
 	__u32 _pad2;
 };

@@ -189,8 +189,8 @@ func BenchmarkBypassPingPong(b *testing.B) {
 					var lls []string
 					if busy {
 						// Busy polling on sockperf's own sockets
-						// (SO_BUSY_POLL). The global busy_poll and
-						// busy_read sysctls, which pause bypass, belong to
+						// (SO_BUSY_POLL). The global busy_poll sysctl,
+						// which pauses bypass, and busy_read belong to
 						// the host: a benchmark must not set them.
 						lls = []string{"--lls", "50"}
 					}

@@ -4,8 +4,11 @@
 //   - bypass: a sockops program on a cgroup v2 directory puts both ends of a
 //     TCP connection to a bypass label into a sockhash, and an SK_MSG
 //     program moves each message straight into the peer's receive queue.
-//     A connection whose peer is not in the map (remote, or not yet known)
-//     takes the normal path for good, so no byte can overtake another.
+//     A message whose peer is not in the map (remote, or not yet known)
+//     takes the normal path, and no later byte may overtake it: with the
+//     fentry guard, redirecting resumes only once the peer has read all
+//     that went the normal way; with Options.TrustReaders, that
+//     connection's end takes the normal path for good.
 //   - splice: a Proxy owns the label's listening sockets, dials the
 //     upstream for each connection, and moves bytes with splice(2) through
 //     a pipe (the default, bounded by the pipe and the socket buffers) or,

@@ -14,9 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// helperMain is the helper process: "server RECV" or "client ADDR SEED N".
+// helperMain is the helper process: "server RECV", "client ADDR SEED N",
+// or "splice-worker FLAGS..." (WorkerMain, see workerOptions).
 func helperMain(role string, args []string) int {
 	switch role {
+	case "splice-worker":
+		return WorkerMain(args)
 	case "server":
 		return serverMain(args[0])
 	case "client":

@@ -78,7 +78,6 @@ func (p *Proxy) kernelPair(a, b *net.TCPConn) error {
 	}
 	defer pairSlots.put(n)
 	mp := p.m.maps
-	id, _, _ := p.m.d.LabelID(p.label)
 	conns := [2]*net.TCPConn{a, b}
 	var cookies [2]uint64
 	for i, c := range conns {
@@ -88,7 +87,7 @@ func (p *Proxy) kernelPair(a, b *net.TCPConn) error {
 		}
 		cookies[i] = ck
 		slot := 2*n + uint32(i)
-		if err := mp.SyP_dirs.Put(slot, &policySyP_dir{Mode: dirKernel, Label: id}); err != nil {
+		if err := mp.SyP_dirs.Put(slot, &policySyP_dir{Mode: dirKernel, Label: p.id}); err != nil {
 			return fmt.Errorf("splice state write: %w", err)
 		}
 		if err := mp.SyP_cookies.Put(ck, slot); err != nil {
@@ -209,7 +208,6 @@ func (p *Proxy) kernelDir(src, dst *net.TCPConn, slot uint32) error {
 			if err := waitDrained(dst, slot, mp.SyP_dirs, p.ctxDone()); err != nil {
 				return err
 			}
-			p.bytes.Add(0)
 			return nil
 		}
 		if since.IsZero() {

@@ -141,24 +141,28 @@ type Manager struct {
 	stopc      chan struct{}
 }
 
-// busyPollSysctls turn on busy polling for every socket when non-zero.
-var busyPollSysctls = []string{"/proc/sys/net/core/busy_poll", "/proc/sys/net/core/busy_read"}
+// busyPollSysctl, when non-zero, makes epoll busy-poll for every socket,
+// whatever the socket's own setting. Busy polling in read (SO_BUSY_POLL,
+// or net.core.busy_read, which a socket takes as its own setting when it
+// is made) is per socket: the sockops program leaves such sockets alone
+// (Counters.BusyPoll), so it needs no pause.
+const busyPollSysctl = "/proc/sys/net/core/busy_poll"
 
-// busyPollOn reports whether busy polling is on, and which sysctl says so.
+// busyPollOn reports whether host-wide busy polling is on, and what the
+// sysctl says.
 func busyPollOn() (bool, string) {
-	for _, p := range busyPollSysctls {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		if v := strings.TrimSpace(string(b)); v != "0" && v != "" {
-			return true, strings.ReplaceAll(strings.TrimPrefix(p, "/proc/sys/"), "/", ".") + "=" + v
-		}
+	b, err := os.ReadFile(busyPollSysctl)
+	if err != nil {
+		return false, ""
+	}
+	if v := strings.TrimSpace(string(b)); v != "0" && v != "" {
+		return true, "net.core.busy_poll=" + v
 	}
 	return false, ""
 }
 
-// checkBusyPoll pauses bypass while busy polling is on (see sy_p_cfg).
+// checkBusyPoll pauses bypass while host-wide busy polling is on (see
+// sy_p_cfg).
 func (m *Manager) checkBusyPoll() {
 	on, why := busyPollOn()
 	state := 0
@@ -170,18 +174,13 @@ func (m *Manager) checkBusyPoll() {
 	if m.closed || state == m.busyPoll {
 		return
 	}
-	var cfg policySyP_cfg
-	if err := m.maps.SyP_config.Lookup(uint32(0), &cfg); err != nil {
-		return
-	}
-	cfg.BusyPoll = uint32(state)
-	if err := m.maps.SyP_config.Put(uint32(0), &cfg); err != nil {
+	if err := m.editConfig(func(c *policySyP_cfg) { c.BusyPoll = uint32(state) }); err != nil {
 		m.log.Warn("policy config write", "error", err)
 		return
 	}
 	m.busyPoll = state
 	if on {
-		m.busyWhy = "paused while busy polling is on (" + why + "): bypassed data passes no NAPI instance, so busy polling cannot see it and receivers sleep, which made cross-CPU latency worse than the normal path; set it to 0 to resume"
+		m.busyWhy = "paused while busy polling is on (" + why + "): epoll then busy-polls every socket, but bypassed data passes no NAPI instance, so busy polling cannot see it and receivers sleep, which made cross-CPU latency worse than the normal path; set it to 0 to resume"
 		m.log.Warn("bypass paused", "reason", m.busyWhy)
 	} else {
 		m.busyWhy = ""
@@ -226,9 +225,11 @@ func Open(d *dispatch.Dispatcher, opts Options) (*Manager, error) {
 		return nil, err
 	}
 	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: m.dir}}
-	// Maps pinned by an older build with another layout are migrated
-	// first; what cannot be (sockets, socket storage) is refused.
-	migrated, err := dispatch.MigratePinned(m.dir, spec)
+	// This package's maps pinned by an older build with another layout
+	// are migrated first; what cannot be (sockets, socket storage) is
+	// refused. The dispatcher's maps, which the spec shares (lookup.h),
+	// are the dispatcher's to migrate.
+	migrated, err := dispatch.MigratePinned(m.dir, ownMaps(spec))
 	if err != nil {
 		return nil, fmt.Errorf("policy state: %w: remove the sy_p_* pins to start over", err)
 	}
@@ -241,10 +242,15 @@ func Open(d *dispatch.Dispatcher, opts Options) (*Manager, error) {
 		}
 		return nil, fmt.Errorf("policy maps load: %w", err)
 	}
-	cfg := policySyP_cfg{NetnsCookie: d.NetNSCookie(), SpliceLimit: opts.SpliceLimit}
-	if err := m.maps.SyP_config.Put(uint32(0), &cfg); err != nil {
+	// Only what is this Open's to say: the pinned programs may be
+	// running on this config, and its guard and busy polling state stay
+	// in force until attachBypass and checkBusyPoll settle them.
+	if err := m.editConfig(func(c *policySyP_cfg) {
+		c.NetnsCookie = d.NetNSCookie()
+		c.SpliceLimit = opts.SpliceLimit
+	}); err != nil {
 		m.maps.Close()
-		return nil, fmt.Errorf("policy config write: %w", err)
+		return nil, err
 	}
 	if wo := opts.Workers; wo != nil {
 		if len(wo.Command) == 0 {
@@ -286,6 +292,18 @@ func loadSpec() (*ebpf.CollectionSpec, error) {
 		ms.Pinning = ebpf.PinByName
 	}
 	return spec, nil
+}
+
+// ownMaps is a spec of this package's maps (sy_p_*) of spec only, without
+// the dispatcher's maps that its programs share.
+func ownMaps(spec *ebpf.CollectionSpec) *ebpf.CollectionSpec {
+	own := &ebpf.CollectionSpec{Maps: make(map[string]*ebpf.MapSpec)}
+	for name, ms := range spec.Maps {
+		if strings.HasPrefix(name, "sy_p_") {
+			own.Maps[name] = ms
+		}
+	}
+	return own
 }
 
 // loadProgram loads one program of the spec against the pinned maps.
@@ -406,11 +424,17 @@ const (
 )
 
 func (m *Manager) writeGuard() error {
+	return m.editConfig(func(c *policySyP_cfg) { c.Guard = m.guard })
+}
+
+// editConfig changes sy_p_config[0] with edit, leaving the fields edit
+// does not set as they are: the programs read it while it changes.
+func (m *Manager) editConfig(edit func(*policySyP_cfg)) error {
 	var cfg policySyP_cfg
 	if err := m.maps.SyP_config.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("policy config read: %w", err)
 	}
-	cfg.Guard = m.guard
+	edit(&cfg)
 	if err := m.maps.SyP_config.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("policy config write: %w", err)
 	}
@@ -474,9 +498,10 @@ func (m *Manager) attachSplice(spec *ebpf.CollectionSpec, opts *ebpf.CollectionO
 	m.skbProg = p
 }
 
-// Close stops the splice proxies (their connections are closed) and
-// releases the manager's handles. Pinned state stays: bypass keeps working,
-// and the next Open adopts it.
+// Close stops the splice proxies that run in this process, closing their
+// connections, and releases the manager's handles. Splice workers
+// (Options.Workers) run on with their connections, and pinned state stays:
+// bypass keeps working, and the next Open adopts both.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {

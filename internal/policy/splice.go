@@ -21,17 +21,20 @@ import (
 type Proxy struct {
 	m        *Manager
 	label    string
+	id       uint32 // the label's id
 	upstream string
 	host     string
 	port     string // "" means the port the client dialled
 	kernel   bool   // use the SK_SKB path
 	why      string // why not kernel, when not
-	lns      []*net.TCPListener
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// ctx ends when the proxy has stopped; set from the start, so that
+	// stop is safe at any time.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu       sync.Mutex
+	lns      []*net.TCPListener
 	conns    map[*net.TCPConn]struct{}
 	dirs     map[*dir]struct{}
 	stopping bool
@@ -64,8 +67,11 @@ func parseUpstream(label, upstream string) (host, port string, err error) {
 	return host, port, nil
 }
 
-func newProxy(m *Manager, label, upstream, host, port string) *Proxy {
-	return &Proxy{m: m, label: label, upstream: upstream, host: host, port: port, conns: make(map[*net.TCPConn]struct{})}
+// newProxy makes a proxy that runs, once run, until ctx ends or stop.
+func newProxy(ctx context.Context, m *Manager, label, upstream, host, port string) *Proxy {
+	p := &Proxy{m: m, label: label, upstream: upstream, host: host, port: port, conns: make(map[*net.TCPConn]struct{})}
+	p.ctx, p.cancel = context.WithCancel(ctx)
+	return p
 }
 
 // StartSplice makes the manager proxy label's connections to upstream
@@ -89,7 +95,9 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 		m.mu.Unlock()
 		return fmt.Errorf("splice %s: %w: stop it first", label, ErrExists)
 	}
-	p := newProxy(m, label, upstream, host, port)
+	// A placeholder until the proxy runs (a StopSplice or Close
+	// meanwhile stops it), or until a worker replaces it.
+	p := newProxy(ctx, m, label, upstream, host, port)
 	p.kernel = m.skbProg != nil
 	p.why = m.spliceWhy
 	m.splices[label] = p
@@ -99,26 +107,44 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 	var lns []*net.TCPListener
 	fail := func(err error) error {
 		m.mu.Lock()
-		delete(m.splices, label)
+		if s, ok := m.splices[label]; ok && s == splicer(p) {
+			delete(m.splices, label)
+		}
 		m.mu.Unlock()
+		p.stop(false)
 		for _, ln := range lns {
 			ln.Close()
 		}
 		return err
 	}
-	set := func(s splicer) {
+	// set makes the worker w the label's splice in place of p, unless p
+	// was stopped meanwhile.
+	set := func(w *worker) error {
+		p.cancel()
 		m.mu.Lock()
-		m.splices[label] = s
+		if m.closed {
+			// Workers outlive the manager: the next one adopts it.
+			m.mu.Unlock()
+			return nil
+		}
+		if s, ok := m.splices[label]; !ok || s != splicer(p) {
+			m.mu.Unlock()
+			w.stop(true)
+			return fmt.Errorf("splice %s: stopped while starting", label)
+		}
+		m.splices[label] = w
 		m.mu.Unlock()
+		m.retireFound(label)
+		return nil
 	}
-	if _, err := m.d.KeepLabel(label); err != nil {
+	id, err := m.d.KeepLabel(label)
+	if err != nil {
 		return fail(fmt.Errorf("splice %s: %w", label, err))
 	}
+	p.id = id
 	if useWorker {
 		if w := m.adoptWorker(label, upstream); w != nil {
-			set(w)
-			m.retireFound(label)
-			return nil
+			return set(w)
 		}
 	}
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
@@ -155,38 +181,48 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 		for _, ln := range lns {
 			ln.Close()
 		}
-		set(w)
-		m.retireFound(label)
-		return nil
+		return set(w)
 	}
-	p.lns = lns
+	// Serve before the label's socket becomes the listener, as a worker
+	// does; a stop meanwhile leaves it unstarted.
+	p.mu.Lock()
+	stopped := p.stopping
+	if !stopped {
+		p.lns = lns
+		p.run()
+	}
+	p.mu.Unlock()
+	if stopped {
+		return fail(fmt.Errorf("splice %s: stopped while starting", label))
+	}
 	for _, ln := range lns {
 		if err := register(ln); err != nil {
 			return fail(fmt.Errorf("splice %s: register listener: %w", label, err))
 		}
 	}
-	p.run(ctx)
 	m.log.Info("splice started", "label", label, "upstream", upstream, "kernel", p.kernel)
 	return nil
 }
 
-// run accepts on the proxy's listeners until ctx ends or stop.
-func (p *Proxy) run(ctx context.Context) {
-	p.ctx, p.cancel = context.WithCancel(ctx)
-	for _, ln := range p.lns {
+// run accepts on the proxy's listeners until its context ends or stop.
+// It is called once, with p.lns set.
+func (p *Proxy) run() {
+	lns := p.lns
+	for _, ln := range lns {
 		p.wg.Add(1)
 		go p.accept(ln)
 	}
 	go func() {
 		<-p.ctx.Done()
-		for _, ln := range p.lns {
+		for _, ln := range lns {
 			ln.Close()
 		}
 	}()
 }
 
-// quiet returns once no connection has been accepted for d.
-func (p *Proxy) quiet(d time.Duration) {
+// quiet returns once no connection has been accepted for d, or when cut
+// is closed.
+func (p *Proxy) quiet(d time.Duration, cut <-chan struct{}) {
 	since := time.Now()
 	for {
 		last := time.Unix(0, p.lastAccept.Load())
@@ -197,13 +233,19 @@ func (p *Proxy) quiet(d time.Duration) {
 		if wait <= 0 {
 			return
 		}
-		time.Sleep(wait)
+		select {
+		case <-cut:
+			return
+		case <-time.After(wait):
+		}
 	}
 }
 
-// StopSplice stops label's proxy: its listeners close, so the label has no
-// socket until another is registered (new connections are refused), while
-// the connections already proxied run to their end, losing nothing.
+// StopSplice stops label's proxy, in this process or in a worker process
+// alike: its listeners close at once, so the label has no socket until
+// another is registered (new connections are refused), while the
+// connections already proxied run to their end, losing nothing; a worker
+// then exits.
 func (m *Manager) StopSplice(label string) error {
 	m.mu.Lock()
 	p, ok := m.splices[label]
@@ -228,21 +270,24 @@ func (m *Manager) StopSplice(label string) error {
 }
 
 // stop closes the listeners and, unless graceful, the open connections;
-// graceful lets them finish in the background.
+// graceful lets them finish in the background. It is safe at any time,
+// also before run, and more than once.
 func (p *Proxy) stop(graceful bool) {
+	p.mu.Lock()
+	p.stopping = true
 	for _, ln := range p.lns {
 		ln.Close()
 	}
-	p.mu.Lock()
-	p.stopping = true
 	if !graceful {
+		// Under p.mu, which track holds: no connection is tracked
+		// after this, so none escapes the closing below.
+		p.cancel()
 		for c := range p.conns {
 			c.Close()
 		}
 	}
 	p.mu.Unlock()
 	if !graceful {
-		p.cancel()
 		p.wg.Wait()
 		return
 	}
@@ -309,7 +354,7 @@ func (p *Proxy) track(c *net.TCPConn, on bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if on {
-		if p.ctx.Err() != nil || (p.stopping && c == nil) {
+		if p.ctx.Err() != nil {
 			return false
 		}
 		p.conns[c] = struct{}{}

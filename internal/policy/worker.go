@@ -39,7 +39,11 @@ import (
 //   - otherwise a new worker takes over the label's socket, and the old one
 //     drains: it stops accepting once no connection has reached its
 //     listeners for workerQuiet, lets its connections run to their end,
-//     then exits.
+//     then exits;
+//   - a worker whose label is no longer spliced (StopSplice, or
+//     SettleWorkers for one no StartSplice took over) finishes: nothing
+//     replaces its socket, so it stops accepting at once, lets its
+//     connections run to their end, then exits.
 //
 // The in-kernel engine (EngineSockmap) shares maps and pair slots across
 // labels and stays in the daemon's process.
@@ -61,6 +65,8 @@ type WorkerOptions struct {
 // workerQuiet: a draining worker keeps accepting until no connection has
 // reached its listeners for this long. Connections in the middle of their
 // handshake when the label's socket changed complete on the old listener.
+// Only a takeover needs it: under steady traffic to a socket nothing
+// replaced, a worker would never stop.
 const workerQuiet = time.Second
 
 // workerStatus is a worker's answer to any request.
@@ -84,14 +90,47 @@ type worker struct {
 	build    string
 	why      string
 	pid      int
-	draining bool
+
+	// What it last answered, so that its counters do not go back once it
+	// has exited; gone once its socket is (it exited).
+	mu   sync.Mutex
+	last Counters
+	gone bool
 }
 
-// ask sends a request ("status", "drain" or "stop") to the worker.
+// Requests a worker takes on its control socket; it answers each with
+// its workerStatus.
+const (
+	// opStatus changes nothing.
+	opStatus = "status"
+	// opDrain: another worker's listener took over the label's socket.
+	// Keep accepting until workerQuiet passes without a connection, then
+	// close the listeners, let the open connections finish and exit.
+	opDrain = "drain"
+	// opFinish: nothing replaces the label's socket. Close the listeners
+	// at once (new connections are refused), let the open connections
+	// finish and exit.
+	opFinish = "finish"
+	// opStop: close the listeners and the open connections, and exit.
+	opStop = "stop"
+)
+
+// ask sends a request (op*) to the worker.
 func (w *worker) ask(op string) (workerStatus, error) {
 	var st workerStatus
+	w.mu.Lock()
+	gone := w.gone
+	w.mu.Unlock()
+	if gone {
+		return st, fmt.Errorf("splice worker %s: %w", w.sock, os.ErrNotExist)
+	}
 	c, err := net.DialTimeout("unix", w.sock, 2*time.Second)
 	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			w.mu.Lock()
+			w.gone = true
+			w.mu.Unlock()
+		}
 		return st, fmt.Errorf("splice worker %s: %w", w.sock, err)
 	}
 	defer c.Close()
@@ -102,29 +141,39 @@ func (w *worker) ask(op string) (workerStatus, error) {
 	if err := json.NewDecoder(io.LimitReader(c, 1<<16)).Decode(&st); err != nil {
 		return st, fmt.Errorf("splice worker %s: reply: %w", w.sock, err)
 	}
+	w.mu.Lock()
+	w.last = Counters{Bytes: st.Bytes, Connections: st.Connections}
+	w.mu.Unlock()
 	return st, nil
 }
 
+// counters are the worker's counters, or the last it gave once it exited.
 func (w *worker) counters() Counters {
-	st, err := w.ask("status")
-	if err != nil {
-		return Counters{}
-	}
-	return Counters{Bytes: st.Bytes, Connections: st.Connections}
+	w.ask(opStatus)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
 }
 
 func (w *worker) status() string {
 	return fmt.Sprintf("splice to %s (in userspace with splice(2), worker pid %d: %s)", w.upstream, w.pid, w.why)
 }
 
-// stop drains the worker (graceful) or ends it and its connections.
+// stop finishes the worker (graceful: its listeners close at once, its
+// connections run to their end) or ends it and its connections.
 func (w *worker) stop(graceful bool) {
-	op := "stop"
+	op := opStop
 	if graceful {
-		op = "drain"
+		op = opFinish
 	}
-	w.draining = true
 	w.ask(op)
+}
+
+// drain tells the worker that another took over its label's socket: it
+// stops accepting once connections stop reaching its listeners (see
+// workerQuiet), then finishes.
+func (w *worker) drain() {
+	w.ask(opDrain)
 }
 
 // buildID is the SHA-256 of this executable.
@@ -163,7 +212,7 @@ func (m *Manager) findWorkers() error {
 	}
 	for _, sock := range socks {
 		w := &worker{sock: sock}
-		st, err := w.ask("status")
+		st, err := w.ask(opStatus)
 		if err != nil {
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				os.Remove(sock)
@@ -171,14 +220,14 @@ func (m *Manager) findWorkers() error {
 			m.log.Info("splice worker gone", "socket", sock, "error", err)
 			continue
 		}
-		w.label, w.upstream, w.build, w.why, w.pid, w.draining = st.Label, st.Upstream, st.Build, st.Why, st.PID, st.Draining
-		if w.draining {
+		w.label, w.upstream, w.build, w.why, w.pid = st.Label, st.Upstream, st.Build, st.Why, st.PID
+		if st.Draining {
 			m.retired[w.label] = append(m.retired[w.label], w)
 		} else {
 			m.found = append(m.found, w)
 		}
 		m.log.Info("found splice worker", "label", w.label, "upstream", w.upstream, "pid", w.pid,
-			"draining", w.draining, "same_build", w.build == wo.Build)
+			"draining", st.Draining, "same_build", w.build == wo.Build)
 	}
 	return nil
 }
@@ -198,8 +247,10 @@ func (m *Manager) adoptWorker(label, upstream string) *worker {
 	return nil
 }
 
-// retireFound drains the found workers of label (all labels if label is
-// ""): their label is served by another socket now, or not spliced.
+// retireFound retires the found workers of label, which another socket
+// serves now: they drain (see workerQuiet). With label "", it retires all
+// found workers, whose labels are not spliced any more: nothing replaces
+// their sockets, so they finish (stop accepting at once).
 func (m *Manager) retireFound(label string) {
 	m.mu.Lock()
 	var old []*worker
@@ -215,14 +266,20 @@ func (m *Manager) retireFound(label string) {
 	}
 	m.mu.Unlock()
 	for _, w := range old {
-		m.log.Info("draining splice worker", "label", w.label, "upstream", w.upstream, "pid", w.pid)
-		w.stop(true)
+		if label != "" {
+			m.log.Info("draining splice worker", "label", w.label, "upstream", w.upstream, "pid", w.pid)
+			w.drain()
+		} else {
+			m.log.Info("finishing splice worker", "label", w.label, "upstream", w.upstream, "pid", w.pid)
+			w.stop(true)
+		}
 	}
 }
 
-// SettleWorkers drains the workers found at Open that no StartSplice took
-// over since: their label has no splice policy any more. Call it once the
-// label settings are in force.
+// SettleWorkers finishes the workers found at Open that no StartSplice
+// took over since, as StopSplice would: their label has no splice policy
+// any more, so their listeners close at once and their connections run to
+// their end. Call it once the label settings are in force.
 func (m *Manager) SettleWorkers() {
 	if m.opts.Workers != nil {
 		m.retireFound("")
@@ -341,46 +398,72 @@ func WorkerMain(args []string) int {
 		return fail(err)
 	}
 	defer ctl.Close()
-	p := newProxy(m, *label, *upstream, host, port)
+	p := newProxy(context.Background(), m, *label, *upstream, host, port)
 	p.why = *why
 	p.lns = lns
-	p.run(context.Background())
+	p.run()
 	fmt.Println("ready")
 	os.Stdout.Close()
 	log.Info("splice worker serving", "upstream", *upstream)
 
-	var drainOnce sync.Once
+	var endOnce, hurryOnce, finishOnce sync.Once
 	var draining atomic.Bool
 	done := make(chan struct{})
-	drain := func() {
+	hurry := make(chan struct{}) // closed: stop accepting now
+	end := func() { endOnce.Do(func() { close(done) }) }
+	// finish ends the worker once its connections have: after
+	// workerQuiet without a new one if quiet (a drain), else at once. A
+	// finish cuts a drain's quiet period short.
+	finish := func(quiet bool) {
 		draining.Store(true)
-		drainOnce.Do(func() {
+		if !quiet {
+			hurryOnce.Do(func() { close(hurry) })
+			// Refuse new connections before answering.
+			p.stop(true)
+		}
+		finishOnce.Do(func() {
 			go func() {
-				p.quiet(workerQuiet)
+				p.quiet(workerQuiet, hurry)
 				p.stop(true)
 				p.wg.Wait()
-				log.Info("splice worker drained")
-				close(done)
+				log.Info("splice worker finished")
+				end()
 			}()
 		})
 	}
+	// Requests being answered: the worker exits only once they are.
+	var reqMu sync.Mutex
+	var reqs sync.WaitGroup
+	exiting := false
 	go func() {
 		for {
 			c, err := ctl.Accept()
 			if err != nil {
 				return
 			}
+			reqMu.Lock()
+			if exiting {
+				reqMu.Unlock()
+				c.Close()
+				return
+			}
+			reqs.Add(1)
+			reqMu.Unlock()
 			go func() {
+				defer reqs.Done()
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(5 * time.Second))
 				op, _ := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
 				switch strings.TrimSpace(op) {
-				case "drain":
-					drain()
-				case "stop":
+				case opDrain:
+					finish(true)
+				case opFinish:
+					finish(false)
+				case opStop:
 					draining.Store(true)
+					hurryOnce.Do(func() { close(hurry) })
 					p.stop(false)
-					drainOnce.Do(func() { close(done) })
+					end()
 				}
 				u := p.counters()
 				p.mu.Lock()
@@ -392,5 +475,10 @@ func WorkerMain(args []string) int {
 		}
 	}()
 	<-done
+	reqMu.Lock()
+	exiting = true
+	reqMu.Unlock()
+	ctl.Close()
+	reqs.Wait()
 	return 0
 }
