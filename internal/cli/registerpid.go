@@ -55,19 +55,6 @@ func runRegisterPID(inv *invocation) error {
 type takenSocket struct {
 	fd   int // in the other process
 	file *os.File
-	info sockinfo.Info
-}
-
-// registrable reports whether a socket in this state can be registered: a
-// listening TCP socket or a bound, unconnected UDP socket.
-func registrable(i sockinfo.Info) bool {
-	switch i.Protocol {
-	case binding.TCP:
-		return i.Listening
-	case binding.UDP:
-		return !i.Connected && i.Local.Port() != 0
-	}
-	return false
 }
 
 // matchScore rates how well a socket bound to got fits the ADDR:PORT the
@@ -146,7 +133,7 @@ func takeSocket(pid int, proto binding.Protocol, want netip.AddrPort) (*takenSoc
 			continue // EBADF: closed meanwhile
 		}
 		info, err := sockinfo.Inspect(copyFD)
-		if err != nil || !registrable(info) || seen[info.Cookie] {
+		if err != nil || info.Check() != nil || seen[info.Cookie] {
 			unix.Close(copyFD)
 			continue
 		}
@@ -163,7 +150,7 @@ func takeSocket(pid int, proto binding.Protocol, want netip.AddrPort) (*takenSoc
 		if best != nil {
 			best.file.Close()
 		}
-		best = &takenSocket{fd: fd, file: os.NewFile(uintptr(copyFD), fmt.Sprintf("fd %d of pid %d", fd, pid)), info: info}
+		best = &takenSocket{fd: fd, file: os.NewFile(uintptr(copyFD), fmt.Sprintf("fd %d of pid %d", fd, pid))}
 		bestScore = score
 	}
 	if best != nil {

@@ -518,60 +518,6 @@ func TestUpstream(t *testing.T) {
 	}
 }
 
-func TestResolveGrants(t *testing.T) {
-	t.Parallel()
-	users := map[string]uint32{"knot": 953, "bind": 954}
-	groups := map[string]uint32{"dns": 53}
-	r := Resolver{
-		User: func(name string) (uint32, error) {
-			if id, ok := users[name]; ok {
-				return id, nil
-			}
-			return 0, fmt.Errorf("%w: no user %q", ErrUnknownName, name)
-		},
-		Group: func(name string) (uint32, error) {
-			if id, ok := groups[name]; ok {
-				return id, nil
-			}
-			return 0, fmt.Errorf("%w: no group %q", ErrUnknownName, name)
-		},
-	}
-	c := &Config{Labels: map[string]Label{
-		"dns": {Grants: Grants{UIDs: []uint32{954, 1000}, Users: []string{"knot", "bind"}, Groups: []string{"dns"}, GIDs: []uint32{53}}},
-		"web": {},
-	}}
-	got, err := c.ResolveGrants(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]Principals{
-		"dns": {UIDs: []uint32{953, 954, 1000}, GIDs: []uint32{53}},
-		"web": {},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %+v, want %+v", got, want)
-	}
-	p := got["dns"]
-	for _, tc := range []struct {
-		uid, gid uint32
-		ok       bool
-	}{{953, 1, true}, {1000, 1, true}, {5, 53, true}, {5, 5, false}, {0, 0, false}} {
-		if p.Permits(tc.uid, tc.gid) != tc.ok {
-			t.Errorf("Permits(%d, %d) = %v", tc.uid, tc.gid, !tc.ok)
-		}
-	}
-
-	c.Labels["web"] = Label{Grants: Grants{Users: []string{"nobody-here"}}}
-	_, err = c.ResolveGrants(r)
-	if !errors.Is(err, ErrUnknownName) || !strings.Contains(err.Error(), `labels.web.grants.users[0]: unknown user or group: no user "nobody-here"`) {
-		t.Errorf("ResolveGrants: %v", err)
-	}
-	_, err = c.ResolveGrants(Resolver{})
-	if err == nil || !strings.Contains(err.Error(), "no resolver for user names") {
-		t.Errorf("ResolveGrants without resolver: %v", err)
-	}
-}
-
 func TestSystemResolver(t *testing.T) {
 	t.Parallel()
 	r := SystemResolver()

@@ -2,7 +2,6 @@ package config
 
 import (
 	"cmp"
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,47 +74,6 @@ func FormatDiff(added, removed []binding.Binding) string {
 		s.WriteByte('\n')
 	}
 	return s.String()
-}
-
-// FormatLabelDiff renders the changes between two sets of label settings,
-// sorted by label, in the style of FormatDiff. A changed label shows its old
-// and new settings:
-//
-//	$ switchyard apply -f switchyard.yaml
-//	- label web policy none
-//	+ label web policy splice upstream 10.0.0.5:same uids 953
-//
-// It returns "" when there is no change.
-func FormatLabelDiff(old, new map[string]Label) string {
-	names := slices.Sorted(mapKeys(old))
-	for name := range new {
-		if _, ok := old[name]; !ok {
-			names = append(names, name)
-		}
-	}
-	slices.Sort(names)
-	var s strings.Builder
-	for _, name := range names {
-		o, inOld := old[name]
-		n, inNew := new[name]
-		if inOld && inNew && o.Equal(n) {
-			continue
-		}
-		if inOld {
-			fmt.Fprintf(&s, "- label %s %s\n", name, o)
-		}
-		if inNew {
-			fmt.Fprintf(&s, "+ label %s %s\n", name, n)
-		}
-	}
-	return s.String()
-}
-
-// Equal reports whether l and m are the same settings.
-func (l Label) Equal(m Label) bool {
-	return l.Policy == m.Policy && l.Upstream == m.Upstream &&
-		slices.Equal(l.Grants.UIDs, m.Grants.UIDs) && slices.Equal(l.Grants.GIDs, m.Grants.GIDs) &&
-		slices.Equal(l.Grants.Users, m.Grants.Users) && slices.Equal(l.Grants.Groups, m.Grants.Groups)
 }
 
 // String describes l on one line: "policy splice upstream 10.0.0.5:same

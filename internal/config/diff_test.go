@@ -66,28 +66,3 @@ func TestDiff(t *testing.T) {
 		t.Errorf("Diff(nil, new) = %v, %v", a, r)
 	}
 }
-
-func TestFormatLabelDiff(t *testing.T) {
-	t.Parallel()
-	old := map[string]Label{
-		"web":  {},
-		"dns":  {Grants: Grants{UIDs: []uint32{953}}},
-		"gone": {Policy: PolicyBypass},
-	}
-	new := map[string]Label{
-		"web": {Policy: PolicySplice, Upstream: Upstream{Host: "10.0.0.5"}, Grants: Grants{UIDs: []uint32{953, 954}, Groups: []string{"www"}}},
-		"dns": {Grants: Grants{UIDs: []uint32{953}}},
-		"new": {},
-	}
-	const want = `- label gone policy bypass
-+ label new policy none
-- label web policy none
-+ label web policy splice upstream 10.0.0.5:same uids 953,954 groups www
-`
-	if got := FormatLabelDiff(old, new); got != want {
-		t.Errorf("FormatLabelDiff:\n%s\nwant:\n%s", got, want)
-	}
-	if got := FormatLabelDiff(new, new); got != "" {
-		t.Errorf("no change gives %q", got)
-	}
-}

@@ -64,13 +64,20 @@ type Principals struct {
 	GIDs []uint32
 }
 
-// Permits reports whether a peer with this uid and primary gid (as
-// SO_PEERCRED reports them) is granted. Root is not special here; the
+// Permits reports whether a peer with this uid, or one of these gids (its
+// primary and supplementary groups, as SO_PEERCRED and SO_PEERGROUPS report
+// them), is granted. Root is not special here; the
 // caller decides what root may do.
-func (p Principals) Permits(uid, gid uint32) bool {
-	_, okU := slices.BinarySearch(p.UIDs, uid)
-	_, okG := slices.BinarySearch(p.GIDs, gid)
-	return okU || okG
+func (p Principals) Permits(uid uint32, gids ...uint32) bool {
+	if _, ok := slices.BinarySearch(p.UIDs, uid); ok {
+		return true
+	}
+	for _, gid := range gids {
+		if _, ok := slices.BinarySearch(p.GIDs, gid); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // Resolve turns g into ids, looking names up with r.
@@ -104,23 +111,4 @@ func (g Grants) Resolve(r Resolver) (Principals, error) {
 	p.UIDs = slices.Compact(p.UIDs)
 	p.GIDs = slices.Compact(p.GIDs)
 	return p, nil
-}
-
-// ResolveGrants resolves the grants of every label, by label name. Errors
-// name the label and entry; all of them are reported, joined.
-func (c *Config) ResolveGrants(r Resolver) (map[string]Principals, error) {
-	out := make(map[string]Principals, len(c.Labels))
-	var errs []error
-	for _, name := range slices.Sorted(mapKeys(c.Labels)) {
-		p, err := c.Labels[name].Grants.Resolve(r)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("labels.%s.grants.%w", name, err))
-			continue
-		}
-		out[name] = p
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return out, nil
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,7 +45,7 @@ func Marshal(c *Config) ([]byte, error) {
 	}
 	if len(c.Labels) > 0 {
 		labels := &yaml.Node{Kind: yaml.MappingNode}
-		for _, name := range slices.Sorted(mapKeys(c.Labels)) {
+		for _, name := range slices.Sorted(maps.Keys(c.Labels)) {
 			l := c.Labels[name]
 			m := &yaml.Node{Kind: yaml.MappingNode}
 			if !l.Grants.IsZero() {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"path/filepath"
@@ -37,7 +38,7 @@ func (c *Config) Validate() error {
 	if len(c.Labels) > MaxLabels {
 		d.failf(0, "labels", "%w: %d labels, more than the limit of %d", ErrTooLarge, len(c.Labels), MaxLabels)
 	}
-	for _, name := range slices.Sorted(mapKeys(c.Labels)) {
+	for _, name := range slices.Sorted(maps.Keys(c.Labels)) {
 		l := c.Labels[name]
 		if err := binding.ValidateLabel(name); err != nil {
 			d.fail(0, "labels", err)
@@ -81,16 +82,6 @@ func (c *Config) Validate() error {
 func checkList[T any](d *decoder, path string, vs []T, check func(T) error) {
 	for i, v := range vs {
 		d.check(0, path+"["+strconv.Itoa(i)+"]", check(v))
-	}
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
 	}
 }
 

@@ -40,7 +40,6 @@ type Conn struct {
 	rlimit int   // SetRequestLimit
 	wmu    sync.Mutex
 	werr   error // sticky: the write side is out of step
-	closed sync.Once
 }
 
 // NewConn wraps a connected unix socket. It must be of type SOCK_SEQPACKET
