@@ -143,3 +143,30 @@ func TestDaemonCheckChangesNothing(t *testing.T) {
 		t.Errorf("check changed the bindings:\n%s\nwant\n%s", after, before)
 	}
 }
+
+// The config's daemon settings apply where no flag gives them, and flags
+// win: here metrics come from daemon.metrics_addr, while the control
+// socket of --control wins over the config's (a directory that does not
+// exist, where listening would fail).
+func TestDaemonSettingsFromConfig(t *testing.T) {
+	t.Parallel()
+	// A free port: the config asks for a fixed one.
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := writeFile(t, `version: 1
+daemon:
+  metrics_addr: `+addr+`
+  control: /nonexistent/switchyard/control.sock
+`)
+	w := newWorld(t, "--config", cfg)
+	if v := w.mustCLI("version"); !strings.Contains(v, "dev") {
+		t.Errorf("version over --control: %q", v)
+	}
+	if m := w.metrics(); !strings.Contains(m, "switchyard_build_info") {
+		t.Errorf("metrics from daemon.metrics_addr lack switchyard_build_info:\n%s", m)
+	}
+}

@@ -181,6 +181,13 @@ func (s *syncBuffer) waitFor(substr string, timeout time.Duration) bool {
 	}
 }
 
+// reset forgets what was written so far.
+func (s *syncBuffer) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
 func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -2,8 +2,11 @@ package tests
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Policies set with the CLI take effect in the daemon: splice proxies a
@@ -60,5 +63,32 @@ func TestPolicyThroughDaemon(t *testing.T) {
 	httpService(t, "direct", w.registerTCP("proxied", "tcp4", "127.0.0.1:0"))
 	if got := w.curl("http://10.6.0.1:80/"); got != "direct saw 10.6.0.1:80" {
 		t.Errorf("after policy none: %q", got)
+	}
+}
+
+// SIGHUP reloads --config and puts changed policies in force, as apply
+// does: a label's splice starts, then, reloaded without it, stops.
+func TestReloadPutsPoliciesInForce(t *testing.T) {
+	t.Parallel()
+	upstream := "127.0.0.1:19301"
+	cfg := writeFile(t, "version: 1\nlabels:\n  proxied: {}\n")
+	w := newWorld(t, "--config", cfg)
+	w.mustCLI("bind", "proxied", "tcp", "10.8.0.0/24", "*")
+	reload := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(cfg, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		w.d.cmd.Process.Signal(syscall.SIGHUP)
+		if !w.d.notes.waitFor("STATUS=reloaded", 10*time.Second) {
+			t.Fatalf("no reload reported:\n%s", w.d.allNotes(t))
+		}
+		w.d.notes.reset()
+	}
+	reload("version: 1\nlabels:\n  proxied: {policy: splice, upstream: \"" + upstream + "\"}\n")
+	w.spliceWorker("proxied") // fails the test unless a worker serves it
+	reload("version: 1\nlabels:\n  proxied: {}\n")
+	if st := w.mustCLI("status", "proxied"); strings.Contains(st, "splice") {
+		t.Errorf("after reloading without the policy, status still says splice:\n%s", st)
 	}
 }

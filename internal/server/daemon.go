@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/config"
@@ -46,6 +47,7 @@ type flags struct {
 	trustReaders                           bool
 	logFormat, logLevel                    string
 	check                                  bool
+	given                                  map[string]bool // flags on the command line
 }
 
 // Main runs switchyardd and returns its exit code.
@@ -55,9 +57,9 @@ func Main(env Env, args []string) int {
 	fs.SetOutput(env.Stderr)
 	fs.StringVar(&f.netns, "netns", "", "network namespace to serve, e.g. /run/netns/NAME (default: switchyardd's own)")
 	fs.StringVar(&f.config, "config", "", "YAML config file: label grants and policies, and bindings if it has any")
-	fs.StringVar(&f.control, "control", "", "control socket path (default: "+control.RunDir+"/netns-INODE.sock)")
-	fs.StringVar(&f.bpffs, "bpffs", dispatch.DefaultRoot, "directory on a bpf filesystem for pinned state")
-	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9434")
+	fs.StringVar(&f.control, "control", "", "control socket path (default: the config's daemon.control, else "+control.RunDir+"/netns-INODE/control.sock)")
+	fs.StringVar(&f.bpffs, "bpffs", dispatch.DefaultRoot, "directory on a bpf filesystem for pinned state (default: the config's daemon.bpffs, else this)")
+	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9434 (default: the config's daemon.metrics_addr)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.bypassCgroup, "bypass-cgroup", "", "cgroup v2 directory whose sockets the bypass policy applies to (default: the config's daemon.bypass_cgroup, else the cgroup v2 root)")
@@ -70,6 +72,8 @@ func Main(env Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "switchyardd: unexpected argument %q; see switchyardd -h\n", fs.Arg(0))
 		return 2
 	}
+	f.given = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.given[fl.Name] = true })
 	log, err := newLogger(env.Stderr, f.logFormat, f.logLevel)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "switchyardd: %v\n", err)
@@ -112,6 +116,21 @@ func run(env Env, f flags, log *slog.Logger) error {
 		if cfg, err = config.Load(f.config); err != nil {
 			return err
 		}
+		// The config's daemon settings, where no flag gives them.
+		for _, d := range []struct {
+			flag  string
+			value string
+			to    *string
+		}{
+			{"control", cfg.Daemon.Control, &f.control},
+			{"bpffs", cfg.Daemon.BPFFS, &f.bpffs},
+			{"metrics-addr", cfg.Daemon.MetricsAddr, &f.metrics},
+			{"bypass-cgroup", cfg.Daemon.BypassCgroup, &f.bypassCgroup},
+		} {
+			if d.value != "" && !f.given[d.flag] {
+				*d.to = d.value
+			}
+		}
 	}
 
 	ns, err := netns.Open(f.netns)
@@ -140,12 +159,16 @@ func run(env Env, f flags, log *slog.Logger) error {
 	}
 	defer d.Close()
 
-	srv, err := New(d, Options{Logger: log, StatePath: DefaultStatePath(f.control), NetNS: f.netns})
+	opts := Options{Logger: log, StatePath: DefaultStatePath(f.control), NetNS: f.netns}
+	if cfg != nil {
+		opts.Labels = cfg.Labels
+	}
+	srv, err := New(d, opts)
 	if err != nil {
 		return err
 	}
 	if cfg != nil {
-		if err := srv.loadConfig(cfg); err != nil {
+		if err := srv.configBindings(cfg); err != nil {
 			return err
 		}
 	}
@@ -193,14 +216,10 @@ func run(env Env, f flags, log *slog.Logger) error {
 		log.Info("serving metrics", "addr", mln.Addr().String())
 	}
 
-	cg := f.bypassCgroup
-	if cg == "" && cfg != nil {
-		cg = cfg.Daemon.BypassCgroup
-	}
 	// Splice proxies run in workers that outlive the daemon, found again
 	// through their sockets beside the control socket.
 	workers := &policy.WorkerOptions{Dir: f.control + ".splice"}
-	pm, err := policy.Open(d, policy.Options{Cgroup: cg, Logger: log, NetNS: f.netns, TrustReaders: f.trustReaders, Workers: workers})
+	pm, err := policy.Open(d, policy.Options{Cgroup: f.bypassCgroup, Logger: log, NetNS: f.netns, TrustReaders: f.trustReaders, Workers: workers})
 	why := ""
 	if err != nil {
 		why = err.Error()
@@ -231,9 +250,16 @@ func run(env Env, f flags, log *slog.Logger) error {
 			}
 		case sig := <-env.Signals:
 			if sig == syscall.SIGHUP {
+				// As systemd's Type=notify-reload expects.
+				var ts unix.Timespec
+				unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+				notify(log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
+				status := "STATUS=reloaded " + f.config
 				if err := srv.reload(f.config); err != nil {
 					log.Error("reload failed; keeping the running config", "err", err)
+					status = "STATUS=reload failed: " + err.Error()
 				}
+				notify(log, "READY=1\n"+status)
 				continue
 			}
 			log.Info("stopping; dispatching stays in place", "signal", sig.String())
@@ -284,11 +310,8 @@ func check(f flags, cfg *config.Config, log *slog.Logger) error {
 	return nil
 }
 
-// loadConfig takes label settings from cfg, and its bindings if it has any.
-func (s *Server) loadConfig(cfg *config.Config) error {
-	if err := s.SetLabels(cfg.Labels); err != nil {
-		return err
-	}
+// configBindings puts cfg's bindings in force, if it has a bindings key.
+func (s *Server) configBindings(cfg *config.Config) error {
 	if cfg.Bindings == nil {
 		return nil
 	}
@@ -308,7 +331,16 @@ func (s *Server) reload(path string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.loadConfig(cfg); err != nil {
+	// As apply does: grants resolve first, then the bindings change, then
+	// each changed policy is put in force.
+	next := settingsOf(cfg.Labels)
+	if err := s.resolve(next); err != nil {
+		return err
+	}
+	if err := s.configBindings(cfg); err != nil {
+		return err
+	}
+	if _, err := s.replaceLabels(next, false); err != nil {
 		return err
 	}
 	s.log.Info("reloaded config", "file", path)

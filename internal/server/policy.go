@@ -16,14 +16,12 @@ import (
 // SetPolicies gives the server its policy manager, or the reason there is
 // none, and puts in force the policies of the label settings.
 func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	s.mu.Lock()
 	s.pm, s.pmWhy, s.pmCtx = pm, why, ctx
-	labels := make(map[string]LabelSettings, len(s.labels))
-	for name, ls := range s.labels {
-		labels[name] = *ls
-	}
 	s.mu.Unlock()
-	for name, ls := range labels {
+	for name, ls := range s.Labels() {
 		p, _ := control.ParsePolicy(ls.Policy)
 		if p == control.PolicyNone {
 			continue

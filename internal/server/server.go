@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -59,6 +60,10 @@ type Server struct {
 	netnsPath string
 	Stats     Stats
 
+	// policyMu serializes changes of label settings, so that the policy
+	// read as "from" is the one in force while the change is made.
+	policyMu sync.Mutex
+
 	mu     sync.RWMutex
 	labels map[string]*LabelSettings
 	pm     *policy.Manager // nil: policies unavailable, because of pmWhy
@@ -80,6 +85,9 @@ type Options struct {
 	// NetNS is the path of the dispatcher's network namespace ("": the
 	// caller's), where status looks up the registered sockets' addresses.
 	NetNS string
+	// Labels, if not nil, are the label settings to start with (a config
+	// file's), instead of those saved at StatePath.
+	Labels map[string]config.Label
 }
 
 // New makes a server for d. Label settings start from the state file, if
@@ -93,7 +101,12 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	if opts.Resolver != nil {
 		s.resolver = *opts.Resolver
 	}
-	if s.statePath != "" {
+	if opts.Labels != nil {
+		// A config file's settings replace the saved ones.
+		if err := s.SetLabels(opts.Labels); err != nil {
+			return nil, err
+		}
+	} else if s.statePath != "" {
 		b, err := os.ReadFile(s.statePath)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -112,26 +125,36 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// SetLabels replaces the label settings with those of a config file.
+// SetLabels replaces the label settings with those of a config file, as
+// they are: it puts no policy in force (SetPolicies and apply do).
 func (s *Server) SetLabels(labels map[string]config.Label) error {
-	m := make(map[string]*LabelSettings, len(labels))
-	for name, l := range labels {
-		ls := &LabelSettings{Grants: l.Grants, Policy: l.Policy.String()}
-		if !l.Upstream.IsZero() {
-			ls.Upstream = l.Upstream.String()
-		}
-		m[name] = ls
-	}
-	return s.setLabels(m)
+	return s.setLabels(settingsOf(labels))
 }
 
-func (s *Server) setLabels(m map[string]*LabelSettings) error {
+// settingsOf is the daemon's form of a config file's label settings.
+func settingsOf(labels map[string]config.Label) map[string]*LabelSettings {
+	m := make(map[string]*LabelSettings, len(labels))
+	for name, l := range labels {
+		m[name] = &LabelSettings{Grants: l.Grants, Policy: l.Policy.String(), Upstream: l.Upstream.String()}
+	}
+	return m
+}
+
+// resolve looks up the users and groups of each label's grants.
+func (s *Server) resolve(m map[string]*LabelSettings) error {
 	for name, ls := range m {
 		p, err := ls.Grants.Resolve(s.resolver)
 		if err != nil {
 			return fmt.Errorf("grants of label %s: %w", name, err)
 		}
 		ls.principals = p
+	}
+	return nil
+}
+
+func (s *Server) setLabels(m map[string]*LabelSettings) error {
+	if err := s.resolve(m); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	s.labels = m
@@ -296,13 +319,8 @@ func (s *Server) mayRegister(p peer, label string) error {
 	ls := s.labels[label]
 	s.mu.RUnlock()
 	if ls != nil {
-		if ls.principals.Permits(p.uid, p.gid) {
+		if ls.principals.Permits(p.uid, append([]uint32{p.gid}, p.groups...)...) {
 			return nil
-		}
-		for _, g := range p.groups {
-			if ls.principals.Permits(^uint32(0), g) {
-				return nil
-			}
 		}
 	}
 	return s.refuse(p, "register", &s.Stats.RefusedRegistrations, "uid %d (gid %d) has no grant for label %s; add it under labels.%s.grants in the daemon config", p.uid, p.gid, label, label)
@@ -430,10 +448,16 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 	for label, n := range counts {
 		get(label).Bindings = n
 	}
-	eps := s.endpoints()
+	var eps map[uint64]netip.AddrPort
 	for _, d := range dests {
+		if label != "" && d.Label != label {
+			continue
+		}
+		if eps == nil {
+			eps = s.endpoints()
+		}
 		ls := get(d.Label)
-		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: d.Protocol, Family: d.Family, Local: eps[d.Cookie].Local, Cookie: d.Cookie})
+		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: d.Protocol, Family: d.Family, Local: eps[d.Cookie], Cookie: d.Cookie})
 	}
 	settings := s.Labels()
 	for name := range settings {
@@ -467,6 +491,8 @@ func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, e
 	if err := control.ValidatePolicy(r.Policy, r.Upstream); err != nil {
 		return nil, err
 	}
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	s.mu.RLock()
 	var from control.Policy
 	if ls := s.labels[r.Label]; ls != nil {
@@ -505,19 +531,30 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 				return nil, control.Errorf(control.CodeUnsupported, "label %s: policy %s: connection policies are unavailable here: %s", l.Label, l.Policy, why)
 			}
 		}
-		ls := &LabelSettings{Grants: grantsFromWire(l.Users, l.Groups), Policy: l.Policy.String(), Upstream: l.Upstream}
-		p, err := ls.Grants.Resolve(s.resolver)
-		if err != nil {
-			return nil, fmt.Errorf("label %s: %w", l.Label, err)
-		}
-		ls.principals = p
-		next[l.Label] = ls
+		next[l.Label] = &LabelSettings{Grants: grantsFromWire(l.Users, l.Groups), Policy: l.Policy.String(), Upstream: l.Upstream}
+	}
+	if err := s.resolve(next); err != nil {
+		return nil, err
 	}
 	added, removed, err := s.d.ReplaceBindings(r.Config.Bindings, r.DryRun)
 	if err != nil {
 		return nil, err
 	}
-	res := &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{AddBindings: added, RemoveBindings: removed}}
+	changes, err := s.replaceLabels(next, r.DryRun)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("applied config", "dry_run", r.DryRun, "added_bindings", len(added), "removed_bindings", len(removed), "label_changes", len(changes))
+	return &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{AddBindings: added, RemoveBindings: removed, Labels: changes}}, nil
+}
+
+// replaceLabels makes next the label settings: it puts each changed policy
+// in force, then saves them. It returns the changes (only those, if
+// dryRun).
+func (s *Server) replaceLabels(next map[string]*LabelSettings, dryRun bool) ([]control.LabelChange, error) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	var changes []control.LabelChange
 	cur := s.Labels()
 	for _, name := range slices.Sorted(maps.Keys(unionKeys(cur, next))) {
 		old, hadOld := cur[name]
@@ -533,12 +570,12 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 		if hadOld && hasNew && sameSettings(ch.Old, ch.New) {
 			continue
 		}
-		res.Diff.Labels = append(res.Diff.Labels, ch)
+		changes = append(changes, ch)
 	}
-	if r.DryRun {
-		return res, nil
+	if dryRun {
+		return changes, nil
 	}
-	for _, ch := range res.Diff.Labels {
+	for _, ch := range changes {
 		from, to, upstream := control.PolicyNone, control.PolicyNone, ""
 		if ch.Old != nil {
 			from = ch.Old.Policy
@@ -556,11 +593,7 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	s.mu.Lock()
 	s.labels = next
 	s.mu.Unlock()
-	if err := s.persist(); err != nil {
-		return nil, err
-	}
-	s.log.Info("applied config", "added_bindings", len(added), "removed_bindings", len(removed), "label_changes", len(res.Diff.Labels))
-	return res, nil
+	return changes, s.persist()
 }
 
 func unionKeys[V1, V2 any](a map[string]V1, b map[string]V2) map[string]bool {
@@ -669,15 +702,21 @@ func DefaultStatePath(controlPath string) string {
 
 // endpoints returns the addresses of the namespace's sockets by cookie, for
 // status; on failure none (status then names sockets by cookie).
-func (s *Server) endpoints() map[uint64]sockinfo.Endpoint {
+func (s *Server) endpoints() map[uint64]netip.AddrPort {
+	eps := map[uint64]netip.AddrPort{}
 	ns, err := netns.Open(s.netnsPath)
 	if err != nil {
 		s.log.Debug("socket addresses", "err", err)
-		return nil
+		return eps
 	}
 	defer ns.Close()
-	var eps map[uint64]sockinfo.Endpoint
-	if err := ns.Do(func() (err error) { eps, err = sockinfo.Endpoints(); return err }); err != nil {
+	if err := ns.Do(func() error {
+		found, err := sockinfo.Endpoints()
+		if err == nil {
+			eps = found
+		}
+		return err
+	}); err != nil {
 		s.log.Debug("socket addresses", "err", err)
 	}
 	return eps

@@ -9,23 +9,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Endpoint is where a socket of the namespace is bound, as the kernel's
-// socket diagnostics (inet_diag) report it.
-type Endpoint struct {
-	Local netip.AddrPort
-	UID   uint32
-}
-
-// Endpoints lists the listening TCP and the UDP sockets of the calling
-// thread's network namespace, by socket cookie, the key a sockmap yields.
-// Run it inside the namespace (netns.NS.Do).
-func Endpoints() (map[uint64]Endpoint, error) {
+// Endpoints lists where the listening TCP and the UDP sockets of the
+// calling thread's network namespace are bound, as the kernel's socket
+// diagnostics (inet_diag) report it, by socket cookie, the key a sockmap
+// yields. Run it inside the namespace (netns.NS.Do).
+func Endpoints() (map[uint64]netip.AddrPort, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	defer unix.Close(fd)
-	out := map[uint64]Endpoint{}
+	out := map[uint64]netip.AddrPort{}
 	for _, q := range []struct {
 		family, proto uint8
 		states        uint32
@@ -51,7 +45,7 @@ const (
 
 // dumpDiag asks for the sockets of one family and protocol in states and
 // adds them to out.
-func dumpDiag(fd int, family, proto uint8, states uint32, out map[uint64]Endpoint) error {
+func dumpDiag(fd int, family, proto uint8, states uint32, out map[uint64]netip.AddrPort) error {
 	req := make([]byte, nlmsgHeaderLen+diagReqLen)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
@@ -96,11 +90,11 @@ func dumpDiag(fd int, family, proto uint8, states uint32, out map[uint64]Endpoin
 	}
 }
 
-// parseDiagMsg reads a struct inet_diag_msg: the socket's cookie, its
-// local address and port, and its owner.
-func parseDiagMsg(b []byte) (uint64, Endpoint, bool) {
+// parseDiagMsg reads a struct inet_diag_msg: the socket's cookie and its
+// local address and port.
+func parseDiagMsg(b []byte) (uint64, netip.AddrPort, bool) {
 	if len(b) < diagMsgLen {
-		return 0, Endpoint{}, false
+		return 0, netip.AddrPort{}, false
 	}
 	ne := binary.NativeEndian
 	port := binary.BigEndian.Uint16(b[4:6])
@@ -111,8 +105,8 @@ func parseDiagMsg(b []byte) (uint64, Endpoint, bool) {
 	case unix.AF_INET6:
 		addr = netip.AddrFrom16([16]byte(b[8:24]))
 	default:
-		return 0, Endpoint{}, false
+		return 0, netip.AddrPort{}, false
 	}
 	cookie := uint64(ne.Uint32(b[44:48])) | uint64(ne.Uint32(b[48:52]))<<32
-	return cookie, Endpoint{Local: netip.AddrPortFrom(addr, port), UID: ne.Uint32(b[64:68])}, true
+	return cookie, netip.AddrPortFrom(addr, port), true
 }
