@@ -31,9 +31,9 @@ func helperMain(role string, args []string) int {
 }
 
 // serverMain listens (plain TCP, never MPTCP), reports the listener's fd,
-// and for each connection reads to end of stream with recv ("read",
-// "readv" or "splice"), then replies with the byte count and SHA-256 of
-// what it got, and closes.
+// and for each connection sends a greeting byte, reads to end of stream
+// with recv ("read", "readv" or "splice"), then replies with the byte
+// count and SHA-256 of what it got, and closes.
 func serverMain(recv string) int {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	mustf(err, "socket")
@@ -52,6 +52,11 @@ func serverMain(recv string) int {
 
 func serveConn(c int, recv string) {
 	defer unix.Close(c)
+	// A greeting first: see clientMain.
+	if _, err := unix.Write(c, []byte{greeting}); err != nil {
+		fmt.Fprintf(os.Stderr, "server: greeting: %v\n", err)
+		return
+	}
 	h := sha256.New()
 	var total uint64
 	buf := make([]byte, 256<<10)
@@ -120,6 +125,23 @@ func clientMain(addr string, seed, n uint64) int {
 	mustf(err, "socket")
 	busyPoll(fd)
 	mustf(unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}), "connect %s", addr)
+	// The client writes only once the server's greeting arrived. With
+	// bypass, that proves the server's end has joined the sockhash (it
+	// joins when its handshake completes, which the client's connect may
+	// return before): data the client sent the normal way before that
+	// would keep its connection off bypass for good under TrustReaders.
+	g := make([]byte, 1)
+	for {
+		k, err := unix.Read(fd, g)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil || k != 1 || g[0] != greeting {
+			fmt.Printf("error reading the greeting: %v (%d bytes, %q)\n", err, k, g[:k])
+			return 1
+		}
+		break
+	}
 	if os.Getenv("SY_CLIENT_SAY_CONNECTED") != "" {
 		fmt.Println("connected")
 	}
@@ -178,6 +200,9 @@ func clientMain(addr string, seed, n uint64) int {
 	fmt.Printf("ok %s\n", want)
 	return 0
 }
+
+// greeting is the byte the server helper sends first on each connection.
+const greeting = '+'
 
 // busyPoll turns on busy polling for fd's reads (SO_BUSY_POLL) for the
 // microseconds SY_BUSY_POLL says, if set.
