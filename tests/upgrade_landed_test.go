@@ -1,0 +1,261 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// landedMain is the commit whose pinned state and files every build of this
+// session must upgrade from in place.
+const landedMain = "9654512e1b9c26acf96a67cb7d563153c3f34eb8"
+
+// buildLanded builds switchyard and switchyardd of commit rev from the
+// repository's history into a directory of the test's own and returns it.
+// Without the history (a source tarball, a shallow clone) it skips.
+func buildLanded(t *testing.T, rev string) string {
+	t.Helper()
+	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		t.Skipf("no git history here (git rev-parse: %v): the upgrade from landed main %.12s needs it", err, rev)
+	}
+	repo := strings.TrimSpace(string(top))
+	if err := exec.Command("git", "-C", repo, "cat-file", "-e", rev+"^{commit}").Run(); err != nil {
+		t.Skipf("commit %.12s is not in this clone's history (shallow clone?): the upgrade from it needs it", rev)
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	archive := exec.Command("git", "-C", repo, "archive", "--format=tar", rev)
+	untar := exec.Command("tar", "-x", "-C", src)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	untar.Stdin = pipe
+	var archErr, tarErr strings.Builder
+	archive.Stderr, untar.Stderr = &archErr, &tarErr
+	if err := untar.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := archive.Run(); err != nil {
+		t.Fatalf("git archive %s: %v: %s", rev, err, archErr.String())
+	}
+	if err := untar.Wait(); err != nil {
+		t.Fatalf("untar %s: %v: %s", rev, err, tarErr.String())
+	}
+	out := filepath.Join(dir, "bin")
+	build := exec.Command("go", "build", "-o", out+"/",
+		"-ldflags", "-X github.com/switchyard-project/switchyard/internal/server.Version=landed",
+		"./cmd/switchyard", "./cmd/switchyardd")
+	build.Dir = src
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build landed main %.12s: %v\n%s", rev, err, b)
+	}
+	return out
+}
+
+// listing is a binding set as `bindings -o json` prints it, sorted, in a
+// form that does not depend on the build's JSON layout.
+func listing(t *testing.T, out string) []string {
+	t.Helper()
+	var bs []map[string]any
+	if err := json.Unmarshal([]byte(out), &bs); err != nil {
+		var wrapped struct {
+			Bindings []map[string]any `json:"bindings"`
+		}
+		if err2 := json.Unmarshal([]byte(out), &wrapped); err2 != nil {
+			t.Fatalf("bindings -o json: %v: %.300s", err, out)
+		}
+		bs = wrapped.Bindings
+	}
+	lines := make([]string, 0, len(bs))
+	for _, b := range bs {
+		lines = append(lines, fmt.Sprintf("%v %v %v %v", b["label"], b["protocol"], b["prefix"], b["ports"]))
+	}
+	slices.Sort(lines)
+	return lines
+}
+
+// labelPolicies is what status says of each label's policy.
+func labelPolicies(t *testing.T, out string) map[string]string {
+	t.Helper()
+	var st struct {
+		Labels []struct {
+			Label    string `json:"label"`
+			Policy   string `json:"policy"`
+			Upstream string `json:"upstream"`
+		} `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status -o json: %v: %.300s", err, out)
+	}
+	m := map[string]string{}
+	for _, l := range st.Labels {
+		m[l.Label] = l.Policy + " " + l.Upstream
+	}
+	return m
+}
+
+// The daemon of landed main, with bindings, grants, a bypass label and a
+// splice label in force and traffic flowing, is stopped and this build
+// started on the same state: no connection fails, a long-lived spliced
+// connection's bytes arrive intact, and every binding and setting is kept
+// (the same config applied again changes nothing, the grant still lets its
+// user register, and policies are still in force).
+func TestUpgradeFromLandedMain(t *testing.T) {
+	t.Parallel()
+	old := buildLanded(t, landedMain)
+	oldCLI, oldDaemon := filepath.Join(old, "switchyard"), filepath.Join(old, "switchyardd")
+
+	w := newWorldNoDaemon(t)
+	w.d = w.startDaemonBin(oldDaemon)
+	oldRun := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(oldCLI, append([]string{"--control", w.control}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("landed switchyard %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if v := oldRun("version"); !strings.Contains(v, "landed") {
+		t.Fatalf("the old daemon says %q, want version landed", v)
+	}
+
+	upstream := w.ns.ListenTCP(t, "127.0.0.1:0")
+	sinkService(t, upstream)
+	var b strings.Builder
+	fmt.Fprintf(&b, `version: 1
+labels:
+  web:
+    grants: {uids: [4242]}
+  fast:
+    policy: bypass
+  proxied:
+    policy: splice
+    upstream: "%s"
+  granted:
+    grants: {uids: [4242], gids: [4343]}
+bindings:
+  - {label: web, protocol: tcp, prefix: 10.8.0.0/16, ports: "*"}
+  - {label: fast, protocol: tcp, prefix: 10.9.0.0/24, ports: "1-9999"}
+  - {label: proxied, protocol: tcp, prefix: 10.6.0.0/24, ports: "*"}
+  - {label: granted, protocol: udp, prefix: 2001:db8::/64, ports: "53"}
+`, upstream.Addr())
+	for i := range 5000 {
+		fmt.Fprintf(&b, "  - {label: bulk%d, protocol: %s, prefix: 10.%d.%d.0/24, ports: \"%d\"}\n", i%40, []string{"tcp", "udp"}[i%2], 100+i/256, i%256, 1+i%1000)
+	}
+	cfg := writeFile(t, b.String())
+	oldRun("apply", "-f", cfg)
+
+	serveOK := func(ln net.Listener) {
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("ok"))
+				c.Close()
+			}
+		}()
+	}
+	serveOK(w.registerTCP("web", "tcp4", "127.0.0.1:0"))
+	serveOK(w.registerTCP("fast", "tcp4", "127.0.0.1:0"))
+
+	beforeBindings := listing(t, oldRun("bindings", "-o", "json"))
+	beforePolicies := labelPolicies(t, oldRun("status", "-o", "json"))
+	if got := beforePolicies["proxied"]; got != "splice "+upstream.Addr().String() {
+		t.Fatalf("the old daemon's status of proxied: %q", got)
+	}
+	if len(beforeBindings) != 5004 {
+		t.Fatalf("the old daemon lists %d bindings, want 5004", len(beforeBindings))
+	}
+
+	long := newStreamer(t, w, "10.6.0.1:80", 7)
+	long.send(t, 1<<20)
+
+	start := time.Now()
+	l := startLoad(w, 6, func(r *rand.Rand) string {
+		if r.IntN(2) == 0 {
+			return fmt.Sprintf("10.8.%d.%d:%d", r.IntN(256), 1+r.IntN(254), 1+r.IntN(65535))
+		}
+		return fmt.Sprintf("10.9.0.%d:%d", 1+r.IntN(254), 1+r.IntN(9999))
+	})
+	defer func() {
+		l.finish()
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		t.Logf("%d connections in %v, %d failed %v", l.attempts.Load(), time.Since(start).Round(time.Millisecond), l.failures.Load(), l.errs)
+		if l.failures.Load() != 0 {
+			t.Errorf("%d of %d connections failed: %v", l.failures.Load(), l.attempts.Load(), l.errs)
+		}
+	}()
+	l.waitAttempts(t, 1000)
+	long.send(t, 1<<20)
+
+	if st := w.d.stop(t, syscall.SIGTERM); st.ExitCode() != 0 {
+		t.Errorf("the old daemon's SIGTERM: exit %v", st)
+	}
+	l.waitAttempts(t, 1000)
+	long.send(t, 1<<20) // no daemon at all
+	w.d = w.startDaemon()
+	l.waitAttempts(t, 1000)
+	long.send(t, 1<<20)
+
+	if v := w.mustCLI("version"); !strings.Contains(v, "dev") {
+		t.Errorf("the upgraded daemon says %q", v)
+	}
+	if after := listing(t, w.mustCLI("bindings", "-o", "json")); !slices.Equal(after, beforeBindings) {
+		t.Errorf("bindings after the upgrade: %d, want the %d before (first: %.5q)", len(after), len(beforeBindings), after)
+	}
+	afterPolicies := labelPolicies(t, w.mustCLI("status", "-o", "json"))
+	for label, want := range beforePolicies {
+		if got := afterPolicies[label]; got != want {
+			t.Errorf("status of %s after the upgrade: policy %q, want %q", label, got, want)
+		}
+	}
+	if out := w.mustCLI("apply", "--dry-run", "-f", cfg); strings.TrimSpace(out) != "no changes" {
+		t.Errorf("the landed config applied again after the upgrade would change:\n%.2000s", out)
+	}
+
+	// The grants are in force: uid 4242 may register web, uid 4444 may not.
+	user := &syscall.Credential{Uid: 4242, Gid: 4242}
+	stranger := &syscall.Credential{Uid: 4444, Gid: 4444}
+	ln := w.ns.ListenTCP(t, "127.0.0.1:0")
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if r := w.cliAs(stranger, []*os.File{f}, "register", "--fd", "3", "web"); r.code == 0 {
+		t.Errorf("uid 4444 registered label web after the upgrade")
+	}
+	if r := w.cliAs(user, []*os.File{f}, "register", "--fd", "3", "web"); r.code != 0 {
+		t.Errorf("uid 4242 registering label web after the upgrade: exit %d, %s", r.code, r.stderr)
+	}
+	f.Close()
+	restoreNonblock(ln)
+	serveOK(ln)
+
+	// The splice is in force for new connections, and the old one is
+	// intact.
+	short := newStreamer(t, w, "10.6.0.9:443", 8)
+	short.send(t, 256<<10)
+	short.finish(t)
+	l.waitAttempts(t, 2000)
+	long.send(t, 1<<20)
+	long.finish(t)
+}
