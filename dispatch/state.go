@@ -134,7 +134,13 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 	if d.dirf, err = os.Open(d.dir); err != nil {
 		return nil, fmt.Errorf("state open: %w", err)
 	}
-	unlock, err := d.lock(unix.LOCK_EX)
+	// A read-only dispatcher writes nothing, so a shared lock serves it:
+	// readers (the CLI without a daemon) never wait for one another.
+	how := unix.LOCK_EX
+	if opts.ReadOnly {
+		how = unix.LOCK_SH
+	}
+	unlock, err := d.lock(how)
 	if err != nil {
 		return nil, err
 	}

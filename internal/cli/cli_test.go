@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -301,10 +302,12 @@ func TestStatus(t *testing.T) {
 	r := runMain(t, nil, "--control", d.path, "status")
 	want := "" +
 		"switchyardd 9.9.9, network namespace 4026531840\n" +
-		"LABEL  POLICY                BINDINGS  LOOKUPS  HITS  MISSING  BAD  SOCKETS\n" +
-		"dns    none                  1         0        10    2        0    udp ipv4 192.0.2.1:53\n" +
-		"                                                                    udp ipv6 [::]:53\n" +
-		"web    splice 10.0.0.5:same  2         0        0     0        0    none (connections are refused)\n"
+		"LABEL  POLICY  BINDINGS  LOOKUPS  HITS  MISSING  BAD  SOCKETS\n" +
+		"dns    none    1         0        10    2        0    udp ipv4 192.0.2.1:53\n" +
+		"                                                      udp ipv6 [::]:53\n" +
+		"web    splice  2         0        0     0        0    none (refused)\n" +
+		"\n" +
+		"web: splice to 10.0.0.5:same\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("got:\n%s\nwant stdout:\n%s", r, want)
 	}
@@ -337,12 +340,40 @@ func TestStatus(t *testing.T) {
 
 	d = newFakeDaemon(t, nil)
 	r = runMain(t, nil, "--control", d.path, "status", "web")
-	wantOK(t, r, "web    splice 10.0.0.5:same")
+	wantOK(t, r, "web    splice  2", "web: splice to 10.0.0.5:same\n")
 	if strings.Contains(r.stdout, "dns") {
 		t.Errorf("status web shows dns:\n%s", r)
 	}
 	if got := d.only().body.(*control.StatusRequest).Label; got != "web" {
 		t.Errorf("daemon got label %q, want web", got)
+	}
+
+	// The policy's explanation goes under the table, wrapped: every line
+	// fits 100 columns with everyday counters, labels and upstreams.
+	explained := func(*control.Request, []*os.File) (control.ResponseBody, error) {
+		return &control.StatusResponse{Version: "9.9.9", NetNS: 4026531840, Labels: []control.LabelStatus{{
+			Label: "dns-public", Policy: control.PolicySplice, Upstream: "[2001:db8::53]:same", Bindings: 1048576,
+			Lookups: 123456789012, Hits: 123456789000, Missing: 12, BadSocket: 3,
+			Sockets:     []control.SocketStatus{{Protocol: binding.TCP, Family: binding.IPv6, Local: netip.MustParseAddrPort("[2001:db8::53]:53"), Cookie: 1}},
+			PolicyState: "splice to [2001:db8::53]:same (in userspace with splice(2), worker pid 123456: the in-kernel engine is off because the kernel lacks BPF_F_INGRESS for SK_SKB on this build, so bytes take a pipe)",
+		}}}, nil
+	}
+	d = newFakeDaemon(t, explained)
+	r = runMain(t, nil, "--control", d.path, "status")
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if r.code != 0 || len(lines) < 5 {
+		t.Fatalf("got:\n%s", r)
+	}
+	for _, l := range lines {
+		if len(l) > 100 {
+			t.Errorf("line of %d columns:\n%s\nin:\n%s", len(l), l, r.stdout)
+		}
+	}
+	if lines[3] != "" || !strings.HasPrefix(lines[4], "dns-public: splice to [2001:db8::53]:same (in userspace") || !strings.HasPrefix(lines[5], "    ") {
+		t.Errorf("explanation not on its own lines under the table:\n%s", r.stdout)
+	}
+	if strings.Contains(lines[2], "worker pid") {
+		t.Errorf("explanation in the table row:\n%s", r.stdout)
 	}
 
 	noLabels := func(*control.Request, []*os.File) (control.ResponseBody, error) {

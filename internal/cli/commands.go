@@ -212,37 +212,7 @@ func runStatus(inv *invocation) error {
 	}
 	w := inv.stdout()
 	fmt.Fprintf(w, "switchyardd %s, network namespace %d\n", st.Version, st.NetNS)
-	if len(st.Labels) == 0 {
-		fmt.Fprintln(w, "no labels: bind one with 'switchyard bind' or 'switchyard apply'")
-		return nil
-	}
-	tw := newTable(w)
-	fmt.Fprintln(tw, "LABEL\tPOLICY\tBINDINGS\tLOOKUPS\tHITS\tMISSING\tBAD\tSOCKETS")
-	for _, l := range st.Labels {
-		policy := l.Policy.String()
-		if l.Upstream != "" {
-			policy += " " + l.Upstream
-		}
-		if l.PolicyState != "" && l.PolicyState != policy {
-			policy += " [" + l.PolicyState + "]"
-		}
-		socks := []string{"none (connections are refused)"}
-		if len(l.Sockets) > 0 {
-			socks = socks[:0]
-			for _, s := range l.Sockets {
-				where := s.Local.String()
-				if !s.Local.IsValid() {
-					where = fmt.Sprintf("cookie %d", s.Cookie)
-				}
-				socks = append(socks, fmt.Sprintf("%s %s %s", s.Protocol, s.Family, where))
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", l.Label, policy, l.Bindings, l.Lookups, l.Hits, l.Missing, l.BadSocket, socks[0])
-		for _, s := range socks[1:] {
-			fmt.Fprintf(tw, "\t\t\t\t\t\t\t%s\n", s)
-		}
-	}
-	return tw.Flush()
+	return writeStatusTable(w, st)
 }
 
 func runPolicy(inv *invocation) error {
