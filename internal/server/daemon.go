@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/config"
@@ -111,9 +110,10 @@ func notify(log *slog.Logger, state string) {
 func run(env Env, f flags, log *slog.Logger) error {
 	notify(log, "STATUS=loading config")
 	var cfg *config.Config
+	var cfgSum string // sha256 of the config file read
 	if f.config != "" {
 		var err error
-		if cfg, err = config.Load(f.config); err != nil {
+		if cfg, cfgSum, err = loadConfig(f.config); err != nil {
 			return err
 		}
 		// The config's daemon settings, where no flag gives them.
@@ -171,6 +171,9 @@ func run(env Env, f flags, log *slog.Logger) error {
 		if err := srv.configBindings(cfg); err != nil {
 			return err
 		}
+	}
+	if f.config != "" {
+		srv.configLoaded(f.config, cfgSum)
 	}
 	nb, err := bindingCount(d)
 	if err != nil {
@@ -230,6 +233,17 @@ func run(env Env, f flags, log *slog.Logger) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
+	// A new version of the config file is applied as SIGHUP applies it.
+	var changed <-chan struct{}
+	var cw *configWatch
+	if f.config != "" {
+		if cw, err = watchConfig(ctx, f.config, log); err != nil {
+			log.Warn("config file not watched; reload it with SIGHUP", "err", err)
+		} else {
+			defer cw.Close()
+			changed = cw.C
+		}
+	}
 	log.Info("switchyardd ready", "version", Version, "netns_inode", ino, "state", d.Dir(), "control", f.control, "bindings", nb)
 	notify(log, fmt.Sprintf("READY=1\nSTATUS=serving %d bindings on %s", nb, f.control))
 
@@ -248,18 +262,11 @@ func run(env Env, f flags, log *slog.Logger) error {
 			} else {
 				log.Warn("watchdog check failed", "err", err)
 			}
+		case <-changed:
+			srv.reloadConfig(f.config, "file changed", false, cw)
 		case sig := <-env.Signals:
 			if sig == syscall.SIGHUP {
-				// As systemd's Type=notify-reload expects.
-				var ts unix.Timespec
-				unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-				notify(log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
-				status := "STATUS=reloaded " + f.config
-				if err := srv.reload(f.config); err != nil {
-					log.Error("reload failed; keeping the running config", "err", err)
-					status = "STATUS=reload failed: " + err.Error()
-				}
-				notify(log, "READY=1\n"+status)
+				srv.reloadConfig(f.config, "SIGHUP", true, cw)
 				continue
 			}
 			log.Info("stopping; dispatching stays in place", "signal", sig.String())

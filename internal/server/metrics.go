@@ -40,6 +40,16 @@ var (
 		"Connections a connection policy took on.", []string{"label", "policy"}, nil)
 	descBusyPoll = prometheus.NewDesc("switchyard_bypass_busy_poll_connections_total",
 		"Connections bypass left on the normal path because an end busy-polls (SO_BUSY_POLL).", []string{"label"}, nil)
+	descReloadOK = prometheus.NewDesc("switchyard_config_last_reload_success",
+		"1 if the last load of the --config file (at start, on SIGHUP, or when it changed) succeeded, else 0.", nil, nil)
+	descReloadAt = prometheus.NewDesc("switchyard_config_last_reload_timestamp_seconds",
+		"When the --config file was last loaded, successfully or not (Unix time).", nil, nil)
+	descReloads = prometheus.NewDesc("switchyard_config_reloads_total",
+		"Reloads of the --config file after start (SIGHUP or a change seen by the watcher).", nil, nil)
+	descReloadFail = prometheus.NewDesc("switchyard_config_reload_failures_total",
+		"Reloads of the --config file that failed; the running config stayed.", nil, nil)
+	descConfigInfo = prometheus.NewDesc("switchyard_config_info",
+		"Always 1; sha256 is that of the --config file in force (empty if it changed while it was read).", []string{"file", "sha256"}, nil)
 	descInfo = prometheus.NewDesc("switchyard_build_info",
 		"Always 1; the version label says which build runs.", []string{"version"}, nil)
 )
@@ -52,7 +62,8 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
 		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr,
-		descPolicyBytes, descPolicyConns, descBusyPoll, descInfo} {
+		descPolicyBytes, descPolicyConns, descBusyPoll, descInfo,
+		descReloadOK, descReloadAt, descReloads, descReloadFail, descConfigInfo} {
 		ch <- d
 	}
 }
@@ -63,6 +74,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefusedReg, prometheus.CounterValue, float64(s.Stats.RefusedRegistrations.Load()))
 	ch <- prometheus.MustNewConstMetric(descRefusedChange, prometheus.CounterValue, float64(s.Stats.RefusedChanges.Load()))
 	ch <- prometheus.MustNewConstMetric(descBadRequests, prometheus.CounterValue, float64(s.Stats.BadRequests.Load()))
+	s.reloads.collect(ch)
 	defer func() {
 		ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.CounterValue, float64(c.scrapeErrs.Load()))
 	}()
@@ -125,4 +137,22 @@ func (s *Server) MetricsHandler() http.Handler {
 	reg.MustRegister(&collector{s: s})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// collect exports the config file's reload metrics, if there is a file.
+func (r *configReloads) collect(ch chan<- prometheus.Metric) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.path == "" {
+		return
+	}
+	ok := 0.0
+	if r.ok {
+		ok = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descReloadOK, prometheus.GaugeValue, ok)
+	ch <- prometheus.MustNewConstMetric(descReloadAt, prometheus.GaugeValue, float64(r.at.UnixNano())/1e9)
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.reloads))
+	ch <- prometheus.MustNewConstMetric(descReloadFail, prometheus.CounterValue, float64(r.failures))
+	ch <- prometheus.MustNewConstMetric(descConfigInfo, prometheus.GaugeValue, 1, r.path, r.applied)
 }

@@ -59,6 +59,7 @@ type Server struct {
 	statePath string
 	netnsPath string
 	Stats     Stats
+	reloads   configReloads // of --config, for metrics (watch.go)
 
 	// policyMu serializes changes of label settings, so that the policy
 	// read as "from" is the one in force while the change is made.
