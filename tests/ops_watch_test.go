@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -149,6 +150,11 @@ func TestConfigWatch(t *testing.T) {
 		replace(third)
 		w.waitBound(t, "10.20.3.0/24")
 		w.checkConfigMetrics(t, cfg, true, third, 1)
+		check := exec.Command("promtool", "check", "metrics")
+		check.Stdin = strings.NewReader(w.metrics())
+		if out, err := check.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
 	})
 
 	t.Run("in-place", func(t *testing.T) {
