@@ -318,8 +318,9 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("%v:\n%s", err, r)
 	}
 	wantOut := map[string]any{
-		"version": "9.9.9",
-		"netns":   float64(4026531840),
+		"version":        "9.9.9",
+		"daemon_running": true,
+		"netns":          float64(4026531840),
 		"labels": []any{
 			map[string]any{"label": "dns", "policy": "none", "upstream": "", "policy_state": "", "bindings": float64(1),
 				"lookups": float64(0), "hits": float64(10), "missing": float64(2), "bad_socket": float64(0),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -84,14 +85,14 @@ func runBindings(inv *invocation) error {
 	if err != nil {
 		return err
 	}
-	c, err := inv.dial()
+	r, err := inv.dialOrPinned()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	bs, err := c.ListBindings(inv.ctx, label)
+	defer r.Close()
+	bs, err := inv.listBindings(r, label)
 	if err != nil {
-		return inv.requestError(label, err)
+		return err
 	}
 	if inv.json() {
 		out := struct {
@@ -116,6 +117,25 @@ func runBindings(inv *invocation) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Label, b.Protocol, b.Prefix, b.Ports)
 	}
 	return tw.Flush()
+}
+
+// listBindings lists the bindings from the daemon or the pinned state.
+func (inv *invocation) listBindings(r *reader, label string) ([]binding.Binding, error) {
+	if r.c != nil {
+		bs, err := r.c.ListBindings(inv.ctx, label)
+		if err != nil {
+			return nil, inv.requestError(label, err)
+		}
+		return bs, nil
+	}
+	bs, err := r.d.Bindings()
+	if err != nil {
+		return nil, fmt.Errorf("%s: read the pinned bindings: %w", inv.cmd.name, err)
+	}
+	if label != "" {
+		bs = slices.DeleteFunc(bs, func(b binding.Binding) bool { return b.Label != label })
+	}
+	return bs, nil
 }
 
 func runUnregister(inv *invocation) error {
@@ -148,9 +168,12 @@ func runUnregister(inv *invocation) error {
 
 // statusJSON is the JSON of `switchyard status -o json`.
 type statusJSON struct {
-	Version string            `json:"version"`
-	NetNS   uint64            `json:"netns"`
-	Labels  []labelStatusJSON `json:"labels"`
+	Version string `json:"version"`
+	// DaemonRunning is false when the status was read from the pinned
+	// state because no daemon answered.
+	DaemonRunning bool              `json:"daemon_running"`
+	NetNS         uint64            `json:"netns"`
+	Labels        []labelStatusJSON `json:"labels"`
 }
 
 type labelStatusJSON struct {
@@ -180,17 +203,21 @@ func runStatus(inv *invocation) error {
 	if err != nil {
 		return err
 	}
-	c, err := inv.dial()
+	r, err := inv.dialOrPinned()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	st, err := c.Status(inv.ctx, label)
-	if err != nil {
-		return inv.requestError(label, err)
+	defer r.Close()
+	var st *control.StatusResponse
+	if r.c != nil {
+		if st, err = r.c.Status(inv.ctx, label); err != nil {
+			return inv.requestError(label, err)
+		}
+	} else if st, err = inv.pinnedStatus(r, label); err != nil {
+		return err
 	}
 	if inv.json() {
-		out := statusJSON{Version: st.Version, NetNS: st.NetNS, Labels: make([]labelStatusJSON, 0, len(st.Labels))}
+		out := statusJSON{Version: st.Version, DaemonRunning: r.c != nil, NetNS: st.NetNS, Labels: make([]labelStatusJSON, 0, len(st.Labels))}
 		for _, l := range st.Labels {
 			lj := labelStatusJSON{
 				Label: l.Label, Policy: l.Policy.String(), Upstream: l.Upstream,
@@ -211,7 +238,11 @@ func runStatus(inv *invocation) error {
 		return writeJSON(inv.stdout(), out)
 	}
 	w := inv.stdout()
-	fmt.Fprintf(w, "switchyardd %s, network namespace %d\n", st.Version, st.NetNS)
+	if r.c != nil {
+		fmt.Fprintf(w, "switchyardd %s, network namespace %d\n", st.Version, st.NetNS)
+	} else {
+		fmt.Fprintf(w, "switchyardd is not running; pinned state of network namespace %d\n", st.NetNS)
+	}
 	return writeStatusTable(w, st)
 }
 

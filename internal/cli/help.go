@@ -60,8 +60,11 @@ Example:
 			summary: "list the bindings, all or those of LABEL",
 			help: `Lists bindings in the daemon's order. With -o json it prints
 {"bindings": [{"label": ..., "protocol": ..., "prefix": ..., "ports": ...}]},
-ports as the text form ("80", "8000-8999" or "*").`,
-			flags: []flagSpec{outputFlag},
+ports as the text form ("80", "8000-8999" or "*").
+
+When switchyardd does not answer, the bindings are read from the pinned
+state (root only), and a line on stderr says so.`,
+			flags: []flagSpec{outputFlag, bpffsFlag},
 			run:   runBindings,
 		},
 		{
@@ -121,8 +124,13 @@ is refused (TCP) or dropped (UDP) until a socket is registered again.`,
 bindings it has, its registered sockets, and how many lookups chose it
 (hits) and found no socket (missing). -o json prints the same as an object
 with the fields version, netns and labels (label, policy, upstream,
-bindings, sockets (protocol, family, local, cookie), hits, missing).`,
-			flags: []flagSpec{outputFlag},
+bindings, sockets (protocol, family, local, cookie), hits, missing).
+
+When switchyardd does not answer, the status is read from the pinned state
+(root only): bindings, sockets and counters from the maps, policies from
+the daemon's settings file; the first line says the daemon is not running
+(-o json: "daemon_running": false).`,
+			flags: []flagSpec{outputFlag, bpffsFlag},
 			run:   runStatus,
 		},
 		{
