@@ -164,6 +164,27 @@ daemon section is ignored. Needs root.`,
 			run: runApply,
 		},
 		{
+			name:    "unload",
+			args:    "[--stop-daemon] [--bpffs DIR]",
+			summary: "take switchyard out of the namespace",
+			help: `Detaches the dispatch program and removes everything switchyard made for
+the network namespace: the pinned maps and links (bypass state included),
+the splice workers (stopped, with their connections) and the files beside
+the control socket. The kernel's own socket lookup is then in force: a
+socket bound the ordinary way gets the traffic a binding used to steer.
+Prints what it removed; with nothing left it says so and succeeds.
+
+It refuses while switchyardd serves the namespace, unless --stop-daemon,
+which stops the daemon first (SIGTERM, as systemctl stop does; under
+systemd, stop the unit instead, or it may start the daemon again).
+Needs root.`,
+			flags: []flagSpec{
+				{names: []string{"stop-daemon"}, help: "stop the namespace's switchyardd first"},
+				bpffsFlag,
+			},
+			run: runUnload,
+		},
+		{
 			name:    "version",
 			args:    "[-o json]",
 			summary: "print the versions of switchyard and, if it answers, switchyardd",
