@@ -217,6 +217,9 @@ var helpFlag = flagSpec{names: []string{"h", "help"}, help: "show this help"}
 
 var outputFlag = flagSpec{names: []string{"o", "output"}, value: "FORMAT", help: "table (default) or json"}
 
+// yamlOutputFlag is the output flag of bindings, which also exports.
+var yamlOutputFlag = flagSpec{names: []string{"o", "output"}, value: "FORMAT", help: "table (default), json, or yaml: a config file of all that is in force, for apply -f"}
+
 func lookupFlag(specs []flagSpec, name string) *flagSpec {
 	for i := range specs {
 		for _, n := range specs[i].names {
@@ -329,9 +332,13 @@ func run(ctx context.Context, env Env, args []string) error {
 		inv.control = v[len(v)-1]
 	}
 	inv.args, inv.flags = pos, vals
-	if lookupFlag(cmd.flags, "o") != nil {
-		switch f := inv.flag("o"); f {
-		case "", "table", "json":
+	if spec := lookupFlag(cmd.flags, "o"); spec != nil {
+		yaml := spec.help == yamlOutputFlag.help
+		switch f := inv.flag("o"); {
+		case f == "", f == "table", f == "json":
+		case f == "yaml" && yaml:
+		case yaml:
+			return inv.usage("output format %q: use -o table, -o json or -o yaml", trunc(f))
 		default:
 			return inv.usage("output format %q: use -o table or -o json", trunc(f))
 		}

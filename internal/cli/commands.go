@@ -90,6 +90,9 @@ func runBindings(inv *invocation) error {
 		return err
 	}
 	defer r.Close()
+	if inv.flag("o") == "yaml" {
+		return inv.exportConfig(r)
+	}
 	bs, err := inv.listBindings(r, label)
 	if err != nil {
 		return err

@@ -56,15 +56,22 @@ Example:
 		},
 		{
 			name:    "bindings",
-			args:    "[LABEL] [-o json]",
-			summary: "list the bindings, all or those of LABEL",
+			args:    "[LABEL] [-o json|yaml]",
+			summary: "list the bindings, all or those of LABEL; -o yaml exports the config",
 			help: `Lists bindings in the daemon's order. With -o json it prints
 {"bindings": [{"label": ..., "protocol": ..., "prefix": ..., "ports": ...}]},
 ports as the text form ("80", "8000-8999" or "*").
 
+With -o yaml it prints everything in force, the bindings and every label's
+settings (policy, upstream, grants), as a config file: 'switchyard apply -f'
+accepts it and, applied where it came from, changes nothing. Needs root.
+
 When switchyardd does not answer, the bindings are read from the pinned
-state (root only), and a line on stderr says so.`,
-			flags: []flagSpec{outputFlag, bpffsFlag},
+state (root only), and a line on stderr says so.
+
+Example:
+  switchyard bindings -o yaml > switchyard.yaml`,
+			flags: []flagSpec{yamlOutputFlag, bpffsFlag},
 			run:   runBindings,
 		},
 		{

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/netip"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
+	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/server"
@@ -167,32 +169,44 @@ func (inv *invocation) endpoints() map[uint64]netip.AddrPort {
 type savedSettings struct {
 	policy   control.Policy
 	upstream string
+	grants   config.Grants
 }
 
 // readSettings reads the policies from the daemon's label settings file,
 // leniently: what it cannot read it leaves out.
 func readSettings(path string) map[string]savedSettings {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) > 64<<20 {
-		return nil
+	out, _ := readSettingsFile(path)
+	return out
+}
+
+// readSettingsFile reads the daemon's label settings file. A missing file
+// means no settings.
+func readSettingsFile(path string) (map[string]savedSettings, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
 	var raw map[string]struct {
-		Policy   string `json:"policy"`
-		Upstream string `json:"upstream"`
+		Grants   config.Grants `json:"grants"`
+		Policy   string        `json:"policy"`
+		Upstream string        `json:"upstream"`
 	}
-	if json.Unmarshal(b, &raw) != nil {
-		return nil
+	if err := json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&raw); err != nil {
+		return nil, fmt.Errorf("read: %w", err)
 	}
 	out := make(map[string]savedSettings, len(raw))
 	for name, s := range raw {
-		p, err := control.ParsePolicy(s.Policy)
-		if s.Policy == "" {
-			p, err = control.PolicyNone, nil
+		p := control.PolicyNone
+		if s.Policy != "" {
+			if p, err = control.ParsePolicy(s.Policy); err != nil {
+				return nil, fmt.Errorf("label %s: %w", name, err)
+			}
 		}
-		if err != nil {
-			continue
-		}
-		out[name] = savedSettings{p, s.Upstream}
+		out[name] = savedSettings{p, s.Upstream, s.Grants}
 	}
-	return out
+	return out, nil
 }

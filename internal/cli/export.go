@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/server"
+)
+
+// exportConfig prints what is in force as a config file that apply accepts
+// and that applies as "no changes": every binding and every label's
+// settings (policy, upstream, grants).
+//
+// From the daemon, both come from one dry run of apply with an empty
+// config, whose diff names every binding and the whole settings of every
+// label, at one instant; the control protocol has no other request that
+// returns the grants, and a dry run changes nothing. It needs root, as
+// apply does. Without a daemon, the bindings come from the pinned maps and
+// the settings from the file the daemon keeps beside its control socket.
+func (inv *invocation) exportConfig(r *reader) error {
+	if len(inv.args) > 0 {
+		return inv.usage("-o yaml exports the whole config, which apply would make the only one in force; leave out LABEL")
+	}
+	cfg := &config.Config{Version: config.CurrentVersion, Labels: map[string]config.Label{}}
+	if r.c != nil {
+		res, err := r.c.Apply(inv.ctx, control.Config{Bindings: []binding.Binding{}}, true)
+		if errors.Is(err, control.ErrPermission) {
+			return fmt.Errorf("bindings: -o yaml needs root: the label settings (grants) are read with a dry run of apply, which only root may make; run it as root (sudo)")
+		}
+		if err != nil {
+			return inv.requestError("", err)
+		}
+		if res.Applied {
+			return fmt.Errorf("bindings: switchyardd applied what was sent as a dry run: export stopped; check its log (journalctl -u switchyardd)")
+		}
+		cfg.Bindings = res.Diff.RemoveBindings
+		for _, ch := range res.Diff.Labels {
+			if ch.Old == nil {
+				continue
+			}
+			l, err := labelFromWire(ch.Old)
+			if err != nil {
+				return fmt.Errorf("bindings: switchyardd's settings of label %s: %w", ch.Label, err)
+			}
+			cfg.Labels[ch.Label] = l
+		}
+	} else {
+		bs, err := r.d.Bindings()
+		if err != nil {
+			return fmt.Errorf("bindings: read the pinned bindings: %w", err)
+		}
+		cfg.Bindings = bs
+		path := server.DefaultStatePath(r.controlPath)
+		saved, err := readSettingsFile(path)
+		if err != nil {
+			return fmt.Errorf("bindings: label settings %s: %w: without them the export would drop policies and grants; start switchyardd and export again", path, err)
+		}
+		for name, s := range saved {
+			l := config.Label{Grants: s.grants, Policy: s.policy}
+			if s.upstream != "" {
+				if l.Upstream, err = config.ParseUpstream(s.upstream); err != nil {
+					return fmt.Errorf("bindings: label settings %s: label %s: %w", path, name, err)
+				}
+			}
+			cfg.Labels[name] = l
+		}
+	}
+	binding.Sort(cfg.Bindings)
+	out, err := config.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("bindings: %w", err)
+	}
+	_, err = inv.stdout().Write(out)
+	return err
+}
+
+// labelFromWire is the config form of a label's settings as the control
+// protocol carries them; numeric users and groups are ids.
+func labelFromWire(s *control.LabelSettings) (config.Label, error) {
+	l := config.Label{Policy: s.Policy}
+	if s.Upstream != "" {
+		u, err := config.ParseUpstream(s.Upstream)
+		if err != nil {
+			return config.Label{}, err
+		}
+		l.Upstream = u
+	}
+	for _, u := range s.Users {
+		if id, err := strconv.ParseUint(u, 10, 32); err == nil {
+			l.Grants.UIDs = append(l.Grants.UIDs, uint32(id))
+		} else {
+			l.Grants.Users = append(l.Grants.Users, u)
+		}
+	}
+	for _, g := range s.Groups {
+		if id, err := strconv.ParseUint(g, 10, 32); err == nil {
+			l.Grants.GIDs = append(l.Grants.GIDs, uint32(id))
+		} else {
+			l.Grants.Groups = append(l.Grants.Groups, g)
+		}
+	}
+	return l, nil
+}

@@ -1,0 +1,96 @@
+package cli
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/control"
+)
+
+// bindings -o yaml reads what is in force with a dry run of an empty apply
+// and prints it as a config file that parses back to the same bindings and
+// settings.
+func TestExportYAML(t *testing.T) {
+	t.Parallel()
+	diff := control.Diff{
+		RemoveBindings: []binding.Binding{
+			mustBinding("web", "tcp", "2001:db8::/64", "443"),
+			mustBinding("dns", "udp", "192.0.2.0/24", "53"),
+			mustBinding("web", "tcp", "10.0.0.0/8", "8000-8999"),
+		},
+		Labels: []control.LabelChange{
+			{Label: "dns", Old: &control.LabelSettings{Label: "dns", Users: []string{"65534", "knot"}, Groups: []string{"101", "dns"}}},
+			{Label: "web", Old: &control.LabelSettings{Label: "web", Policy: control.PolicySplice, Upstream: "[2001:db8::5]:same"}},
+			{Label: "idle", Old: &control.LabelSettings{Label: "idle"}},
+		},
+	}
+	var got *control.ApplyRequest
+	d := newFakeDaemon(t, func(req *control.Request, _ []*os.File) (control.ResponseBody, error) {
+		got = req.Body.(*control.ApplyRequest)
+		return &control.ApplyResponse{Diff: diff}, nil
+	})
+	r := runMain(t, nil, "--control", d.path, "bindings", "-o", "yaml")
+	if r.code != 0 {
+		t.Fatalf("%s", r)
+	}
+	if !got.DryRun || len(got.Config.Bindings) != 0 || len(got.Config.Labels) != 0 {
+		t.Errorf("daemon got %+v, want a dry run of an empty config", got)
+	}
+	cfg, err := config.Parse(strings.NewReader(r.stdout))
+	if err != nil {
+		t.Fatalf("export does not parse: %v\n%s", err, r.stdout)
+	}
+	want := []binding.Binding{diff.RemoveBindings[2], diff.RemoveBindings[1], diff.RemoveBindings[0]}
+	if !reflect.DeepEqual(cfg.Bindings, want) {
+		t.Errorf("bindings %v, want %v", cfg.Bindings, want)
+	}
+	wantLabels := map[string]config.Label{
+		"dns":  {Grants: config.Grants{UIDs: []uint32{65534}, GIDs: []uint32{101}, Users: []string{"knot"}, Groups: []string{"dns"}}},
+		"web":  {Policy: config.PolicySplice, Upstream: config.Upstream{Host: "2001:db8::5"}},
+		"idle": {},
+	}
+	if !reflect.DeepEqual(cfg.Labels, wantLabels) {
+		t.Errorf("labels %+v, want %+v", cfg.Labels, wantLabels)
+	}
+	// What apply would send for it is what the daemon has.
+	req, err := toControlConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range req.Labels {
+		var old *control.LabelSettings
+		for _, ch := range diff.Labels {
+			if ch.Label == l.Label {
+				old = ch.Old
+			}
+		}
+		if old == nil || old.Policy != l.Policy || old.Upstream != l.Upstream || !sameStrings(old.Users, l.Users) || !sameStrings(old.Groups, l.Groups) {
+			t.Errorf("label %d: apply would send %+v, daemon has %+v", i, l, old)
+		}
+	}
+
+	// A daemon that refuses (not root) gets a clear error.
+	d = newFakeDaemon(t, errorHandler(control.Errorf(control.CodePermission, "apply needs root")))
+	r = runMain(t, nil, "--control", d.path, "bindings", "-o", "yaml")
+	wantFail(t, r, ExitFailure, "bindings: -o yaml needs root")
+}
+
+func sameStrings(a, b []string) bool {
+	m := map[string]int{}
+	for _, s := range a {
+		m[s]++
+	}
+	for _, s := range b {
+		m[s]--
+	}
+	for _, n := range m {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
