@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/netns"
+	"github.com/switchyard-project/switchyard/internal/safepath"
 )
 
 // DefaultRoot is where state is pinned unless Options.Root says otherwise.
@@ -117,12 +118,22 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 	if err := CheckBPFFS(opts.Root); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.Root, 0o755); err != nil {
-		return nil, fmt.Errorf("state root: %w", err)
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(opts.Root, 0o755); err != nil {
+			return nil, fmt.Errorf("state root: %w", err)
+		}
+	}
+	// A bpffs mounted with default options is sticky and world-writable:
+	// anyone may create entries in the root, so each one used is checked.
+	if err := safepath.CheckStickyDir("bpffs state root", opts.Root); err != nil {
+		if opts.ReadOnly && errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("state root %s: %w: no dispatcher has run here yet", opts.Root, ErrNotFound)
+		}
+		return nil, err
 	}
 	d.dir = StateDir(opts.Root, d.nsInode)
 
-	if _, err := os.Stat(d.dir); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(d.dir); errors.Is(err, os.ErrNotExist) {
 		if opts.ReadOnly {
 			return nil, fmt.Errorf("state %s: %w: no dispatcher has run in this namespace yet", d.dir, ErrNotFound)
 		}
@@ -131,8 +142,8 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 		}
 	}
 
-	if d.dirf, err = os.Open(d.dir); err != nil {
-		return nil, fmt.Errorf("state open: %w", err)
+	if d.dirf, err = openStateDir(d.dir); err != nil {
+		return nil, err
 	}
 	// A read-only dispatcher writes nothing, so a shared lock serves it:
 	// readers (the CLI without a daemon) never wait for one another.
@@ -156,6 +167,30 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// openStateDir opens a namespace's state directory without following a
+// symlink, and checks on the open descriptor that root (or this uid) owns
+// it and no one else may write to it: in a sticky root another user may
+// have made the name first.
+func openStateDir(dir string) (*os.File, error) {
+	if err := safepath.CheckDir("namespace state directory", dir); err != nil {
+		return nil, fmt.Errorf("%w; remove it (it is not switchyard's) and start again", err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("state open %s: %w", dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("state open %s: %w", dir, err)
+	}
+	if (st.Uid != 0 && int(st.Uid) != os.Geteuid()) || st.Mode&0o022 != 0 {
+		unix.Close(fd)
+		return nil, fmt.Errorf("namespace state directory %s: %w: it changed while it was checked; remove it and start again", dir, safepath.ErrUnsafe)
+	}
+	return os.NewFile(uintptr(fd), dir), nil
 }
 
 // StateDir is the state directory of the namespace with the given inode.
@@ -370,8 +405,13 @@ func (d *Dispatcher) attach() error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
 	case err == nil:
-		if ok, why := d.linkServesNS(l); !ok {
+		if ok, why, other := d.linkServesNS(l); !ok {
 			l.Close()
+			if other {
+				// A live namespace's state under this namespace's name:
+				// adopting it would edit the other namespace's bindings.
+				return fmt.Errorf("state %s: %w: %s; it belongs to that namespace's switchyard, not this one: remove or move it if that is wrong", d.dir, safepath.ErrUnsafe, why)
+			}
 			if d.readOnly {
 				return fmt.Errorf("state %s: %s", d.dir, why)
 			}
@@ -452,19 +492,28 @@ func (d *Dispatcher) stampProgram() error {
 	})
 }
 
-func (d *Dispatcher) linkServesNS(l link.Link) (bool, string) {
+// linkServesNS is how a state directory proves it belongs to this
+// namespace: its pinned link is attached to it. A link whose namespace is
+// gone reports inode 0 (the kernel's netns_bpf_link_fill_info gives 0 once
+// the link's net is released): the state is stale and may be taken over, as
+// when a new namespace reuses a dead one's inode. A link attached to
+// another live namespace (other) must not be.
+func (d *Dispatcher) linkServesNS(l link.Link) (ok bool, why string, other bool) {
 	info, err := l.Info()
 	if err != nil {
-		return false, fmt.Sprintf("link info: %v", err)
+		return false, fmt.Sprintf("link info: %v", err), false
 	}
 	nsi := info.NetNs()
 	if nsi == nil {
-		return false, "pinned link is not a netns link"
+		return false, "pinned link is not a netns link", false
 	}
-	if uint64(nsi.NetnsInode) != d.nsInode {
-		return false, fmt.Sprintf("pinned link serves netns inode %d, not %d (namespace gone?)", nsi.NetnsInode, d.nsInode)
+	if ino := uint64(nsi.NetnsInode); ino != d.nsInode {
+		if ino != 0 {
+			return false, fmt.Sprintf("its pinned link serves network namespace inode %d, not this one's (%d)", ino, d.nsInode), true
+		}
+		return false, fmt.Sprintf("pinned link serves no namespace any more, not inode %d (namespace gone)", d.nsInode), false
 	}
-	return true, ""
+	return true, "", false
 }
 
 // Verify loads this build's programs and maps into the kernel without

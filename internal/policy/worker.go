@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/switchyard-project/switchyard/internal/safepath"
 )
 
 // Splice workers: with Options.Workers set, each label's splice proxy runs
@@ -194,17 +194,10 @@ func buildID() (string, error) {
 // what it serves; sockets nobody answers on are left-overs and removed.
 func (m *Manager) findWorkers() error {
 	wo := m.opts.Workers
-	if err := os.MkdirAll(wo.Dir, 0o700); err != nil {
+	// Only root (or this uid) may place sockets there: the daemon acts on
+	// what answers on them.
+	if err := safepath.MkdirAll("splice worker directory", wo.Dir, 0o700); err != nil {
 		return fmt.Errorf("splice workers: %w", err)
-	}
-	// Only this user may place sockets there: the daemon acts on what
-	// answers on them.
-	var st unix.Stat_t
-	if err := unix.Lstat(wo.Dir, &st); err != nil {
-		return fmt.Errorf("splice workers: %w", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
-		return fmt.Errorf("splice workers: %s must be a directory of uid %d that no one else may write to", wo.Dir, os.Geteuid())
 	}
 	socks, err := filepath.Glob(filepath.Join(wo.Dir, "*.sock"))
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/policy"
+	"github.com/switchyard-project/switchyard/internal/safepath"
 )
 
 // Env is what the daemon takes from its surroundings, injected for tests.
@@ -191,8 +192,9 @@ func run(env Env, f flags, log *slog.Logger) error {
 		log.Debug("soft memory limit", "bytes", limit)
 	}
 
-	if err := os.MkdirAll(filepath.Dir(f.control), 0o755); err != nil {
-		return fmt.Errorf("control socket directory: %w", err)
+	// The label settings file lives here too: only root may write here.
+	if err := safepath.MkdirAll("control directory", filepath.Dir(f.control), 0o755); err != nil {
+		return err
 	}
 	ln, err := control.Listen(f.control)
 	if err != nil {
@@ -334,7 +336,7 @@ func (s *Server) reload(path string) error {
 	if path == "" {
 		return errors.New("no --config to reload")
 	}
-	cfg, err := config.Load(path)
+	cfg, _, err := loadConfig(path)
 	if err != nil {
 		return err
 	}

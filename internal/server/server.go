@@ -29,6 +29,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/policy"
+	"github.com/switchyard-project/switchyard/internal/safepath"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 )
 
@@ -108,7 +109,7 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 			return nil, err
 		}
 	} else if s.statePath != "" {
-		b, err := os.ReadFile(s.statePath)
+		b, err := safepath.ReadFile("label settings", s.statePath, maxStateFile)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
 		case err != nil:
@@ -173,15 +174,15 @@ func (s *Server) persist() error {
 	if err != nil {
 		return fmt.Errorf("save label settings: %w", err)
 	}
-	tmp := s.statePath + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("save label settings: %w", err)
-	}
-	if err := os.Rename(tmp, s.statePath); err != nil {
+	if err := safepath.WriteFile("label settings", s.statePath, b, 0o600); err != nil {
 		return fmt.Errorf("save label settings: %w", err)
 	}
 	return nil
 }
+
+// maxStateFile bounds the label settings file the daemon reads: 16,384
+// labels with long grant lists fit well within it.
+const maxStateFile = 64 << 20
 
 // Labels returns a copy of the label settings.
 func (s *Server) Labels() map[string]LabelSettings {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/safepath"
 )
 
 // How the watcher debounces a burst of events: it waits until the file's
@@ -321,6 +322,12 @@ func fileSHA256(path string) (string, error) {
 // loadConfig loads the config file at start and returns it with the
 // sha256 of what was read ("" if the file changed while it was read).
 func loadConfig(path string) (*config.Config, string, error) {
+	// Only root (or the daemon's uid) may have written the file: it
+	// grants labels to users. Its directory is checked too, so the file
+	// checked is the file read.
+	if err := safepath.CheckFile("config file", path); err != nil {
+		return nil, "", err
+	}
 	before, _ := fileSHA256(path)
 	cfg, err := config.Load(path)
 	if err != nil {
