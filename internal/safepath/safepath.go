@@ -113,10 +113,11 @@ func MkdirAll(what, dir string, perm os.FileMode) error {
 
 // CheckFile verifies that path is a regular file, not a symlink, owned by
 // root or the daemon's uid and not writable by group or others, in a
-// directory that passes CheckDir.
+// directory that passes CheckStickyDir: in a sticky directory such as /tmp
+// no one else may rename or replace a file root owns.
 func CheckFile(what, path string) error {
 	path = filepath.Clean(path)
-	if err := CheckDir(what+" (its directory)", filepath.Dir(path)); err != nil {
+	if err := CheckStickyDir(what+" (its directory)", filepath.Dir(path)); err != nil {
 		return err
 	}
 	var st unix.Stat_t

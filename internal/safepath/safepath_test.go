@@ -106,6 +106,15 @@ func TestCheckFile(t *testing.T) {
 	link := filepath.Join(dir, "link.yaml")
 	os.Symlink(good, link)
 	wantUnsafe(t, CheckFile("config file", link), "symlink")
+	// A root-owned file in a sticky directory such as /tmp is fine.
+	sticky := filepath.Join(dir, "sticky")
+	os.Mkdir(sticky, 0o755)
+	os.Chmod(sticky, os.ModeSticky|0o777)
+	inSticky := filepath.Join(sticky, "c.yaml")
+	os.WriteFile(inSticky, nil, 0o600)
+	if err := CheckFile("config file", inSticky); err != nil {
+		t.Errorf("a root-owned file in a sticky directory: %v", err)
+	}
 	_, err := ReadFile("config file", link, 1<<20)
 	wantUnsafe(t, err, "symlink")
 	b, err := ReadFile("config file", good, 1<<20)
