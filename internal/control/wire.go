@@ -42,9 +42,14 @@ const (
 	// the replies that carry no list.
 	MaxSmallMessage = 64 << 10
 	// MaxMessage caps the payload of an Apply request and of the replies
-	// that carry lists (ListBindings, Status, Apply). 64 MiB holds well
-	// over 500,000 bindings.
+	// that carry lists (Status, Apply). 64 MiB holds well over 500,000
+	// bindings.
 	MaxMessage = 64 << 20
+	// MaxListMessage caps the payload of a ListBindings reply. The daemon
+	// streams it (Conn.WriteBindings): it holds one datagram of the reply
+	// at a time, so the cap only bounds what a client accepts. 1,048,576
+	// bindings with 255-byte labels and IPv6 ranges are about 400 MiB.
+	MaxListMessage = 1 << 30
 )
 
 var magic = [4]byte{'S', 'W', 'Y', 'D'}
@@ -58,7 +63,9 @@ func maxPayload(op Op, reply bool) int {
 		return MaxSmallMessage
 	}
 	switch op {
-	case OpListBindings, OpStatus, OpApply:
+	case OpListBindings:
+		return MaxListMessage
+	case OpStatus, OpApply:
 		return MaxMessage
 	}
 	return MaxSmallMessage

@@ -324,6 +324,7 @@ func (s *Server) configBindings(cfg *config.Config) error {
 	if cfg.Bindings == nil {
 		return nil
 	}
+	defer s.snaps.changed()
 	added, removed, err := s.d.ReplaceBindings(cfg.Bindings, false)
 	if err != nil {
 		return fmt.Errorf("apply config bindings: %w", err)

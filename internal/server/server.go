@@ -50,6 +50,15 @@ type Stats struct {
 	RefusedRegistrations atomic.Uint64
 	RefusedChanges       atomic.Uint64
 	BadRequests          atomic.Uint64
+	// RefusedConnections: control connections turned away by the limits
+	// on connections and descriptors.
+	RefusedConnections atomic.Uint64
+	// AcceptErrors: failed accepts of control connections (out of
+	// descriptors, ...), after which the server went on.
+	AcceptErrors atomic.Uint64
+	// RefusedReplies: replies withheld because the peer had too many
+	// bytes of replies unread.
+	RefusedReplies atomic.Uint64
 }
 
 // Server serves the control protocol for one dispatcher.
@@ -71,6 +80,10 @@ type Server struct {
 	pm     *policy.Manager // nil: policies unavailable, because of pmWhy
 	pmWhy  string
 	pmCtx  context.Context
+
+	conns    connTable
+	logLimit logLimiter
+	snaps    snapshots
 
 	wg sync.WaitGroup
 }
@@ -195,90 +208,139 @@ func (s *Server) Labels() map[string]LabelSettings {
 	return out
 }
 
-// Serve accepts control connections until ctx is done or the listener
-// fails, then waits for the requests under way to finish.
-func (s *Server) Serve(ctx context.Context, ln *control.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	defer s.wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(ctx, c)
-		}()
-	}
-}
-
-// idleTimeout is how long a control connection may wait for its next
-// request; a client that says nothing does not hold the daemon's resources.
-const idleTimeout = 30 * time.Second
-
-func (s *Server) serveConn(ctx context.Context, c *control.Conn) {
-	defer c.Close()
+func (s *Server) serveConn(ctx context.Context, cc *control.Conn) {
+	defer cc.Close()
 	// Stopping the daemon ends idle connections too.
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	stop := context.AfterFunc(ctx, func() { cc.Close() })
 	defer stop()
-	cred, err := c.PeerCred()
+	cred, err := cc.PeerCred()
 	if err != nil {
-		s.log.Warn("control connection without credentials", "err", err)
+		s.logLimited(0, "control connection without credentials", "err", err)
 		return
 	}
-	p := peer{uid: cred.UID, gid: cred.GID, pid: cred.PID, groups: peerGroups(c)}
+	p := peer{uid: cred.UID, gid: cred.GID, pid: cred.PID}
+	c := &conn{c: cc, uid: p.uid}
+	if err := s.conns.admit(c, connFD(cc)); err != nil {
+		s.Stats.RefusedConnections.Add(1)
+		s.logLimited(p.uid, "refused control connection", "peer_uid", p.uid, "peer_pid", p.pid, "reason", err.Error())
+		// Say why, if the peer's socket takes it at once, and hang up.
+		cc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		cc.WriteReply(control.NewErrorReply(control.ProtocolVersion, 0, control.Errorf(control.CodeInvalid, "%s", err.Error())))
+		return
+	}
+	defer s.conns.remove(c)
+	p.groups = peerGroups(cc)
 	if !p.root() {
 		// Only root may send the large messages (apply).
-		c.SetRequestLimit(control.MaxSmallMessage)
+		cc.SetRequestLimit(control.MaxSmallMessage)
 	}
 	for ctx.Err() == nil {
-		c.SetReadDeadline(time.Now().Add(idleTimeout))
-		req, files, err := c.ReadRequest()
+		c.busy.Store(false)
+		cc.SetReadDeadline(time.Now().Add(idleTimeout))
+		req, files, err := cc.ReadRequest()
+		c.busy.Store(true)
 		if err != nil {
 			if isEOF(err) || errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
 				return
 			}
 			s.Stats.BadRequests.Add(1)
-			s.log.Warn("bad control request", "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
+			s.logLimited(p.uid, "bad control request", "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
 			// Say what was wrong if the peer still listens, then hang up:
 			// after a malformed message the stream cannot be trusted.
-			c.WriteReply(control.NewErrorReply(control.ProtocolVersion, 0, err))
+			cc.SetWriteDeadline(time.Now().Add(frameTimeout))
+			cc.WriteReply(control.NewErrorReply(control.ProtocolVersion, 0, err))
 			return
+		}
+		if lr, ok := req.Body.(*control.ListBindingsRequest); ok {
+			if err := s.writeListing(cc, p, req, lr); err != nil {
+				s.log.Debug("write control reply", "peer_uid", p.uid, "err", err)
+				return
+			}
+			continue
 		}
 		rep := s.handle(p, req, files)
 		for _, f := range files {
 			f.Close() // the daemon never keeps a service's socket
 		}
-		err = c.WriteReply(rep)
-		if large(rep) {
-			// A reply listing many bindings left garbage of its size;
-			// hand it back rather than keep it resident.
-			rep = nil
-			debug.FreeOSMemory()
-		}
-		if err != nil {
-			s.log.Debug("write control reply", "err", err)
+		if err := s.writeReply(cc, p, rep); err != nil {
+			s.log.Debug("write control reply", "peer_uid", p.uid, "err", err)
 			return
 		}
 	}
 }
 
-// large reports whether a reply carries so many bindings that the memory
-// it took is worth returning at once.
-func large(rep *control.Reply) bool {
-	const many = 10000
-	switch b := rep.Body.(type) {
-	case *control.ListBindingsResponse:
-		return len(b.Bindings) >= many
-	case *control.ApplyResponse:
-		return len(b.Diff.AddBindings)+len(b.Diff.RemoveBindings) >= many
+// replyDeadline is the latest a whole reply to p may take.
+func replyDeadline(p peer) time.Time {
+	if p.root() {
+		return time.Time{}
 	}
-	return false
+	return time.Now().Add(replyTimeout)
+}
+
+// writeReply sends rep within the deadlines, holding its encoded size
+// against a non-root peer's reply budget until it is sent.
+func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply) error {
+	enc, err := control.EncodeReplyFrames(rep)
+	if err != nil {
+		rep = control.NewErrorReply(rep.Version, rep.Op, err)
+		if enc, err = control.EncodeReplyFrames(rep); err != nil {
+			return err
+		}
+	}
+	if err := s.conns.reserve(p.uid, enc.Size()); err != nil {
+		s.Stats.RefusedReplies.Add(1)
+		s.logLimited(p.uid, "refused reply", "peer_uid", p.uid, "peer_pid", p.pid, "reason", err.Error())
+		if enc, err = control.EncodeReplyFrames(control.NewErrorReply(rep.Version, rep.Op, err)); err != nil {
+			return err
+		}
+	} else {
+		defer s.conns.release(p.uid, enc.Size())
+	}
+	err = cc.WriteEncoded(enc, frameTimeout, replyDeadline(p))
+	if p.root() && enc.Size() >= largeReply {
+		// A reply listing many bindings (an apply's diff) left garbage
+		// of its size; hand it back rather than keep it resident.
+		enc = nil
+		debug.FreeOSMemory()
+	}
+	return err
+}
+
+// largeReply is the size of a reply to root worth returning its memory at
+// once.
+const largeReply = 4 << 20
+
+// writeListing answers ListBindings from the snapshot, streamed.
+func (s *Server) writeListing(cc *control.Conn, p peer, req *control.Request, r *control.ListBindingsRequest) error {
+	bs, err := s.bindings()
+	if err != nil {
+		return s.writeReply(cc, p, control.NewErrorReply(req.Version, req.Op(), toControlError(err)))
+	}
+	var keep control.BindingFilter
+	if r.Label != "" {
+		keep = func(b *binding.Binding) bool { return b.Label == r.Label }
+	}
+	return cc.WriteBindings(req.Version, bs, keep, frameTimeout, replyDeadline(p))
+}
+
+// bindings is the snapshot of every binding, sorted. Callers must not
+// change it.
+func (s *Server) bindings() ([]binding.Binding, error) {
+	return s.snaps.bindings.get(&s.snaps.gen, s.d.Bindings)
+}
+
+// bindingCounts is the snapshot of the number of bindings per label.
+func (s *Server) bindingCounts() (map[string]int, error) {
+	return s.snaps.counts.get(&s.snaps.gen, s.d.BindingCounts)
+}
+
+// connFD is the descriptor number of a connection.
+func connFD(cc *control.Conn) int {
+	fd := -1
+	if rc, err := cc.UnixConn().SyscallConn(); err == nil {
+		rc.Control(func(s uintptr) { fd = int(s) })
+	}
+	return fd
 }
 
 type peer struct {
@@ -302,7 +364,7 @@ var errPermission = errors.New("permission denied")
 func (s *Server) refuse(p peer, what string, counter *atomic.Uint64, format string, args ...any) error {
 	counter.Add(1)
 	msg := fmt.Sprintf(format, args...)
-	s.log.Warn("refused request", "op", what, "peer_uid", p.uid, "peer_gid", p.gid, "peer_pid", p.pid, "reason", msg)
+	s.logLimited(p.uid, "refused request", "op", what, "peer_uid", p.uid, "peer_gid", p.gid, "peer_pid", p.pid, "reason", msg)
 	return fmt.Errorf("%w: %s", errPermission, msg)
 }
 
@@ -336,6 +398,7 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		if err := s.requireRoot(p, "bind"); err != nil {
 			return nil, err
 		}
+		defer s.snaps.changed()
 		added, err := s.d.AddBindings(r.Binding)
 		if err != nil {
 			return nil, err
@@ -348,20 +411,25 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		if err := s.requireRoot(p, "unbind"); err != nil {
 			return nil, err
 		}
+		defer s.snaps.changed()
 		if err := s.d.RemoveBindings(r.Binding); err != nil {
 			return nil, err
 		}
 		s.log.Info("unbound", "binding", r.Binding.String(), "peer_uid", p.uid)
 		return &control.UnbindResponse{}, nil
 	case *control.ListBindingsRequest:
-		bs, err := s.d.Bindings()
+		// Served streamed by writeListing; this is for callers of do.
+		bs, err := s.bindings()
 		if err != nil {
 			return nil, err
 		}
-		if r.Label != "" {
-			bs = slices.DeleteFunc(bs, func(b binding.Binding) bool { return b.Label != r.Label })
+		var out []binding.Binding
+		for _, b := range bs {
+			if r.Label == "" || b.Label == r.Label {
+				out = append(out, b)
+			}
 		}
-		return &control.ListBindingsResponse{Bindings: bs}, nil
+		return &control.ListBindingsResponse{Bindings: out}, nil
 	case *control.RegisterRequest:
 		if err := s.mayRegister(p, r.Label); err != nil {
 			return nil, err
@@ -385,7 +453,7 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 			}
 			if err != nil {
 				s.Stats.RefusedRegistrations.Add(1)
-				s.log.Warn("refused socket", "label", r.Label, "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
+				s.logLimited(p.uid, "refused socket", "label", r.Label, "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
 				return nil, err
 			}
 			res.Results = append(res.Results, control.RegisterResult{Protocol: dest.Protocol, Family: dest.Family, Local: info.Local})
@@ -411,6 +479,9 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		if err := s.requireRoot(p, "apply"); err != nil {
 			return nil, err
 		}
+		if !r.DryRun {
+			defer s.snaps.changed()
+		}
 		return s.apply(r)
 	default:
 		return nil, control.Errorf(control.CodeUnsupported, "operation %s is not supported by this daemon (version %s)", req.Op(), Version)
@@ -426,7 +497,7 @@ func supportedProtocols() []uint16 {
 }
 
 func (s *Server) status(label string) (*control.StatusResponse, error) {
-	counts, err := s.d.BindingCounts()
+	counts, err := s.bindingCounts()
 	if err != nil {
 		return nil, err
 	}

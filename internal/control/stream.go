@@ -1,0 +1,207 @@
+package control
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// Streaming the ListBindings reply. A list of 1,048,576 bindings is about a
+// hundred megabytes of JSON; encoding it whole for each request would let
+// any local user who asks and never reads pin that much daemon memory per
+// connection. WriteBindings encodes it as it sends, one datagram at a time,
+// with the same bytes as WriteReply would send (the tests compare them), so
+// clients need no change: the total length in each header comes from a
+// first pass that only counts.
+
+const (
+	listPrefix = `{"result":{"bindings":[`
+	listSuffix = `]}}`
+)
+
+// appendBinding appends b as encoding/json writes a binding.Binding. Labels
+// are letters, digits and ". _ - @" (binding.ValidateLabel), and the other
+// fields print only digits, letters and ". : / - *", none of which JSON
+// escapes; a label that would need escaping goes through encoding/json.
+func appendBinding(buf []byte, b *binding.Binding) []byte {
+	buf = append(buf, `{"label":`...)
+	if plainLabel(b.Label) {
+		buf = append(buf, '"')
+		buf = append(buf, b.Label...)
+		buf = append(buf, '"')
+	} else {
+		q, _ := json.Marshal(b.Label)
+		buf = append(buf, q...)
+	}
+	buf = append(buf, `,"protocol":"`...)
+	buf = append(buf, b.Protocol.String()...)
+	buf = append(buf, `","prefix":"`...)
+	buf = b.Prefix.AppendTo(buf)
+	buf = append(buf, `","ports":"`...)
+	if b.Ports.IsAny() {
+		buf = append(buf, '*')
+	} else {
+		buf = strconv.AppendUint(buf, uint64(b.Ports.Lo), 10)
+		if !b.Ports.Single() {
+			buf = append(buf, '-')
+			buf = strconv.AppendUint(buf, uint64(b.Ports.Hi), 10)
+		}
+	}
+	return append(buf, `"}`...)
+}
+
+func plainLabel(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '@') {
+			return false
+		}
+	}
+	return true
+}
+
+// BindingFilter selects the bindings a listing includes; nil includes all.
+type BindingFilter func(*binding.Binding) bool
+
+// WriteBindings sends the successful ListBindings reply listing the
+// bindings of bs that keep accepts, in their order, for a request of
+// protocol version. It holds at most one datagram of the reply in memory.
+// Before each datagram it sets the write deadline to the earlier of now +
+// frameTimeout and until, so a peer that stops reading is dropped once
+// either passes. A failure after the first datagram leaves the connection
+// unusable (ErrBroken).
+func (c *Conn) WriteBindings(version uint16, bs []binding.Binding, keep BindingFilter, frameTimeout time.Duration, until time.Time) error {
+	if !SupportedVersion(version) {
+		return versionError(version)
+	}
+	// First pass: the total length.
+	scratch := make([]byte, 0, 512)
+	total := len(listPrefix) + len(listSuffix)
+	n := 0
+	for i := range bs {
+		if keep != nil && !keep(&bs[i]) {
+			continue
+		}
+		if n > 0 {
+			total++
+		}
+		n++
+		total += len(appendBinding(scratch[:0], &bs[i]))
+		if total > MaxListMessage {
+			return invalidf("control message: %s reply of more than %d bytes is over the limit", OpListBindings, MaxListMessage)
+		}
+	}
+
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	sent := 0
+	buf := make([]byte, 0, MaxChunk+512)
+	var f frame
+	flush := func(last bool) error {
+		for len(buf) >= MaxChunk || (last && (len(buf) > 0 || sent == 0)) {
+			chunk := buf[:min(len(buf), MaxChunk)]
+			h := header{version: version, op: OpListBindings, flags: flagReply, total: uint32(total), length: uint32(len(chunk))}
+			if sent+len(chunk) < total {
+				h.flags |= flagMore
+			}
+			h.put(f.hdr[:])
+			f.payload = chunk
+			dl := time.Now().Add(frameTimeout)
+			if !until.IsZero() && until.Before(dl) {
+				dl = until
+			}
+			c.uc.SetWriteDeadline(dl)
+			if err := c.sendFrame(&f, nil); err != nil {
+				if sent > 0 {
+					c.werr = fmt.Errorf("%w (%v)", ErrBroken, err)
+				}
+				return err
+			}
+			sent += len(chunk)
+			buf = append(buf[:0], buf[len(chunk):]...)
+			if last && len(buf) == 0 {
+				break
+			}
+		}
+		return nil
+	}
+	buf = append(buf, listPrefix...)
+	first := true
+	for i := range bs {
+		if keep != nil && !keep(&bs[i]) {
+			continue
+		}
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		buf = appendBinding(buf, &bs[i])
+		if len(buf) >= MaxChunk {
+			if err := flush(false); err != nil {
+				return err
+			}
+		}
+	}
+	buf = append(buf, listSuffix...)
+	if err := flush(true); err != nil {
+		return err
+	}
+	if sent != total {
+		c.werr = fmt.Errorf("%w (listing changed while it was sent: %d of %d bytes)", ErrBroken, sent, total)
+		return c.werr
+	}
+	return nil
+}
+
+// Encoded is a reply encoded for sending, so that a server can weigh it
+// before it sends it.
+type Encoded struct {
+	fs   []frame
+	size int
+}
+
+// Size is the payload length of the encoded reply.
+func (e *Encoded) Size() int { return e.size }
+
+// EncodeReplyFrames encodes a reply for WriteEncoded.
+func EncodeReplyFrames(rep *Reply) (*Encoded, error) {
+	fs, err := encodeReply(rep)
+	if err != nil {
+		return nil, err
+	}
+	e := &Encoded{fs: fs}
+	for _, f := range fs {
+		e.size += len(f.payload)
+	}
+	return e, nil
+}
+
+// WriteEncoded sends an encoded reply, setting the write deadline before
+// each datagram as WriteBindings does.
+func (c *Conn) WriteEncoded(e *Encoded, frameTimeout time.Duration, until time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	for i := range e.fs {
+		dl := time.Now().Add(frameTimeout)
+		if !until.IsZero() && until.Before(dl) {
+			dl = until
+		}
+		c.uc.SetWriteDeadline(dl)
+		if err := c.sendFrame(&e.fs[i], nil); err != nil {
+			if i > 0 {
+				c.werr = fmt.Errorf("%w (%v)", ErrBroken, err)
+			}
+			return err
+		}
+	}
+	return nil
+}
