@@ -32,6 +32,12 @@ var (
 		"Requests to change bindings or settings refused for lack of privilege.", nil, nil)
 	descBadRequests = prometheus.NewDesc("switchyard_control_bad_requests_total",
 		"Control messages that could not be decoded.", nil, nil)
+	descRefusedConns = prometheus.NewDesc("switchyard_control_connections_refused_total",
+		"Control connections turned away by the limits on connections per user, in total, and on file descriptors.", nil, nil)
+	descRefusedReplies = prometheus.NewDesc("switchyard_control_replies_refused_total",
+		"Replies withheld because a user other than root had too many reply bytes unread.", nil, nil)
+	descAcceptErrors = prometheus.NewDesc("switchyard_control_accept_errors_total",
+		"Failed accepts of control connections (out of file descriptors, ...); the daemon went on serving.", nil, nil)
 	descScrapeErr = prometheus.NewDesc("switchyard_scrape_errors_total",
 		"Times reading the dispatch state for metrics failed.", nil, nil)
 	descPolicyBytes = prometheus.NewDesc("switchyard_policy_bytes_total",
@@ -62,6 +68,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
 		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr,
+		descRefusedConns, descRefusedReplies, descAcceptErrors,
 		descPolicyBytes, descPolicyConns, descBusyPoll, descInfo,
 		descReloadOK, descReloadAt, descReloads, descReloadFail, descConfigInfo} {
 		ch <- d
@@ -75,6 +82,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefusedChange, prometheus.CounterValue, float64(s.Stats.RefusedChanges.Load()))
 	ch <- prometheus.MustNewConstMetric(descBadRequests, prometheus.CounterValue, float64(s.Stats.BadRequests.Load()))
 	s.reloads.collect(ch)
+	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(s.Stats.RefusedConnections.Load()))
+	ch <- prometheus.MustNewConstMetric(descRefusedReplies, prometheus.CounterValue, float64(s.Stats.RefusedReplies.Load()))
+	ch <- prometheus.MustNewConstMetric(descAcceptErrors, prometheus.CounterValue, float64(s.Stats.AcceptErrors.Load()))
 	defer func() {
 		ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.CounterValue, float64(c.scrapeErrs.Load()))
 	}()
