@@ -15,6 +15,11 @@
 // filesystem mounted with default options is mode 1777), since what the
 // daemon adopts inside it is checked entry by entry.
 //
+// Directories above a path may be symlinks, and so may the config file an
+// operator points the daemon at (CheckFile; a Kubernetes ConfigMap volume
+// links it), but only symlinks that root or the daemon's uid made are
+// followed, and what they lead to is checked as above.
+//
 // Files are created inside a checked directory with O_CREAT|O_EXCL|
 // O_NOFOLLOW relative to a descriptor of that directory and renamed into
 // place (WriteFile); files are read through O_NOFOLLOW with the checks made

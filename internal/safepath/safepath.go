@@ -53,13 +53,9 @@ func checkStat(what, path string, st *unix.Stat_t, dir, sticky bool) error {
 // included): owned by root or the daemon's uid, and writable by no one else
 // unless sticky.
 func checkAncestors(what, dir string) error {
-	real, err := filepath.EvalSymlinks(dir)
+	real, err := resolve(what, dir)
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	real, err = filepath.Abs(real)
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return err
 	}
 	p := "/"
 	parts := strings.Split(strings.TrimPrefix(real, "/"), "/")
@@ -76,6 +72,61 @@ func checkAncestors(what, dir string) error {
 		}
 		p = filepath.Join(p, parts[i])
 	}
+}
+
+// maxHops bounds the symlinks followed in one path, as the kernel's
+// MAXSYMLINKS does.
+const maxHops = 40
+
+// resolve returns the physical path of path, following symlinks one
+// component at a time, and refuses a symlink that someone other than root
+// or the daemon's uid made: in a sticky directory such as /tmp anyone may
+// make one, and it could send the daemon to a file root never meant it to
+// read. A symlink root made (/var/run, a Kubernetes ConfigMap volume's
+// ..data) is followed.
+func resolve(what, path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	rest := strings.Split(abs, "/")
+	cur := "/"
+	hops := 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, c)
+		var st unix.Stat_t
+		if err := unix.Lstat(next, &st); err != nil {
+			return "", fmt.Errorf("%s %s: %w", what, next, &os.PathError{Op: "lstat", Path: next, Err: err})
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			cur = next
+			continue
+		}
+		if hops++; hops > maxHops {
+			return "", fmt.Errorf("%s %s: %w", what, path, unix.ELOOP)
+		}
+		if !trusted(st.Uid) {
+			return "", fmt.Errorf("%s %s: %w: the symlink %s is owned by uid %d, not %s: remove it, or use the real path", what, path, ErrUnsafe, next, st.Uid, owners())
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: %w", what, next, err)
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return cur, nil
 }
 
 // CheckDir verifies dir and every directory above it. dir must not be a
@@ -111,20 +162,29 @@ func MkdirAll(what, dir string, perm os.FileMode) error {
 	return CheckDir(what, dir)
 }
 
-// CheckFile verifies that path is a regular file, not a symlink, owned by
-// root or the daemon's uid and not writable by group or others, in a
-// directory that passes CheckStickyDir: in a sticky directory such as /tmp
-// no one else may rename or replace a file root owns.
+// CheckFile verifies that path, once symlinks that root (or the daemon's
+// uid) made are followed, is a regular file owned by root or the daemon's
+// uid and not writable by group or others, in a directory that passes
+// CheckStickyDir: in a sticky directory such as /tmp no one else may rename
+// or replace what root owns. A symlink anyone else made is refused. It is
+// for files an operator points the daemon at, such as the config file,
+// which deployment tools often link (a Kubernetes ConfigMap volume).
 func CheckFile(what, path string) error {
-	path = filepath.Clean(path)
-	if err := CheckStickyDir(what+" (its directory)", filepath.Dir(path)); err != nil {
+	real, err := resolve(what, path)
+	if err != nil {
+		return err
+	}
+	if err := CheckStickyDir(what+" (its directory)", filepath.Dir(real)); err != nil {
 		return err
 	}
 	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
+	if err := unix.Lstat(real, &st); err != nil {
 		return fmt.Errorf("%s %s: %w", what, path, err)
 	}
-	return checkStat(what, path, &st, false, false)
+	if real != filepath.Clean(path) {
+		what = fmt.Sprintf("%s %s, that is", what, path)
+	}
+	return checkStat(what, real, &st, false, false)
 }
 
 // ReadFile reads a file that passes CheckFile. The file is opened with

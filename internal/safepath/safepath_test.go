@@ -103,9 +103,26 @@ func TestCheckFile(t *testing.T) {
 	os.WriteFile(foreign, nil, 0o644)
 	os.Chown(foreign, 65534, 65534)
 	wantUnsafe(t, CheckFile("config file", foreign), "owned by uid 65534")
+	// A chain of symlinks root made, as a Kubernetes ConfigMap volume has,
+	// is followed; one another user made is not.
+	vol := filepath.Join(dir, "vol")
+	os.MkdirAll(filepath.Join(vol, "..2026_12_01"), 0o755)
+	os.WriteFile(filepath.Join(vol, "..2026_12_01", "c.yaml"), nil, 0o644)
+	os.Symlink("..2026_12_01", filepath.Join(vol, "..data"))
+	os.Symlink("..data/c.yaml", filepath.Join(vol, "c.yaml"))
+	if err := CheckFile("config file", filepath.Join(vol, "c.yaml")); err != nil {
+		t.Errorf("a ConfigMap-style chain of root's symlinks: %v", err)
+	}
 	link := filepath.Join(dir, "link.yaml")
 	os.Symlink(good, link)
-	wantUnsafe(t, CheckFile("config file", link), "symlink")
+	if err := CheckFile("config file", link); err != nil {
+		t.Errorf("root's symlink to a good file: %v", err)
+	}
+	os.Lchown(link, 65534, 65534)
+	wantUnsafe(t, CheckFile("config file", link), "symlink", "owned by uid 65534")
+	wwLink := filepath.Join(dir, "ww-link.yaml")
+	os.Symlink(ww, wwLink)
+	wantUnsafe(t, CheckFile("config file", wwLink), "writable by group or others")
 	// A root-owned file in a sticky directory such as /tmp is fine.
 	sticky := filepath.Join(dir, "sticky")
 	os.Mkdir(sticky, 0o755)
