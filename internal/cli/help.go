@@ -171,6 +171,33 @@ daemon section is ignored. Needs root.`,
 			run: runApply,
 		},
 		{
+			name:    "lookup",
+			args:    "tcp|udp ADDR:PORT [--from ADDR:PORT] [-o json]",
+			summary: "tell which binding, label and socket get traffic to ADDR:PORT",
+			help: `Runs the dispatch program on the namespace's pinned state with
+BPF_PROG_TEST_RUN, as for a new connection or datagram to ADDR:PORT, and
+prints the binding that wins (or none), its label, the socket chosen (where
+it is bound, its cookie, the processes that hold it) and the verdict:
+delivered, refused (the label has no usable socket) or left to the kernel's
+own lookup (no binding matches). Nothing is sent and nothing changes; when
+the attached program is this build's, the test run uses counters of its own,
+so the label's counters do not count it. Works with or without switchyardd.
+Needs root.
+
+-o json prints the same as an object: protocol, destination, source,
+binding, label, socket (protocol, family, local, cookie, reuseport, owners),
+verdict (delivered, refused or kernel), reason, counters_counted.
+
+Examples:
+  switchyard lookup udp 192.0.2.7:53
+  switchyard lookup tcp [2001:db8::1]:443 --from [2001:db8::99]:40000`,
+			flags: []flagSpec{
+				{names: []string{"from"}, value: "ADDR:PORT", help: "the client's address (does not change the choice of binding)"},
+				outputFlag, bpffsFlag,
+			},
+			run: runLookup,
+		},
+		{
 			name:    "unload",
 			args:    "[--stop-daemon] [--bpffs DIR]",
 			summary: "take switchyard out of the namespace",

@@ -14,12 +14,34 @@ import (
 // diagnostics (inet_diag) report it, by socket cookie, the key a sockmap
 // yields. Run it inside the namespace (netns.NS.Do).
 func Endpoints() (map[uint64]netip.AddrPort, error) {
+	socks, err := Sockets()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint64]netip.AddrPort, len(socks))
+	for cookie, s := range socks {
+		out[cookie] = s.Local
+	}
+	return out, nil
+}
+
+// DiagSocket is a socket as the kernel's socket diagnostics show it.
+type DiagSocket struct {
+	// Local is where it is bound.
+	Local netip.AddrPort
+	// Inode is its inode number, which /proc/PID/fd links name as
+	// socket:[INODE].
+	Inode uint32
+}
+
+// Sockets is Endpoints with the sockets' inode numbers.
+func Sockets() (map[uint64]DiagSocket, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	defer unix.Close(fd)
-	out := map[uint64]netip.AddrPort{}
+	out := map[uint64]DiagSocket{}
 	for _, q := range []struct {
 		family, proto uint8
 		states        uint32
@@ -40,12 +62,13 @@ const (
 	tcpListen      = 10 // TCP_LISTEN
 	diagReqLen     = 56 // struct inet_diag_req_v2
 	diagMsgLen     = 72 // struct inet_diag_msg
+	diagInodeOff   = 68 // its idiag_inode
 	nlmsgHeaderLen = unix.SizeofNlMsghdr
 )
 
 // dumpDiag asks for the sockets of one family and protocol in states and
 // adds them to out.
-func dumpDiag(fd int, family, proto uint8, states uint32, out map[uint64]netip.AddrPort) error {
+func dumpDiag(fd int, family, proto uint8, states uint32, out map[uint64]DiagSocket) error {
 	req := make([]byte, nlmsgHeaderLen+diagReqLen)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
@@ -83,7 +106,7 @@ func dumpDiag(fd int, family, proto uint8, states uint32, out map[uint64]netip.A
 				return nil
 			case unix.SOCK_DIAG_BY_FAMILY:
 				if cookie, ep, ok := parseDiagMsg(m.Data); ok {
-					out[cookie] = ep
+					out[cookie] = DiagSocket{Local: ep, Inode: ne.Uint32(m.Data[diagInodeOff:])}
 				}
 			}
 		}
