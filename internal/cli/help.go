@@ -89,6 +89,10 @@ registered under its own name.
 
 --fd N registers inherited descriptor N instead (repeatable; needs LABEL).
 
+--wait DURATION (default 5s) tries again while switchyardd is starting (no
+control socket yet, or nobody accepting on it), so that a unit started at
+boot beside the daemon does not lose the race; 0 fails at once.
+
 A TCP socket must be listening, a UDP socket bound and not connected.
 Registering needs root, or a grant for the label in the daemon's config.
 The daemon keeps no copy: when the service closes its socket, the label has
@@ -99,8 +103,11 @@ Example unit (register-socket pattern):
   Type=oneshot
   Sockets=web.socket
   ExecStart=/usr/bin/switchyard register web`,
-			flags: []flagSpec{{names: []string{"fd"}, value: "N", repeat: true, help: "register inherited file descriptor N (repeatable)"}},
-			run:   runRegister,
+			flags: []flagSpec{
+				{names: []string{"fd"}, value: "N", repeat: true, help: "register inherited file descriptor N (repeatable)"},
+				{names: []string{"wait"}, value: "DURATION", help: "while switchyardd is starting, try again for this long (default 5s; 0: not at all)"},
+			},
+			run: runRegister,
 		},
 		{
 			name:    "register-pid",

@@ -6,6 +6,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/control"
@@ -38,6 +41,11 @@ func runRegister(inv *invocation) error {
 		if err := binding.ValidateLabel(label); err != nil {
 			return inv.argError(err)
 		}
+	}
+
+	wait, err := inv.waitFlag()
+	if err != nil {
+		return err
 	}
 
 	var chosen []inherited
@@ -97,12 +105,62 @@ func runRegister(inv *invocation) error {
 		}
 	}
 
-	c, err := inv.dial()
+	c, err := inv.dialWait(wait)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	return inv.registerAll(c, socks)
+}
+
+// defaultWait is how long register waits for a daemon that is starting.
+const defaultWait = 5 * time.Second
+
+// waitFlag is the --wait duration, defaultWait if not given.
+func (inv *invocation) waitFlag() (time.Duration, error) {
+	v := inv.flag("wait")
+	if v == "" {
+		return defaultWait, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, inv.usage("--wait %q: give a duration such as 30s or 2m, or 0 not to wait", trunc(v))
+	}
+	return d, nil
+}
+
+// dialWait connects to the daemon, trying again for up to wait while it
+// is starting: no control socket yet, or one nobody accepts on (left by a
+// daemon that stopped, until the next one listens), or a full backlog.
+func (inv *invocation) dialWait(wait time.Duration) (*control.Client, error) {
+	path, err := inv.controlPath()
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(wait)
+	pause := 20 * time.Millisecond
+	for {
+		c, err := control.Dial(inv.ctx, path)
+		if err == nil {
+			return c, nil
+		}
+		starting := errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EAGAIN)
+		left := time.Until(deadline)
+		if !starting || left <= 0 {
+			if starting && wait > 0 {
+				return nil, fmt.Errorf("%w; gave up after waiting %s for it (--wait)", inv.dialError(path, err), wait)
+			}
+			return nil, inv.dialError(path, err)
+		}
+		t := time.NewTimer(min(pause, left))
+		select {
+		case <-inv.ctx.Done():
+			t.Stop()
+			return nil, inv.dialError(path, err)
+		case <-t.C:
+		}
+		pause = min(pause*2, 250*time.Millisecond)
+	}
 }
 
 // checkSocket applies the registration rules of sockinfo on the client
