@@ -78,7 +78,7 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 			return nil, err
 		}
 	}
-	err = d.change(func(m *model) (updates, error) {
+	err = d.changeBindings(func(m *model) (updates, error) {
 		added = nil
 		u := updates{}
 		for _, b := range bs {
@@ -104,7 +104,7 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 // RemoveBindings removes bindings in one atomic change. Each must exist with
 // the given label, or nothing changes and the error wraps ErrNotFound.
 func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
-	return d.change(func(m *model) (updates, error) {
+	return d.changeBindings(func(m *model) (updates, error) {
 		u := updates{}
 		for _, b := range bs {
 			gk := groupKey{b.Protocol, b.Prefix}
@@ -127,6 +127,14 @@ func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 // both). With dryRun it only computes the difference and writes nothing,
 // not even a repair of state left inconsistent by an interrupted change.
 func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, removed []binding.Binding, err error) {
+	return d.Replace(bs, nil, dryRun)
+}
+
+// Replace makes the bindings equal to bs and the recorded settings equal to
+// settings (nil: unchanged), in one atomic change, as ReplaceBindings does.
+// A restarted process finds both of before or both of after (see
+// Settings).
+func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool) (added, removed []binding.Binding, err error) {
 	next := map[groupKey][]portLabel{}
 	for _, b := range bs {
 		if err := b.Validate(); err != nil {
@@ -180,7 +188,7 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 			return err
 		})
 	} else {
-		err = d.change(edit)
+		err = d.change(edit, settings)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -241,17 +249,45 @@ func checkGroup(gk groupKey, ports []portLabel) error {
 	return nil
 }
 
-// change runs an edit of the binding set under the exclusive lock and makes
-// the result visible atomically. edit returns the next bindings of the
+func (d *Dispatcher) changeBindings(edit func(m *model) (updates, error)) error {
+	return d.change(edit, nil)
+}
+
+// change runs an edit of the binding set, and a change of the recorded
+// settings (nil: none), under the exclusive lock and makes the result
+// visible and recorded atomically. edit returns the next bindings of the
 // groups it changes (nil: no change).
-func (d *Dispatcher) change(edit func(m *model) (updates, error)) error {
-	return d.exclusive(func(m *model) error { return d.apply(m, edit) })
+func (d *Dispatcher) change(edit func(m *model) (updates, error), settings []byte) error {
+	return d.exclusive(func(m *model) error { return d.apply(m, edit, settings) })
+}
+
+// SetSettings records settings, an opaque blob of the caller's, in one
+// atomic change that leaves the bindings as they are.
+func (d *Dispatcher) SetSettings(settings []byte) error {
+	if settings == nil {
+		settings = []byte{}
+	}
+	return d.change(func(*model) (updates, error) { return nil, nil }, settings)
+}
+
+// Settings returns the settings recorded with the bindings in force; ok is
+// false if none were ever recorded (state of an older build).
+func (d *Dispatcher) Settings() (settings []byte, ok bool, err error) {
+	err = d.view(func(*model) error {
+		c, err := d.readCommit()
+		if err != nil {
+			return err
+		}
+		settings, ok, err = d.readSettings(c, c.Gen)
+		return err
+	})
+	return settings, ok, err
 }
 
 // apply carries out change under the lock.
-func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error)) error {
+func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), settings []byte) error {
 	u, err := edit(m)
-	if err != nil || len(u) == 0 {
+	if err != nil || (len(u) == 0 && settings == nil) {
 		return err
 	}
 	count := m.count
@@ -336,15 +372,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error)) error
 			m.groups[c.key] = c.new
 		}
 	}
-	err = d.commit(m, changes, func() error {
-		if err := batchDelete(d.objs.SyBindings, delKeys); err != nil {
-			return fmt.Errorf("record bindings: %w", err)
-		}
-		if err := batchPut(d.objs.SyBindings, putKeys, putVals); err != nil {
-			return fmt.Errorf("record bindings: %w", err)
-		}
-		return nil
-	})
+	err = d.commit(m, changes, &recordChange{delKeys: delKeys, putKeys: putKeys, putVals: putVals, settings: settings})
 	if err != nil {
 		return err
 	}

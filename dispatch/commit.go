@@ -196,22 +196,64 @@ func (d *Dispatcher) waitReaders() {
 	}
 }
 
-// commit makes a change of groups visible atomically. m already holds the
-// state after the change; record writes the control plane's own record
-// (bindings and labels) and runs before the flip.
-func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error) (err error) {
+// commit makes a change of groups visible atomically and records it, with
+// the settings of rc if any, in the generation of the record not in force,
+// which it then puts in force with one store (see doc.go for the order and
+// what a crash at each point leaves). m already holds the state after the
+// change.
+func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange) (err error) {
 	defer func() {
 		if err != nil {
 			// The cache no longer matches the maps. The next operation
-			// rebuilds it and, seeing the dirty mark, repairs the data
-			// path from the recorded bindings.
+			// rebuilds it and, seeing the dirty mark and the commit
+			// state, recovers the set in force from the record.
 			d.cache = nil
 		}
 	}()
+	c, err := d.readCommit()
+	if err != nil {
+		return err
+	}
+	if c.State == commitSync {
+		// The other generation holds what an interrupted change or an
+		// older build left: make it whole first.
+		if c, err = d.syncRecord(c); err != nil {
+			return err
+		}
+	}
+	if c.State != commitIdle {
+		return fmt.Errorf("state %s: %w: the record is mid-change (state %d)", d.dir, errBadRecord, c.State)
+	}
+	c.State = commitBegun
+	if err := d.writeCommit(c); err != nil {
+		return err
+	}
+	if err := d.crashPoint("begun"); err != nil {
+		return err
+	}
 	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
 		return err
 	}
-	if err := record(); err != nil {
+	if err := d.crashPoint("dirty"); err != nil {
+		return err
+	}
+	old, next := c.Gen, c.Gen^1
+	n, err := d.writeRecord(next, rc, "record-next")
+	if err != nil {
+		return err
+	}
+	if err := d.crashPoint("record-next"); err != nil {
+		return err
+	}
+	// The commit point.
+	c.Gen, c.State = next, commitFlipped
+	if rc.settings != nil {
+		c.Settings[next] = n
+	}
+	if err := d.writeCommit(c); err != nil {
+		return err
+	}
+	if err := d.crashPoint("flipped"); err != nil {
 		return err
 	}
 	listSet := map[int]bool{}
@@ -223,6 +265,20 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error
 	lists := slices.Collect(maps.Keys(listSet))
 	words := slices.Collect(maps.Keys(wordSet))
 	if err := d.writeGenerations(m, changes, lists, words, nil); err != nil {
+		// The data path cannot hold the change: put the old
+		// generation, still whole, back in force. The next operation
+		// makes the data path equal to it again. (A simulated crash
+		// stops here, as a real one would.)
+		if errors.Is(err, errCrashPoint) {
+			return err
+		}
+		c.Gen, c.State = old, commitBegun
+		if werr := d.writeCommit(c); werr != nil {
+			return errors.Join(err, werr)
+		}
+		return err
+	}
+	if err := d.crashPoint("data-path"); err != nil {
 		return err
 	}
 	for _, c := range changes {
@@ -230,23 +286,37 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, record func() error
 			m.slots[c.old.slot] = false
 		}
 	}
+	if n, err = d.writeRecord(old, rc, "record-old"); err != nil {
+		return err
+	}
+	if err := d.crashPoint("record-old"); err != nil {
+		return err
+	}
+	if rc.settings != nil {
+		c.Settings[old] = n
+	}
+	c.State = commitIdle
+	if err := d.writeCommit(c); err != nil {
+		return err
+	}
+	if err := d.crashPoint("idle"); err != nil {
+		return err
+	}
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial })
 }
 
 // writeGenerations writes changes to the inactive generation, switches to
 // it, waits until no program reads the other, and writes that one too. With
-// clear, each generation is first emptied.
-func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words []uint32, clear func(gen uint32) error) error {
+// prune, each generation's writes are first edited by it.
+func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words []uint32, prune func(gen uint32, w *genWriter)) error {
 	next := m.gen ^ 1
 	for _, gen := range []uint32{next, m.gen} {
-		if clear != nil {
-			if err := clear(gen); err != nil {
-				return err
-			}
-		}
 		var w genWriter
 		for _, c := range changes {
 			w.group(gen, c)
+		}
+		if prune != nil {
+			prune(gen, &w)
 		}
 		if err := w.flush(d); err != nil {
 			return err
@@ -258,6 +328,9 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 			if err := d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next }); err != nil {
 				return err
 			}
+			if err := d.crashPoint("data-next"); err != nil {
+				return err
+			}
 			d.waitReaders()
 		}
 	}
@@ -265,8 +338,8 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 	return nil
 }
 
-// rewrite makes both generations equal to m from scratch, deleting whatever
-// else they hold. It repairs state left by an interrupted change.
+// rewrite makes both generations equal to m, deleting whatever else they
+// hold. It repairs state left by an interrupted change.
 func (d *Dispatcher) rewrite(m *model) error {
 	for i := range m.slots {
 		m.slots[i] = i == 0
@@ -288,26 +361,69 @@ func (d *Dispatcher) rewrite(m *model) error {
 	for i := range allWords {
 		allWords[i] = uint32(i)
 	}
-	// Nothing reads a generation while it is written: clear it first.
-	clear := func(gen uint32) error {
-		pk, err := prefixKeysOfGen(d.objs.SyPrefixes, gen)
-		if err != nil {
-			return fmt.Errorf("read prefixes: %w", err)
-		}
-		ok, err := portKeysOfGen(d.objs.SyPorts, gen)
-		if err != nil {
-			return fmt.Errorf("read ports: %w", err)
-		}
-		if err := batchDelete(d.objs.SyPorts, ok); err != nil {
-			return fmt.Errorf("clear ports: %w", err)
-		}
-		if err := batchDelete(d.objs.SyPrefixes, pk); err != nil {
-			return fmt.Errorf("clear prefixes: %w", err)
-		}
-		return nil
+	// Nothing reads a generation while it is written. What it holds
+	// already is read once, so that only entries that differ from m are
+	// written or deleted: after an interrupted change that is the change.
+	prefixes, err := readAll[dispatchSyPrefixKey, dispatchSyPrefixVal](d.objs.SyPrefixes)
+	if err != nil {
+		return fmt.Errorf("read prefixes: %w", err)
 	}
-	if err := d.writeGenerations(m, changes, allLists, allWords, clear); err != nil {
+	ports, err := readAll[dispatchSyPortKey, uint32](d.objs.SyPorts)
+	if err != nil {
+		return fmt.Errorf("read ports: %w", err)
+	}
+	prune := func(gen uint32, w *genWriter) {
+		w.prefixKeys, w.prefixVals, w.prefixDel = pruneWrites(prefixes, w.prefixKeys, w.prefixVals,
+			func(k dispatchSyPrefixKey) bool { return uint32(k.Gen) == gen })
+		w.portKeys, w.portVals, w.portDel = pruneWrites(ports, w.portKeys, w.portVals,
+			func(k dispatchSyPortKey) bool { return uint32(k.Prefix.Gen) == gen })
+	}
+	if err := d.writeGenerations(m, changes, allLists, allWords, prune); err != nil {
 		return err
 	}
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
+}
+
+// pruneWrites drops the puts of keys whose value is already in have, and
+// returns the keys of have that mine selects and the puts do not name, to
+// be deleted.
+func pruneWrites[K, V comparable](have map[K]V, keys []K, vals []V, mine func(K) bool) ([]K, []V, []K) {
+	want := make(map[K]struct{}, len(keys))
+	n := 0
+	for i, k := range keys {
+		want[k] = struct{}{}
+		if v, ok := have[k]; ok && v == vals[i] {
+			continue
+		}
+		keys[n], vals[n] = k, vals[i]
+		n++
+	}
+	var del []K
+	for k := range have {
+		if _, ok := want[k]; !ok && mine(k) {
+			del = append(del, k)
+		}
+	}
+	return keys[:n], vals[:n], del
+}
+
+// readAll reads a hash map whole, in batches.
+func readAll[K comparable, V any](m *ebpf.Map) (map[K]V, error) {
+	const batch = 4096
+	keys := make([]K, batch)
+	vals := make([]V, batch)
+	out := make(map[K]V)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out[keys[i]] = vals[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }

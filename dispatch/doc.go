@@ -17,6 +17,43 @@
 // written to two generations and switched with one store, so a lookup sees
 // all of a change or none of it.
 //
+// # Crash atomicity
+//
+// What a restarted process recovers the set in force from is the record:
+// the bindings, and an opaque blob of label settings that the daemon stores
+// with them (Replace, SetSettings, Settings). It is kept twice, as
+// generations 0 (sy_bindings) and 1 (sy_bindings_b, with sy_settings holding
+// the blobs of both), and sy_commit[0] names the generation in force and the
+// state of a change: idle, begun, flipped, or sync (the other generation is
+// stale). Every bpf syscall is one step: a SIGKILL lands between two, never
+// inside one. A change from set A (generation g) to set B writes, in order:
+//
+//  1. sy_commit = {g, begun}; then sy_config.dirty = 1.
+//  2. B's delta and settings into generation g^1 (which held A).
+//  3. sy_commit = {g^1, flipped}: the commit point, one store.
+//  4. The data path: B into the data generation not read, the program
+//     switched to it, then B into the other (see commit.go).
+//  5. B's delta into generation g, then sy_commit = {g^1, idle}; then
+//     sy_config.dirty = 0.
+//
+// A crash before 3 leaves generation g whole and in force, holding A, and
+// the data path untouched (it still serves A): recovery checks the data
+// path as after a clean stop, marks generation g^1 stale, and logs that the
+// old set is in force. A crash from 3 on leaves generation g^1 whole and in
+// force, holding B (step 2 completed before 3 was written), and the data
+// path anywhere between A and B: recovery rewrites the data path from
+// generation g^1, entry by entry where it differs, and logs that the new set
+// is in force. If the data path cannot hold B (step 4 fails), one store puts
+// {g, begun} back, and A is in force as before 3. Recovery itself writes
+// only the data path toward the generation in force and then the commit
+// state, so a crash during it leaves what it found. A stale generation is
+// made equal to the one in force (only entries that differ are written)
+// before the next change begins; until then nothing reads it. A read-only
+// dispatcher reads the generation in force and writes nothing. State of a
+// build without generations has no sy_commit: sy_bindings is the record,
+// and the first writable Open adds the other maps and a sy_commit of
+// {0, sync}, pinned only once written.
+//
 // State lives in Options.Root/netns-INODE. It is created under a temporary
 // name and renamed into place, and every change holds a lock on the
 // directory, so several processes may use it at once. This package knows

@@ -57,7 +57,9 @@ func findPorts(ps []portLabel, p binding.Ports) int {
 type model struct {
 	serial uint64
 	gen    uint32
-	count  int // bindings in all groups
+	rec    commitVal // the commit record it was read with
+	dataOK bool      // readModel found the data path to match the record
+	count  int       // bindings in all groups
 	labels map[string]uint32
 	names  map[uint32]string
 	kept   map[string]bool // labels kept without bindings or sockets
@@ -131,8 +133,10 @@ func bindingMapKey(k binding.Key) dispatchSyBindingKey {
 	}
 }
 
+// bindingFromMapKey reads a key of a binding record. It refuses, with
+// errBadRecord, any key that bindingMapKey would not have written for a
+// valid binding.
 func bindingFromMapKey(k *dispatchSyBindingKey) (binding.Key, error) {
-	var b [16]byte
 	var a netip.Addr
 	switch k.Family {
 	case 0:
@@ -140,22 +144,30 @@ func bindingFromMapKey(k *dispatchSyBindingKey) (binding.Key, error) {
 		putWord(w[:], k.Addr[0])
 		a = netip.AddrFrom4(w)
 	case 1:
+		var b [16]byte
 		for i := range 4 {
 			putWord(b[4*i:], k.Addr[i])
 		}
 		a = netip.AddrFrom16(b)
 	default:
-		return binding.Key{}, fmt.Errorf("binding key with family %d", k.Family)
+		return binding.Key{}, fmt.Errorf("%w: binding key with family %d", errBadRecord, k.Family)
+	}
+	if k.Proto > 1 {
+		return binding.Key{}, fmt.Errorf("%w: binding key with protocol %d", errBadRecord, k.Proto)
 	}
 	proto := binding.TCP
 	if k.Proto == 1 {
 		proto = binding.UDP
 	}
-	p, err := a.Prefix(int(k.Plen))
-	if err != nil {
-		return binding.Key{}, fmt.Errorf("binding key: %w", err)
+	key := binding.Key{Protocol: proto, Prefix: netip.PrefixFrom(a, int(k.Plen)), Ports: binding.Ports{Lo: k.Lo, Hi: k.Hi}}
+	b := binding.Binding{Label: "x", Protocol: key.Protocol, Prefix: key.Prefix, Ports: key.Ports}
+	if err := b.Validate(); err != nil {
+		return binding.Key{}, fmt.Errorf("%w: %w", errBadRecord, err)
 	}
-	return binding.Key{Protocol: proto, Prefix: p, Ports: binding.Ports{Lo: k.Lo, Hi: k.Hi}}, nil
+	if mk := bindingMapKey(key); mk != *k {
+		return binding.Key{}, fmt.Errorf("%w: binding key %+v is not what %s is written as", errBadRecord, *k, key)
+	}
+	return key, nil
 }
 
 func labelKey(name string) dispatchSyLabelKey {
@@ -203,17 +215,18 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		return nil, false, fmt.Errorf("read labels: %w", err)
 	}
 
-	var bk dispatchSyBindingKey
-	var id uint32
-	bit := d.objs.SyBindings.Iterate()
-	for bit.Next(&bk, &id) {
-		key, err := bindingFromMapKey(&bk)
+	var err error
+	if m.rec, err = d.readCommit(); err != nil {
+		return nil, false, err
+	}
+	err = eachBinding(d.bindingsOf(m.rec.Gen), func(bk *dispatchSyBindingKey, id uint32) error {
+		key, err := bindingFromMapKey(bk)
 		if err != nil {
-			return nil, false, err
+			return err
 		}
 		name, ok := m.names[id]
 		if !ok {
-			return nil, false, fmt.Errorf("binding %s refers to unknown label id %d", key, id)
+			return fmt.Errorf("binding %s refers to unknown label id %d", key, id)
 		}
 		gk := groupKey{key.Protocol, key.Prefix}
 		g := m.groups[gk]
@@ -222,12 +235,16 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 			m.groups[gk] = g
 		}
 		g.ports = append(g.ports, portLabel{key.Ports, name})
-	}
-	if err := bit.Err(); err != nil {
-		return nil, false, fmt.Errorf("read bindings: %w", err)
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
 	}
 
-	resync := cfg.Dirty != 0
+	// A change interrupted before its commit point (commitBegun) wrote
+	// nothing to the data path, which is checked below as after a clean
+	// stop; any other interruption may have left it anywhere.
+	resync := m.rec.State == commitFlipped || (cfg.Dirty != 0 && m.rec.State != commitBegun)
 	for gk, g := range m.groups {
 		sortPorts(g.ports)
 		g.ports = slices.Clip(g.ports)
@@ -259,7 +276,8 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 			resync = true
 		}
 	}
-	return m, resync, nil
+	m.dataOK = !resync
+	return m, resync || m.rec.State == commitBegun, nil
 }
 
 func (m *model) compileGroup(g *group) error {
@@ -387,8 +405,7 @@ func (d *Dispatcher) refresh(how repairMode) (*model, error) {
 			d.cache = nil
 			return m, nil
 		}
-		d.log.Warn("dispatch state was left inconsistent by an interrupted change; rewriting it", "dir", d.dir)
-		if err := d.rewrite(m); err != nil {
+		if err := d.recoverSet(m); err != nil {
 			return nil, err
 		}
 	}
@@ -397,6 +414,40 @@ func (d *Dispatcher) refresh(how repairMode) (*model, error) {
 }
 
 var errNeedExclusive = errors.New("state needs repair under an exclusive lock")
+
+// recoverSet brings the state back to the set in force after an interrupted
+// change: the data path is made equal to the record's generation in force,
+// the other generation is marked for a sync before the next change, and
+// labels the interrupted change gave ids to are forgotten again. It says in
+// the log which set is in force. The caller holds the exclusive lock.
+func (d *Dispatcher) recoverSet(m *model) error {
+	switch m.rec.State {
+	case commitBegun:
+		d.log.Warn("a change of bindings was interrupted before it took effect; recovered the set before it", "dir", d.dir, "set", "old", "bindings", m.count)
+	case commitFlipped:
+		d.log.Warn("a change of bindings was interrupted after it took effect; recovered the set after it", "dir", d.dir, "set", "new", "bindings", m.count)
+	default:
+		// Only the end of a change leaves the data path dirty with the
+		// record idle (and builds before the record's generations).
+		d.log.Warn("a change of bindings was interrupted as it finished; recovered the set after it", "dir", d.dir, "set", "new", "bindings", m.count)
+	}
+	if m.dataOK {
+		if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial }); err != nil {
+			return err
+		}
+	} else if err := d.rewrite(m); err != nil {
+		return err
+	}
+	if m.rec.State != commitIdle && m.rec.State != commitSync {
+		// The other generation holds some of the interrupted change:
+		// the next change makes it equal to this one first.
+		m.rec.State = commitSync
+		if err := d.writeCommit(m.rec); err != nil {
+			return err
+		}
+	}
+	return d.gcLabels(m)
+}
 
 // prefixKeysOfGen lists the keys of generation gen in m (sy_prefixes);
 // portKeysOfGen does the same for sy_ports.

@@ -60,6 +60,8 @@ type Dispatcher struct {
 	dirf     *os.File // held open for flock
 	readOnly bool
 	objs     dispatchObjects
+	rec      record
+	crash    func(point string) bool // see crashPoint
 	link     link.Link
 
 	// migrated holds maps made to this build's layout during Open; they
@@ -211,6 +213,7 @@ func (d *Dispatcher) Close() error {
 	if d.link != nil {
 		d.link.Close()
 	}
+	d.rec.close()
 	d.objs.Close()
 	if d.dirf != nil {
 		d.dirf.Close()
@@ -394,7 +397,7 @@ func (d *Dispatcher) load() error {
 	for name := range fresh {
 		d.log.Info("migrated map to this build's layout", "map", name, "dir", d.dir)
 	}
-	return nil
+	return d.openRecord(spec)
 }
 
 // attach makes sure this namespace runs the program, adopting a pinned link
