@@ -134,7 +134,7 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 	}
 	e.sockets, e.labels = pinned["sy_sockets"], pinned["sy_labels"]
 
-	// The explainer: only sy_bindings is shared.
+	// The explainer: only the binding record in force is shared.
 	espec, err := loadExplain()
 	if err != nil {
 		return nil, fmt.Errorf("load explain spec: %w", err)
@@ -143,7 +143,11 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 		Prog   *ebpf.Program  `ebpf:"sy_explain"`
 		Result *ebpf.Variable `ebpf:"sy_result"`
 	}
-	if err := espec.LoadAndAssign(&eo, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"sy_bindings": pinned["sy_bindings"]}}); err != nil {
+	record, err := bindingsInForce(e.dir, pin)
+	if err != nil {
+		return nil, err
+	}
+	if err := espec.LoadAndAssign(&eo, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"sy_bindings": record}}); err != nil {
 		return nil, fmt.Errorf("load explain program: %w", err)
 	}
 	e.explain, e.result = eo.Prog, eo.Result

@@ -191,6 +191,30 @@ func (d *Dispatcher) writeCommit(c commitVal) error {
 	return nil
 }
 
+// bindingsInForce opens, with pin, the binding record of the generation in
+// force in the state directory dir, for readers that do not open a
+// Dispatcher.
+func bindingsInForce(dir string, pin func(name string) (*ebpf.Map, error)) (*ebpf.Map, error) {
+	if _, err := os.Stat(filepath.Join(dir, commitMap)); errors.Is(err, os.ErrNotExist) {
+		return pin("sy_bindings") // state of a build without generations
+	}
+	cm, err := pin(commitMap)
+	if err != nil {
+		return nil, err
+	}
+	var c commitVal
+	if err := cm.Lookup(uint32(0), &c); err != nil {
+		return nil, fmt.Errorf("state %s: read %s: %w", dir, commitMap, err)
+	}
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("state %s: %w", dir, err)
+	}
+	if c.Gen == 1 {
+		return pin(recordBMap)
+	}
+	return pin("sy_bindings")
+}
+
 // bindingsOf is the binding record of generation gen.
 func (d *Dispatcher) bindingsOf(gen uint32) *ebpf.Map {
 	if gen == 1 {
