@@ -22,6 +22,8 @@ var ratios = []ratio{
 	{"lookup_100k_vs_1", "Lookup/bindings=100000/net-any", "Lookup/bindings=1/net-any", "ns/lookup"},
 	{"lookup_100k_vs_1_host", "Lookup/bindings=100000/host-port", "Lookup/bindings=1/host-port", "ns/lookup"},
 	{"lookup_100k_vs_1_range", "Lookup/bindings=100000/net-range", "Lookup/bindings=1/net-range", "ns/lookup"},
+	{"status_p50_flood_vs_idle", "StatusUnderListingFlood/flood", "StatusUnderListingFlood/idle", "ms-p50"},
+	{"status_p99_flood_vs_idle", "StatusUnderListingFlood/flood", "StatusUnderListingFlood/idle", "ms-p99"},
 }
 
 func main() {

@@ -66,18 +66,10 @@ func plainLabel(s string) bool {
 // BindingFilter selects the bindings a listing includes; nil includes all.
 type BindingFilter func(*binding.Binding) bool
 
-// WriteBindings sends the successful ListBindings reply listing the
-// bindings of bs that keep accepts, in their order, for a request of
-// protocol version. It holds at most one datagram of the reply in memory.
-// Before each datagram it sets the write deadline to the earlier of now +
-// frameTimeout and until, so a peer that stops reading is dropped once
-// either passes. A failure after the first datagram leaves the connection
-// unusable (ErrBroken).
-func (c *Conn) WriteBindings(version uint16, bs []binding.Binding, keep BindingFilter, frameTimeout time.Duration, until time.Time) error {
-	if !SupportedVersion(version) {
-		return versionError(version)
-	}
-	// First pass: the total length.
+// ListingSize is the payload length of the ListBindings reply that lists
+// the bindings of bs that keep accepts. A server that sends the same list
+// many times can compute it once and pass it to WriteBindings.
+func ListingSize(bs []binding.Binding, keep BindingFilter) int {
 	scratch := make([]byte, 0, 512)
 	total := len(listPrefix) + len(listSuffix)
 	n := 0
@@ -90,9 +82,28 @@ func (c *Conn) WriteBindings(version uint16, bs []binding.Binding, keep BindingF
 		}
 		n++
 		total += len(appendBinding(scratch[:0], &bs[i]))
-		if total > MaxListMessage {
-			return invalidf("control message: %s reply of more than %d bytes is over the limit", OpListBindings, MaxListMessage)
-		}
+	}
+	return total
+}
+
+// WriteBindings sends the successful ListBindings reply listing the
+// bindings of bs that keep accepts, in their order, for a request of
+// protocol version; size is ListingSize(bs, keep), or 0 to compute it here.
+// It holds at most one datagram of the reply in memory.
+// Before each datagram it sets the write deadline to the earlier of now +
+// frameTimeout and until, so a peer that stops reading is dropped once
+// either passes. A failure after the first datagram leaves the connection
+// unusable (ErrBroken).
+func (c *Conn) WriteBindings(version uint16, bs []binding.Binding, keep BindingFilter, size int, frameTimeout time.Duration, until time.Time) error {
+	if !SupportedVersion(version) {
+		return versionError(version)
+	}
+	total := size
+	if total <= 0 {
+		total = ListingSize(bs, keep)
+	}
+	if total > MaxListMessage {
+		return invalidf("control message: %s reply of %d bytes is over the limit of %d", OpListBindings, total, MaxListMessage)
 	}
 
 	c.wmu.Lock()

@@ -55,9 +55,14 @@ func TestWriteBindingsSameBytes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				// Once with the size computed here, once given.
+				size := 0
+				if n%2 == 0 {
+					size = ListingSize(bs, keep)
+				}
 				a, b := pair(t)
 				errc := make(chan error, 1)
-				go func() { errc <- a.WriteBindings(ProtocolVersion, bs, keep, time.Second, time.Time{}) }()
+				go func() { errc <- a.WriteBindings(ProtocolVersion, bs, keep, size, time.Second, time.Time{}) }()
 				fd := rawFD(t, b)
 				buf := make([]byte, MaxDatagram)
 				for i, w := range wantDG {
@@ -89,7 +94,7 @@ func TestWriteBindingsSameBytes(t *testing.T) {
 func TestWriteBindingsDeadline(t *testing.T) {
 	a, _ := pair(t)
 	start := time.Now()
-	err := a.WriteBindings(ProtocolVersion, streamBindings(200000), nil, 200*time.Millisecond, time.Now().Add(time.Minute))
+	err := a.WriteBindings(ProtocolVersion, streamBindings(200000), nil, 0, 200*time.Millisecond, time.Now().Add(time.Minute))
 	if err == nil {
 		t.Fatal("a listing of 200,000 bindings to a peer that never reads succeeded")
 	}

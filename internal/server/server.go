@@ -312,21 +312,41 @@ const largeReply = 4 << 20
 
 // writeListing answers ListBindings from the snapshot, streamed.
 func (s *Server) writeListing(cc *control.Conn, p peer, req *control.Request, r *control.ListBindingsRequest) error {
-	bs, err := s.bindings()
+	l, err := s.listing()
 	if err != nil {
 		return s.writeReply(cc, p, control.NewErrorReply(req.Version, req.Op(), toControlError(err)))
 	}
 	var keep control.BindingFilter
+	size := l.size
 	if r.Label != "" {
 		keep = func(b *binding.Binding) bool { return b.Label == r.Label }
+		size = 0
 	}
-	return cc.WriteBindings(req.Version, bs, keep, frameTimeout, replyDeadline(p))
+	return cc.WriteBindings(req.Version, l.bindings, keep, size, frameTimeout, replyDeadline(p))
+}
+
+// listing is a snapshot of every binding, sorted, with the size of the
+// reply that lists them all.
+type listing struct {
+	bindings []binding.Binding
+	size     int
+}
+
+func (s *Server) listing() (listing, error) {
+	return s.snaps.bindings.get(&s.snaps.gen, func() (listing, error) {
+		bs, err := s.d.Bindings()
+		if err != nil {
+			return listing{}, err
+		}
+		return listing{bs, control.ListingSize(bs, nil)}, nil
+	})
 }
 
 // bindings is the snapshot of every binding, sorted. Callers must not
 // change it.
 func (s *Server) bindings() ([]binding.Binding, error) {
-	return s.snaps.bindings.get(&s.snaps.gen, s.d.Bindings)
+	l, err := s.listing()
+	return l.bindings, err
 }
 
 // bindingCounts is the snapshot of the number of bindings per label.

@@ -3,8 +3,6 @@ package server
 import (
 	"sync"
 	"sync/atomic"
-
-	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
 // Reads of the binding set are served from immutable snapshots, so that
@@ -58,7 +56,7 @@ func (c *cache[T]) get(gen *atomic.Uint64, build func() (T, error)) (T, error) {
 // snapshots are the server's cached reads.
 type snapshots struct {
 	gen      atomic.Uint64
-	bindings cache[[]binding.Binding]
+	bindings cache[listing]
 	counts   cache[map[string]int]
 }
 
