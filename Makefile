@@ -3,8 +3,10 @@ GO      ?= go
 CLANG   ?= clang
 BIN     := bin
 COUNT   ?= 5
+PREFIX  ?= /usr/local
+DESTDIR ?=
 
-.PHONY: help build generate check-generate test test-short fuzz bench bench-policy demo lint clean
+.PHONY: help build generate check-generate test test-short fuzz bench bench-policy demo lint clean man completion install
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +47,24 @@ bench-policy: ## Benchmark bypass and splice with sockperf, iperf3, socat (root;
 
 demo: build ## Dispatch every port of a prefix to one socket in a throwaway namespace.
 	./$(BIN)/switchyard demo
+
+man: ## Generate the man pages bin/man/switchyard.1 and switchyardd.8 from the help texts.
+	$(GO) run ./internal/docgen -o $(BIN)/man
+
+completion: build ## Generate the bash and zsh completion scripts into bin/completion.
+	@mkdir -p $(BIN)/completion
+	$(BIN)/switchyard completion bash > $(BIN)/completion/switchyard.bash
+	$(BIN)/switchyard completion zsh > $(BIN)/completion/_switchyard
+
+install: build man completion ## Install binaries, man pages, completions and units under DESTDIR/PREFIX (/usr/local).
+	install -D -m 0755 $(BIN)/switchyard $(DESTDIR)$(PREFIX)/bin/switchyard
+	install -D -m 0755 $(BIN)/switchyardd $(DESTDIR)$(PREFIX)/bin/switchyardd
+	install -D -m 0644 $(BIN)/man/switchyard.1 $(DESTDIR)$(PREFIX)/share/man/man1/switchyard.1
+	install -D -m 0644 $(BIN)/man/switchyardd.8 $(DESTDIR)$(PREFIX)/share/man/man8/switchyardd.8
+	install -D -m 0644 $(BIN)/completion/switchyard.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/switchyard
+	install -D -m 0644 $(BIN)/completion/_switchyard $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_switchyard
+	install -D -m 0644 systemd/switchyardd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/switchyardd.service
+	install -D -m 0644 systemd/switchyardd@.service $(DESTDIR)$(PREFIX)/lib/systemd/system/switchyardd@.service
 
 clean: ## Remove build output.
 	rm -rf $(BIN)

@@ -235,6 +235,23 @@ it answers. An unreachable daemon is reported but is not an error.`,
 			run:   runVersion,
 		},
 		{
+			name:    "completion",
+			args:    "bash|zsh",
+			summary: "print a shell completion script",
+			help: `Prints a completion script for bash or zsh: commands, flags, and labels,
+which it asks the daemon for (or reads from the pinned state) as you type.
+make install puts both where the shells look. To try one:
+  source <(switchyard completion bash)`,
+			run: runCompletion,
+		},
+		{
+			name:    "__labels",
+			summary: "print the labels the daemon knows, one a line (for completion)",
+			help:    `Prints the labels of 'switchyard status', one a line, for completion scripts.`,
+			hidden:  true,
+			run:     runLabels,
+		},
+		{
 			name:    "demo",
 			summary: "show dispatching in a throwaway namespace (needs root)",
 			help: `Creates a throwaway network namespace and bpffs, runs a dispatcher in

@@ -65,7 +65,13 @@ func Main(env Env, args []string) int {
 	fs.StringVar(&f.bypassCgroup, "bypass-cgroup", "", "cgroup v2 directory whose sockets the bypass policy applies to (default: the config's daemon.bypass_cgroup, else the cgroup v2 root)")
 	fs.BoolVar(&f.trustReaders, "bypass-trust-readers", false, "let bypass redirect where the kernel cannot show how receivers read: you vouch that no service of a bypass label, nor a local client of one, reads its socket with splice(2), which never sees redirected data")
 	fs.BoolVar(&f.check, "check", false, "load the config and the dispatch state, report, and exit")
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			writeUsage(fs)
+			return 0
+		}
+		fmt.Fprintln(env.Stderr, "switchyardd: see switchyardd -h")
 		return 2
 	}
 	if fs.NArg() > 0 {
