@@ -1,10 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
-/* switchyard's lookup explainer: for the destination of a bpf_sk_lookup
- * context (run with BPF_PROG_TEST_RUN), finds the binding that wins by
- * switchyard's precedence rules in sy_bindings, the control plane's record,
- * and leaves it in sy_result. It steers nothing. `switchyard lookup` runs
- * it beside the dispatch program, to name the binding whose label the
- * dispatch program chose. */
+/* switchyard's lookup explainer, run with BPF_PROG_TEST_RUN on a
+ * bpf_sk_lookup context by `switchyard lookup`; none of it steers traffic.
+ *
+ * sy_explain finds the binding that wins for the context's destination: the
+ * prefix length and label from the data path, with the helpers of lookup.h
+ * that the dispatch program uses, then the narrowest port set of that
+ * prefix holding the port among the recorded bindings (sy_bindings), by
+ * probing, narrowest first and within a budget, the port sets inside the run
+ * of ports the data path resolved the port in. sy_explain_walk finds it by
+ * walking every recorded binding, for when that finds nothing.
+ * Both leave what they found in sy_result.
+ *
+ * sy_uncount takes back, on the CPU it runs on, what one test run of the
+ * dispatch program counted in sy_counters, so that lookups do not show in
+ * the label's counters. */
 
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -17,26 +26,62 @@ struct bpf_map;
 #define AF_INET 2
 #define AF_INET6 10
 
-/* What sy_explain found. */
+/* Port sets sy_explain probes before giving up: narrowest first, a width
+ * w costs w probes. */
+#define SY_PROBE_BUDGET (1 << 18)
+
+/* What sy_explain or sy_explain_walk found. */
 struct sy_explained {
 	struct sy_binding_key key; /* the winning binding */
 	__u32 label;               /* its label id; 0 if nothing matched */
 	__u32 width;               /* ports in the winner's range */
 	__s32 plen;                /* the winner's prefix length; -1: none */
-	__u32 _pad;
-	__u64 visited;             /* bindings looked at */
+	__u32 exact;               /* key is known (else: walk) */
+	__u64 visited;             /* probes or bindings looked at */
 };
 
-struct explain_query {
+struct sy_explained sy_result;
+
+/* What sy_uncount takes back: label's lookups and one of hits (1),
+ * missing (2) or bad_socket (3). */
+__u32 sy_uncount_label;
+__u32 sy_uncount_what;
+
+struct query {
 	__u32 addr[4];
 	__u16 port;
 	__u8 proto;
 	__u8 family;
 };
 
-struct sy_explained sy_result;
+static __always_inline int read_query(struct bpf_sk_lookup *ctx, struct query *q)
+{
+	if (ctx->protocol == IPPROTO_TCP)
+		q->proto = SY_PROTO_TCP;
+	else if (ctx->protocol == IPPROTO_UDP)
+		q->proto = SY_PROTO_UDP;
+	else
+		return -1;
 
-static long consider(struct bpf_map *map, const struct sy_binding_key *k, __u32 *label, struct explain_query *q)
+	if (ctx->family == AF_INET) {
+		q->family = SY_FAM_V4;
+		q->addr[0] = ctx->local_ip4;
+		asm volatile("" : "+r"(q->addr[0]));
+	} else if (ctx->family == AF_INET6) {
+		q->family = SY_FAM_V6;
+		q->addr[0] = ctx->local_ip6[0];
+		q->addr[1] = ctx->local_ip6[1];
+		q->addr[2] = ctx->local_ip6[2];
+		q->addr[3] = ctx->local_ip6[3];
+		asm volatile("" : "+r"(q->addr[0]));
+	} else {
+		return -1;
+	}
+	q->port = ctx->local_port;
+	return 0;
+}
+
+static long consider(struct bpf_map *map, const struct sy_binding_key *k, __u32 *label, struct query *q)
 {
 	struct sy_explained *out = &sy_result;
 	__u32 width;
@@ -60,40 +105,212 @@ static long consider(struct bpf_map *map, const struct sy_binding_key *k, __u32 
 	out->label = *label;
 	out->width = width;
 	out->plen = plen;
+	out->exact = 1;
 	return 0;
+}
+
+SEC("sk_lookup")
+int sy_explain_walk(struct bpf_sk_lookup *ctx)
+{
+	struct query q = {};
+
+	__builtin_memset(&sy_result, 0, sizeof(sy_result));
+	sy_result.plen = -1;
+	if (read_query(ctx, &q))
+		return SK_PASS;
+	bpf_for_each_map_elem(&sy_bindings, consider, &q, 0);
+	return SK_PASS;
+}
+
+/* The state of the narrowest-first probe of the port sets of one prefix
+ * that hold port and lie within [first, last]. */
+struct probe {
+	struct sy_binding_key key;
+	__u32 port;
+	__u32 first, last;
+	__u32 width; /* of the port sets being probed */
+	__u32 lo;    /* of the next one */
+};
+
+static long probe_one(__u64 i, struct probe *p)
+{
+	__u32 end, *label;
+
+	if (p->width > p->last - p->first + 1)
+		return 1;
+	p->key.lo = p->lo;
+	p->key.hi = p->lo + p->width - 1;
+	label = bpf_map_lookup_elem(&sy_bindings, &p->key);
+	sy_result.visited++;
+	if (label) {
+		sy_result.key = p->key;
+		sy_result.label = *label;
+		sy_result.width = p->width;
+		sy_result.exact = 1;
+		return 1;
+	}
+	/* Next: the set of this width one port to the right, or the
+	 * leftmost of the next width. */
+	end = p->last + 1 - p->width;
+	if (p->port < end)
+		end = p->port;
+	if (p->lo < end) {
+		p->lo++;
+		return 0;
+	}
+	p->width++;
+	p->lo = p->port + 1 >= p->first + p->width ? p->port + 1 - p->width : p->first;
+	return 0;
+}
+
+/* Where sy_resolve_port found port's label in v: the run of ports [*first,
+ * *last] of one segment or exact port, or every port (any_label). */
+static __always_inline void resolved_run(const struct sy_prefix_val *v, const struct sy_prefix_key *key,
+					 __u32 port, __u32 *first, __u32 *last)
+{
+	*first = 0;
+	*last = 65535;
+	if (v->flags & SY_PV_PORTS) {
+		struct sy_port_key pk = { .prefix = *key, .port = port };
+		__u32 *label = bpf_map_lookup_elem(&sy_ports, &pk);
+
+		if (label && *label) {
+			*first = *last = port;
+			return;
+		}
+	}
+	if (v->table) {
+		__u32 idx = v->table, lo = 0, hi;
+		const struct sy_table *t = bpf_map_lookup_elem(&sy_tables, &idx);
+
+		if (!t)
+			return;
+		hi = t->nseg;
+		if (hi > SY_TABLE_SEGS)
+			hi = SY_TABLE_SEGS;
+		for (int i = 0; i < 9 && lo < hi; i++) {
+			__u32 mid = (lo + hi) / 2;
+			const struct sy_seg *s;
+
+			if (mid >= SY_TABLE_SEGS)
+				return;
+			s = &t->segs[mid];
+			if (port < s->lo) {
+				hi = mid;
+			} else if (port > s->hi) {
+				lo = mid + 1;
+			} else {
+				*first = s->lo;
+				*last = s->hi;
+				return;
+			}
+		}
+		return;
+	}
+	for (int i = 0; i < SY_INLINE_SEGS; i++) {
+		if (i >= v->nseg)
+			break;
+		if (port >= v->segs[i].lo && port <= v->segs[i].hi) {
+			*first = v->segs[i].lo;
+			*last = v->segs[i].hi;
+			return;
+		}
+	}
 }
 
 SEC("sk_lookup")
 int sy_explain(struct bpf_sk_lookup *ctx)
 {
-	struct explain_query q = {};
-
-	if (ctx->protocol == IPPROTO_TCP)
-		q.proto = SY_PROTO_TCP;
-	else if (ctx->protocol == IPPROTO_UDP)
-		q.proto = SY_PROTO_UDP;
-	else
-		return SK_PASS;
-
-	if (ctx->family == AF_INET) {
-		q.family = SY_FAM_V4;
-		q.addr[0] = ctx->local_ip4;
-		asm volatile("" : "+r"(q.addr[0]));
-	} else if (ctx->family == AF_INET6) {
-		q.family = SY_FAM_V6;
-		q.addr[0] = ctx->local_ip6[0];
-		q.addr[1] = ctx->local_ip6[1];
-		q.addr[2] = ctx->local_ip6[2];
-		q.addr[3] = ctx->local_ip6[3];
-		asm volatile("" : "+r"(q.addr[0]));
-	} else {
-		return SK_PASS;
-	}
-	q.port = ctx->local_port;
+	const struct sy_prefix_val *v = NULL;
+	struct sy_prefix_key key = {};
+	const struct sy_plen_list *pl;
+	const struct sy_cfg *cfg;
+	struct probe p = {};
+	struct query q = {};
+	__u32 zero = 0, idx, n, label = 0;
+	int plen = -1;
 
 	__builtin_memset(&sy_result, 0, sizeof(sy_result));
 	sy_result.plen = -1;
-	bpf_for_each_map_elem(&sy_bindings, consider, &q, 0);
+	if (read_query(ctx, &q))
+		return SK_PASS;
+
+	/* The prefix length and label, as sy_lookup_label finds them. */
+	cfg = bpf_map_lookup_elem(&sy_config, &zero);
+	if (!cfg)
+		return SK_PASS;
+	key.gen = cfg->gen & 1;
+	key.proto = q.proto;
+	key.family = q.family;
+	idx = key.gen * 4 + key.proto * 2 + key.family;
+	pl = bpf_map_lookup_elem(&sy_plens, &idx);
+	if (!pl)
+		return SK_PASS;
+	n = pl->count;
+	if (n > SY_MAX_PLENS)
+		n = SY_MAX_PLENS;
+	for (__u32 i = 0; i < SY_MAX_PLENS; i++) {
+		if (i >= n)
+			break;
+		plen = pl->lens[i];
+		key.plen = plen;
+		key.addr[0] = mask_word(q.addr[0], plen);
+		key.addr[1] = mask_word(q.addr[1], plen - 32);
+		key.addr[2] = mask_word(q.addr[2], plen - 64);
+		key.addr[3] = mask_word(q.addr[3], plen - 96);
+		v = bpf_map_lookup_elem(&sy_prefixes, &key);
+		if (!v)
+			continue;
+		label = sy_resolve_port(v, &key, q.port);
+		if (label)
+			break;
+	}
+	if (!label || !v)
+		return SK_PASS;
+	sy_result.plen = plen;
+	sy_result.label = label;
+
+	/* The binding: the narrowest recorded port set of that prefix that
+	 * holds the port. If one lies within the run of ports the data path
+	 * found the label in, probing that run narrowest first finds it;
+	 * else the caller walks. */
+	p.key.proto = q.proto;
+	p.key.family = q.family;
+	p.key.plen = plen;
+	p.key.addr[0] = key.addr[0];
+	p.key.addr[1] = key.addr[1];
+	p.key.addr[2] = key.addr[2];
+	p.key.addr[3] = key.addr[3];
+	p.port = q.port;
+	resolved_run(v, &key, q.port, &p.first, &p.last);
+	if (p.first > q.port || p.last < q.port)
+		return SK_PASS;
+	p.width = 1;
+	p.lo = q.port;
+	bpf_loop(SY_PROBE_BUDGET, probe_one, &p, 0);
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int sy_uncount(struct bpf_sk_lookup *ctx)
+{
+	__u32 label = sy_uncount_label;
+	struct sy_stats *c = bpf_map_lookup_elem(&sy_counters, &label);
+
+	if (!c)
+		return SK_DROP;
+	c->lookups--;
+	switch (sy_uncount_what) {
+	case 1:
+		c->hits--;
+		break;
+	case 2:
+		c->missing--;
+		break;
+	case 3:
+		c->bad_socket--;
+		break;
+	}
 	return SK_PASS;
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -55,40 +57,44 @@ type Explanation struct {
 	// BadSocket: refused because the kernel would not assign the
 	// registered socket (rather than for want of one).
 	BadSocket bool
-	// CountersTouched: the test run counted in the label's counters,
-	// because the attached program is not this build's and had to run
-	// as it is (see Explainer).
+	// CountersTouched: what the test run counted in the label's
+	// counters could not be taken back (see Explainer).
 	CountersTouched bool
 }
 
 // Explainer runs the attached dispatch program on a namespace's pinned
-// state with BPF_PROG_TEST_RUN, which changes nothing, to tell what it does
-// with traffic to a destination, and finds the binding that wins in the
-// recorded bindings with a second program (bpf/explain.c) that walks them
-// in the kernel, so that neither depends on reading every binding out.
+// state with BPF_PROG_TEST_RUN, which sends nothing, to tell what it does
+// with traffic to a destination, and names the binding that wins with
+// programs of its own (bpf/explain.c): the prefix length and label from the
+// data path, the port set from the recorded bindings, probed narrowest
+// first, or else walked in the kernel. Nothing reads every binding out.
 //
-// When the attached program is this build's (sy_config records its hash),
-// the Explainer runs its own copy of it against the pinned maps with a
-// private counters map, so the label's counters do not count the test
-// runs. Otherwise it runs the attached program itself, which counts them
-// (Explanation.CountersTouched).
+// The dispatch program counts each test run in the label's counters, per
+// CPU; the Explainer runs it on one CPU and then takes the counts back on
+// that CPU with another program (sy_uncount), so lookups do not show in
+// the counters. The one exception is a lookup that races, on that CPU and
+// within the instructions of one increment, with traffic the program
+// counts in a softirq: that count may be lost.
 type Explainer struct {
-	dir      string
-	dirf     *os.File
-	dispatch *ebpf.Program
-	explain  *ebpf.Program
-	result   *ebpf.Variable
-	counters *ebpf.Map // private, or the pinned one
-	private  bool
-	sockets  *ebpf.Map
-	labels   *ebpf.Map
-	names    map[uint32]string
-	closers  []interface{ Close() error }
+	dir       string
+	dirf      *os.File
+	dispatch  *ebpf.Program
+	explain   *ebpf.Program
+	walk      *ebpf.Program
+	uncount   *ebpf.Program
+	result    *ebpf.Variable
+	uncountID *ebpf.Variable
+	uncountOf *ebpf.Variable
+	counters  *ebpf.Map
+	sockets   *ebpf.Map
+	labels    *ebpf.Map
+	names     map[uint32]string
+	closers   []interface{ Close() error }
 }
 
 // OpenExplainer opens the pinned state of the network namespace with inode
-// nsInode under root read-only. It returns an error wrapping ErrNotFound if
-// there is none.
+// nsInode under root, to read it. It returns an error wrapping ErrNotFound
+// if there is none.
 func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 	if root == "" {
 		root = DefaultRoot
@@ -114,6 +120,18 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 	}
 	defer unlock()
 
+	spec, err := loadExplain()
+	if err != nil {
+		return nil, fmt.Errorf("load explain spec: %w", err)
+	}
+	var eo struct {
+		Explain   *ebpf.Program  `ebpf:"sy_explain"`
+		Walk      *ebpf.Program  `ebpf:"sy_explain_walk"`
+		Uncount   *ebpf.Program  `ebpf:"sy_uncount"`
+		Result    *ebpf.Variable `ebpf:"sy_result"`
+		UncountID *ebpf.Variable `ebpf:"sy_uncount_label"`
+		UncountOf *ebpf.Variable `ebpf:"sy_uncount_what"`
+	}
 	pinned := map[string]*ebpf.Map{}
 	pin := func(name string) (*ebpf.Map, error) {
 		if m := pinned[name]; m != nil {
@@ -127,101 +145,46 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 		pinned[name] = m
 		return m, nil
 	}
-	for _, name := range []string{"sy_config", "sy_sockets", "sy_labels", "sy_bindings"} {
-		if _, err := pin(name); err != nil {
-			return nil, err
-		}
-	}
-	e.sockets, e.labels = pinned["sy_sockets"], pinned["sy_labels"]
-
-	// The explainer: only the binding record in force is shared.
-	espec, err := loadExplain()
-	if err != nil {
-		return nil, fmt.Errorf("load explain spec: %w", err)
-	}
-	var eo struct {
-		Prog   *ebpf.Program  `ebpf:"sy_explain"`
-		Result *ebpf.Variable `ebpf:"sy_result"`
-	}
-	record, err := bindingsInForce(e.dir, pin)
-	if err != nil {
-		return nil, err
-	}
-	if err := espec.LoadAndAssign(&eo, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"sy_bindings": record}}); err != nil {
-		return nil, fmt.Errorf("load explain program: %w", err)
-	}
-	e.explain, e.result = eo.Prog, eo.Result
-	e.closers = append(e.closers, eo.Prog)
-
-	var cfg dispatchSyCfg
-	if err := pinned["sy_config"].Lookup(uint32(0), &cfg); err != nil {
-		return nil, fmt.Errorf("state %s: read config: %w", e.dir, err)
-	}
-	if cfg.Prog == progHash() {
-		if err := e.loadCopy(pin); err == nil {
-			return e, nil
-		}
-	}
-	return e, e.adoptAttached(pinned)
-}
-
-// loadCopy loads this build's dispatch program against the pinned maps,
-// with a counters map of its own.
-func (e *Explainer) loadCopy(pin func(string) (*ebpf.Map, error)) error {
-	spec, err := loadSpec()
-	if err != nil {
-		return err
-	}
 	repl := map[string]*ebpf.Map{}
-	for name, ms := range spec.Maps {
-		if name == ".rodata" || name == ".bss" || name == ".data" {
-			continue
-		}
-		ms.Pinning = ebpf.PinNone
-		if name == "sy_counters" {
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") || name == "sy_filter" {
 			continue
 		}
 		m, err := pin(name)
+		if name == "sy_bindings" {
+			// The binding record in force (see record.go).
+			m, err = bindingsInForce(e.dir, pin)
+		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		repl[name] = m
 	}
-	var do struct {
-		Prog     *ebpf.Program `ebpf:"sy_dispatch"`
-		Counters *ebpf.Map     `ebpf:"sy_counters"`
+	if err := spec.LoadAndAssign(&eo, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("state %s: %w: it was made by another build; run the switchyard of the daemon's build: %w", e.dir, ErrIncompatible, err)
+		}
+		return nil, fmt.Errorf("load explain programs: %w", err)
 	}
-	if err := spec.LoadAndAssign(&do, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		return err
-	}
-	e.dispatch, e.counters, e.private = do.Prog, do.Counters, true
-	e.closers = append(e.closers, do.Prog, do.Counters)
-	return nil
-}
+	e.closers = append(e.closers, eo.Explain, eo.Walk, eo.Uncount)
+	e.explain, e.walk, e.uncount = eo.Explain, eo.Walk, eo.Uncount
+	e.result, e.uncountID, e.uncountOf = eo.Result, eo.UncountID, eo.UncountOf
+	e.counters, e.sockets, e.labels = repl["sy_counters"], repl["sy_sockets"], repl["sy_labels"]
 
-// adoptAttached takes the program the pinned link runs.
-func (e *Explainer) adoptAttached(pinned map[string]*ebpf.Map) error {
 	l, err := link.LoadPinnedLink(filepath.Join(e.dir, linkPin), nil)
 	if err != nil {
-		return fmt.Errorf("state %s: no program attached: %w", e.dir, err)
+		return nil, fmt.Errorf("state %s: no program attached: %w", e.dir, err)
 	}
 	defer l.Close()
 	info, err := l.Info()
 	if err != nil {
-		return fmt.Errorf("state %s: link info: %w", e.dir, err)
+		return nil, fmt.Errorf("state %s: link info: %w", e.dir, err)
 	}
-	prog, err := ebpf.NewProgramFromID(info.Program)
-	if err != nil {
-		return fmt.Errorf("state %s: attached program: %w", e.dir, err)
+	if e.dispatch, err = ebpf.NewProgramFromID(info.Program); err != nil {
+		return nil, fmt.Errorf("state %s: attached program: %w", e.dir, err)
 	}
-	e.closers = append(e.closers, prog)
-	counters, err := ebpf.LoadPinnedMap(filepath.Join(e.dir, "sy_counters"), nil)
-	if err != nil {
-		return fmt.Errorf("state %s: %w", e.dir, err)
-	}
-	e.closers = append(e.closers, counters)
-	e.dispatch, e.counters = prog, counters
-	return nil
+	e.closers = append(e.closers, e.dispatch)
+	return e, nil
 }
 
 // Close releases the Explainer's handles.
@@ -234,9 +197,6 @@ func (e *Explainer) Close() error {
 	}
 	return nil
 }
-
-// CountersPrivate reports whether test runs leave the label counters alone.
-func (e *Explainer) CountersPrivate() bool { return e.private }
 
 func (e *Explainer) lock() (func(), error) {
 	fd := int(e.dirf.Fd())
@@ -321,12 +281,9 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 
 	var x Explanation
 	in := ctx
-	if _, err := e.explain.Run(&ebpf.RunOptions{Context: in}); err != nil {
-		return x, fmt.Errorf("lookup: run explain program: %w", err)
-	}
-	var res explainSyExplained
-	if err := e.result.Get(&res); err != nil {
-		return x, fmt.Errorf("lookup: explain result: %w", err)
+	res, err := e.find(in)
+	if err != nil {
+		return x, err
 	}
 	label := uint32(0)
 	if res.Plen >= 0 {
@@ -343,7 +300,16 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 		x.Matched = true
 	}
 
-	before, err := e.count(label)
+	// Run the dispatch program and take back what it counted, both on
+	// one CPU: the counters are per CPU.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu, restore, err := pinToCPU()
+	if err != nil {
+		return x, err
+	}
+	defer restore()
+	before, err := e.count(label, cpu)
 	if err != nil {
 		return x, err
 	}
@@ -353,11 +319,10 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 	if err != nil && !reuse {
 		return x, fmt.Errorf("lookup: run dispatch program: %w", err)
 	}
-	after, err := e.count(label)
+	after, err := e.count(label, cpu)
 	if err != nil {
 		return x, err
 	}
-	x.CountersTouched = !e.private
 	// The kernel refuses to finish a test run that selected a member of
 	// a SO_REUSEPORT group (net/bpf/test_run.c,
 	// bpf_prog_test_run_sk_lookup): the program delivered, to the group.
@@ -369,10 +334,26 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 	default:
 		x.Verdict = VerdictRefused
 	}
-	if x.Matched != (x.Verdict != VerdictKernel) || after.Lookups == before.Lookups {
-		return x, fmt.Errorf("lookup: the dispatch program (%s, %d lookups counted) and the recorded bindings (%v) disagree: is a change of bindings stuck? 'switchyard bindings' repairs it", x.Verdict, after.Lookups-before.Lookups, x.Matched)
+	x.BadSocket = x.Verdict == VerdictRefused && after.BadSocket > before.BadSocket && after.Missing == before.Missing
+	what := uint32(0)
+	switch {
+	case x.Verdict == VerdictDelivered:
+		what = 1
+	case x.BadSocket:
+		what = 3
+	case x.Verdict == VerdictRefused:
+		what = 2
 	}
-	x.BadSocket = after.BadSocket != before.BadSocket
+	if after.Lookups > before.Lookups {
+		if err := e.takeBack(label, what); err != nil {
+			x.CountersTouched = true
+		}
+	} else {
+		x.CountersTouched = true // counted elsewhere: cannot tell
+	}
+	if x.Matched != (x.Verdict != VerdictKernel) || after.Lookups == before.Lookups {
+		return x, fmt.Errorf("lookup: the dispatch program (%s) and the recorded bindings (%v) disagree: is a change of bindings stuck? 'switchyard bindings' as root repairs it", x.Verdict, x.Binding)
+	}
 	if x.Verdict == VerdictDelivered || x.BadSocket {
 		fam := binding.FamilyOf(dst.Addr())
 		x.Socket = Destination{Label: x.Binding.Label, Protocol: proto, Family: fam}
@@ -391,25 +372,82 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 	return x, nil
 }
 
+// find runs the explainer, and the walk if the probe budget ran out.
+func (e *Explainer) find(in sockLookupCtx) (explainSyExplained, error) {
+	var res explainSyExplained
+	for _, p := range []*ebpf.Program{e.explain, e.walk} {
+		if _, err := p.Run(&ebpf.RunOptions{Context: in}); err != nil {
+			return res, fmt.Errorf("lookup: run explain program: %w", err)
+		}
+		if err := e.result.Get(&res); err != nil {
+			return res, fmt.Errorf("lookup: explain result: %w", err)
+		}
+		if res.Plen < 0 || res.Exact != 0 {
+			return res, nil
+		}
+	}
+	return res, fmt.Errorf("lookup: the data path has a binding of prefix length %d for label id %d that the recorded bindings lack: is a change of bindings stuck? 'switchyard bindings' as root repairs it", res.Plen, res.Label)
+}
+
+// takeBack undoes, on this CPU, one count of the dispatch program for
+// label: its lookup and, by what, its hit (1), missing (2) or bad socket
+// (3).
+func (e *Explainer) takeBack(label, what uint32) error {
+	if err := e.uncountID.Set(label); err != nil {
+		return err
+	}
+	if err := e.uncountOf.Set(what); err != nil {
+		return err
+	}
+	ret, err := e.uncount.Run(&ebpf.RunOptions{Context: sockLookupCtx{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP}})
+	if err == nil && ret != 1 {
+		err = fmt.Errorf("no counters for label id %d", label)
+	}
+	return err
+}
+
+// pinToCPU binds the calling thread, locked to it by the caller, to the
+// CPU it runs on, and returns that CPU and how to undo it.
+func pinToCPU() (int, func(), error) {
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return 0, nil, fmt.Errorf("lookup: cpu affinity: %w", err)
+	}
+	cpu := -1
+	for i := range 1024 {
+		if old.IsSet(i) {
+			cpu = i
+			break
+		}
+	}
+	if cpu < 0 {
+		return 0, nil, errors.New("lookup: no cpu to run on")
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		return 0, nil, fmt.Errorf("lookup: cpu affinity: %w", err)
+	}
+	return cpu, func() { unix.SchedSetaffinity(0, &old) }, nil
+}
+
 func (e *Explainer) cookie(slot uint32) (uint64, bool) {
 	var c uint64
 	err := e.sockets.Lookup(slot, &c)
 	return c, err == nil
 }
 
-func (e *Explainer) count(label uint32) (Counters, error) {
+// count reads label's counters on cpu.
+func (e *Explainer) count(label uint32, cpu int) (Counters, error) {
 	var per []dispatchSyStats
 	if err := e.counters.Lookup(label, &per); err != nil {
 		return Counters{}, fmt.Errorf("lookup: read counters: %w", err)
 	}
-	var c Counters
-	for _, s := range per {
-		c.Lookups += s.Lookups
-		c.Hits += s.Hits
-		c.Missing += s.Missing
-		c.BadSocket += s.BadSocket
+	if cpu >= len(per) {
+		return Counters{}, fmt.Errorf("lookup: read counters: no cpu %d", cpu)
 	}
-	return c, nil
+	s := per[cpu]
+	return Counters{Lookups: s.Lookups, Hits: s.Hits, Missing: s.Missing, BadSocket: s.BadSocket}, nil
 }
 
 // labelName finds the name of label id in sy_labels, reading them all on

@@ -49,7 +49,7 @@ type explainSyExplained struct {
 	Label   uint32
 	Width   uint32
 	Plen    int32
-	Pad     uint32
+	Exact   uint32
 	Visited uint64
 }
 
@@ -125,18 +125,22 @@ type explainSyTable struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	explainMapSyBindings = "sy_bindings"
-	explainMapSyConfig   = "sy_config"
-	explainMapSyCounters = "sy_counters"
-	explainMapSyFilter   = "sy_filter"
-	explainMapSyLabels   = "sy_labels"
-	explainMapSyPlens    = "sy_plens"
-	explainMapSyPorts    = "sy_ports"
-	explainMapSyPrefixes = "sy_prefixes"
-	explainMapSySockets  = "sy_sockets"
-	explainMapSyTables   = "sy_tables"
-	explainProgSyExplain = "sy_explain"
-	explainVarSyResult   = "sy_result"
+	explainMapSyBindings     = "sy_bindings"
+	explainMapSyConfig       = "sy_config"
+	explainMapSyCounters     = "sy_counters"
+	explainMapSyFilter       = "sy_filter"
+	explainMapSyLabels       = "sy_labels"
+	explainMapSyPlens        = "sy_plens"
+	explainMapSyPorts        = "sy_ports"
+	explainMapSyPrefixes     = "sy_prefixes"
+	explainMapSySockets      = "sy_sockets"
+	explainMapSyTables       = "sy_tables"
+	explainProgSyExplain     = "sy_explain"
+	explainProgSyExplainWalk = "sy_explain_walk"
+	explainProgSyUncount     = "sy_uncount"
+	explainVarSyResult       = "sy_result"
+	explainVarSyUncountLabel = "sy_uncount_label"
+	explainVarSyUncountWhat  = "sy_uncount_what"
 )
 
 // loadExplain returns the embedded CollectionSpec for explain.
@@ -181,7 +185,9 @@ type explainSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type explainProgramSpecs struct {
-	SyExplain *ebpf.ProgramSpec `ebpf:"sy_explain"`
+	SyExplain     *ebpf.ProgramSpec `ebpf:"sy_explain"`
+	SyExplainWalk *ebpf.ProgramSpec `ebpf:"sy_explain_walk"`
+	SyUncount     *ebpf.ProgramSpec `ebpf:"sy_uncount"`
 }
 
 // explainMapSpecs contains maps before they are loaded into the kernel.
@@ -204,7 +210,9 @@ type explainMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type explainVariableSpecs struct {
-	SyResult *ebpf.VariableSpec `ebpf:"sy_result"`
+	SyResult       *ebpf.VariableSpec `ebpf:"sy_result"`
+	SyUncountLabel *ebpf.VariableSpec `ebpf:"sy_uncount_label"`
+	SyUncountWhat  *ebpf.VariableSpec `ebpf:"sy_uncount_what"`
 }
 
 // explainObjects contains all objects after they have been loaded into the kernel.
@@ -258,19 +266,25 @@ func (m *explainMaps) Close() error {
 //
 // It can be passed to loadExplainObjects or ebpf.CollectionSpec.LoadAndAssign.
 type explainVariables struct {
-	SyResult *ebpf.Variable `ebpf:"sy_result"`
+	SyResult       *ebpf.Variable `ebpf:"sy_result"`
+	SyUncountLabel *ebpf.Variable `ebpf:"sy_uncount_label"`
+	SyUncountWhat  *ebpf.Variable `ebpf:"sy_uncount_what"`
 }
 
 // explainPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadExplainObjects or ebpf.CollectionSpec.LoadAndAssign.
 type explainPrograms struct {
-	SyExplain *ebpf.Program `ebpf:"sy_explain"`
+	SyExplain     *ebpf.Program `ebpf:"sy_explain"`
+	SyExplainWalk *ebpf.Program `ebpf:"sy_explain_walk"`
+	SyUncount     *ebpf.Program `ebpf:"sy_uncount"`
 }
 
 func (p *explainPrograms) Close() error {
 	return _ExplainClose(
 		p.SyExplain,
+		p.SyExplainWalk,
+		p.SyUncount,
 	)
 }
 
