@@ -34,7 +34,7 @@ type Conn struct {
 	rc syscall.RawConn
 
 	rmu    sync.Mutex
-	rbuf   []byte
+	rbuf   *[]byte // from datagramPool while a datagram is read
 	oob    []byte
 	rerr   error // sticky: the read side is out of step
 	rlimit int   // SetRequestLimit
@@ -65,7 +65,6 @@ func NewConn(uc *net.UnixConn) (*Conn, error) {
 	return &Conn{
 		uc:   uc,
 		rc:   rc,
-		rbuf: make([]byte, MaxDatagram),
 		oob:  make([]byte, unix.CmsgSpace(scmMaxFD*4)),
 	}, nil
 }
@@ -228,6 +227,7 @@ func (c *Conn) Recv() (Message, []*os.File, error) {
 // error, the next datagram will start a new message: no datagram of this one
 // had been consumed, or all of them had.
 func (c *Conn) recv() (m Message, fds []int, inStep bool, err error) {
+	defer c.putBuf()
 	a := assembler{limit: c.rlimit}
 	for {
 		n, flags, got, err := c.recvDatagram()
@@ -255,7 +255,8 @@ func (c *Conn) recv() (m Message, fds []int, inStep bool, err error) {
 		if a.started && len(got) > 0 {
 			return nil, fds, false, invalidf("control receive: file descriptors on a continuation datagram")
 		}
-		done, err := a.add(c.rbuf[:n])
+		done, err := a.add((*c.rbuf)[:n])
+		c.putBuf()
 		if err != nil {
 			return nil, fds, false, err
 		}
@@ -270,13 +271,36 @@ func (c *Conn) recv() (m Message, fds []int, inStep bool, err error) {
 	return m, fds, true, nil
 }
 
-// recvDatagram reads one datagram into c.rbuf with recvmsg(2) and
-// MSG_CMSG_CLOEXEC, and returns the descriptors that came with it.
+// datagramPool holds receive buffers. A connection takes one only once a
+// datagram (or the end) is ready to read, and gives it back as soon as the
+// datagram is copied out, so that idle connections, which a server may
+// have a thousand of, hold no buffer.
+var datagramPool = sync.Pool{New: func() any { b := make([]byte, MaxDatagram); return &b }}
+
+func (c *Conn) putBuf() {
+	if c.rbuf != nil {
+		datagramPool.Put(c.rbuf)
+		c.rbuf = nil
+	}
+}
+
+// recvDatagram reads one datagram into c.rbuf, taken from datagramPool,
+// with recvmsg(2) and MSG_CMSG_CLOEXEC, and returns the descriptors that
+// came with it. The caller gives c.rbuf back with putBuf.
 func (c *Conn) recvDatagram() (n int, flags int, fds []int, err error) {
 	var oobn int
 	var rerr error
+	var peek [1]byte
 	err = c.rc.Read(func(fd uintptr) bool {
-		n, oobn, flags, rerr = recvmsg(int(fd), c.rbuf, c.oob, unix.MSG_CMSG_CLOEXEC)
+		// Wait for a datagram, or the end, without holding a buffer.
+		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		if e == unix.EAGAIN {
+			return false
+		}
+		if c.rbuf == nil {
+			c.rbuf = datagramPool.Get().(*[]byte)
+		}
+		n, oobn, flags, rerr = recvmsg(int(fd), *c.rbuf, c.oob, unix.MSG_CMSG_CLOEXEC)
 		return rerr != unix.EAGAIN
 	})
 	if err == nil {

@@ -222,7 +222,8 @@ func run(env Env, f flags, log *slog.Logger) error {
 			ln.Close()
 			return fmt.Errorf("metrics listen: %w", err)
 		}
-		metricsSrv = &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		metricsSrv = &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 		go metricsSrv.Serve(mln)
 		log.Info("serving metrics", "addr", mln.Addr().String())
 	}

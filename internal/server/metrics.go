@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -101,7 +102,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descMissing, prometheus.CounterValue, float64(v.Missing), label)
 		ch <- prometheus.MustNewConstMetric(descBadSocket, prometheus.CounterValue, float64(v.BadSocket), label)
 	}
-	perLabel, err := s.d.BindingCounts()
+	perLabel, err := s.bindingCounts()
 	if err != nil {
 		c.scrapeErrs.Add(1)
 		return
@@ -146,7 +147,9 @@ func (s *Server) MetricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{s: s})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+	// Anyone who can reach the address may scrape: a few scrapes at once,
+	// each bounded in time, so that scrapes cannot pile up on the state.
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4, Timeout: 10 * time.Second})
 }
 
 // collect exports the config file's reload metrics, if there is a file.
