@@ -63,9 +63,9 @@ func NewConn(uc *net.UnixConn) (*Conn, error) {
 		return nil, fmt.Errorf("control conn: %w: socket type is %d, not SOCK_SEQPACKET; use the \"unixpacket\" network", ErrInvalid, typ)
 	}
 	return &Conn{
-		uc:   uc,
-		rc:   rc,
-		oob:  make([]byte, unix.CmsgSpace(scmMaxFD*4)),
+		uc:  uc,
+		rc:  rc,
+		oob: make([]byte, unix.CmsgSpace(scmMaxFD*4)),
 	}, nil
 }
 
