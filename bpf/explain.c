@@ -132,10 +132,14 @@ struct probe {
 	__u32 lo;    /* of the next one */
 };
 
-static long probe_one(__u64 i, struct probe *p)
+/* One probe; 1 when done. A global function, so that the verifier checks
+ * it once, whatever the caller's state. */
+__noinline int sy_probe_step(struct probe *p)
 {
 	__u32 end, *label;
 
+	if (!p)
+		return 1;
 	if (p->width > p->last - p->first + 1)
 		return 1;
 	p->key.lo = p->lo;
@@ -163,20 +167,33 @@ static long probe_one(__u64 i, struct probe *p)
 	return 0;
 }
 
-/* Where sy_resolve_port found port's label in v: the run of ports [*first,
- * *last] of one segment or exact port, or every port (any_label). */
-static __always_inline void resolved_run(const struct sy_prefix_val *v, const struct sy_prefix_key *key,
-					 __u32 port, __u32 *first, __u32 *last)
+static long probe_one(__u64 i, void *p)
 {
-	*first = 0;
-	*last = 65535;
+	return sy_probe_step(p) ? 1 : 0;
+}
+
+/* A run of ports. */
+struct port_run {
+	__u32 first, last;
+};
+
+/* Where sy_resolve_port found port's label in v: the run of ports of one
+ * segment or exact port, or every port (any_label). A global function, so
+ * that the verifier checks it once. */
+__noinline int sy_resolved_run(const struct sy_prefix_val *v, const struct sy_prefix_key *key,
+			       __u32 port, struct port_run *run)
+{
+	if (!v || !key || !run)
+		return 0;
+	run->first = 0;
+	run->last = 65535;
 	if (v->flags & SY_PV_PORTS) {
 		struct sy_port_key pk = { .prefix = *key, .port = port };
 		__u32 *label = bpf_map_lookup_elem(&sy_ports, &pk);
 
 		if (label && *label) {
-			*first = *last = port;
-			return;
+			run->first = run->last = port;
+			return 0;
 		}
 	}
 	if (v->table) {
@@ -184,7 +201,7 @@ static __always_inline void resolved_run(const struct sy_prefix_val *v, const st
 		const struct sy_table *t = bpf_map_lookup_elem(&sy_tables, &idx);
 
 		if (!t)
-			return;
+			return 0;
 		hi = t->nseg;
 		if (hi > SY_TABLE_SEGS)
 			hi = SY_TABLE_SEGS;
@@ -193,42 +210,89 @@ static __always_inline void resolved_run(const struct sy_prefix_val *v, const st
 			const struct sy_seg *s;
 
 			if (mid >= SY_TABLE_SEGS)
-				return;
+				return 0;
 			s = &t->segs[mid];
 			if (port < s->lo) {
 				hi = mid;
 			} else if (port > s->hi) {
 				lo = mid + 1;
 			} else {
-				*first = s->lo;
-				*last = s->hi;
-				return;
+				run->first = s->lo;
+				run->last = s->hi;
+				return 0;
 			}
 		}
-		return;
+		return 0;
 	}
 	for (int i = 0; i < SY_INLINE_SEGS; i++) {
 		if (i >= v->nseg)
 			break;
 		if (port >= v->segs[i].lo && port <= v->segs[i].hi) {
-			*first = v->segs[i].lo;
-			*last = v->segs[i].hi;
-			return;
+			run->first = v->segs[i].lo;
+			run->last = v->segs[i].hi;
+			return 0;
 		}
 	}
+	return 0;
+}
+
+/* The state of the walk down the prefix lengths in use. */
+struct descent {
+	struct sy_prefix_key key;
+	__u32 addr[4];
+	__u32 idx;  /* of the prefix lengths in sy_plens */
+	__u32 port;
+	__u32 step;
+	__u32 label;
+	__s32 plen;
+};
+
+/* One prefix length, the step-th longest in use; 1 when done. */
+__noinline int sy_descend_step(struct descent *d)
+{
+	const struct sy_plen_list *pl;
+	const struct sy_prefix_val *v;
+	__u32 idx, i;
+	int plen;
+
+	if (!d)
+		return 1;
+	idx = d->idx;
+	i = d->step++;
+	pl = bpf_map_lookup_elem(&sy_plens, &idx);
+	if (!pl || i >= pl->count || i >= SY_MAX_PLENS)
+		return 1;
+	plen = pl->lens[i];
+	d->key.plen = plen;
+	d->key.addr[0] = mask_word(d->addr[0], plen);
+	d->key.addr[1] = mask_word(d->addr[1], plen - 32);
+	d->key.addr[2] = mask_word(d->addr[2], plen - 64);
+	d->key.addr[3] = mask_word(d->addr[3], plen - 96);
+	v = bpf_map_lookup_elem(&sy_prefixes, &d->key);
+	if (!v)
+		return 0;
+	d->label = sy_resolve_port(v, &d->key, d->port);
+	if (!d->label)
+		return 0;
+	d->plen = plen;
+	return 1;
+}
+
+static long descend_one(__u64 i, void *d)
+{
+	return sy_descend_step(d) ? 1 : 0;
 }
 
 SEC("sk_lookup")
 int sy_explain(struct bpf_sk_lookup *ctx)
 {
-	const struct sy_prefix_val *v = NULL;
-	struct sy_prefix_key key = {};
-	const struct sy_plen_list *pl;
+	const struct sy_prefix_val *v;
+	struct descent d = {};
+	struct port_run run = {};
 	const struct sy_cfg *cfg;
 	struct probe p = {};
 	struct query q = {};
-	__u32 zero = 0, idx, n, label = 0;
-	int plen = -1;
+	__u32 zero = 0;
 
 	__builtin_memset(&sy_result, 0, sizeof(sy_result));
 	sy_result.plen = -1;
@@ -239,36 +303,24 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 	cfg = bpf_map_lookup_elem(&sy_config, &zero);
 	if (!cfg)
 		return SK_PASS;
-	key.gen = cfg->gen & 1;
-	key.proto = q.proto;
-	key.family = q.family;
-	idx = key.gen * 4 + key.proto * 2 + key.family;
-	pl = bpf_map_lookup_elem(&sy_plens, &idx);
-	if (!pl)
+	d.key.gen = cfg->gen & 1;
+	d.key.proto = q.proto;
+	d.key.family = q.family;
+	d.idx = d.key.gen * 4 + q.proto * 2 + q.family;
+	d.addr[0] = q.addr[0];
+	d.addr[1] = q.addr[1];
+	d.addr[2] = q.addr[2];
+	d.addr[3] = q.addr[3];
+	d.port = q.port;
+	d.plen = -1;
+	bpf_loop(SY_MAX_PLENS, descend_one, &d, 0);
+	if (!d.label || d.plen < 0)
 		return SK_PASS;
-	n = pl->count;
-	if (n > SY_MAX_PLENS)
-		n = SY_MAX_PLENS;
-	for (__u32 i = 0; i < SY_MAX_PLENS; i++) {
-		if (i >= n)
-			break;
-		plen = pl->lens[i];
-		key.plen = plen;
-		key.addr[0] = mask_word(q.addr[0], plen);
-		key.addr[1] = mask_word(q.addr[1], plen - 32);
-		key.addr[2] = mask_word(q.addr[2], plen - 64);
-		key.addr[3] = mask_word(q.addr[3], plen - 96);
-		v = bpf_map_lookup_elem(&sy_prefixes, &key);
-		if (!v)
-			continue;
-		label = sy_resolve_port(v, &key, q.port);
-		if (label)
-			break;
-	}
-	if (!label || !v)
+	v = bpf_map_lookup_elem(&sy_prefixes, &d.key);
+	if (!v)
 		return SK_PASS;
-	sy_result.plen = plen;
-	sy_result.label = label;
+	sy_result.plen = d.plen;
+	sy_result.label = d.label;
 
 	/* The binding: the narrowest recorded port set of that prefix that
 	 * holds the port. If one lies within the run of ports the data path
@@ -276,15 +328,17 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 	 * else the caller walks. */
 	p.key.proto = q.proto;
 	p.key.family = q.family;
-	p.key.plen = plen;
-	p.key.addr[0] = key.addr[0];
-	p.key.addr[1] = key.addr[1];
-	p.key.addr[2] = key.addr[2];
-	p.key.addr[3] = key.addr[3];
+	p.key.plen = d.key.plen;
+	p.key.addr[0] = d.key.addr[0];
+	p.key.addr[1] = d.key.addr[1];
+	p.key.addr[2] = d.key.addr[2];
+	p.key.addr[3] = d.key.addr[3];
 	p.port = q.port;
-	resolved_run(v, &key, q.port, &p.first, &p.last);
-	if (p.first > q.port || p.last < q.port)
+	sy_resolved_run(v, &d.key, q.port, &run);
+	if (run.first > q.port || run.last < q.port)
 		return SK_PASS;
+	p.first = run.first;
+	p.last = run.last;
 	p.width = 1;
 	p.lo = q.port;
 	bpf_loop(SY_PROBE_BUDGET, probe_one, &p, 0);

@@ -89,6 +89,8 @@ type Explainer struct {
 	sockets   *ebpf.Map
 	labels    *ebpf.Map
 	names     map[uint32]string
+	spec      *ebpf.CollectionSpec
+	repl      map[string]*ebpf.Map
 	closers   []interface{ Close() error }
 }
 
@@ -126,11 +128,11 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 	}
 	var eo struct {
 		Explain   *ebpf.Program  `ebpf:"sy_explain"`
-		Walk      *ebpf.Program  `ebpf:"sy_explain_walk"`
 		Uncount   *ebpf.Program  `ebpf:"sy_uncount"`
 		Result    *ebpf.Variable `ebpf:"sy_result"`
 		UncountID *ebpf.Variable `ebpf:"sy_uncount_label"`
 		UncountOf *ebpf.Variable `ebpf:"sy_uncount_what"`
+		BSS       *ebpf.Map      `ebpf:".bss"`
 	}
 	pinned := map[string]*ebpf.Map{}
 	pin := func(name string) (*ebpf.Map, error) {
@@ -166,8 +168,11 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 		}
 		return nil, fmt.Errorf("load explain programs: %w", err)
 	}
-	e.closers = append(e.closers, eo.Explain, eo.Walk, eo.Uncount)
-	e.explain, e.walk, e.uncount = eo.Explain, eo.Walk, eo.Uncount
+	e.closers = append(e.closers, eo.Explain, eo.Uncount, eo.BSS)
+	e.explain, e.uncount = eo.Explain, eo.Uncount
+	// The walk is loaded when needed, sharing the result.
+	e.spec, e.repl = spec, repl
+	e.repl[".bss"] = eo.BSS
 	e.result, e.uncountID, e.uncountOf = eo.Result, eo.UncountID, eo.UncountOf
 	e.counters, e.sockets, e.labels = repl["sy_counters"], repl["sy_sockets"], repl["sy_labels"]
 
@@ -375,7 +380,17 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 // find runs the explainer, and the walk if the probe budget ran out.
 func (e *Explainer) find(in sockLookupCtx) (explainSyExplained, error) {
 	var res explainSyExplained
-	for _, p := range []*ebpf.Program{e.explain, e.walk} {
+	for i, p := range []*ebpf.Program{e.explain, e.walk} {
+		if i == 1 && p == nil {
+			var wo struct {
+				Walk *ebpf.Program `ebpf:"sy_explain_walk"`
+			}
+			if err := e.spec.LoadAndAssign(&wo, &ebpf.CollectionOptions{MapReplacements: e.repl}); err != nil {
+				return res, fmt.Errorf("lookup: load walk program: %w", err)
+			}
+			e.walk, p = wo.Walk, wo.Walk
+			e.closers = append(e.closers, wo.Walk)
+		}
 		if _, err := p.Run(&ebpf.RunOptions{Context: in}); err != nil {
 			return res, fmt.Errorf("lookup: run explain program: %w", err)
 		}
