@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -226,4 +227,58 @@ func TestConfigWatch(t *testing.T) {
 		w.waitBound(t, "10.22.2.0/24")
 		w.checkConfigMetrics(t, cfg, true, third, 0)
 	})
+}
+
+// BenchmarkConfigWatch measures how long a new version of --config, renamed
+// over the old one, takes to be in force: from the rename to the first TCP
+// connection to an address only the new version binds that reaches the
+// label's socket. Reports the median and the maximum over the iterations
+// (-benchtime Nx renames).
+func BenchmarkConfigWatch(b *testing.B) {
+	w := newWorldNoDaemon(b)
+	dir := filepath.Join(w.dir, "etc")
+	os.Mkdir(dir, 0o755)
+	cfg := filepath.Join(dir, "switchyard.yaml")
+	os.WriteFile(cfg, []byte(configWith("10.50.255.0/24")), 0o644)
+	w.d = w.startDaemon("--config", cfg)
+	ln := w.registerTCP("web", "tcp4", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	var took []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		prefix := fmt.Sprintf("10.50.%d.0/24", i%250)
+		target := fmt.Sprintf("10.50.%d.1:80", i%250)
+		tmp := filepath.Join(dir, ".switchyard.yaml.new")
+		if err := os.WriteFile(tmp, []byte(configWith(prefix)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Rename(tmp, cfg); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for {
+			c, err := w.ns.DialTCP(target, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Since(start) > 10*time.Second {
+				b.Fatalf("%s not in force 10s after the rename: %v\nlog:\n%s", prefix, err, w.d.stderr.String())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "ms-median/rename")
+	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "ms-max/rename")
 }

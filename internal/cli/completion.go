@@ -339,14 +339,14 @@ func writeZshCompletion(w io.Writer) error {
 
 _switchyard_labels() {
 	local -a labels
-	labels=(${(f)"$(_call_program labels ${words[1]} ${_switchyard_conn[@]} __labels 2>/dev/null)"})
+	labels=(${(f)"$(_call_program labels ${(q)_switchyard_prog} ${(q)_switchyard_conn[@]} __labels 2>/dev/null)"})
 	_describe -t labels 'label' labels
 }
 
 _switchyard() {
 	local curcontext=$curcontext state state_descr line ret=1
 	local -a _switchyard_conn
-	local i
+	local _switchyard_prog=$words[1] i
 	for ((i = 2; i < CURRENT; i++)); do
 		case $words[i] in
 		(--netns|-netns|--control|-control) _switchyard_conn+=($words[i] $words[i+1]) ;;
