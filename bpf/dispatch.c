@@ -52,7 +52,16 @@ int sy_dispatch(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	}
 
-	label = sy_lookup_label(proto, fam, addr, ctx->local_port);
+	{
+		struct sy_query q = {
+			.addr = { addr[0], addr[1], addr[2], addr[3] },
+			.port = ctx->local_port,
+			.proto = proto,
+			.fam = fam,
+		};
+
+		label = sy_lookup_inline(&q);
+	}
 	if (!label) {
 		c = counters(0);
 		if (c)

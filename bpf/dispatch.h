@@ -20,10 +20,27 @@
 #define SY_FAM_V6 1
 
 /* The prefix filter: a bitmap per generation with one bit per hash of a
- * prefix key. A clear bit proves sy_prefixes has no entry for that key, which
- * saves a hash probe for each prefix length that cannot match. */
-#define SY_FILTER_LOG2 21
+ * prefix key, 16 bits per prefix at 1,048,576 prefixes. A clear bit proves
+ * sy_prefixes has no entry for that key, which saves a hash probe for each
+ * prefix length that cannot match and whose index bucket overflowed. The
+ * program trusts it only where the index bucket is valid: a build with
+ * another filter size or hash left it. */
+#define SY_FILTER_LOG2 24
 #define SY_FILTER_WORDS (1 << (SY_FILTER_LOG2 - 6))
+
+/* The prefix index: per generation, SY_IX_BUCKETS buckets of SY_IX_WAYS
+ * slots, the bucket chosen by the top bits of a prefix key's filter bit. A
+ * slot holds a prefix whose ports resolve with one segment and an
+ * every-port label, which is most prefixes, so the lookup of such a prefix
+ * reads one array element and no hash map. Every prefix also lives in
+ * sy_prefixes; the index only saves reading it. */
+#define SY_IX_LOG2 16
+#define SY_IX_BUCKETS (1 << SY_IX_LOG2)
+#define SY_IX_WAYS 2
+
+/* Flags of struct sy_ix_bucket. */
+#define SY_IXB_VALID 1    /* written by a build that knows the index */
+#define SY_IXB_OVERFLOW 2 /* a prefix of this bucket is in no slot */
 
 /* Flags of struct sy_prefix_val. */
 #define SY_PV_PORTS 1 /* single ports of this prefix live in sy_ports */
@@ -85,6 +102,29 @@ struct sy_table {
 	__u32 nseg;
 	__u32 _pad;
 	struct sy_seg segs[SY_TABLE_SEGS];
+};
+
+/* A prefix in the index. Ports in [lo, hi] resolve to label (none when
+ * lo > hi), the others to any_label; 0 means no binding. */
+struct sy_ix_slot {
+	__u32 addr[4];  /* as in struct sy_prefix_key */
+	__u8 plen;
+	__u8 kind;      /* 0: empty; else 1 + proto*2 + family */
+	__u16 lo;
+	__u16 hi;
+	__u16 _pad;
+	__u32 label;
+	__u32 any_label;
+};
+
+/* Value of sy_index. A bucket without SY_IXB_VALID (as a fresh map has
+ * them) says nothing: the program then reads sy_filter and sy_prefixes. A
+ * valid bucket without SY_IXB_OVERFLOW proves a prefix that is in no slot
+ * has no binding. */
+struct sy_ix_bucket {
+	__u32 flags;
+	__u32 _pad;
+	struct sy_ix_slot slots[SY_IX_WAYS];
 };
 
 /* Per-label counters, per CPU. Index 0 counts lookups that matched nothing. */

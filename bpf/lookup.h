@@ -27,9 +27,10 @@ struct {
 	__type(value, struct sy_plen_list);
 } sy_plens SEC(".maps");
 
+/* sy_prefixes and sy_ports hold both generations: twice the bindings. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 21);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sy_prefix_key);
 	__type(value, struct sy_prefix_val);
@@ -37,7 +38,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 21);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sy_port_key);
 	__type(value, __u32);
@@ -56,6 +57,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } sy_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SY_IX_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct sy_ix_bucket);
+} sy_index SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -107,6 +115,14 @@ static __always_inline __u32 filter_bit(const struct sy_prefix_key *k)
 	x ^= ((__u64)k->plen << 16) | ((__u64)k->proto << 8) | k->family;
 	x *= 0x9e3779b97f4a7c15ULL;
 	return x >> (64 - SY_FILTER_LOG2);
+}
+
+/* Whether index slot s holds the prefix of key (kind: 1 + proto*2 + fam). */
+static __always_inline int ix_match(const struct sy_ix_slot *s, const struct sy_prefix_key *key, __u8 kind)
+{
+	return s->kind == kind && s->plen == key->plen &&
+	       s->addr[0] == key->addr[0] && s->addr[1] == key->addr[1] &&
+	       s->addr[2] == key->addr[2] && s->addr[3] == key->addr[3];
 }
 
 /* Finds the segment holding port among n sorted, disjoint segments. */
@@ -171,16 +187,33 @@ __noinline __u32 sy_resolve_port(const struct sy_prefix_val *v,
 	return v->any_label;
 }
 
-/* The label of the most specific binding for traffic of protocol proto
- * (SY_PROTO_*) and family fam (SY_FAM_*) to addr (network byte order, IPv4 in
- * addr[0]) and port, or 0 if no binding matches. Every program that asks
- * which label a connection belongs to uses this, so they all agree. */
-static __always_inline __u32 sy_lookup_label(__u8 proto, __u8 fam, const __u32 addr[4], __u16 port)
+/* What sy_lookup looks up: traffic of protocol proto (SY_PROTO_*) and
+ * family fam (SY_FAM_*) to addr (network byte order, IPv4 in addr[0]) and
+ * port. */
+struct sy_query {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 fam;
+};
+
+/* The label of the most specific binding for q, or 0 if no binding matches.
+ * sy_dispatch inlines it; other programs call sy_lookup. */
+static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 {
-	struct sy_prefix_key key = { .proto = proto, .family = fam };
+	struct sy_prefix_key key = {};
 	const struct sy_cfg *cfg;
 	const struct sy_plen_list *pl;
 	__u32 zero = 0, idx, label = 0, n;
+	__u16 port;
+	__u8 kind;
+
+	if (!q || q->proto > 1 || q->fam > 1)
+		return 0;
+	key.proto = q->proto;
+	key.family = q->fam;
+	port = q->port;
+	kind = 1 + key.proto * 2 + key.family;
 
 	cfg = bpf_map_lookup_elem(&sy_config, &zero);
 	if (!cfg)
@@ -196,8 +229,9 @@ static __always_inline __u32 sy_lookup_label(__u8 proto, __u8 fam, const __u32 a
 		n = SY_MAX_PLENS;
 
 	for (__u32 i = 0; i < SY_MAX_PLENS; i++) {
+		const struct sy_ix_bucket *b;
 		const struct sy_prefix_val *v;
-		__u32 bit, fidx;
+		__u32 bit, fidx, bidx;
 		__u64 *word;
 		int plen;
 
@@ -205,16 +239,36 @@ static __always_inline __u32 sy_lookup_label(__u8 proto, __u8 fam, const __u32 a
 			break;
 		plen = pl->lens[i];
 		key.plen = plen;
-		key.addr[0] = mask_word(addr[0], plen);
-		key.addr[1] = mask_word(addr[1], plen - 32);
-		key.addr[2] = mask_word(addr[2], plen - 64);
-		key.addr[3] = mask_word(addr[3], plen - 96);
+		key.addr[0] = mask_word(q->addr[0], plen);
+		key.addr[1] = mask_word(q->addr[1], plen - 32);
+		key.addr[2] = mask_word(q->addr[2], plen - 64);
+		key.addr[3] = mask_word(q->addr[3], plen - 96);
 
 		bit = filter_bit(&key);
-		fidx = key.gen * SY_FILTER_WORDS + (bit >> 6);
-		word = bpf_map_lookup_elem(&sy_filter, &fidx);
-		if (!word || !(*word & (1ULL << (bit & 63))))
-			continue;
+		bidx = key.gen * SY_IX_BUCKETS + (bit >> (SY_FILTER_LOG2 - SY_IX_LOG2));
+		b = bpf_map_lookup_elem(&sy_index, &bidx);
+		if (b && (b->flags & SY_IXB_VALID)) {
+			const struct sy_ix_slot *s = 0;
+
+			if (ix_match(&b->slots[0], &key, kind))
+				s = &b->slots[0];
+			else if (ix_match(&b->slots[1], &key, kind))
+				s = &b->slots[1];
+			if (s) {
+				label = (port >= s->lo && port <= s->hi) ? s->label : s->any_label;
+				if (label)
+					break;
+				continue;
+			}
+			if (!(b->flags & SY_IXB_OVERFLOW))
+				continue;
+			/* The filter of a generation is written with its
+			 * index, so only a valid bucket vouches for it. */
+			fidx = key.gen * SY_FILTER_WORDS + (bit >> 6);
+			word = bpf_map_lookup_elem(&sy_filter, &fidx);
+			if (!word || !(*word & (1ULL << (bit & 63))))
+				continue;
+		}
 
 		v = bpf_map_lookup_elem(&sy_prefixes, &key);
 		if (!v)
@@ -224,4 +278,27 @@ static __always_inline __u32 sy_lookup_label(__u8 proto, __u8 fam, const __u32 a
 			break;
 	}
 	return label;
+}
+
+/* sy_lookup_inline as a global function, so the verifier checks its loop
+ * once per program rather than once for each caller. */
+__noinline __u32 sy_lookup(const struct sy_query *q)
+{
+	return sy_lookup_inline(q);
+}
+
+/* The label of the most specific binding for traffic of protocol proto
+ * (SY_PROTO_*) and family fam (SY_FAM_*) to addr (network byte order, IPv4 in
+ * addr[0]) and port, or 0 if no binding matches. Every program that asks
+ * which label a connection belongs to uses this, so they all agree. */
+static __always_inline __u32 sy_lookup_label(__u8 proto, __u8 fam, const __u32 addr[4], __u16 port)
+{
+	struct sy_query q = {
+		.addr = { addr[0], addr[1], addr[2], addr[3] },
+		.port = port,
+		.proto = proto,
+		.fam = fam,
+	};
+
+	return sy_lookup(&q);
 }

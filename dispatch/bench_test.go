@@ -30,27 +30,23 @@ type skLookupCtx struct {
 	Ifindex    uint32
 }
 
-func tcp4Ctx(dst netip.AddrPort) skLookupCtx {
-	a := dst.Addr().As4()
-	return skLookupCtx{
-		Family:     2, // AF_INET
-		Protocol:   6, // TCP
-		RemoteIP4:  binary.NativeEndian.Uint32([]byte{192, 0, 2, 99}),
-		RemotePort: 40000,
-		LocalIP4:   binary.NativeEndian.Uint32(a[:]),
-		LocalPort:  uint32(dst.Port()),
+// lookupCtx is what the kernel hands the program for a TCP connection or
+// UDP datagram to dst.
+func lookupCtx(proto binding.Protocol, dst netip.AddrPort) skLookupCtx {
+	c := skLookupCtx{Protocol: 6, RemotePort: 40000, LocalPort: uint32(dst.Port())}
+	if proto == binding.UDP {
+		c.Protocol = 17
 	}
-}
-
-// The three kinds of binding a benchmark hits, and a probe that hits each.
-var benchTargets = []struct {
-	name string
-	b    binding.Binding
-	dst  netip.AddrPort
-}{
-	{"host-port", binding.Binding{Label: "t0", Protocol: binding.TCP, Prefix: netip.MustParsePrefix("10.200.1.1/32"), Ports: binding.Ports{Lo: 443, Hi: 443}}, netip.MustParseAddrPort("10.200.1.1:443")},
-	{"net-range", binding.Binding{Label: "t1", Protocol: binding.TCP, Prefix: netip.MustParsePrefix("10.200.2.0/24"), Ports: binding.Ports{Lo: 8000, Hi: 8999}}, netip.MustParseAddrPort("10.200.2.77:8080")},
-	{"net-any", binding.Binding{Label: "t2", Protocol: binding.TCP, Prefix: netip.MustParsePrefix("10.200.3.0/24"), Ports: binding.AnyPort}, netip.MustParseAddrPort("10.200.3.77:2222")},
+	if dst.Addr().Is4() {
+		c.Family = 2 // AF_INET
+		c.RemoteIP4 = binary.NativeEndian.Uint32([]byte{192, 0, 2, 99})
+		c.LocalIP4 = addrWords(dst.Addr().As16(), true)[0]
+		return c
+	}
+	c.Family = 10 // AF_INET6
+	c.RemoteIP6 = addrWords(netip.MustParseAddr("2001:db8:ffff::99").As16(), false)
+	c.LocalIP6 = addrWords(dst.Addr().As16(), false)
+	return c
 }
 
 // fillerBindings makes n bindings that mix /32 and /24 prefixes with single
@@ -79,35 +75,6 @@ func fillerBindings(n int) []binding.Binding {
 		bs = append(bs, b)
 	}
 	return bs
-}
-
-// runLookup times n runs of prog with ctx in one BPF_PROG_TEST_RUN call.
-func runLookup(b *testing.B, prog *ebpf.Program, ctx skLookupCtx, wantHit bool) {
-	b.Helper()
-	// The kernel's struct may have grown past ours; give it room.
-	var out struct {
-		skLookupCtx
-		Spare [16]uint32
-	}
-	ret, err := prog.Run(&ebpf.RunOptions{Context: ctx, ContextOut: &out, Repeat: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if ret != 1 || (wantHit && out.Cookie == 0) {
-		b.Fatalf("program returned %d, selected socket %d: not a hit", ret, out.Cookie)
-	}
-	b.ResetTimer()
-	var total float64
-	for left := b.N; left > 0; {
-		n := min(left, 1<<24)
-		ns, err := testRunDuration(prog, ctx, uint32(n))
-		if err != nil {
-			b.Fatal(err)
-		}
-		total += float64(ns) * float64(n)
-		left -= n
-	}
-	b.ReportMetric(total/float64(b.N), "ns/lookup")
 }
 
 // testRunDuration runs prog repeat times with BPF_PROG_TEST_RUN and returns
@@ -142,48 +109,6 @@ func testRunDuration(prog *ebpf.Program, ctx skLookupCtx, repeat uint32) (uint32
 		}
 		return attr.duration, nil
 	}
-}
-
-// BenchmarkLookup measures one sk_lookup run that hits, by number of
-// bindings and kind of binding hit, beside the empty program.
-func BenchmarkLookup(b *testing.B) {
-	e := newEnv(b)
-	base, err := loadBaselineEmpty()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer base.Close()
-	b.Run("empty", func(b *testing.B) { runLookup(b, base, tcp4Ctx(benchTargets[0].dst), false) })
-	e.d.Close()
-
-	for _, n := range []int{1, 1000, 100000} {
-		for i, tgt := range benchTargets {
-			if n == 1 || i == 0 {
-				e = newEnv(b)
-				bs := []binding.Binding{tgt.b}
-				if n > 1 {
-					bs = append(fillerBindings(n-len(benchTargets)), benchTargets[0].b, benchTargets[1].b, benchTargets[2].b)
-				}
-				if _, err := e.d.AddBindings(bs...); err != nil {
-					b.Fatal(err)
-				}
-				for _, t := range benchTargets {
-					mustRegister(b, e.d, t.b.Label, e.ns.ListenTCP(b, "127.0.0.1:0"))
-				}
-			}
-			b.Run(fmt.Sprintf("bindings=%d/%s", n, tgt.name), func(b *testing.B) {
-				runLookup(b, e.d.objs.SyDispatch, tcp4Ctx(tgt.dst), true)
-			})
-		}
-	}
-}
-
-func loadBaselineEmpty() (*ebpf.Program, error) {
-	var objs baselineObjects
-	if err := loadBaselineObjects(&objs, nil); err != nil {
-		return nil, err
-	}
-	return objs.SyBaseline, nil
 }
 
 // BenchmarkAddBindings measures adding 100,000 bindings in one change.

@@ -146,7 +146,7 @@ func mapName(m *ebpf.Map) string {
 
 // writeLists writes what a change needs beyond the groups in generation gen:
 // the prefix length lists and filter words it touches.
-func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words []uint32) error {
+func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, buckets []uint32) error {
 	keys := make([]uint32, 0, len(lists))
 	vals := make([]dispatchSyPlenList, 0, len(lists))
 	for _, li := range lists {
@@ -164,6 +164,15 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words []uint3
 	}
 	if err := batchPut(d.objs.SyFilter, fkeys, fvals); err != nil {
 		return fmt.Errorf("write filter: %w", err)
+	}
+	bkeys := make([]uint32, 0, len(buckets))
+	bvals := make([]dispatchSyIxBucket, 0, len(buckets))
+	for _, b := range buckets {
+		bkeys = append(bkeys, gen*ixBuckets+b)
+		bvals = append(bvals, m.indexBucket(b))
+	}
+	if err := batchPut(d.objs.SyIndex, bkeys, bvals); err != nil {
+		return fmt.Errorf("write index: %w", err)
 	}
 	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
 		return fmt.Errorf("write prefix lengths: %w", err)
@@ -258,13 +267,16 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange) (
 	}
 	listSet := map[int]bool{}
 	wordSet := map[uint32]bool{}
+	bucketSet := map[uint32]bool{}
 	for _, c := range changes {
 		listSet[c.key.listIndex()] = true
 		wordSet[c.key.bit()/64] = true
+		bucketSet[c.key.bucket()] = true
 	}
 	lists := slices.Collect(maps.Keys(listSet))
 	words := slices.Collect(maps.Keys(wordSet))
-	if err := d.writeGenerations(m, changes, lists, words, nil); err != nil {
+	buckets := slices.Collect(maps.Keys(bucketSet))
+	if err := d.writeGenerations(m, changes, lists, words, buckets, nil); err != nil {
 		// The data path cannot hold the change: put the old
 		// generation, still whole, back in force. The next operation
 		// makes the data path equal to it again. (A simulated crash
@@ -308,7 +320,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange) (
 // writeGenerations writes changes to the inactive generation, switches to
 // it, waits until no program reads the other, and writes that one too. With
 // prune, each generation's writes are first edited by it.
-func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words []uint32, prune func(gen uint32, w *genWriter)) error {
+func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) error {
 	next := m.gen ^ 1
 	for _, gen := range []uint32{next, m.gen} {
 		var w genWriter
@@ -321,7 +333,7 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 		if err := w.flush(d); err != nil {
 			return err
 		}
-		if err := d.writeLists(m, gen, lists, words); err != nil {
+		if err := d.writeLists(m, gen, lists, words, buckets); err != nil {
 			return err
 		}
 		if gen == next {
@@ -361,6 +373,10 @@ func (d *Dispatcher) rewrite(m *model) error {
 	for i := range allWords {
 		allWords[i] = uint32(i)
 	}
+	allBuckets := make([]uint32, ixBuckets)
+	for i := range allBuckets {
+		allBuckets[i] = uint32(i)
+	}
 	// Nothing reads a generation while it is written. What it holds
 	// already is read once, so that only entries that differ from m are
 	// written or deleted: after an interrupted change that is the change.
@@ -378,9 +394,10 @@ func (d *Dispatcher) rewrite(m *model) error {
 		w.portKeys, w.portVals, w.portDel = pruneWrites(ports, w.portKeys, w.portVals,
 			func(k dispatchSyPortKey) bool { return uint32(k.Prefix.Gen) == gen })
 	}
-	if err := d.writeGenerations(m, changes, allLists, allWords, prune); err != nil {
+	if err := d.writeGenerations(m, changes, allLists, allWords, allBuckets, prune); err != nil {
 		return err
 	}
+	m.indexOK = true
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
 }
 

@@ -34,6 +34,25 @@ type dispatchSyCfg struct {
 	Prog   [32]uint8
 }
 
+type dispatchSyIxBucket struct {
+	_     structs.HostLayout
+	Flags uint32
+	Pad   uint32
+	Slots [2]dispatchSyIxSlot
+}
+
+type dispatchSyIxSlot struct {
+	_        structs.HostLayout
+	Addr     [4]uint32
+	Plen     uint8
+	Kind     uint8
+	Lo       uint16
+	Hi       uint16
+	Pad      uint16
+	Label    uint32
+	AnyLabel uint32
+}
+
 type dispatchSyLabelKey struct {
 	_    structs.HostLayout
 	Name [256]int8
@@ -107,6 +126,7 @@ const (
 	dispatchMapSyConfig    = "sy_config"
 	dispatchMapSyCounters  = "sy_counters"
 	dispatchMapSyFilter    = "sy_filter"
+	dispatchMapSyIndex     = "sy_index"
 	dispatchMapSyLabels    = "sy_labels"
 	dispatchMapSyPlens     = "sy_plens"
 	dispatchMapSyPorts     = "sy_ports"
@@ -169,6 +189,7 @@ type dispatchMapSpecs struct {
 	SyConfig   *ebpf.MapSpec `ebpf:"sy_config"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
+	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
@@ -207,6 +228,7 @@ type dispatchMaps struct {
 	SyConfig   *ebpf.Map `ebpf:"sy_config"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
+	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
@@ -221,6 +243,7 @@ func (m *dispatchMaps) Close() error {
 		m.SyConfig,
 		m.SyCounters,
 		m.SyFilter,
+		m.SyIndex,
 		m.SyLabels,
 		m.SyPlens,
 		m.SyPorts,

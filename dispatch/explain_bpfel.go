@@ -53,6 +53,23 @@ type explainSyExplained struct {
 	Visited uint64
 }
 
+type explainSyIxBucket struct {
+	_     structs.HostLayout
+	Flags uint32
+	Pad   uint32
+	Slots [2]struct {
+		_        structs.HostLayout
+		Addr     [4]uint32
+		Plen     uint8
+		Kind     uint8
+		Lo       uint16
+		Hi       uint16
+		Pad      uint16
+		Label    uint32
+		AnyLabel uint32
+	}
+}
+
 type explainSyLabelKey struct {
 	_    structs.HostLayout
 	Name [256]int8
@@ -129,6 +146,7 @@ const (
 	explainMapSyConfig       = "sy_config"
 	explainMapSyCounters     = "sy_counters"
 	explainMapSyFilter       = "sy_filter"
+	explainMapSyIndex        = "sy_index"
 	explainMapSyLabels       = "sy_labels"
 	explainMapSyPlens        = "sy_plens"
 	explainMapSyPorts        = "sy_ports"
@@ -198,6 +216,7 @@ type explainMapSpecs struct {
 	SyConfig   *ebpf.MapSpec `ebpf:"sy_config"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
+	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
@@ -239,6 +258,7 @@ type explainMaps struct {
 	SyConfig   *ebpf.Map `ebpf:"sy_config"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
+	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
@@ -253,6 +273,7 @@ func (m *explainMaps) Close() error {
 		m.SyConfig,
 		m.SyCounters,
 		m.SyFilter,
+		m.SyIndex,
 		m.SyLabels,
 		m.SyPlens,
 		m.SyPorts,

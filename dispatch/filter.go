@@ -3,7 +3,7 @@ package dispatch
 import "encoding/binary"
 
 const (
-	filterLog2  = 21 // SY_FILTER_LOG2
+	filterLog2  = 24 // SY_FILTER_LOG2
 	filterWords = 1 << (filterLog2 - 6)
 )
 

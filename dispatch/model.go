@@ -55,20 +55,22 @@ func findPorts(ps []portLabel, p binding.Ports) int {
 // model is a process's picture of the pinned state. It is rebuilt from the
 // maps whenever another process changed them (sy_config.serial moved).
 type model struct {
-	serial uint64
-	gen    uint32
-	rec    commitVal // the commit record it was read with
-	dataOK bool      // readModel found the data path to match the record
-	count  int       // bindings in all groups
-	labels map[string]uint32
-	names  map[uint32]string
-	kept   map[string]bool // labels kept without bindings or sockets
-	groups map[groupKey]*group
-	protos map[string]*[2]int // per label: bindings of tcp and udp
-	plens  [4]map[uint8]int   // per proto*2+family: groups per prefix length
-	bits   map[uint32]int     // filter bit -> prefix keys that set it
-	words  map[uint32]uint64  // filter word -> its value, kept with bits
-	slots  []bool             // table slots in use
+	serial  uint64
+	gen     uint32
+	rec     commitVal // the commit record it was read with
+	dataOK  bool      // readModel found the data path to match the record
+	indexOK bool      // the active generation's index and filter are this build's
+	count   int       // bindings in all groups
+	labels  map[string]uint32
+	names   map[uint32]string
+	kept    map[string]bool // labels kept without bindings or sockets
+	groups  map[groupKey]*group
+	protos  map[string]*[2]int    // per label: bindings of tcp and udp
+	plens   [4]map[uint8]int      // per proto*2+family: groups per prefix length
+	bits    map[uint32]int        // filter bit -> prefix keys that set it
+	words   map[uint32]uint64     // filter word -> its value, kept with bits
+	ix      map[uint32][]groupKey // index bucket -> its groups, in key order
+	slots   []bool                // table slots in use
 }
 
 func newModel() *model {
@@ -80,6 +82,7 @@ func newModel() *model {
 		groups: map[groupKey]*group{},
 		bits:   map[uint32]int{},
 		words:  map[uint32]uint64{},
+		ix:     map[uint32][]groupKey{},
 		slots:  make([]bool, tablesPerGen),
 	}
 	for i := range m.plens {
@@ -277,7 +280,13 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		}
 	}
 	m.dataOK = !resync
-	return m, resync || m.rec.State == commitBegun, nil
+	// A build with another index or filter left the state (create writes
+	// an empty index valid): build them.
+	var b dispatchSyIxBucket
+	if err := d.objs.SyIndex.Lookup(m.gen*ixBuckets, &b); err == nil && b.Flags&ixbValid != 0 {
+		m.indexOK = true
+	}
+	return m, resync || m.rec.State == commitBegun || !m.indexOK, nil
 }
 
 func (m *model) compileGroup(g *group) error {
@@ -304,6 +313,7 @@ func (m *model) addGroupStats(gk groupKey, g *group) {
 		pr[protoIndex(gk.proto)]++
 	}
 	m.plens[gk.listIndex()][uint8(gk.prefix.Bits())]++
+	m.indexAdd(gk)
 	b := gk.bit()
 	if m.bits[b]++; m.bits[b] == 1 {
 		m.words[b/64] |= 1 << (b % 64)
@@ -323,6 +333,7 @@ func (m *model) dropGroupStats(gk groupKey, g *group) {
 	if m.plens[li][pl]--; m.plens[li][pl] <= 0 {
 		delete(m.plens[li], pl)
 	}
+	m.indexDrop(gk)
 	b := gk.bit()
 	if m.bits[b]--; m.bits[b] <= 0 {
 		delete(m.bits, b)
@@ -405,8 +416,15 @@ func (d *Dispatcher) refresh(how repairMode) (*model, error) {
 			d.cache = nil
 			return m, nil
 		}
-		if err := d.recoverSet(m); err != nil {
-			return nil, err
+		if !m.dataOK || m.rec.State == commitBegun {
+			if err := d.recoverSet(m); err != nil {
+				return nil, err
+			}
+		}
+		if !m.indexOK {
+			if err := d.buildIndex(m); err != nil {
+				return nil, err
+			}
 		}
 	}
 	d.cache = m

@@ -338,6 +338,9 @@ func (d *Dispatcher) create(root string) error {
 		return fmt.Errorf("state create maps: %w", err)
 	}
 	defer maps.Close()
+	if err := initIndex(maps.SyIndex); err != nil {
+		return fmt.Errorf("state init index: %w", err)
+	}
 	cfg := dispatchSyCfg{Layout: layoutVersion}
 	if err := maps.SyConfig.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("state init config: %w", err)

@@ -16,15 +16,25 @@ type ratio struct {
 }
 
 var ratios = []ratio{
-	{"lookup_100k_vs_empty", "Lookup/bindings=100000/net-any", "Lookup/empty", "ns/lookup"},
-	{"lookup_100k_vs_empty_host", "Lookup/bindings=100000/host-port", "Lookup/empty", "ns/lookup"},
-	{"lookup_100k_vs_empty_range", "Lookup/bindings=100000/net-range", "Lookup/empty", "ns/lookup"},
-	{"lookup_100k_vs_1", "Lookup/bindings=100000/net-any", "Lookup/bindings=1/net-any", "ns/lookup"},
-	{"lookup_100k_vs_1_host", "Lookup/bindings=100000/host-port", "Lookup/bindings=1/host-port", "ns/lookup"},
-	{"lookup_100k_vs_1_range", "Lookup/bindings=100000/net-range", "Lookup/bindings=1/net-range", "ns/lookup"},
+	{"lookup_100k_vs_1", "Lookup/net24-any/100000/hit", "Lookup/net24-any/1/hit", "ns/lookup"},
+	{"lookup_100k_vs_1_host", "Lookup/host32-port/100000/hit", "Lookup/host32-port/1/hit", "ns/lookup"},
+	{"lookup_100k_vs_1_range", "Lookup/net24-range/100000/hit", "Lookup/net24-range/1/hit", "ns/lookup"},
 	{"status_p50_flood_vs_idle", "StatusUnderListingFlood/flood", "StatusUnderListingFlood/idle", "ms-p50"},
 	{"status_p99_flood_vs_idle", "StatusUnderListingFlood/flood", "StatusUnderListingFlood/idle", "ms-p99"},
 }
+
+// Units of the lookup benchmark's leaves (Lookup/SHAPE/N/CASE), measured in
+// turns in one process: switchyard, the peer design, the empty program.
+const (
+	unitLookup    = "ns/lookup"
+	unitPeer      = "peer-ns/lookup"
+	unitEmpty     = "empty-ns/lookup"
+	unitNA        = "not-applicable"
+	unitMemlock   = "MiB-memlock"
+	unitPeerLock  = "peer-MiB-memlock"
+	lookupPrefix  = "Lookup/"
+	memlockSuffix = "/memlock"
+)
 
 func main() {
 	if err := run(os.Stdin, os.Stdout); err != nil {
@@ -71,6 +81,9 @@ func run(in io.Reader, out io.Writer) error {
 	}
 	runs := 0
 	for _, name := range order {
+		if strings.HasPrefix(name, lookupPrefix) {
+			continue // printed below
+		}
 		units := make([]string, 0, len(samples[name]))
 		for u := range samples[name] {
 			units = append(units, u)
@@ -85,6 +98,7 @@ func run(in io.Reader, out io.Writer) error {
 			fmt.Fprintf(out, "%s %s %s\n", name, strconv.FormatFloat(v, 'g', 4, 64), u)
 		}
 	}
+	printLookups(out, order, med)
 	saidTargets := false
 	for _, r := range ratios {
 		a, _, ok1 := med(r.num, r.unit)
@@ -94,11 +108,61 @@ func run(in io.Reader, out io.Writer) error {
 		}
 		if !saidTargets {
 			saidTargets = true
-			fmt.Fprintln(out, "# ratios of medians from the same run; targets: lookup_100k_vs_empty <= 4, lookup_100k_vs_1 <= 1.3")
+			fmt.Fprintln(out, "# ratios of medians from the same run; target: lookup_100k_vs_1 <= 1.3")
 		}
 		fmt.Fprintf(out, "%s %.2f ratio\n", r.name, a/b)
 	}
 	return nil
+}
+
+// printLookups prints the lookup benchmark: per shape, N and case the
+// nanoseconds of one run of switchyard's program and its ratios to the peer
+// design and to the empty program, all three measured in turns in one
+// process (n/a where the case or the peer design does not exist for the
+// shape); per shape and N the kernel memory of the maps.
+func printLookups(out io.Writer, order []string, med func(name, unit string) (float64, int, bool)) {
+	said := false
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+	for _, name := range order {
+		if !strings.HasPrefix(name, lookupPrefix) {
+			continue
+		}
+		if !said {
+			said = true
+			fmt.Fprintln(out, "# lookup: kernel ns per run (BPF_PROG_TEST_RUN); ratios of switchyard to the peer design and to the empty program, medians of runs in turns in one process")
+		}
+		key := strings.ToLower(name[:1]) + name[1:] // lookup/SHAPE/N/CASE
+		rest := strings.TrimPrefix(name, lookupPrefix)
+		if shapeN, ok := strings.CutSuffix(rest, memlockSuffix); ok {
+			if v, _, ok := med(name, unitMemlock); ok {
+				fmt.Fprintf(out, "dispatch_memlock/%s %s MiB\n", shapeN, f(v))
+			}
+			if v, _, ok := med(name, unitPeerLock); ok {
+				fmt.Fprintf(out, "peer_memlock/%s %s MiB\n", shapeN, f(v))
+			}
+			continue
+		}
+		if _, _, ok := med(name, unitNA); ok {
+			fmt.Fprintf(out, "%s n/a ns\n", key)
+			fmt.Fprintf(out, "lookup_vs_peer/%s n/a ratio\n", rest)
+			fmt.Fprintf(out, "lookup_vs_empty/%s n/a ratio\n", rest)
+			continue
+		}
+		sy, _, ok := med(name, unitLookup)
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(out, "%s %s ns\n", key, f(sy))
+		if peer, _, ok := med(name, unitPeer); ok && peer > 0 {
+			fmt.Fprintf(out, "lookup_peer/%s %s ns\n", rest, f(peer))
+			fmt.Fprintf(out, "lookup_vs_peer/%s %.2f ratio\n", rest, sy/peer)
+		} else {
+			fmt.Fprintf(out, "lookup_vs_peer/%s n/a ratio\n", rest)
+		}
+		if empty, _, ok := med(name, unitEmpty); ok && empty > 0 {
+			fmt.Fprintf(out, "lookup_vs_empty/%s %.2f ratio\n", rest, sy/empty)
+		}
+	}
 }
 
 // parseLine reads a `go test -bench` result line.

@@ -34,6 +34,23 @@ type policySyCfg struct {
 	Prog   [32]uint8
 }
 
+type policySyIxBucket struct {
+	_     structs.HostLayout
+	Flags uint32
+	Pad   uint32
+	Slots [2]struct {
+		_        structs.HostLayout
+		Addr     [4]uint32
+		Plen     uint8
+		Kind     uint8
+		Lo       uint16
+		Hi       uint16
+		Pad      uint16
+		Label    uint32
+		AnyLabel uint32
+	}
+}
+
 type policySyLabelKey struct {
 	_    structs.HostLayout
 	Name [256]int8
@@ -168,6 +185,7 @@ const (
 	policyMapSyConfig        = "sy_config"
 	policyMapSyCounters      = "sy_counters"
 	policyMapSyFilter        = "sy_filter"
+	policyMapSyIndex         = "sy_index"
 	policyMapSyLabels        = "sy_labels"
 	policyMapSyP_bypass      = "sy_p_bypass"
 	policyMapSyP_config      = "sy_p_config"
@@ -249,6 +267,7 @@ type policyMapSpecs struct {
 	SyConfig    *ebpf.MapSpec `ebpf:"sy_config"`
 	SyCounters  *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter    *ebpf.MapSpec `ebpf:"sy_filter"`
+	SyIndex     *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels    *ebpf.MapSpec `ebpf:"sy_labels"`
 	SyP_bypass  *ebpf.MapSpec `ebpf:"sy_p_bypass"`
 	SyP_config  *ebpf.MapSpec `ebpf:"sy_p_config"`
@@ -296,6 +315,7 @@ type policyMaps struct {
 	SyConfig    *ebpf.Map `ebpf:"sy_config"`
 	SyCounters  *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter    *ebpf.Map `ebpf:"sy_filter"`
+	SyIndex     *ebpf.Map `ebpf:"sy_index"`
 	SyLabels    *ebpf.Map `ebpf:"sy_labels"`
 	SyP_bypass  *ebpf.Map `ebpf:"sy_p_bypass"`
 	SyP_config  *ebpf.Map `ebpf:"sy_p_config"`
@@ -319,6 +339,7 @@ func (m *policyMaps) Close() error {
 		m.SyConfig,
 		m.SyCounters,
 		m.SyFilter,
+		m.SyIndex,
 		m.SyLabels,
 		m.SyP_bypass,
 		m.SyP_config,

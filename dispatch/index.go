@@ -1,0 +1,109 @@
+package dispatch
+
+import (
+	"cmp"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// The prefix index (sy_index, see bpf/dispatch.h) lets the program resolve
+// most prefixes from one array element instead of a filter word and a hash
+// lookup. A bucket is written whole from the groups whose keys fall in it,
+// like a filter word.
+
+const (
+	ixLog2      = 16 // SY_IX_LOG2
+	ixBuckets   = 1 << ixLog2
+	ixWays      = len(dispatchSyIxBucket{}.Slots) // SY_IX_WAYS
+	ixbValid    = 1                               // SY_IXB_VALID
+	ixbOverflow = 2                               // SY_IXB_OVERFLOW
+)
+
+// bucket is the index bucket of the key, within one generation.
+func (k groupKey) bucket() uint32 { return k.bit() >> (filterLog2 - ixLog2) }
+
+// indexable reports whether the program can resolve the ports of c from an
+// index slot: at most one segment and no exact-port entries.
+func (c *compiled) indexable() bool { return c.ports == nil && len(c.segs) <= 1 }
+
+func compareGroupKeys(a, b groupKey) int {
+	if c := cmp.Compare(a.listIndex(), b.listIndex()); c != 0 {
+		return c
+	}
+	return a.prefix.Compare(b.prefix)
+}
+
+func (m *model) indexAdd(gk groupKey) {
+	b := gk.bucket()
+	ks := m.ix[b]
+	i, _ := slices.BinarySearchFunc(ks, gk, compareGroupKeys)
+	m.ix[b] = slices.Insert(ks, i, gk)
+}
+
+func (m *model) indexDrop(gk groupKey) {
+	b := gk.bucket()
+	ks := m.ix[b]
+	if i, ok := slices.BinarySearchFunc(ks, gk, compareGroupKeys); ok {
+		ks = slices.Delete(ks, i, i+1)
+	}
+	if len(ks) == 0 {
+		delete(m.ix, b)
+		return
+	}
+	m.ix[b] = ks
+}
+
+// indexBucket is the value of bucket b: the first indexable groups of the
+// bucket in key order take the slots; if any group is left out, the bucket
+// says so, and the program looks such prefixes up in sy_prefixes.
+func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
+	v := dispatchSyIxBucket{Flags: ixbValid}
+	n := 0
+	for _, gk := range m.ix[b] {
+		g := m.groups[gk]
+		if n == ixWays || !g.c.indexable() {
+			v.Flags |= ixbOverflow
+			continue
+		}
+		mk := gk.mapKey(0)
+		s := dispatchSyIxSlot{
+			Addr:     mk.Addr,
+			Plen:     mk.Plen,
+			Kind:     1 + mk.Proto*2 + mk.Family,
+			Lo:       1,
+			AnyLabel: g.c.anyLabel,
+		}
+		if len(g.c.segs) == 1 {
+			sg := g.c.segs[0]
+			s.Lo, s.Hi, s.Label = sg.lo, sg.hi, sg.label
+		}
+		v.Slots[n] = s
+		n++
+	}
+	return v
+}
+
+// initIndex marks every bucket of a new, empty state's index valid and
+// empty, so the program trusts it (and the empty filter) from the start.
+func initIndex(m *ebpf.Map) error {
+	keys := make([]uint32, 2*ixBuckets)
+	vals := make([]dispatchSyIxBucket, 2*ixBuckets)
+	for i := range keys {
+		keys[i] = uint32(i)
+		vals[i].Flags = ixbValid
+	}
+	return batchPut(m, keys, vals)
+}
+
+// buildIndex writes this build's index and filter into state a build with
+// another (or none) left, through the generation switch like any change: the
+// program ignores the buckets until they are valid. The dirty mark makes a
+// crash meanwhile repaired by the next Open.
+func (d *Dispatcher) buildIndex(m *model) error {
+	d.log.Info("building the prefix index of this build", "dir", d.dir)
+	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
+		return err
+	}
+	return d.rewrite(m)
+}
