@@ -304,14 +304,21 @@ type configReloads struct {
 	failures  uint64
 }
 
-// fileSHA256 is the hex sha256 of the file at path (at most the size a
-// config may have, and one byte more).
+// fileSHA256 is the hex sha256 of the regular file at path (at most the
+// size a config may have, and one byte more).
 func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+	// Non-blocking, so that a FIFO put in the file's place cannot stall
+	// the daemon; only a regular file is read.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return "", err
+	} else if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, io.LimitReader(f, config.MaxFileSize+1)); err != nil {
 		return "", err

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func startWatch(t *testing.T, path string) *configWatch {
@@ -91,4 +93,21 @@ func TestWatchDirectoryReplaced(t *testing.T) {
 	seen(t, w, "the directory made again with the file")
 	write(t, cfg, "three")
 	seen(t, w, "a write in the new directory")
+}
+
+// A FIFO in the config file's place is not read (it would block).
+func TestFileSHA256RefusesFIFO(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "switchyard.yaml")
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fileSHA256(p); err == nil {
+		t.Fatal("fileSHA256 of a FIFO succeeded")
+	}
+	write(t, filepath.Join(filepath.Dir(p), "ok.yaml"), "abc")
+	sum, err := fileSHA256(filepath.Join(filepath.Dir(p), "ok.yaml"))
+	if want := "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"; err != nil || sum != want {
+		t.Fatalf("fileSHA256 = %q, %v; want %s", sum, err, want)
+	}
 }
