@@ -41,6 +41,7 @@ bench: ## Run the benchmarks COUNT times and print `name value unit` medians and
 	@$(GO) test -run '^$$' -bench 'AddBindings|BindOne' -benchtime 3x -count 1 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'Register|DaemonMemory|StatusUnderListingFlood' -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'ConfigWatch' -benchtime 9x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) test -run '^$$' -bench 'LookupCLI' -benchtime 10x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench.txt
 
 bench-policy: ## Benchmark bypass and splice with sockperf, iperf3, socat (root; COUNT runs, default 3).

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -210,4 +211,25 @@ func running(pid int) bool {
 	// The state follows the command name in parentheses.
 	i := strings.LastIndexByte(string(b), ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// After the daemon was killed (its control socket left behind), unload needs
+// no --stop-daemon and removes the stale socket with the rest.
+func TestUnloadAfterKill(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	w.mustCLI("bind", "web", "tcp", "10.1.0.0/24", "80")
+	w.d.stop(t, syscall.SIGKILL)
+	r := w.cli("--netns", w.ns.Path(), "unload", "--bpffs", w.root)
+	if r.code != 0 {
+		t.Fatalf("unload after kill: exit %d: %s%s", r.code, r.stderr, r.stdout)
+	}
+	for _, want := range []string{"detached the dispatch program", "removed " + w.stateDir() + " (", "removed " + w.control + "\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("unload output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "stopped switchyardd") {
+		t.Errorf("unload says it stopped a daemon that was dead:\n%s", r.stdout)
+	}
 }

@@ -16,6 +16,8 @@ type ratio struct {
 }
 
 var ratios = []ratio{
+	{"lookup_cli_host_vs_none", "LookupCLI/host-delivered", "LookupCLI/none-kernel", "ms/lookup"},
+	{"lookup_cli_range_vs_none", "LookupCLI/range-refused", "LookupCLI/none-kernel", "ms/lookup"},
 	{"lookup_100k_vs_1", "Lookup/net24-any/100000/hit", "Lookup/net24-any/1/hit", "ns/lookup"},
 	{"lookup_100k_vs_1_host", "Lookup/host32-port/100000/hit", "Lookup/host32-port/1/hit", "ns/lookup"},
 	{"lookup_100k_vs_1_range", "Lookup/net24-range/100000/hit", "Lookup/net24-range/1/hit", "ns/lookup"},

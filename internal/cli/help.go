@@ -186,10 +186,9 @@ BPF_PROG_TEST_RUN, as for a new connection or datagram to ADDR:PORT, and
 prints the binding that wins (or none), its label, the socket chosen (where
 it is bound, its cookie, the processes that hold it) and the verdict:
 delivered, refused (the label has no usable socket) or left to the kernel's
-own lookup (no binding matches). Nothing is sent and nothing changes; when
-the attached program is this build's, the test run uses counters of its own,
-so the label's counters do not count it. Works with or without switchyardd.
-Needs root.
+own lookup (no binding matches). Nothing is sent and nothing changes: what
+the test run counts is taken back, so the label's counters do not show it.
+Works with or without switchyardd. Needs root.
 
 -o json prints the same as an object: protocol, destination, source,
 binding, label, socket (protocol, family, local, cookie, reuseport, owners),

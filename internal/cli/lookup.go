@@ -29,7 +29,8 @@ type lookupJSON struct {
 	// own lookup goes on).
 	Verdict string `json:"verdict"`
 	Reason  string `json:"reason,omitempty"`
-	// CountersCounted: the test run counted in the label's counters.
+	// CountersCounted: the test run's count in the label's counters
+	// could not be taken back.
 	CountersCounted bool `json:"counters_counted"`
 }
 
@@ -165,7 +166,7 @@ func runLookup(inv *invocation) error {
 		fmt.Fprintln(w, "verdict:  left to the kernel's own lookup (no binding matches)")
 	}
 	if ex.CountersTouched {
-		fmt.Fprintln(w, "note:     the attached program is another build's; it ran as it is and counted this lookup in the label's counters")
+		fmt.Fprintln(w, "note:     this lookup's count could not be taken back: the label's counters include it")
 	}
 	return nil
 }

@@ -140,9 +140,14 @@ func stopDaemon(pid int, path string) error {
 	}
 	defer unix.Close(pidfd)
 	// The pid was the listener's when it answered; make sure it still is
-	// before signalling it.
+	// and that it is a switchyardd (a socket outlives its creator in
+	// another process, and the pid may be reused) before signalling it.
 	if again, err := daemonPID(path); err != nil || again != pid {
 		return fmt.Errorf("switchyardd pid %d: it changed while being stopped; run unload again", pid)
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if name := strings.TrimSpace(string(comm)); err != nil || !strings.HasPrefix(name, "switchyardd") {
+		return fmt.Errorf("pid %d, which listens on %s, is %q, not switchyardd: stop it yourself, then run unload again", pid, path, name)
 	}
 	if err := unix.PidfdSendSignal(pidfd, unix.SIGTERM, nil, 0); err != nil {
 		return fmt.Errorf("stop switchyardd pid %d: %w", pid, err)
