@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -109,6 +110,7 @@ type Options struct {
 // there is one.
 func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, netnsPath: opts.NetNS, labels: map[string]*LabelSettings{}, pmWhy: "no policy manager", pmCtx: context.Background()}
+	s.snaps.bindings.weak = true
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -312,17 +314,19 @@ const largeReply = 4 << 20
 
 // writeListing answers ListBindings from the snapshot, streamed.
 func (s *Server) writeListing(cc *control.Conn, p peer, req *control.Request, r *control.ListBindingsRequest) error {
-	l, err := s.listing()
+	snap, err := s.listing()
 	if err != nil {
 		return s.writeReply(cc, p, control.NewErrorReply(req.Version, req.Op(), toControlError(err)))
 	}
+	// Holding snap keeps the snapshot for readers that come meanwhile.
+	defer runtime.KeepAlive(snap)
 	var keep control.BindingFilter
-	size := l.size
+	size := snap.v.size
 	if r.Label != "" {
 		keep = func(b *binding.Binding) bool { return b.Label == r.Label }
 		size = 0
 	}
-	return cc.WriteBindings(req.Version, l.bindings, keep, size, frameTimeout, replyDeadline(p))
+	return cc.WriteBindings(req.Version, snap.v.bindings, keep, size, frameTimeout, replyDeadline(p))
 }
 
 // listing is a snapshot of every binding, sorted, with the size of the
@@ -332,7 +336,7 @@ type listing struct {
 	size     int
 }
 
-func (s *Server) listing() (listing, error) {
+func (s *Server) listing() (*snapshot[listing], error) {
 	return s.snaps.bindings.get(&s.snaps.gen, func() (listing, error) {
 		bs, err := s.d.Bindings()
 		if err != nil {
@@ -345,13 +349,21 @@ func (s *Server) listing() (listing, error) {
 // bindings is the snapshot of every binding, sorted. Callers must not
 // change it.
 func (s *Server) bindings() ([]binding.Binding, error) {
-	l, err := s.listing()
-	return l.bindings, err
+	snap, err := s.listing()
+	if err != nil {
+		return nil, err
+	}
+	return snap.v.bindings, nil
 }
 
 // bindingCounts is the snapshot of the number of bindings per label.
+// Callers must not change it.
 func (s *Server) bindingCounts() (map[string]int, error) {
-	return s.snaps.counts.get(&s.snaps.gen, s.d.BindingCounts)
+	snap, err := s.snaps.counts.get(&s.snaps.gen, s.d.BindingCounts)
+	if err != nil {
+		return nil, err
+	}
+	return snap.v, nil
 }
 
 // connFD is the descriptor number of a connection.

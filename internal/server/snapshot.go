@@ -3,6 +3,7 @@ package server
 import (
 	"sync"
 	"sync/atomic"
+	"weak"
 )
 
 // Reads of the binding set are served from immutable snapshots, so that
@@ -15,8 +16,10 @@ import (
 // A snapshot remembers the gen it was built at; a read whose snapshot is
 // older rebuilds it once (readers arriving meanwhile wait for that one
 // build, not for each other), and every later read until the next change
-// takes it without a lock. The daemon is the only writer of its
-// namespace's bindings, so gen sees every change.
+// takes it without a lock, as long as the snapshot lives: the listing is
+// kept only while some reader holds it (see cache), so an idle daemon does
+// not keep a copy of a million bindings. The daemon is the only writer of
+// its namespace's bindings, so gen sees every change.
 
 // snapshot is a value built from the bindings at one gen.
 type snapshot[T any] struct {
@@ -24,39 +27,60 @@ type snapshot[T any] struct {
 	v   T
 }
 
-// cache holds the latest snapshot of one kind.
+// cache holds the latest snapshot of one kind. A weak cache keeps it only
+// while some reader holds it: a listing of a million bindings is tens of
+// megabytes that an idle daemon need not keep, while readers that overlap
+// (a flood of listings) share one.
 type cache[T any] struct {
-	mu  sync.Mutex // one build at a time
-	cur atomic.Pointer[snapshot[T]]
+	mu     sync.Mutex // one build at a time
+	weak   bool
+	cur    atomic.Pointer[weak.Pointer[snapshot[T]]]
+	strong atomic.Pointer[snapshot[T]] // unless weak
+}
+
+func (c *cache[T]) load() *snapshot[T] {
+	if c.weak {
+		if w := c.cur.Load(); w != nil {
+			return w.Value()
+		}
+		return nil
+	}
+	return c.strong.Load()
 }
 
 // get returns a snapshot at least as new as gen, building one if needed.
-func (c *cache[T]) get(gen *atomic.Uint64, build func() (T, error)) (T, error) {
+// The caller keeps the snapshot reachable while it uses its value.
+func (c *cache[T]) get(gen *atomic.Uint64, build func() (T, error)) (*snapshot[T], error) {
 	g := gen.Load()
-	if s := c.cur.Load(); s != nil && s.gen >= g {
-		return s.v, nil
+	if s := c.load(); s != nil && s.gen >= g {
+		return s, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s := c.cur.Load(); s != nil && s.gen >= g {
-		return s.v, nil
+	if s := c.load(); s != nil && s.gen >= g {
+		return s, nil
 	}
 	// Read gen again: a build that starts after a change saw it, and may
 	// carry its number.
 	g = gen.Load()
 	v, err := build()
 	if err != nil {
-		var zero T
-		return zero, err
+		return nil, err
 	}
-	c.cur.Store(&snapshot[T]{gen: g, v: v})
-	return v, nil
+	s := &snapshot[T]{gen: g, v: v}
+	if c.weak {
+		w := weak.Make(s)
+		c.cur.Store(&w)
+	} else {
+		c.strong.Store(s)
+	}
+	return s, nil
 }
 
 // snapshots are the server's cached reads.
 type snapshots struct {
 	gen      atomic.Uint64
-	bindings cache[listing]
+	bindings cache[listing] // weak
 	counts   cache[map[string]int]
 }
 
