@@ -318,15 +318,24 @@ func (s *Server) writeListing(cc *control.Conn, p peer, req *control.Request, r 
 	if err != nil {
 		return s.writeReply(cc, p, control.NewErrorReply(req.Version, req.Op(), toControlError(err)))
 	}
-	// Holding snap keeps the snapshot for readers that come meanwhile.
-	defer runtime.KeepAlive(snap)
 	var keep control.BindingFilter
 	size := snap.v.size
 	if r.Label != "" {
 		keep = func(b *binding.Binding) bool { return b.Label == r.Label }
 		size = 0
 	}
-	return cc.WriteBindings(req.Version, snap.v.bindings, keep, size, frameTimeout, replyDeadline(p))
+	err = cc.WriteBindings(req.Version, snap.v.bindings, keep, size, frameTimeout, replyDeadline(p))
+	// Holding snap until here kept the snapshot for readers that came
+	// meanwhile.
+	large := snap.v.size >= largeReply
+	runtime.KeepAlive(snap)
+	if p.root() && large {
+		// Unless another reader holds it, the snapshot is garbage now;
+		// hand its memory back rather than keep it resident. (Only for
+		// root: other users could make the daemon do this all the time.)
+		debug.FreeOSMemory()
+	}
+	return err
 }
 
 // listing is a snapshot of every binding, sorted, with the size of the
