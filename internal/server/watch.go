@@ -92,6 +92,8 @@ func watchConfig(ctx context.Context, path string, log *slog.Logger) (*configWat
 	}
 	go w.read()
 	go w.debounce(ctx)
+	// A version written between the load at start and now is seen too.
+	w.again()
 	return w, nil
 }
 

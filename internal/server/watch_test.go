@@ -19,6 +19,9 @@ func startWatch(t *testing.T, path string) *configWatch {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); w.Close() })
+	// The watcher looks once at the start, for a version written since
+	// the file was loaded.
+	seen(t, w, "the first look")
 	return w
 }
 
