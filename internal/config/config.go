@@ -17,10 +17,13 @@ const CurrentVersion = 1
 
 // Limits on what Parse accepts.
 const (
-	// MaxFileSize is the largest config accepted, in bytes (16 MiB).
-	MaxFileSize = 16 << 20
-	// MaxBindings is the most bindings one config may hold.
-	MaxBindings = 65536
+	// MaxFileSize is the largest config accepted, in bytes (128 MiB): room
+	// for MaxBindings bindings of 128 bytes each, which one-line entries
+	// with a 20-byte label and an IPv6 /64 take.
+	MaxFileSize = 128 << 20
+	// MaxBindings is the most bindings one config may hold: what the
+	// dispatch maps hold.
+	MaxBindings = 1 << 20
 	// MaxLabels is the most entries the labels section may hold.
 	MaxLabels = 65536
 	// maxErrors is how many problems one Parse reports before giving up.

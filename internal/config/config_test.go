@@ -352,7 +352,7 @@ func TestTooLarge(t *testing.T) {
 	t.Run("file", func(t *testing.T) {
 		t.Parallel()
 		_, err := Parse(io.MultiReader(strings.NewReader("version: 1\n"), &endless{MaxFileSize}))
-		checkErr(t, errCase{sentinel: ErrTooLarge, says: []string{"larger than the limit of 16 MiB"}}, err)
+		checkErr(t, errCase{sentinel: ErrTooLarge, says: []string{"larger than the limit of 128 MiB"}}, err)
 		// Exactly at the limit is fine.
 		if _, err := Parse(io.MultiReader(strings.NewReader("version: 1\n"), &endless{MaxFileSize - 11})); err != nil {
 			t.Errorf("file of exactly %d bytes: %v", MaxFileSize, err)
@@ -361,7 +361,7 @@ func TestTooLarge(t *testing.T) {
 	t.Run("bindings", func(t *testing.T) {
 		t.Parallel()
 		_, err := Parse(strings.NewReader(generate(MaxBindings+1, false)))
-		checkErr(t, errCase{sentinel: ErrTooLarge, says: []string{"line 2: bindings", "65537 bindings, more than the limit of 65536"}}, err)
+		checkErr(t, errCase{sentinel: ErrTooLarge, says: []string{"line 2: bindings", "1048577 bindings, more than the limit of 1048576"}}, err)
 		c, err := Parse(strings.NewReader(generate(MaxBindings, false)))
 		if err != nil || len(c.Bindings) != MaxBindings {
 			t.Errorf("%d bindings: %v", MaxBindings, err)

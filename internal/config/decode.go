@@ -187,7 +187,11 @@ func (d *decoder) document(root *yaml.Node) {
 				d.version(v)
 			case "bindings":
 				if d.pre != nil && k.Line == d.pre.keyLine && isNull(v) {
-					d.raws = d.pre.raws
+					if n := len(d.pre.raws); n > MaxBindings {
+						d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, n, MaxBindings)
+					} else {
+						d.raws = d.pre.raws
+					}
 				} else {
 					d.bindings(k, v)
 				}

@@ -51,8 +51,8 @@
 //     document are errors. Values have strict types: a string field takes a
 //     string or a plain number (ports: 53), never a list, a mapping, a
 //     boolean or a date; uids and gids take decimal numbers.
-//   - The file may be at most MaxFileSize (16 MiB) and hold at most
-//     MaxBindings (65536) bindings and MaxLabels (65536) label entries.
+//   - The file may be at most MaxFileSize (128 MiB) and hold at most
+//     MaxBindings (1,048,576) bindings and MaxLabels (65536) label entries.
 //   - Two entries with the same protocol, prefix and ports are an error,
 //     whether the labels are equal (a repeat) or differ (a conflict); so are
 //     two port ranges at the same protocol and prefix that partially overlap

@@ -63,7 +63,9 @@ func scanBindings(data []byte) (*fastBindings, bool) {
 		}
 		fb.raws = append(fb.raws, *item)
 		item = nil
-		return len(fb.raws) <= MaxBindings
+		// Past MaxBindings the decoder reports the count; the file size
+		// limit bounds the list.
+		return true
 	}
 	end := len(data)
 	for {

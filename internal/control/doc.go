@@ -47,7 +47,7 @@
 // versions they speak.
 //
 // Limits: MaxSmallMessage (64 KiB) for every request but Apply and for
-// replies without lists; MaxMessage (64 MiB) for Apply requests and the
+// replies without lists; MaxMessage (128 MiB) for Apply requests and the
 // replies of ListBindings, Status and Apply; MaxDatagram (64 KiB) per
 // datagram; MaxRegisterFiles (64) sockets per Register request, none on any
 // other message. A server can lower the request limit per connection with

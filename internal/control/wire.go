@@ -42,9 +42,9 @@ const (
 	// the replies that carry no list.
 	MaxSmallMessage = 64 << 10
 	// MaxMessage caps the payload of an Apply request and of the replies
-	// that carry lists (Status, Apply). 64 MiB holds well over 500,000
-	// bindings.
-	MaxMessage = 64 << 20
+	// that carry lists (Status, Apply). 128 MiB holds the 1,048,576
+	// bindings a config may have at about 120 bytes each.
+	MaxMessage = 128 << 20
 	// MaxListMessage caps the payload of a ListBindings reply. The daemon
 	// streams it (Conn.WriteBindings): it holds one datagram of the reply
 	// at a time, so the cap only bounds what a client accepts. 1,048,576
