@@ -226,7 +226,7 @@ func TestConnLargeMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	ar := req.Body.(*ApplyRequest)
-	if !ar.DryRun || !reflect.DeepEqual(ar.Config.Bindings, bs) {
+	if !ar.DryRun || !reflect.DeepEqual([]binding.Binding(ar.Config.Bindings), bs) {
 		t.Fatalf("apply request changed in transit (%d bindings)", len(ar.Config.Bindings))
 	}
 
@@ -240,7 +240,7 @@ func TestConnLargeMessages(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if got := rep.Body.(*ApplyResponse).Diff.AddBindings; !reflect.DeepEqual(got, bs) {
+	if got := rep.Body.(*ApplyResponse).Diff.AddBindings; !reflect.DeepEqual([]binding.Binding(got), bs) {
 		t.Fatalf("apply reply changed in transit (%d bindings)", len(got))
 	}
 }

@@ -275,7 +275,7 @@ type ListBindingsRequest struct {
 
 // ListBindingsResponse holds the bindings, in the daemon's order.
 type ListBindingsResponse struct {
-	Bindings []binding.Binding `json:"bindings"`
+	Bindings binding.List `json:"bindings"`
 }
 
 // RegisterRequest registers the sockets attached to the message (SCM_RIGHTS,
@@ -364,8 +364,8 @@ type SetPolicyResponse struct{}
 
 // Config is a whole desired state: what `switchyard apply` sends.
 type Config struct {
-	Bindings []binding.Binding `json:"bindings"`
-	Labels   []LabelSettings   `json:"labels,omitempty"`
+	Bindings binding.List    `json:"bindings"`
+	Labels   []LabelSettings `json:"labels,omitempty"`
 }
 
 // LabelSettings are the per-label settings of a Config.
@@ -395,9 +395,9 @@ type ApplyResponse struct {
 // Diff is the difference between the daemon's state and a Config. A binding
 // whose label changes is removed and added.
 type Diff struct {
-	AddBindings    []binding.Binding `json:"add_bindings,omitempty"`
-	RemoveBindings []binding.Binding `json:"remove_bindings,omitempty"`
-	Labels         []LabelChange     `json:"labels,omitempty"`
+	AddBindings    binding.List  `json:"add_bindings,omitempty"`
+	RemoveBindings binding.List  `json:"remove_bindings,omitempty"`
+	Labels         []LabelChange `json:"labels,omitempty"`
 }
 
 // Empty reports whether d changes nothing.

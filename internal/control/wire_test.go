@@ -173,7 +173,7 @@ func TestLargeMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := req.Body.(*ApplyRequest).Config.Bindings; !reflect.DeepEqual(got, bs) {
+	if got := req.Body.(*ApplyRequest).Config.Bindings; !reflect.DeepEqual([]binding.Binding(got), bs) {
 		t.Fatalf("bindings changed (%d of %d)", len(got), len(bs))
 	}
 
@@ -185,7 +185,7 @@ func TestLargeMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := rep.Body.(*ListBindingsResponse).Bindings; !reflect.DeepEqual(got, bs) {
+	if got := rep.Body.(*ListBindingsResponse).Bindings; !reflect.DeepEqual([]binding.Binding(got), bs) {
 		t.Fatalf("bindings changed (%d of %d)", len(got), len(bs))
 	}
 
