@@ -292,6 +292,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	}
 	count := m.count
 	var newLabels []string
+	seen := map[string]bool{}
 	for gk, ps := range u {
 		sortPorts(ps)
 		if g := m.groups[gk]; g != nil {
@@ -302,7 +303,8 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 			return err
 		}
 		for _, pl := range ps {
-			if _, ok := m.labels[pl.label]; !ok && !slices.Contains(newLabels, pl.label) {
+			if _, ok := m.labels[pl.label]; !ok && !seen[pl.label] {
+				seen[pl.label] = true
 				newLabels = append(newLabels, pl.label)
 			}
 		}

@@ -188,14 +188,10 @@ func run(env Env, f flags, log *slog.Logger) error {
 	}
 	// Reading the pinned state made garbage in proportion to the number
 	// of bindings; give it back before settling in, and keep the heap
-	// near what the state needs (unless the operator set GOMEMLIMIT).
+	// within the memory target (unless the operator set GOMEMLIMIT).
 	debug.FreeOSMemory()
 	if os.Getenv("GOMEMLIMIT") == "" {
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		limit := int64(ms.HeapAlloc)*3/2 + 16<<20
-		debug.SetMemoryLimit(limit)
-		log.Debug("soft memory limit", "bytes", limit)
+		log.Debug("soft memory limit", "bytes", setMemoryLimit())
 	}
 
 	// The label settings file lives here too: only root may write here.
@@ -372,4 +368,23 @@ func bindingCount(d *dispatch.Dispatcher) (int, error) {
 		n += c
 	}
 	return n, err
+}
+
+// softMemoryLimit is the Go runtime's soft memory limit: the daemon's
+// memory target is 256 MiB resident at 1,048,576 bindings, less room for
+// stacks and the runtime. Below it the collector runs at its usual pace
+// (GOGC), so an apply of many bindings is not slowed by collections; near
+// it, harder. A limit below the live heap would make the collector run
+// without pause, so one derived from a small state at start-up must grow
+// with the state: the limit is the larger of the two.
+const softMemoryLimit = 224 << 20
+
+// setMemoryLimit sets the soft memory limit from the live heap and returns
+// it.
+func setMemoryLimit() int64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	limit := max(int64(ms.HeapAlloc)*3/2+16<<20, softMemoryLimit)
+	debug.SetMemoryLimit(limit)
+	return limit
 }

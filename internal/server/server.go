@@ -650,7 +650,12 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	if err := s.resolve(next); err != nil {
 		return nil, err
 	}
-	added, removed, err := s.d.ReplaceBindings(r.Config.Bindings, r.DryRun)
+	// The request's list is the largest thing the daemon holds during an
+	// apply (64 bytes a binding); let ReplaceBindings drop it as soon as
+	// it has read it.
+	bs := r.Config.Bindings
+	r.Config.Bindings = nil
+	added, removed, err := s.d.ReplaceBindings(bs, r.DryRun)
 	if err != nil {
 		return nil, err
 	}
