@@ -294,7 +294,13 @@ func (w *world) cli(args ...string) result {
 // cliAs runs the CLI with credentials and extra files (fd 3, 4, ...).
 func (w *world) cliAs(cred *syscall.Credential, files []*os.File, args ...string) result {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return w.cliTimeout(cred, files, 30*time.Second, args...)
+}
+
+// cliTimeout is cliAs with a deadline other than 30 seconds.
+func (w *world) cliTimeout(cred *syscall.Credential, files []*os.File, timeout time.Duration, args ...string) result {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin.switchyard, append([]string{"--control", w.control}, args...)...)
 	var out, errb bytes.Buffer

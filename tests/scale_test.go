@@ -2,12 +2,8 @@ package tests
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"fmt"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +11,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // scaleBindings is the product's limit on bindings (DESIGN.md, Scale).
@@ -81,37 +78,13 @@ func bindingsJSON(bs []binding.Binding) string {
 	return b.String()
 }
 
-// scaleBinding is the i-th of a set of distinct bindings in the shapes
-// operators use: host addresses with one port, /24s with every port, port
-// ranges, IPv6 /64s. Bindings of one seed never conflict; those of another
-// seed differ in their labels.
-func scaleBinding(i, seed int) binding.Binding {
-	b := binding.Binding{Label: fmt.Sprintf("lbl-%d", (i+seed)%1000), Protocol: binding.TCP}
-	x := i / 8
-	switch i % 8 {
-	case 0, 1, 2, 3: // host /32, four single ports
-		b.Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(x >> 16), byte(x >> 8), byte(x)}), 32)
-		p := [4]uint16{80, 443, 8080, 8443}[i%4]
-		b.Ports = binding.Ports{Lo: p, Hi: p}
-	case 4, 5: // /24, a port range inside every port
-		b.Protocol = binding.UDP
-		b.Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(11 + x>>16), byte(x >> 8), byte(x), 0}), 24)
-		b.Ports = [2]binding.Ports{{Lo: 8000, Hi: 8999}, binding.AnyPort}[i%2]
-	case 6, 7: // IPv6 /64, one port and every port
-		a := [16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(x >> 16), byte(x >> 8), byte(x)}
-		b.Prefix = netip.PrefixFrom(netip.AddrFrom16(a), 64)
-		b.Ports = [2]binding.Ports{{Lo: 53, Hi: 53}, binding.AnyPort}[i%2]
-	}
-	return b
-}
-
 // writeScaleConfig writes a config of n bindings to path, in the form
 // config.Marshal writes, and returns them.
 func writeScaleConfig(tb testing.TB, path string, n, seed int) []binding.Binding {
 	tb.Helper()
 	c := &config.Config{Version: config.CurrentVersion, Bindings: make([]binding.Binding, n)}
 	for i := range n {
-		c.Bindings[i] = scaleBinding(i, seed)
+		c.Bindings[i] = testenv.ScaleBinding(i, seed)
 	}
 	data, err := config.Marshal(c)
 	if err != nil {
@@ -151,13 +124,9 @@ func procStatus(tb testing.TB, pid int, field string) int {
 // move a million bindings on a busy machine.
 func (w *world) slowCLI(args ...string) string {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin.switchyard, append([]string{"--control", w.control}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		w.t.Fatalf("switchyard %s: %v: %s", strings.Join(args, " "), err, errb.String())
+	r := w.cliTimeout(nil, nil, 2*time.Minute, args...)
+	if r.code != 0 {
+		w.t.Fatalf("switchyard %s: exit %d: %s", strings.Join(args, " "), r.code, r.stderr)
 	}
-	return out.String()
+	return r.stdout
 }

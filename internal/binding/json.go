@@ -30,33 +30,29 @@ func (l List) MarshalJSON() ([]byte, error) {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		var err error
-		if out, err = b.appendJSON(out); err != nil {
+		if _, err := b.Protocol.MarshalText(); err != nil {
 			return nil, err
 		}
+		out = AppendJSON(out, &l[i])
 	}
 	return append(out, ']'), nil
 }
 
-func (b Binding) appendJSON(out []byte) ([]byte, error) {
-	proto, err := b.Protocol.MarshalText()
-	if err != nil {
-		return nil, err
-	}
+// AppendJSON appends b as encoding/json writes a Binding whose protocol is
+// TCP or UDP (for others, encoding/json fails; AppendJSON writes
+// Protocol.String()).
+func AppendJSON(out []byte, b *Binding) []byte {
 	out = append(out, `{"label":`...)
 	if plainJSON(b.Label) {
 		out = append(out, '"')
 		out = append(out, b.Label...)
 		out = append(out, '"')
 	} else {
-		q, err := json.Marshal(b.Label)
-		if err != nil {
-			return nil, err
-		}
+		q, _ := json.Marshal(b.Label) // a string always encodes
 		out = append(out, q...)
 	}
 	out = append(out, `,"protocol":"`...)
-	out = append(out, proto...)
+	out = append(out, b.Protocol.String()...)
 	out = append(out, `","prefix":"`...)
 	out = b.Prefix.AppendTo(out)
 	out = append(out, `","ports":"`...)
@@ -70,7 +66,7 @@ func (b Binding) appendJSON(out []byte) ([]byte, error) {
 		out = append(out, '-')
 		out = strconv.AppendUint(out, uint64(p.Hi), 10)
 	}
-	return append(out, `"}`...), nil
+	return append(out, `"}`...)
 }
 
 // plainJSON reports whether s is printable ASCII that encoding/json writes

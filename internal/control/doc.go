@@ -48,7 +48,8 @@
 //
 // Limits: MaxSmallMessage (64 KiB) for every request but Apply and for
 // replies without lists; MaxMessage (128 MiB) for Apply requests and the
-// replies of ListBindings, Status and Apply; MaxDatagram (64 KiB) per
+// replies of Status and Apply; MaxListMessage (1 GiB) for the streamed
+// ListBindings reply; MaxDatagram (64 KiB) per
 // datagram; MaxRegisterFiles (64) sockets per Register request, none on any
 // other message. A server can lower the request limit per connection with
 // Conn.SetRequestLimit, for example for peers that are not root.

@@ -1,9 +1,7 @@
 package control
 
 import (
-	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -21,47 +19,6 @@ const (
 	listPrefix = `{"result":{"bindings":[`
 	listSuffix = `]}}`
 )
-
-// appendBinding appends b as encoding/json writes a binding.Binding. Labels
-// are letters, digits and ". _ - @" (binding.ValidateLabel), and the other
-// fields print only digits, letters and ". : / - *", none of which JSON
-// escapes; a label that would need escaping goes through encoding/json.
-func appendBinding(buf []byte, b *binding.Binding) []byte {
-	buf = append(buf, `{"label":`...)
-	if plainLabel(b.Label) {
-		buf = append(buf, '"')
-		buf = append(buf, b.Label...)
-		buf = append(buf, '"')
-	} else {
-		q, _ := json.Marshal(b.Label)
-		buf = append(buf, q...)
-	}
-	buf = append(buf, `,"protocol":"`...)
-	buf = append(buf, b.Protocol.String()...)
-	buf = append(buf, `","prefix":"`...)
-	buf = b.Prefix.AppendTo(buf)
-	buf = append(buf, `","ports":"`...)
-	if b.Ports.IsAny() {
-		buf = append(buf, '*')
-	} else {
-		buf = strconv.AppendUint(buf, uint64(b.Ports.Lo), 10)
-		if !b.Ports.Single() {
-			buf = append(buf, '-')
-			buf = strconv.AppendUint(buf, uint64(b.Ports.Hi), 10)
-		}
-	}
-	return append(buf, `"}`...)
-}
-
-func plainLabel(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '@') {
-			return false
-		}
-	}
-	return true
-}
 
 // BindingFilter selects the bindings a listing includes; nil includes all.
 type BindingFilter func(*binding.Binding) bool
@@ -81,7 +38,7 @@ func ListingSize(bs []binding.Binding, keep BindingFilter) int {
 			total++
 		}
 		n++
-		total += len(appendBinding(scratch[:0], &bs[i]))
+		total += len(binding.AppendJSON(scratch[:0], &bs[i]))
 	}
 	return total
 }
@@ -152,7 +109,7 @@ func (c *Conn) WriteBindings(version uint16, bs []binding.Binding, keep BindingF
 			buf = append(buf, ',')
 		}
 		first = false
-		buf = appendBinding(buf, &bs[i])
+		buf = binding.AppendJSON(buf, &bs[i])
 		if len(buf) >= MaxChunk {
 			if err := flush(false); err != nil {
 				return err

@@ -10,6 +10,7 @@
 //     sockets in it, and start other programs in it (Command, via nsenter).
 //   - BPFFS: a bpffs instance mounted on a new temporary directory.
 //   - CheckFDLeaks and RequireRoot, for TestMain and test preambles.
+//   - ScaleBinding: the bindings of the tests and benchmarks at 1,048,576.
 //
 // What it does not do: it never changes the host's network namespace,
 // routes, sysctls or /sys/fs/bpf, never creates named namespaces under
