@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -129,4 +130,29 @@ func (w *world) slowCLI(args ...string) string {
 		w.t.Fatalf("switchyard %s: exit %d: %s", strings.Join(args, " "), r.code, r.stderr)
 	}
 	return r.stdout
+}
+
+// BenchmarkApplyMillion measures `switchyard apply -f` of 1,048,576
+// bindings into an empty daemon, end to end (CLI parse, wire, commit, the
+// printed diff), the daemon's peak and settled resident memory, and a
+// second apply of the same file.
+func BenchmarkApplyMillion(b *testing.B) {
+	file := filepath.Join(b.TempDir(), "million.yaml")
+	writeScaleConfig(b, file, scaleBindings, 0)
+	os.Chmod(filepath.Dir(file), 0o755)
+	for b.Loop() {
+		b.StopTimer()
+		w := newWorld(b)
+		start := time.Now()
+		w.slowCLI("apply", "-f", file)
+		b.ReportMetric(time.Since(start).Seconds(), "s/apply-1M")
+		pid := w.d.cmd.Process.Pid
+		b.ReportMetric(float64(vmHWM(b, pid))/(1<<20), "MiB-peak-rss")
+		b.ReportMetric(float64(procStatus(b, pid, "VmRSS:"))/(1<<20), "MiB-rss-after")
+		start = time.Now()
+		w.slowCLI("apply", "-f", file)
+		b.ReportMetric(time.Since(start).Seconds(), "s/apply-1M-again")
+		w.d.stop(b, syscall.SIGTERM)
+		b.StartTimer()
+	}
 }

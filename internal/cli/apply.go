@@ -91,7 +91,7 @@ func loadConfig(env Env, file string) (*config.Config, error) {
 // toControlConfig turns a config file into the request that apply sends.
 // Numeric grants travel as decimal strings, which the daemon reads as ids.
 func toControlConfig(cfg *config.Config) (control.Config, error) {
-	out := control.Config{Bindings: slices.Clone(cfg.Bindings)}
+	out := control.Config{Bindings: cfg.Bindings}
 	if out.Bindings == nil {
 		out.Bindings = []binding.Binding{}
 	}

@@ -655,6 +655,11 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	// it has read it.
 	bs := r.Config.Bindings
 	r.Config.Bindings = nil
+	if len(bs) >= 10000 {
+		// Hand back the garbage of a large apply even when its reply is
+		// small ("no changes"); writeReply does so after a large one.
+		defer debug.FreeOSMemory()
+	}
 	added, removed, err := s.d.ReplaceBindings(bs, r.DryRun)
 	if err != nil {
 		return nil, err
