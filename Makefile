@@ -6,7 +6,7 @@ COUNT   ?= 5
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-.PHONY: help build generate check-generate test test-short fuzz bench bench-policy demo lint clean man completion install
+.PHONY: help build generate check-generate test test-short fuzz bench bench-packet bench-policy demo lint clean man completion install
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,10 +39,14 @@ fuzz: ## Run each fuzz test for FUZZTIME (default 30s).
 bench: ## Run the benchmarks COUNT times and print `name value unit` medians and ratios.
 	@$(GO) test -run '^$$' -bench '^BenchmarkLookup$$' -benchtime 1x -count 1 -timeout 30m ./dispatch/ | tee /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'AddBindings|BindOne' -benchtime 3x -count 1 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
-	@$(GO) test -run '^$$' -bench 'Register|DaemonMemory|StatusUnderListingFlood' -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) test -run '^$$' -bench 'Register|DaemonMemory|StatusUnderListingFlood|ApplyMillion' -count 3 -timeout 30m ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'ConfigWatch' -benchtime 9x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'LookupCLI' -benchtime 10x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench.txt
+
+bench-packet: ## TCP connections/s and UDP datagrams/s with the program at 1, 100,000 and 1,048,576 bindings vs without (root).
+	@$(GO) test -run '^$$' -bench '^BenchmarkPacketPath$$' -benchtime 1x -count 1 -timeout 30m ./tests/ | tee /tmp/switchyard-bench-packet.txt >/dev/null
+	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench-packet.txt
 
 bench-policy: ## Benchmark bypass and splice with sockperf, iperf3, socat (root; COUNT runs, default 3).
 	@COUNT=$${POLICY_COUNT:-3} GO=$(GO) ./scripts/bench-policy.sh

@@ -53,6 +53,17 @@ func TestApplyMillionBindings(t *testing.T) {
 	if out := w.slowCLI("status"); !strings.Contains(out, "lbl-0") {
 		t.Errorf("status does not show label lbl-0:\n%.500s", out)
 	}
+
+	// At the limit, bind says so; after an unbind it has room for one.
+	r := w.cli("bind", "x", "tcp", "192.0.2.1", "80")
+	if want := "1048577 bindings, at most 1048576"; r.code == 0 || !strings.Contains(r.stderr, want) {
+		t.Errorf("bind at the limit: exit %d, stderr %q; want a failure saying %q", r.code, r.stderr, want)
+	}
+	first := bs[0]
+	w.mustCLI("unbind", first.Label, first.Protocol.String(), first.Prefix.String(), first.Ports.String())
+	if out := w.mustCLI("bind", "x", "tcp", "192.0.2.1", "80"); out != "bound x tcp 192.0.2.1/32 80\n" {
+		t.Errorf("bind after unbind printed %q", out)
+	}
 	t.Logf("daemon peak rss %.1f MiB", float64(vmHWM(t, w.d.cmd.Process.Pid))/(1<<20))
 }
 
