@@ -35,15 +35,15 @@ def dial(rcvbuf=0):
 
 def read_reply(s):
     """Reads one reply; returns its payload, or None if the daemon hung up."""
-    out = b""
+    out = []
     while True:
         d = s.recv(70000)
         if not d:
             return None
         flags = struct.unpack(">H", d[8:10])[0]
-        out += d[20:]
+        out.append(d[20:])
         if not flags & MORE:
-            return out
+            return b"".join(out)
 
 
 held = []

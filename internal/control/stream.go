@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -93,6 +94,10 @@ func (c *Conn) WriteBindings(version uint16, bs []binding.Binding, keep BindingF
 			}
 			sent += len(chunk)
 			buf = append(buf[:0], buf[len(chunk):]...)
+			// A long listing yields after each datagram, so that a
+			// server streaming many at once still answers short requests
+			// (root's status) within a few time slices.
+			runtime.Gosched()
 			if last && len(buf) == 0 {
 				break
 			}
