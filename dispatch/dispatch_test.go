@@ -129,35 +129,64 @@ type precedenceCase struct {
 	want string // label, or "" for refused by the kernel (no binding)
 }
 
+// precedenceSpecs are bindings that exercise every precedence rule, and
+// precedenceCases what traffic to each destination must reach.
+var precedenceSpecs = [][4]string{
+	// One port beats a range, which beats every port, at one prefix.
+	{"single", "tcp", "10.1.0.0/24", "80"},
+	{"range", "tcp", "10.1.0.0/24", "1-1000"},
+	{"any", "tcp", "10.1.0.0/24", "*"},
+	// A longer prefix beats a shorter port-specific one.
+	{"short443", "tcp", "10.2.0.0/16", "443"},
+	{"long-any", "tcp", "10.2.3.0/24", "*"},
+	// Nested ranges: the innermost wins.
+	{"outer", "tcp", "10.3.0.0/24", "1000-2000"},
+	{"inner", "tcp", "10.3.0.0/24", "1500-1600"},
+	{"innermost", "tcp", "10.3.0.0/24", "1550"},
+	// A longer prefix without the port falls through to a shorter one.
+	{"host80", "tcp", "10.4.0.5", "80"},
+	{"net-any", "tcp", "10.4.0.0/16", "*"},
+	// IPv6 every-address binding must not capture IPv4.
+	{"v6-all", "tcp", "::/0", "*"},
+	{"v6-host", "tcp", "2001:db8::1", "22"},
+	// A udp binding does not capture tcp.
+	{"udp-only", "udp", "10.5.0.0/24", "*"},
+}
+
+var precedenceCases = []precedenceCase{
+	{"10.1.0.9:80", "single"}, {"10.1.0.9:81", "range"}, {"10.1.0.9:1000", "range"},
+	{"10.1.0.9:1001", "any"}, {"10.1.0.9:65535", "any"},
+	{"10.2.3.4:443", "long-any"}, {"10.2.4.4:443", "short443"}, {"10.2.4.4:444", ""},
+	{"10.3.0.1:999", ""}, {"10.3.0.1:1000", "outer"}, {"10.3.0.1:1499", "outer"},
+	{"10.3.0.1:1500", "inner"}, {"10.3.0.1:1549", "inner"}, {"10.3.0.1:1550", "innermost"},
+	{"10.3.0.1:1551", "inner"}, {"10.3.0.1:1601", "outer"}, {"10.3.0.1:2000", "outer"},
+	{"10.3.0.1:2001", ""},
+	{"10.4.0.5:80", "host80"}, {"10.4.0.5:81", "net-any"}, {"10.4.0.6:80", "net-any"},
+	{"10.6.0.1:7777", "plain"}, {"10.6.0.1:7778", ""},
+	{"10.5.0.1:7777", "plain"},
+	{"[2001:db8::1]:22", "v6-host"}, {"[2001:db8::1]:23", "v6-all"}, {"[fd00::1]:7777", "v6-all"},
+}
+
 // Every precedence rule, checked with real connections and against the
 // reference implementation binding.Lookup.
 func TestPrecedence(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	specs := [][4]string{
-		// One port beats a range, which beats every port, at one prefix.
-		{"single", "tcp", "10.1.0.0/24", "80"},
-		{"range", "tcp", "10.1.0.0/24", "1-1000"},
-		{"any", "tcp", "10.1.0.0/24", "*"},
-		// A longer prefix beats a shorter port-specific one.
-		{"short443", "tcp", "10.2.0.0/16", "443"},
-		{"long-any", "tcp", "10.2.3.0/24", "*"},
-		// Nested ranges: the innermost wins.
-		{"outer", "tcp", "10.3.0.0/24", "1000-2000"},
-		{"inner", "tcp", "10.3.0.0/24", "1500-1600"},
-		{"innermost", "tcp", "10.3.0.0/24", "1550"},
-		// A longer prefix without the port falls through to a shorter one.
-		{"host80", "tcp", "10.4.0.5", "80"},
-		{"net-any", "tcp", "10.4.0.0/16", "*"},
-		// IPv6 every-address binding must not capture IPv4.
-		{"v6-all", "tcp", "::/0", "*"},
-		{"v6-host", "tcp", "2001:db8::1", "22"},
-		// A udp binding does not capture tcp.
-		{"udp-only", "udp", "10.5.0.0/24", "*"},
+	bs := e.precedenceBindings()
+	if _, err := e.d.AddBindings(bs...); err != nil {
+		t.Fatal(err)
 	}
+	e.checkPrecedence(bs)
+}
+
+// precedenceBindings parses precedenceSpecs and registers a socket for each
+// TCP label.
+func (e *env) precedenceBindings() []binding.Binding {
+	t := e.t
+	t.Helper()
 	labels := map[string]bool{}
 	var bs []binding.Binding
-	for _, s := range specs {
+	for _, s := range precedenceSpecs {
 		b, err := binding.Parse(s[0], s[1], s[2], s[3])
 		if err != nil {
 			t.Fatal(err)
@@ -168,26 +197,18 @@ func TestPrecedence(t *testing.T) {
 			mustRegister(t, e.d, s[0], e.tcpServer(s[0], "[::]:0"))
 		}
 	}
-	if _, err := e.d.AddBindings(bs...); err != nil {
-		t.Fatal(err)
-	}
+	return bs
+}
+
+// checkPrecedence dials every destination of precedenceCases, with bs (a
+// superset of precedenceSpecs) bound.
+func (e *env) checkPrecedence(bs []binding.Binding) {
+	t := e.t
+	t.Helper()
 	// An ordinary socket on IPv4 port 7777 catches what no binding takes.
 	e.tcpServer("plain", "0.0.0.0:7777")
 
-	cases := []precedenceCase{
-		{"10.1.0.9:80", "single"}, {"10.1.0.9:81", "range"}, {"10.1.0.9:1000", "range"},
-		{"10.1.0.9:1001", "any"}, {"10.1.0.9:65535", "any"},
-		{"10.2.3.4:443", "long-any"}, {"10.2.4.4:443", "short443"}, {"10.2.4.4:444", ""},
-		{"10.3.0.1:999", ""}, {"10.3.0.1:1000", "outer"}, {"10.3.0.1:1499", "outer"},
-		{"10.3.0.1:1500", "inner"}, {"10.3.0.1:1549", "inner"}, {"10.3.0.1:1550", "innermost"},
-		{"10.3.0.1:1551", "inner"}, {"10.3.0.1:1601", "outer"}, {"10.3.0.1:2000", "outer"},
-		{"10.3.0.1:2001", ""},
-		{"10.4.0.5:80", "host80"}, {"10.4.0.5:81", "net-any"}, {"10.4.0.6:80", "net-any"},
-		{"10.6.0.1:7777", "plain"}, {"10.6.0.1:7778", ""},
-		{"10.5.0.1:7777", "plain"},
-		{"[2001:db8::1]:22", "v6-host"}, {"[2001:db8::1]:23", "v6-all"}, {"[fd00::1]:7777", "v6-all"},
-	}
-	for _, c := range cases {
+	for _, c := range precedenceCases {
 		ap := netip.MustParseAddrPort(c.dst)
 		ref, ok := binding.Lookup(bs, binding.TCP, ap)
 		refLabel := ""

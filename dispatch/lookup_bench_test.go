@@ -330,11 +330,7 @@ func fillPeer(b *testing.B, bs []binding.Binding, sock syscall.Conn) *peerObject
 // take, as the kernel accounts it (memlock in the map's fdinfo).
 func reportMemlock(b *testing.B, d *Dispatcher, peer *peerObjects) {
 	b.Helper()
-	var total uint64
-	for _, m := range []*ebpf.Map{d.objs.SyConfig, d.objs.SyPlens, d.objs.SyPrefixes, d.objs.SyPorts, d.objs.SyTables,
-		d.objs.SyFilter, d.objs.SySockets, d.objs.SyCounters, d.objs.SyBindings, d.objs.SyLabels} {
-		total += mapMemlock(b, m)
-	}
+	total, _ := dispatchMemlock(b, d)
 	b.Run("memlock", func(b *testing.B) {
 		b.ReportMetric(float64(total)/(1<<20), "MiB-memlock")
 		if peer != nil {
@@ -343,7 +339,43 @@ func reportMemlock(b *testing.B, d *Dispatcher, peer *peerObjects) {
 	})
 }
 
-func mapMemlock(b *testing.B, m *ebpf.Map) uint64 {
+// reportMemlockLog logs what reportMemlock reports, map by map, and
+// returns the number of bindings.
+func reportMemlockLog(t testing.TB, d *Dispatcher) int {
+	t.Helper()
+	total, each := dispatchMemlock(t, d)
+	count, err := d.BindingCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range count {
+		n += c
+	}
+	t.Logf("dispatch maps at %d bindings: memlock %.1f MiB (%s)", n, float64(total)/(1<<20), each)
+	return n
+}
+
+// dispatchMemlock is the memlock of every dispatch map, in total and map by
+// map in MiB.
+func dispatchMemlock(tb testing.TB, d *Dispatcher) (uint64, string) {
+	tb.Helper()
+	var total uint64
+	var each []string
+	for _, m := range []*ebpf.Map{d.objs.SyConfig, d.objs.SyPlens, d.objs.SyPrefixes, d.objs.SyPorts, d.objs.SyTables,
+		d.objs.SyFilter, d.objs.SyIndex, d.objs.SySockets, d.objs.SyCounters, d.objs.SyBindings, d.objs.SyLabels,
+		d.rec.bindingsB, d.rec.settings, d.rec.commit} {
+		if m == nil {
+			continue
+		}
+		n := mapMemlock(tb, m)
+		total += n
+		each = append(each, fmt.Sprintf("%s %.1f", mapName(m), float64(n)/(1<<20)))
+	}
+	return total, strings.Join(each, ", ")
+}
+
+func mapMemlock(b testing.TB, m *ebpf.Map) uint64 {
 	b.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/self/fdinfo/%d", m.FD()))
 	if err != nil {
