@@ -53,6 +53,7 @@ type conn struct {
 	c    *control.Conn
 	uid  uint32
 	busy atomic.Bool // a request is being handled or answered
+	shed bool        // closed by shed; guarded by connTable.mu
 }
 
 // connTable tracks the connections served, for the limits.
@@ -122,11 +123,22 @@ func (t *connTable) remove(c *conn) {
 func (t *connTable) shed() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// A connection closed by an earlier shed may not have left the table
+	// yet: it frees no more descriptors, so it is not chosen again.
+	live := func(m map[*conn]struct{}) int {
+		n := 0
+		for c := range m {
+			if !c.shed {
+				n++
+			}
+		}
+		return n
+	}
 	var uid uint32
 	most := 0
 	for u, m := range t.byUID {
-		if u != 0 && len(m) > most {
-			uid, most = u, len(m)
+		if n := live(m); u != 0 && n > most {
+			uid, most = u, n
 		}
 	}
 	if most == 0 {
@@ -134,11 +146,15 @@ func (t *connTable) shed() bool {
 	}
 	var victim *conn
 	for c := range t.byUID[uid] {
+		if c.shed {
+			continue
+		}
 		victim = c
 		if !c.busy.Load() {
 			break
 		}
 	}
+	victim.shed = true
 	victim.c.Close()
 	return true
 }

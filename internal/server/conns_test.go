@@ -2,11 +2,17 @@ package server
 
 import (
 	"errors"
+	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/control"
 )
 
 func TestConnTableLimits(t *testing.T) {
@@ -140,4 +146,51 @@ func TestCacheSnapshots(t *testing.T) {
 	if _, err := c.get(&gen, func() ([]int, error) { return nil, errors.New("boom") }); err == nil {
 		t.Error("a failed build gave a snapshot")
 	}
+}
+
+func TestShedClosesEachOnce(t *testing.T) {
+	var tab connTable
+	var cs []*conn
+	for _, uid := range []uint32{0, 7, 7, 8} {
+		c := &conn{uid: uid, c: pairConn(t)}
+		if err := tab.admit(c, 3); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	// uid 7 has the most; then uid 8 and 7's other one; never root's.
+	for i := range 3 {
+		if !tab.shed() {
+			t.Fatalf("shed %d found nothing to close", i)
+		}
+	}
+	if tab.shed() {
+		t.Fatal("shed closed a fourth connection: root's, or one already closed")
+	}
+	if cs[0].shed || !cs[1].shed || !cs[2].shed || !cs[3].shed {
+		t.Fatalf("shed: root %v, uid 7 %v %v, uid 8 %v", cs[0].shed, cs[1].shed, cs[2].shed, cs[3].shed)
+	}
+}
+
+// pairConn is one end of a connected SOCK_SEQPACKET pair, closed with the
+// test.
+func pairConn(t *testing.T) *control.Conn {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fds[1])
+	f := os.NewFile(uintptr(fds[0]), "pair")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := control.NewConn(nc.(*net.UnixConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
