@@ -84,7 +84,7 @@ func manyBindings(n int) []binding.Binding {
 	return bs
 }
 
-func vmRSS(b *testing.B, pid int) int {
+func vmRSS(b testing.TB, pid int) int {
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)

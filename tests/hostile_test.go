@@ -76,22 +76,6 @@ func (h *hostileProc) stop(t testing.TB) string {
 	return strings.TrimSpace(string(rest))
 }
 
-func rss(t testing.TB, pid int) int {
-	t.Helper()
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(st), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.Atoi(f[1])
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
-
 func openFDs(t testing.TB, pid int) int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -191,19 +175,19 @@ func TestHostileListingsMemory(t *testing.T) {
 	if n := strings.Count(w.mustCLI("bindings", "-o", "json"), `"label"`); n != 50000 {
 		t.Fatalf("root lists %d bindings, want 50000", n)
 	}
-	before := rss(t, pid)
+	before := vmRSS(t, pid)
 
 	h := w.hostile(t, "list", 300)
 	peak := 0
 	for range 30 {
-		peak = max(peak, rss(t, pid))
+		peak = max(peak, vmRSS(t, pid))
 		time.Sleep(100 * time.Millisecond)
 	}
 	if n := strings.Count(w.mustCLI("bindings", "-o", "json"), `"label"`); n != 50000 {
 		t.Errorf("root lists %d bindings during the attack, want 50000", n)
 	}
 	w.mustCLI("status")
-	peak = max(peak, rss(t, pid))
+	peak = max(peak, vmRSS(t, pid))
 	t.Logf("rss before %.1f MiB, peak with 300 unread listings %.1f MiB (bound %d MiB); %d connected, %d refused",
 		float64(before)/(1<<20), float64(peak)/(1<<20), rssBound>>20, h.open, h.refused)
 	if peak > rssBound {
