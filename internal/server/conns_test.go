@@ -127,7 +127,7 @@ func TestCacheSnapshots(t *testing.T) {
 	var gen atomic.Uint64
 	builds := 0
 	build := func() ([]int, error) { builds++; return make([]int, 1<<20), nil }
-	c := cache[[]int]{weak: true}
+	c := cache[[]int]{keep: func(v []int) bool { return len(v) < 100 }}
 	a, _ := c.get(&gen, build)
 	b, _ := c.get(&gen, build)
 	if a != b || builds != 1 {
@@ -143,6 +143,16 @@ func TestCacheSnapshots(t *testing.T) {
 	if c.load() != nil {
 		t.Error("a weak snapshot no reader holds survived a GC")
 	}
+	// A small one is kept.
+	gen.Add(1)
+	if _, err := c.get(&gen, func() ([]int, error) { return make([]int, 10), nil }); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	if c.load() == nil {
+		t.Error("a kept snapshot went at a GC")
+	}
+	gen.Add(1)
 	if _, err := c.get(&gen, func() ([]int, error) { return nil, errors.New("boom") }); err == nil {
 		t.Error("a failed build gave a snapshot")
 	}

@@ -110,7 +110,7 @@ type Options struct {
 // there is one.
 func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, netnsPath: opts.NetNS, labels: map[string]*LabelSettings{}, pmWhy: "no policy manager", pmCtx: context.Background()}
-	s.snaps.bindings.weak = true
+	s.snaps.bindings.keep = func(l listing) bool { return l.size <= keptListing }
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

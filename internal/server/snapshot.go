@@ -16,9 +16,9 @@ import (
 // A snapshot remembers the gen it was built at; a read whose snapshot is
 // older rebuilds it once (readers arriving meanwhile wait for that one
 // build, not for each other), and every later read until the next change
-// takes it without a lock, as long as the snapshot lives: the listing is
-// kept only while some reader holds it (see cache), so an idle daemon does
-// not keep a copy of a million bindings. The daemon is the only writer of
+// takes it without a lock, as long as the snapshot lives: a listing over
+// keptListing is kept only while some reader holds it (see cache), so an
+// idle daemon does not keep a copy of a million bindings. The daemon is the only writer of
 // its namespace's bindings, so gen sees every change.
 
 // snapshot is a value built from the bindings at one gen.
@@ -27,25 +27,26 @@ type snapshot[T any] struct {
 	v   T
 }
 
-// cache holds the latest snapshot of one kind. A weak cache keeps it only
-// while some reader holds it: a listing of a million bindings is tens of
-// megabytes that an idle daemon need not keep, while readers that overlap
-// (a flood of listings) share one.
+// cache holds the latest snapshot of one kind. A snapshot that keep
+// rejects is held weakly, only while some reader holds it: a listing of a
+// million bindings is tens of megabytes that an idle daemon need not keep,
+// while readers that overlap (a flood of listings) share one. With keep
+// nil every snapshot is kept.
 type cache[T any] struct {
 	mu     sync.Mutex // one build at a time
-	weak   bool
+	keep   func(T) bool
 	cur    atomic.Pointer[weak.Pointer[snapshot[T]]]
-	strong atomic.Pointer[snapshot[T]] // unless weak
+	strong atomic.Pointer[snapshot[T]] // the snapshot, if kept
 }
 
 func (c *cache[T]) load() *snapshot[T] {
-	if c.weak {
-		if w := c.cur.Load(); w != nil {
-			return w.Value()
-		}
-		return nil
+	if s := c.strong.Load(); s != nil {
+		return s
 	}
-	return c.strong.Load()
+	if w := c.cur.Load(); w != nil {
+		return w.Value()
+	}
+	return nil
 }
 
 // get returns a snapshot at least as new as gen, building one if needed.
@@ -68,11 +69,12 @@ func (c *cache[T]) get(gen *atomic.Uint64, build func() (T, error)) (*snapshot[T
 		return nil, err
 	}
 	s := &snapshot[T]{gen: g, v: v}
-	if c.weak {
-		w := weak.Make(s)
-		c.cur.Store(&w)
-	} else {
+	w := weak.Make(s)
+	c.cur.Store(&w)
+	if c.keep == nil || c.keep(v) {
 		c.strong.Store(s)
+	} else {
+		c.strong.Store(nil)
 	}
 	return s, nil
 }
@@ -80,9 +82,13 @@ func (c *cache[T]) get(gen *atomic.Uint64, build func() (T, error)) (*snapshot[T
 // snapshots are the server's cached reads.
 type snapshots struct {
 	gen      atomic.Uint64
-	bindings cache[listing] // weak
+	bindings cache[listing] // kept up to keptListing
 	counts   cache[map[string]int]
 }
+
+// keptListing is the largest listing (reply bytes) kept between reads:
+// some 150,000 bindings. Larger ones live only while read.
+const keptListing = 16 << 20
 
 // changed marks the bindings changed; call it after every change, also a
 // failed one.
