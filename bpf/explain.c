@@ -3,8 +3,8 @@
  * bpf_sk_lookup context by `switchyard lookup`; none of it steers traffic.
  *
  * sy_explain finds the binding that wins for the context's destination: the
- * prefix length and label from the data path, with the helpers of lookup.h
- * that the dispatch program uses, then the narrowest port set of that
+ * prefix length and label from the data path, resolved as sy_lookup_label
+ * does it, then the narrowest port set of that
  * prefix holding the port among the recorded bindings (sy_bindings), by
  * probing, narrowest first and within a budget, the port sets inside the run
  * of ports the data path resolved the port in. sy_explain_walk finds it by
@@ -172,73 +172,102 @@ static long probe_one(__u64 i, void *p)
 	return sy_probe_step(p) ? 1 : 0;
 }
 
-/* A run of ports. */
+/* A run of ports and the label that serves them. */
 struct port_run {
 	__u32 first, last;
+	__u32 label;
 };
 
-/* Where sy_resolve_port found port's label in v: the run of ports of one
- * segment or exact port, or every port (any_label). A global function, so
+/* The scan of an overflow table for the segment holding port. */
+struct seg_scan {
+	__u32 table;
+	__u32 port;
+	__u32 first, last; /* the segment found; first > last: none */
+	__u32 label;
+};
+
+/* Segment i of the table; 1 when done. A global function, so that the
+ * verifier checks it once. */
+__noinline int sy_scan_step(struct seg_scan *sc, __u32 i)
+{
+	const struct sy_table *t;
+	__u32 idx;
+
+	if (!sc)
+		return 1;
+	idx = sc->table;
+	t = bpf_map_lookup_elem(&sy_tables, &idx);
+	if (!t || i >= t->nseg || i >= SY_TABLE_SEGS)
+		return 1;
+	/* For the verifier, which must see the bound on the register used;
+	 * the barrier keeps clang from dropping the mask as redundant. */
+	asm volatile("" : "+r"(i));
+	i &= SY_TABLE_SEGS - 1;
+	if (sc->port < t->segs[i].lo || sc->port > t->segs[i].hi)
+		return 0;
+	sc->first = t->segs[i].lo;
+	sc->last = t->segs[i].hi;
+	sc->label = t->segs[i].label;
+	return 1;
+}
+
+static long scan_one(__u64 i, void *sc)
+{
+	return sy_scan_step(sc, i) ? 1 : 0;
+}
+
+/* The label of port in v and the run of ports it was found in, as
+ * sy_resolve_port resolves it: an exact port, a segment, or every port
+ * (any_label); run->label is 0 if none serves port. A global function, so
  * that the verifier checks it once. */
-__noinline int sy_resolved_run(const struct sy_prefix_val *v, const struct sy_prefix_key *key,
-			       __u32 port, struct port_run *run)
+__noinline int sy_resolve_run(const struct sy_prefix_val *v, const struct sy_prefix_key *key,
+			      __u32 port, struct port_run *run)
 {
 	if (!v || !key || !run)
 		return 0;
 	run->first = 0;
 	run->last = 65535;
+	run->label = 0;
 	if (v->flags & SY_PV_PORTS) {
 		struct sy_port_key pk = { .prefix = *key, .port = port };
 		__u32 *label = bpf_map_lookup_elem(&sy_ports, &pk);
 
 		if (label && *label) {
 			run->first = run->last = port;
+			run->label = *label;
 			return 0;
 		}
 	}
 	if (v->table) {
-		__u32 idx = v->table, lo = 0, hi;
-		const struct sy_table *t = bpf_map_lookup_elem(&sy_tables, &idx);
+		struct seg_scan sc = { .table = v->table, .port = port, .first = 1, .last = 0 };
 
-		if (!t)
+		bpf_loop(SY_TABLE_SEGS, scan_one, &sc, 0);
+		if (sc.label && sc.first <= sc.last) {
+			run->first = sc.first;
+			run->last = sc.last;
+			run->label = sc.label;
 			return 0;
-		hi = t->nseg;
-		if (hi > SY_TABLE_SEGS)
-			hi = SY_TABLE_SEGS;
-		for (int i = 0; i < 9 && lo < hi; i++) {
-			__u32 mid = (lo + hi) / 2;
-			const struct sy_seg *s;
-
-			if (mid >= SY_TABLE_SEGS)
-				return 0;
-			s = &t->segs[mid];
-			if (port < s->lo) {
-				hi = mid;
-			} else if (port > s->hi) {
-				lo = mid + 1;
-			} else {
-				run->first = s->lo;
-				run->last = s->hi;
+		}
+	} else {
+		for (int i = 0; i < SY_INLINE_SEGS; i++) {
+			if (i >= v->nseg)
+				break;
+			if (port >= v->segs[i].lo && port <= v->segs[i].hi && v->segs[i].label) {
+				run->first = v->segs[i].lo;
+				run->last = v->segs[i].hi;
+				run->label = v->segs[i].label;
 				return 0;
 			}
 		}
-		return 0;
 	}
-	for (int i = 0; i < SY_INLINE_SEGS; i++) {
-		if (i >= v->nseg)
-			break;
-		if (port >= v->segs[i].lo && port <= v->segs[i].hi) {
-			run->first = v->segs[i].lo;
-			run->last = v->segs[i].hi;
-			return 0;
-		}
-	}
+	run->label = v->any_label;
 	return 0;
 }
 
 /* The state of the walk down the prefix lengths in use. */
 struct descent {
 	struct sy_prefix_key key;
+	struct port_run run;
 	__u32 addr[4];
 	__u32 idx;  /* of the prefix lengths in sy_plens */
 	__u32 port;
@@ -271,7 +300,8 @@ __noinline int sy_descend_step(struct descent *d)
 	v = bpf_map_lookup_elem(&sy_prefixes, &d->key);
 	if (!v)
 		return 0;
-	d->label = sy_resolve_port(v, &d->key, d->port);
+	sy_resolve_run(v, &d->key, d->port, &d->run);
+	d->label = d->run.label;
 	if (!d->label)
 		return 0;
 	d->plen = plen;
@@ -286,9 +316,7 @@ static long descend_one(__u64 i, void *d)
 SEC("sk_lookup")
 int sy_explain(struct bpf_sk_lookup *ctx)
 {
-	const struct sy_prefix_val *v;
 	struct descent d = {};
-	struct port_run run = {};
 	const struct sy_cfg *cfg;
 	struct probe p = {};
 	struct query q = {};
@@ -316,9 +344,6 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 	bpf_loop(SY_MAX_PLENS, descend_one, &d, 0);
 	if (!d.label || d.plen < 0)
 		return SK_PASS;
-	v = bpf_map_lookup_elem(&sy_prefixes, &d.key);
-	if (!v)
-		return SK_PASS;
 	sy_result.plen = d.plen;
 	sy_result.label = d.label;
 
@@ -334,11 +359,10 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 	p.key.addr[2] = d.key.addr[2];
 	p.key.addr[3] = d.key.addr[3];
 	p.port = q.port;
-	sy_resolved_run(v, &d.key, q.port, &run);
-	if (run.first > q.port || run.last < q.port)
+	if (d.run.first > q.port || d.run.last < q.port)
 		return SK_PASS;
-	p.first = run.first;
-	p.last = run.last;
+	p.first = d.run.first;
+	p.last = d.run.last;
 	p.width = 1;
 	p.lo = q.port;
 	bpf_loop(SY_PROBE_BUDGET, probe_one, &p, 0);

@@ -64,6 +64,18 @@ func TestExplainMatchesReference(t *testing.T) {
 	e := newEnv(t)
 	r := rand.New(rand.NewPCG(1, 2))
 	bs := randomBindings(r, 300)
+	// One prefix with more port segments than fit inline (an overflow
+	// table), nested ranges and single ports (the exact-port map).
+	table := netip.MustParsePrefix("10.7.0.0/24")
+	for i := range 12 {
+		lo := uint16(1000 + 100*i)
+		l := []string{"a", "d"}[i%2]
+		bs = append(bs,
+			binding.Binding{Label: l, Protocol: binding.TCP, Prefix: table, Ports: binding.Ports{Lo: lo, Hi: lo + 49}},
+			binding.Binding{Label: l, Protocol: binding.TCP, Prefix: table, Ports: binding.Ports{Lo: lo + 10, Hi: lo + 19}},
+			binding.Binding{Label: "b", Protocol: binding.TCP, Prefix: table, Ports: binding.Ports{Lo: lo + 15, Hi: lo + 15}})
+	}
+	bs = append(bs, binding.Binding{Label: "e", Protocol: binding.TCP, Prefix: table, Ports: binding.AnyPort})
 	if _, _, err := e.d.ReplaceBindings(bs, false); err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +113,11 @@ func TestExplainMatchesReference(t *testing.T) {
 	var sample []netip.AddrPort
 	for i := range 1200 {
 		proto, dst := randomProbe(r)
+		if i%6 == 0 {
+			// The overflow table's prefix, at and around its ranges.
+			proto = binding.TCP
+			dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 7, 0, byte(r.IntN(256))}), uint16(990+r.IntN(1300)))
+		}
 		got, err := x.Explain(proto, dst, netip.AddrPort{})
 		if err != nil {
 			t.Fatalf("probe %d %s %s: %v", i, proto, dst, err)
