@@ -20,6 +20,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/switchyard-project/switchyard/dispatch"
+	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
@@ -175,7 +176,7 @@ func run(env Env, f flags, log *slog.Logger) error {
 		return err
 	}
 	if cfg != nil {
-		if err := srv.configBindings(cfg); err != nil {
+		if err := srv.commitConfig(cfg); err != nil {
 			return err
 		}
 	}
@@ -322,20 +323,33 @@ func check(f flags, cfg *config.Config, log *slog.Logger) error {
 	return nil
 }
 
-// configBindings puts cfg's bindings in force, if it has a bindings key.
-func (s *Server) configBindings(cfg *config.Config) error {
-	if cfg.Bindings == nil {
-		return nil
+// commitConfig records the config's label settings, which New took, with
+// its bindings if it has a bindings key, in one commit.
+func (s *Server) commitConfig(cfg *config.Config) error {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	blob, err := encodeSettings(s.labelsNow())
+	if err != nil {
+		return err
 	}
 	defer s.snaps.changed()
-	added, removed, err := s.d.ReplaceBindings(cfg.Bindings, false)
-	if err != nil {
-		return fmt.Errorf("apply config bindings: %w", err)
+	if cfg.Bindings == nil {
+		if err := s.d.SetSettings(blob); err != nil {
+			return fmt.Errorf("record config label settings: %w", err)
+		}
+	} else {
+		added, removed, err := s.d.Replace(cfg.Bindings, blob, false)
+		if err != nil {
+			return fmt.Errorf("apply config bindings: %w", err)
+		}
+		s.log.Info("applied config bindings", "added", len(added), "removed", len(removed))
 	}
-	s.log.Info("applied config bindings", "added", len(added), "removed", len(removed))
+	s.mirror()
 	return nil
 }
 
+// reload applies the config file as apply does: bindings (if it has a
+// bindings key) and label settings in one transaction.
 func (s *Server) reload(path string) error {
 	if path == "" {
 		return errors.New("no --config to reload")
@@ -344,19 +358,21 @@ func (s *Server) reload(path string) error {
 	if err != nil {
 		return err
 	}
-	// As apply does: grants resolve first, then the bindings change, then
-	// each changed policy is put in force.
 	next := settingsOf(cfg.Labels)
 	if err := s.resolve(next); err != nil {
 		return err
 	}
-	if err := s.configBindings(cfg); err != nil {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	var bs *[]binding.Binding
+	if cfg.Bindings != nil {
+		bs = &cfg.Bindings
+	}
+	added, removed, err := s.transact(bs, next)
+	if err != nil {
 		return err
 	}
-	if _, err := s.replaceLabels(next, false); err != nil {
-		return err
-	}
-	s.log.Info("reloaded config", "file", path)
+	s.log.Info("reloaded config", "file", path, "added_bindings", len(added), "removed_bindings", len(removed))
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/policy"
@@ -16,8 +17,8 @@ import (
 // SetPolicies gives the server its policy manager, or the reason there is
 // none, and puts in force the policies of the label settings.
 func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string) {
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
 	s.mu.Lock()
 	s.pm, s.pmWhy, s.pmCtx = pm, why, ctx
 	s.mu.Unlock()
@@ -31,6 +32,22 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 		}
 	}
 	if pm != nil {
+		// A change interrupted after it put a policy in force and
+		// before its commit leaves bypass on where the recorded
+		// settings do not ask for it (workers left over are settled
+		// below).
+		states, err := pm.Status()
+		if err != nil {
+			s.log.Warn("policy status", "err", err)
+		}
+		for name, st := range states {
+			if p, _ := policyOf(s.labels, name); p != control.PolicyBypass && strings.HasPrefix(st, "bypass") {
+				s.log.Warn("bypass in force without its setting; switching it off", "label", name)
+				if err := pm.SetBypass(name, false); err != nil {
+					s.log.Error("bypass not switched off", "label", name, "err", err)
+				}
+			}
+		}
 		pm.SettleWorkers()
 	}
 }

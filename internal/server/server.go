@@ -72,9 +72,10 @@ type Server struct {
 	Stats     Stats
 	reloads   configReloads // of --config, for metrics (watch.go)
 
-	// policyMu serializes changes of label settings, so that the policy
-	// read as "from" is the one in force while the change is made.
-	policyMu sync.Mutex
+	// txMu serializes the transactions that change label settings and
+	// bindings together (settings.go), so that two never interleave and
+	// the policies read as in force stay so while one is made.
+	txMu sync.Mutex
 
 	mu     sync.RWMutex
 	labels map[string]*LabelSettings
@@ -119,33 +120,51 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 		s.resolver = *opts.Resolver
 	}
 	if opts.Labels != nil {
-		// A config file's settings replace the saved ones.
-		if err := s.SetLabels(opts.Labels); err != nil {
+		// A config file's settings replace the recorded ones; the
+		// daemon commits them with the config's bindings
+		// (commitConfig).
+		m := settingsOf(opts.Labels)
+		if err := s.resolve(m); err != nil {
 			return nil, err
 		}
-	} else if s.statePath != "" {
-		b, err := safepath.ReadFile("label settings", s.statePath, maxStateFile)
+		s.labels = m
+		return s, nil
+	}
+	blob, ok, err := d.Settings()
+	if err != nil {
+		return nil, fmt.Errorf("read label settings: %w", err)
+	}
+	from := "the dispatch state"
+	if !ok && s.statePath != "" {
+		// Settings of a build that kept them in the file alone.
+		blob, err = safepath.ReadFile("label settings", s.statePath, maxStateFile)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
+			blob = nil
 		case err != nil:
 			return nil, fmt.Errorf("read label settings: %w", err)
-		default:
-			labels := map[string]*LabelSettings{}
-			if err := json.Unmarshal(b, &labels); err != nil {
-				return nil, fmt.Errorf("read label settings %s: %w", s.statePath, err)
-			}
-			if err := s.setLabels(labels); err != nil {
-				return nil, err
-			}
 		}
+		from = s.statePath
 	}
+	if blob == nil {
+		return s, nil
+	}
+	m, err := decodeSettings(blob)
+	if err != nil {
+		return nil, fmt.Errorf("read label settings from %s: %w", from, err)
+	}
+	if err := s.resolve(m); err != nil {
+		return nil, err
+	}
+	s.labels = m
+	if !ok {
+		if err := d.SetSettings(blob); err != nil {
+			return nil, fmt.Errorf("record label settings: %w", err)
+		}
+		s.log.Info("label settings now recorded with the bindings", "from", s.statePath, "labels", len(m))
+	}
+	s.mirror()
 	return s, nil
-}
-
-// SetLabels replaces the label settings with those of a config file, as
-// they are: it puts no policy in force (SetPolicies and apply do).
-func (s *Server) SetLabels(labels map[string]config.Label) error {
-	return s.setLabels(settingsOf(labels))
 }
 
 // settingsOf is the daemon's form of a config file's label settings.
@@ -167,16 +186,6 @@ func (s *Server) resolve(m map[string]*LabelSettings) error {
 		ls.principals = p
 	}
 	return nil
-}
-
-func (s *Server) setLabels(m map[string]*LabelSettings) error {
-	if err := s.resolve(m); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.labels = m
-	s.mu.Unlock()
-	return s.persist()
 }
 
 func (s *Server) persist() error {
@@ -520,9 +529,6 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		if err := s.requireRoot(p, "apply"); err != nil {
 			return nil, err
 		}
-		if !r.DryRun {
-			defer s.snaps.changed()
-		}
 		return s.apply(r)
 	default:
 		return nil, control.Errorf(control.CodeUnsupported, "operation %s is not supported by this daemon (version %s)", req.Op(), Version)
@@ -605,26 +611,16 @@ func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, e
 	if err := control.ValidatePolicy(r.Policy, r.Upstream); err != nil {
 		return nil, err
 	}
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
-	s.mu.RLock()
-	var from control.Policy
-	if ls := s.labels[r.Label]; ls != nil {
-		from, _ = control.ParsePolicy(ls.Policy)
-	}
-	s.mu.RUnlock()
-	if err := s.enforce(r.Label, from, r.Policy, r.Upstream); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	ls := s.labels[r.Label]
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	next := cloneSettings(s.labelsNow())
+	ls := next[r.Label]
 	if ls == nil {
 		ls = &LabelSettings{}
-		s.labels[r.Label] = ls
+		next[r.Label] = ls
 	}
 	ls.Policy, ls.Upstream = r.Policy.String(), r.Upstream
-	s.mu.Unlock()
-	if err := s.persist(); err != nil {
+	if _, _, err := s.transact(nil, next); err != nil {
 		return nil, err
 	}
 	s.log.Info("policy set", "label", r.Label, "policy", r.Policy.String(), "upstream", r.Upstream)
@@ -660,11 +656,18 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 		// small ("no changes"); writeReply does so after a large one.
 		defer debug.FreeOSMemory()
 	}
-	added, removed, err := s.d.ReplaceBindings(bs, r.DryRun)
-	if err != nil {
-		return nil, err
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	changes := labelChanges(s.labelsNow(), next)
+	var added, removed []binding.Binding
+	var err error
+	if r.DryRun {
+		added, removed, err = s.d.ReplaceBindings(bs, true)
+	} else {
+		list := []binding.Binding(bs)
+		bs = nil
+		added, removed, err = s.transact(&list, next)
 	}
-	changes, err := s.replaceLabels(next, r.DryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -672,14 +675,10 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	return &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{AddBindings: added, RemoveBindings: removed, Labels: changes}}, nil
 }
 
-// replaceLabels makes next the label settings: it puts each changed policy
-// in force, then saves them. It returns the changes (only those, if
-// dryRun).
-func (s *Server) replaceLabels(next map[string]*LabelSettings, dryRun bool) ([]control.LabelChange, error) {
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
+// labelChanges lists the labels whose settings differ between cur and
+// next.
+func labelChanges(cur, next map[string]*LabelSettings) []control.LabelChange {
 	var changes []control.LabelChange
-	cur := s.Labels()
 	for _, name := range slices.Sorted(maps.Keys(unionKeys(cur, next))) {
 		old, hadOld := cur[name]
 		nw, hasNew := next[name]
@@ -696,28 +695,7 @@ func (s *Server) replaceLabels(next map[string]*LabelSettings, dryRun bool) ([]c
 		}
 		changes = append(changes, ch)
 	}
-	if dryRun {
-		return changes, nil
-	}
-	for _, ch := range changes {
-		from, to, upstream := control.PolicyNone, control.PolicyNone, ""
-		if ch.Old != nil {
-			from = ch.Old.Policy
-		}
-		if ch.New != nil {
-			to, upstream = ch.New.Policy, ch.New.Upstream
-		}
-		if from == to && (ch.Old == nil || ch.New == nil || ch.Old.Upstream == upstream) {
-			continue
-		}
-		if err := s.enforce(ch.Label, from, to, upstream); err != nil {
-			return nil, fmt.Errorf("label %s: bindings applied, but policy %s failed: %w", ch.Label, to, err)
-		}
-	}
-	s.mu.Lock()
-	s.labels = next
-	s.mu.Unlock()
-	return changes, s.persist()
+	return changes
 }
 
 func unionKeys[V1, V2 any](a map[string]V1, b map[string]V2) map[string]bool {
