@@ -164,7 +164,10 @@ func (d *Dispatcher) openRecord(spec *ebpf.CollectionSpec) error {
 		return fmt.Errorf("state %s: pin %s: %w", d.dir, commitMap, err)
 	}
 	d.rec.commit = m
-	d.log.Info("the recorded binding set is now kept in two generations", "dir", d.dir)
+	var k dispatchSyBindingKey
+	if err := d.objs.SyBindings.NextKey(nil, &k); err == nil {
+		d.log.Info("the recorded binding set is now kept in two generations", "dir", d.dir)
+	}
 	return nil
 }
 

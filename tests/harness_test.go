@@ -69,8 +69,9 @@ type world struct {
 	root    string
 	dir     string // world-readable scratch directory
 	control string
-	cgroup  string   // the bypass policy's cgroup
-	env     []string // extra environment of the daemon
+	cgroup  string        // the bypass policy's cgroup
+	env     []string      // extra environment of the daemon
+	ready   time.Duration // how long startDaemon waits for READY=1 (default 20s)
 	d       *daemonProc
 }
 
@@ -250,7 +251,11 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 			}
 		}
 	}()
-	deadline := time.After(20 * time.Second)
+	wait := w.ready
+	if wait == 0 {
+		wait = 20 * time.Second
+	}
+	deadline := time.After(wait)
 	for {
 		select {
 		case msg, ok := <-got:
@@ -263,7 +268,7 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 		case <-p.done:
 			w.t.Fatalf("switchyardd exited before READY=1 (%v); log:\n%s", cmd.ProcessState, p.stderr.String())
 		case <-deadline:
-			w.t.Fatalf("switchyardd not ready after 20s; log:\n%s", p.stderr.String())
+			w.t.Fatalf("switchyardd not ready after %v; log:\n%s", wait, p.stderr.String())
 		}
 	}
 }
