@@ -46,7 +46,7 @@ bench: ## Run the benchmarks COUNT times and print `name value unit` medians and
 
 bench-packet: ## TCP connections/s and UDP datagrams/s with the program at 1, 100,000 and 1,048,576 bindings vs without (root).
 	@$(GO) test -run '^$$' -bench '^BenchmarkPacketPath$$' -benchtime 1x -count 1 -timeout 30m ./tests/ | tee /tmp/switchyard-bench-packet.txt >/dev/null
-	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench-packet.txt
+	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench-packet.txt | grep -v ' ns/op$$'
 
 bench-policy: ## Benchmark bypass and splice with sockperf, iperf3, socat (root; COUNT runs, default 3).
 	@COUNT=$${POLICY_COUNT:-3} GO=$(GO) ./scripts/bench-policy.sh

@@ -33,26 +33,42 @@ func Load(path string) (*Config, error) {
 	return parseReader(f, path)
 }
 
+// limits are the caps Parse enforces; tests lower them to check the
+// boundaries without files of a hundred megabytes.
+type limits struct {
+	fileSize, bindings int
+}
+
+var defaultLimits = limits{fileSize: MaxFileSize, bindings: MaxBindings}
+
 func parseReader(r io.Reader, file string) (*Config, error) {
-	data, err := io.ReadAll(io.LimitReader(r, MaxFileSize+1))
+	return parseReaderLimits(r, file, defaultLimits)
+}
+
+func parseReaderLimits(r io.Reader, file string, lim limits) (*Config, error) {
+	data, err := io.ReadAll(io.LimitReader(r, int64(lim.fileSize)+1))
 	if err != nil {
 		if file != "" {
 			return nil, fmt.Errorf("read config %s: %w", file, err)
 		}
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	if len(data) > MaxFileSize {
-		return nil, &Error{File: file, Err: fmt.Errorf("%w: the file is larger than the limit of %d MiB; even %d bindings fit well within it, so check that this is the right file",
-			ErrTooLarge, MaxFileSize>>20, MaxBindings)}
+	if len(data) > lim.fileSize {
+		return nil, &Error{File: file, Err: fmt.Errorf("%w: the file is larger than the limit of %d bytes (%d MiB); %d bindings fit within it, so check that this is the right file",
+			ErrTooLarge, lim.fileSize, lim.fileSize>>20, lim.bindings)}
 	}
-	return parseBytes(data, file, true)
+	return parseBytesLimits(data, file, true, lim)
 }
 
 // parseBytes parses a whole config. With fast set, it first tries the line
 // scanner of fast.go on the bindings section and gives the rest of the
 // document to the YAML parser; the result is the same either way.
 func parseBytes(data []byte, file string, fast bool) (*Config, error) {
-	d := &decoder{file: file}
+	return parseBytesLimits(data, file, fast, defaultLimits)
+}
+
+func parseBytesLimits(data []byte, file string, fast bool, lim limits) (*Config, error) {
+	d := &decoder{file: file, maxBindings: lim.bindings}
 	if fast {
 		if fb, ok := scanBindings(data); ok {
 			d.pre = fb
@@ -132,6 +148,8 @@ type decoder struct {
 	raws []rawBinding
 	// pre holds bindings read by the fast scanner, if it was used.
 	pre *fastBindings
+	// maxBindings is the most bindings accepted (MaxBindings).
+	maxBindings int
 }
 
 func (d *decoder) fail(line int, path string, err error) {
@@ -187,8 +205,8 @@ func (d *decoder) document(root *yaml.Node) {
 				d.version(v)
 			case "bindings":
 				if d.pre != nil && k.Line == d.pre.keyLine && isNull(v) {
-					if n := len(d.pre.raws); n > MaxBindings {
-						d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, n, MaxBindings)
+					if n := len(d.pre.raws); n > d.maxBindings {
+						d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, n, d.maxBindings)
 					} else {
 						d.raws = d.pre.raws
 					}
@@ -229,8 +247,8 @@ func (d *decoder) bindings(k, n *yaml.Node) {
 	if !d.sequence(n, "bindings") {
 		return
 	}
-	if len(n.Content) > MaxBindings {
-		d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, len(n.Content), MaxBindings)
+	if len(n.Content) > d.maxBindings {
+		d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, len(n.Content), d.maxBindings)
 		return
 	}
 	d.raws = make([]rawBinding, 0, len(n.Content))
