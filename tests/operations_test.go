@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard-project/switchyard/internal/config"
 )
 
 // Applying 10,000 bindings prints the whole diff and takes at most a few
@@ -110,7 +112,12 @@ func TestBadInput(t *testing.T) {
 	w.mustCLI("bind", "web", "tcp", "10.1.0.0/24", "8000-8999")
 	before := w.mustCLI("bindings", "-o", "json") + w.mustCLI("status", "-o", "json")
 
-	huge := writeFile(t, "version: 1\nbindings:\n"+strings.Repeat("  - {label: a, protocol: tcp, prefix: 10.0.0.0/8, ports: \"1\"}\n", 300000))
+	// A file one byte over the limit, sparse: the CLI refuses it by its
+	// size before parsing.
+	huge := writeFile(t, "version: 1\nbindings:\n")
+	if err := os.Truncate(huge, config.MaxFileSize+1); err != nil {
+		t.Fatal(err)
+	}
 	long := strings.Repeat("x", 256)
 	for _, c := range []struct {
 		args []string
