@@ -38,6 +38,13 @@
 #define SY_IX_BUCKETS (1 << SY_IX_LOG2)
 #define SY_IX_WAYS 2
 
+/* Ports no binding serves: per generation and (protocol, family), one bit
+ * per port, set when no binding of that protocol and family covers the port
+ * (sy_noport[(gen*4 + proto*2 + family) * SY_NOPORT_WORDS + port/64]). A
+ * set bit ends a lookup at once; a clear one (as a fresh map has them) says
+ * nothing. */
+#define SY_NOPORT_WORDS (65536 / 64)
+
 /* Flags of struct sy_ix_bucket. */
 #define SY_IXB_VALID 1    /* written by a build that knows the index */
 #define SY_IXB_OVERFLOW 2 /* a prefix of this bucket is in no slot */

@@ -66,6 +66,13 @@ struct {
 } sy_index SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8 * SY_NOPORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sy_noport SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
 	__uint(max_entries, SY_MAX_LABELS * 4);
 	__type(key, __u32);
@@ -221,6 +228,13 @@ static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 	key.gen = cfg->gen & 1;
 
 	idx = key.gen * 4 + key.proto * 2 + key.family;
+	{
+		__u32 widx = idx * SY_NOPORT_WORDS + port / 64;
+		const __u64 *w = bpf_map_lookup_elem(&sy_noport, &widx);
+
+		if (w && (*w & (1ULL << (port & 63))))
+			return 0;
+	}
 	pl = bpf_map_lookup_elem(&sy_plens, &idx);
 	if (!pl)
 		return 0;

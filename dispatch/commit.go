@@ -174,6 +174,18 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	if err := batchPut(d.objs.SyIndex, bkeys, bvals); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
+	nkeys := make([]uint32, 0, len(lists)*noportWords)
+	nvals := make([]uint64, 0, len(lists)*noportWords)
+	for _, li := range lists {
+		base := (gen*4 + uint32(li)) * noportWords
+		for i, w := range m.use[li].noport() {
+			nkeys = append(nkeys, base+uint32(i))
+			nvals = append(nvals, w)
+		}
+	}
+	if err := batchPut(d.objs.SyNoport, nkeys, nvals); err != nil {
+		return fmt.Errorf("write port map: %w", err)
+	}
 	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
 		return fmt.Errorf("write prefix lengths: %w", err)
 	}

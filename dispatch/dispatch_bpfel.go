@@ -128,6 +128,7 @@ const (
 	dispatchMapSyFilter    = "sy_filter"
 	dispatchMapSyIndex     = "sy_index"
 	dispatchMapSyLabels    = "sy_labels"
+	dispatchMapSyNoport    = "sy_noport"
 	dispatchMapSyPlens     = "sy_plens"
 	dispatchMapSyPorts     = "sy_ports"
 	dispatchMapSyPrefixes  = "sy_prefixes"
@@ -191,6 +192,7 @@ type dispatchMapSpecs struct {
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
+	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.MapSpec `ebpf:"sy_prefixes"`
@@ -230,6 +232,7 @@ type dispatchMaps struct {
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
+	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.Map `ebpf:"sy_prefixes"`
@@ -245,6 +248,7 @@ func (m *dispatchMaps) Close() error {
 		m.SyFilter,
 		m.SyIndex,
 		m.SyLabels,
+		m.SyNoport,
 		m.SyPlens,
 		m.SyPorts,
 		m.SyPrefixes,

@@ -148,6 +148,7 @@ const (
 	explainMapSyFilter       = "sy_filter"
 	explainMapSyIndex        = "sy_index"
 	explainMapSyLabels       = "sy_labels"
+	explainMapSyNoport       = "sy_noport"
 	explainMapSyPlens        = "sy_plens"
 	explainMapSyPorts        = "sy_ports"
 	explainMapSyPrefixes     = "sy_prefixes"
@@ -218,6 +219,7 @@ type explainMapSpecs struct {
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
+	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.MapSpec `ebpf:"sy_prefixes"`
@@ -260,6 +262,7 @@ type explainMaps struct {
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
+	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.Map `ebpf:"sy_prefixes"`
@@ -275,6 +278,7 @@ func (m *explainMaps) Close() error {
 		m.SyFilter,
 		m.SyIndex,
 		m.SyLabels,
+		m.SyNoport,
 		m.SyPlens,
 		m.SyPorts,
 		m.SyPrefixes,

@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
 // The prefix index (sy_index, see bpf/dispatch.h) lets the program resolve
@@ -106,4 +108,58 @@ func (d *Dispatcher) buildIndex(m *model) error {
 		return err
 	}
 	return d.rewrite(m)
+}
+
+// noportWords is SY_NOPORT_WORDS.
+const noportWords = 65536 / 64
+
+// portUse counts the bindings of one (protocol, family) by port set, for
+// sy_noport.
+type portUse struct {
+	any    int
+	single map[uint16]int
+	ranges map[binding.Ports]int
+}
+
+func (u *portUse) add(p binding.Ports, n int) {
+	switch {
+	case p.IsAny():
+		u.any += n
+	case p.Single():
+		if u.single == nil {
+			u.single = map[uint16]int{}
+		}
+		if u.single[p.Lo] += n; u.single[p.Lo] <= 0 {
+			delete(u.single, p.Lo)
+		}
+	default:
+		if u.ranges == nil {
+			u.ranges = map[binding.Ports]int{}
+		}
+		if u.ranges[p] += n; u.ranges[p] <= 0 {
+			delete(u.ranges, p)
+		}
+	}
+}
+
+// noport is the value of sy_noport for u: a bit set for each port no
+// binding covers.
+func (u *portUse) noport() []uint64 {
+	w := make([]uint64, noportWords)
+	if u.any > 0 {
+		return w
+	}
+	for i := range w {
+		w[i] = ^uint64(0)
+	}
+	clear := func(p uint16) { w[p/64] &^= 1 << (p % 64) }
+	for p := range u.single {
+		clear(p)
+	}
+	for r := range u.ranges {
+		for p := int(r.Lo); p <= int(r.Hi); p++ {
+			clear(uint16(p))
+		}
+	}
+	return w
 }

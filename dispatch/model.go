@@ -70,6 +70,7 @@ type model struct {
 	bits    map[uint32]int        // filter bit -> prefix keys that set it
 	words   map[uint32]uint64     // filter word -> its value, kept with bits
 	ix      map[uint32][]groupKey // index bucket -> its groups, in key order
+	use     [4]portUse            // per proto*2+family: bindings by port set
 	slots   []bool                // table slots in use
 }
 
@@ -314,6 +315,9 @@ func (m *model) addGroupStats(gk groupKey, g *group) {
 	}
 	m.plens[gk.listIndex()][uint8(gk.prefix.Bits())]++
 	m.indexAdd(gk)
+	for _, pl := range g.ports {
+		m.use[gk.listIndex()].add(pl.ports, 1)
+	}
 	b := gk.bit()
 	if m.bits[b]++; m.bits[b] == 1 {
 		m.words[b/64] |= 1 << (b % 64)
@@ -334,6 +338,9 @@ func (m *model) dropGroupStats(gk groupKey, g *group) {
 		delete(m.plens[li], pl)
 	}
 	m.indexDrop(gk)
+	for _, pl := range g.ports {
+		m.use[gk.listIndex()].add(pl.ports, -1)
+	}
 	b := gk.bit()
 	if m.bits[b]--; m.bits[b] <= 0 {
 		delete(m.bits, b)

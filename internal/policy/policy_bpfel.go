@@ -187,6 +187,7 @@ const (
 	policyMapSyFilter        = "sy_filter"
 	policyMapSyIndex         = "sy_index"
 	policyMapSyLabels        = "sy_labels"
+	policyMapSyNoport        = "sy_noport"
 	policyMapSyP_bypass      = "sy_p_bypass"
 	policyMapSyP_config      = "sy_p_config"
 	policyMapSyP_cookies     = "sy_p_cookies"
@@ -269,6 +270,7 @@ type policyMapSpecs struct {
 	SyFilter    *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex     *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels    *ebpf.MapSpec `ebpf:"sy_labels"`
+	SyNoport    *ebpf.MapSpec `ebpf:"sy_noport"`
 	SyP_bypass  *ebpf.MapSpec `ebpf:"sy_p_bypass"`
 	SyP_config  *ebpf.MapSpec `ebpf:"sy_p_config"`
 	SyP_cookies *ebpf.MapSpec `ebpf:"sy_p_cookies"`
@@ -317,6 +319,7 @@ type policyMaps struct {
 	SyFilter    *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex     *ebpf.Map `ebpf:"sy_index"`
 	SyLabels    *ebpf.Map `ebpf:"sy_labels"`
+	SyNoport    *ebpf.Map `ebpf:"sy_noport"`
 	SyP_bypass  *ebpf.Map `ebpf:"sy_p_bypass"`
 	SyP_config  *ebpf.Map `ebpf:"sy_p_config"`
 	SyP_cookies *ebpf.Map `ebpf:"sy_p_cookies"`
@@ -341,6 +344,7 @@ func (m *policyMaps) Close() error {
 		m.SyFilter,
 		m.SyIndex,
 		m.SyLabels,
+		m.SyNoport,
 		m.SyP_bypass,
 		m.SyP_config,
 		m.SyP_cookies,
