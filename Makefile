@@ -38,7 +38,8 @@ fuzz: ## Run each fuzz test for FUZZTIME (default 30s).
 
 bench: ## Run the benchmarks COUNT times and print `name value unit` medians and ratios.
 	@$(GO) test -run '^$$' -bench '^BenchmarkLookup$$' -benchtime 1x -count 1 -timeout 30m ./dispatch/ | tee /tmp/switchyard-bench.txt >/dev/null
-	@$(GO) test -run '^$$' -bench 'AddBindings|BindOne' -benchtime 3x -count 1 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) test -run '^$$' -bench 'AddBindings|BindOne' -benchtime 3x -count 3 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
+	@$(GO) test -run '^$$' -bench '^BenchmarkRecover$$' -benchtime 1x -count 3 ./dispatch/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'Register|DaemonMemory|StatusUnderListingFlood|ApplyMillion' -count 3 -timeout 30m ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'ConfigWatch' -benchtime 9x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) test -run '^$$' -bench 'LookupCLI' -benchtime 10x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
