@@ -51,6 +51,10 @@
 
 /* Flags of struct sy_prefix_val. */
 #define SY_PV_PORTS 1 /* single ports of this prefix live in sy_ports */
+/* Every port range of this prefix wider than one port begins where a segment
+ * begins and ends where one ends: no merge of adjacent segments of one label
+ * hid its ends. The lookup explainer trusts it; the data path ignores it. */
+#define SY_PV_BOUNDS 2
 
 /* sy_config[0]: the generation the program reads. */
 struct sy_cfg {

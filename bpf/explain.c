@@ -4,11 +4,14 @@
  *
  * sy_explain finds the binding that wins for the context's destination: the
  * prefix length and label from the data path, resolved as sy_lookup_label
- * does it, then the narrowest port set of that
- * prefix holding the port among the recorded bindings (sy_bindings), by
- * probing, narrowest first and within a budget, the port sets inside the run
- * of ports the data path resolved the port in. sy_explain_walk finds it by
- * walking every recorded binding, for when that finds nothing.
+ * does it, then the narrowest port set of that prefix holding the port among
+ * the recorded bindings (sy_bindings), by probing: the port alone; the every
+ * port set when the port resolved to it; where the prefix keeps the ends of
+ * its ranges as segment ends (SY_PV_BOUNDS), the port sets from a segment's
+ * start to a segment's end around the port's segment; else, narrowest first
+ * and within a budget, the port sets inside the run of ports the data path
+ * resolved the port in. sy_explain_walk finds it by walking every recorded
+ * binding, for when that finds nothing.
  * Both leave what they found in sy_result.
  *
  * sy_uncount takes back, on the CPU it runs on, what one test run of the
@@ -172,10 +175,17 @@ static long probe_one(__u64 i, void *p)
 	return sy_probe_step(p) ? 1 : 0;
 }
 
+/* How a port resolved: by an exact port, a segment, or every port. */
+#define RUN_PORT 1
+#define RUN_SEG 2
+#define RUN_ANY 3
+
 /* A run of ports and the label that serves them. */
 struct port_run {
 	__u32 first, last;
 	__u32 label;
+	__u32 how; /* RUN_* */
+	__u32 seg; /* index of the segment, for RUN_SEG */
 };
 
 /* The scan of an overflow table for the segment holding port. */
@@ -184,6 +194,7 @@ struct seg_scan {
 	__u32 port;
 	__u32 first, last; /* the segment found; first > last: none */
 	__u32 label;
+	__u32 idx;
 };
 
 /* Segment i of the table; 1 when done. A global function, so that the
@@ -208,6 +219,7 @@ __noinline int sy_scan_step(struct seg_scan *sc, __u32 i)
 	sc->first = t->segs[i].lo;
 	sc->last = t->segs[i].hi;
 	sc->label = t->segs[i].label;
+	sc->idx = i;
 	return 1;
 }
 
@@ -228,6 +240,8 @@ __noinline int sy_resolve_run(const struct sy_prefix_val *v, const struct sy_pre
 	run->first = 0;
 	run->last = 65535;
 	run->label = 0;
+	run->how = RUN_ANY;
+	run->seg = 0;
 	if (v->flags & SY_PV_PORTS) {
 		struct sy_port_key pk = { .prefix = *key, .port = port };
 		__u32 *label = bpf_map_lookup_elem(&sy_ports, &pk);
@@ -235,6 +249,7 @@ __noinline int sy_resolve_run(const struct sy_prefix_val *v, const struct sy_pre
 		if (label && *label) {
 			run->first = run->last = port;
 			run->label = *label;
+			run->how = RUN_PORT;
 			return 0;
 		}
 	}
@@ -246,6 +261,8 @@ __noinline int sy_resolve_run(const struct sy_prefix_val *v, const struct sy_pre
 			run->first = sc.first;
 			run->last = sc.last;
 			run->label = sc.label;
+			run->how = RUN_SEG;
+			run->seg = sc.idx;
 			return 0;
 		}
 	} else {
@@ -256,12 +273,102 @@ __noinline int sy_resolve_run(const struct sy_prefix_val *v, const struct sy_pre
 				run->first = v->segs[i].lo;
 				run->last = v->segs[i].hi;
 				run->label = v->segs[i].label;
+				run->how = RUN_SEG;
+				run->seg = i;
 				return 0;
 			}
 		}
 	}
 	run->label = v->any_label;
 	return 0;
+}
+
+/* The state of the probe of the port sets from the start of segment i to
+ * the end of segment j, i <= seg <= j, over segments that adjoin: i from seg
+ * down, and for each i, j from seg up. The ranges holding the port nest, so
+ * the first one found, with the greatest start and then the least end, is
+ * the narrowest. */
+struct seg_probe {
+	struct sy_binding_key key;
+	struct sy_seg segs[8]; /* inline segments, when table is 0 */
+	__u32 table;
+	__u32 nseg;
+	__u32 seg; /* the port's segment */
+	__u32 i, j;
+};
+
+static __always_inline int seg_at(const struct seg_probe *sp, __u32 k, struct sy_seg *out)
+{
+	if (k >= sp->nseg)
+		return 0;
+	if (sp->table) {
+		__u32 idx = sp->table;
+		const struct sy_table *t = bpf_map_lookup_elem(&sy_tables, &idx);
+
+		if (!t || k >= SY_TABLE_SEGS)
+			return 0;
+		asm volatile("" : "+r"(k));
+		k &= SY_TABLE_SEGS - 1;
+		*out = t->segs[k];
+		return 1;
+	}
+	if (k >= SY_INLINE_SEGS)
+		return 0;
+	asm volatile("" : "+r"(k));
+	k &= 7;
+	*out = sp->segs[k];
+	return 1;
+}
+
+/* Whether segments k-1 and k adjoin. */
+static __always_inline int adjoin(const struct seg_probe *sp, __u32 k)
+{
+	struct sy_seg a, b;
+
+	if (k == 0 || !seg_at(sp, k - 1, &a) || !seg_at(sp, k, &b))
+		return 0;
+	return (__u32)a.hi + 1 == b.lo;
+}
+
+/* One probe; 1 when done. A global function, so that the verifier checks
+ * it once. */
+__noinline int sy_seg_probe_step(struct seg_probe *sp)
+{
+	struct sy_seg a, b;
+	__u32 *label;
+
+	if (!sp)
+		return 1;
+	if (sp->i > sp->seg)
+		return 1;
+	if (sp->j > sp->seg && !adjoin(sp, sp->j)) {
+		/* No port set starting at segment i is left: the next i. */
+		if (!adjoin(sp, sp->i))
+			return 1;
+		sp->i--;
+		sp->j = sp->seg;
+		return 0;
+	}
+	if (!seg_at(sp, sp->i, &a) || !seg_at(sp, sp->j, &b))
+		return 1;
+	sp->key.lo = a.lo;
+	sp->key.hi = b.hi;
+	label = bpf_map_lookup_elem(&sy_bindings, &sp->key);
+	sy_result.visited++;
+	if (label) {
+		sy_result.key = sp->key;
+		sy_result.label = *label;
+		sy_result.width = (__u32)b.hi - a.lo + 1;
+		sy_result.exact = 1;
+		return 1;
+	}
+	sp->j++;
+	return 0;
+}
+
+static long seg_probe_one(__u64 i, void *sp)
+{
+	return sy_seg_probe_step(sp) ? 1 : 0;
 }
 
 /* The state of the walk down the prefix lengths in use. */
@@ -311,6 +418,37 @@ __noinline int sy_descend_step(struct descent *d)
 static long descend_one(__u64 i, void *d)
 {
 	return sy_descend_step(d) ? 1 : 0;
+}
+
+/* Probes the port sets between the segment ends of d's prefix around the
+ * port's segment, if the prefix keeps the ends of its ranges (SY_PV_BOUNDS);
+ * 1 if it did, whether or not it found one. */
+static __always_inline int explain_by_segments(const struct descent *d, const struct sy_binding_key *key)
+{
+	const struct sy_prefix_val *v;
+	struct seg_probe sp = {};
+
+	v = bpf_map_lookup_elem(&sy_prefixes, &d->key);
+	if (!v || !(v->flags & SY_PV_BOUNDS))
+		return 0;
+	sp.key = *key;
+	sp.table = v->table;
+	if (v->table) {
+		__u32 idx = v->table;
+		const struct sy_table *t = bpf_map_lookup_elem(&sy_tables, &idx);
+
+		if (!t)
+			return 0;
+		sp.nseg = t->nseg;
+	} else {
+		sp.nseg = v->nseg;
+		for (int k = 0; k < SY_INLINE_SEGS; k++)
+			sp.segs[k] = v->segs[k];
+	}
+	sp.seg = sp.i = sp.j = d->run.seg;
+	/* Each pair of segments once, and a step to each next i. */
+	bpf_loop(SY_TABLE_SEGS * (SY_TABLE_SEGS + 1), seg_probe_one, &sp, 0);
+	return 1;
 }
 
 SEC("sk_lookup")
@@ -365,6 +503,20 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 	p.last = d.run.last;
 	p.width = 1;
 	p.lo = q.port;
+	/* The port alone: the narrowest set there is. */
+	if (sy_probe_step(&p))
+		return SK_PASS;
+	if (d.run.how == RUN_ANY) {
+		/* No range holds the port, or its segment would. */
+		p.width = 65536;
+		p.first = 0;
+		p.last = 65535;
+		p.lo = 0;
+		sy_probe_step(&p);
+		return SK_PASS;
+	}
+	if (d.run.how == RUN_SEG && explain_by_segments(&d, &p.key))
+		return SK_PASS;
 	bpf_loop(SY_PROBE_BUDGET, probe_one, &p, 0);
 	return SK_PASS;
 }

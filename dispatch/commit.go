@@ -29,6 +29,9 @@ func (g *group) val(gen uint32) dispatchSyPrefixVal {
 	if g.c.ports != nil {
 		v.Flags |= 1 // SY_PV_PORTS
 	}
+	if g.c.bounds {
+		v.Flags |= 2 // SY_PV_BOUNDS
+	}
 	if g.c.useTable() {
 		v.Table = gen*tablesPerGen + g.slot
 	} else {

@@ -28,6 +28,11 @@ type compiled struct {
 	anyLabel uint32
 	ports    map[uint16]uint32 // exact ports; nil when all fit in segs
 	segs     []seg
+	// bounds: every port range wider than one port begins where a segment
+	// begins and ends where one ends (no merge of segments hides its
+	// ends), so the explainer finds the binding that wins from the
+	// segments (SY_PV_BOUNDS).
+	bounds bool
 }
 
 // useTable reports whether segs live in a table rather than inline.
@@ -52,6 +57,7 @@ func compile(ports []portBinding) (compiled, error) {
 	}
 	c.segs = slices.Clip(flatten(all))
 	if len(c.segs) <= inlineSegs {
+		c.bounds = keepsBounds(c.segs, ranges)
 		return c, nil
 	}
 	// Too many for the prefix entry: single ports go to the exact-port map,
@@ -66,7 +72,23 @@ func compile(ports []portBinding) (compiled, error) {
 	if len(c.segs) > tableSegs {
 		return compiled{}, fmt.Errorf("%w: the port ranges of one prefix make %d segments, more than %d; use fewer, wider ranges", ErrCapacity, len(c.segs), tableSegs)
 	}
+	c.bounds = keepsBounds(c.segs, ranges)
 	return c, nil
+}
+
+// keepsBounds reports whether each of ranges begins where one of segs
+// (sorted, disjoint) begins and ends where one ends.
+func keepsBounds(segs []seg, ranges []portBinding) bool {
+	for _, r := range ranges {
+		i, found := slices.BinarySearchFunc(segs, r.ports.Lo, func(s seg, p uint16) int { return cmp.Compare(s.lo, p) })
+		if !found {
+			return false
+		}
+		if _, found := slices.BinarySearchFunc(segs[i:], r.ports.Hi, func(s seg, p uint16) int { return cmp.Compare(s.hi, p) }); !found {
+			return false
+		}
+	}
+	return true
 }
 
 type portBinding struct {

@@ -246,15 +246,13 @@ func words(a netip.Addr) (v4 uint32, v6 [4]uint32) {
 	return 0, v6
 }
 
-// Explain tells what the dispatch program does with traffic of protocol
-// proto to dst from src (which may be the zero AddrPort). dst and src must
-// be of one family; IPv4-mapped IPv6 addresses are taken as IPv4.
-func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Explanation, error) {
-	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+// queryCtx is the test run context of traffic of protocol proto to dst
+// (unmapped) from src.
+func queryCtx(proto binding.Protocol, dst, src netip.AddrPort) (sockLookupCtx, error) {
 	if src.IsValid() {
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		if src.Addr().Is4() != dst.Addr().Is4() {
-			return Explanation{}, fmt.Errorf("lookup: %s and %s are of different address families", dst, src)
+			return sockLookupCtx{}, fmt.Errorf("lookup: %s and %s are of different address families", dst, src)
 		}
 	}
 	ctx := sockLookupCtx{LocalPort: uint32(dst.Port())}
@@ -264,7 +262,7 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 	case binding.UDP:
 		ctx.Protocol = unix.IPPROTO_UDP
 	default:
-		return Explanation{}, fmt.Errorf("lookup: protocol %s: %w", proto, binding.ErrInvalid)
+		return ctx, fmt.Errorf("lookup: protocol %s: %w", proto, binding.ErrInvalid)
 	}
 	ctx.Family = unix.AF_INET6
 	if dst.Addr().Is4() {
@@ -276,6 +274,18 @@ func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Ex
 		var p [2]byte
 		binary.BigEndian.PutUint16(p[:], src.Port())
 		ctx.RemotePort = binary.NativeEndian.Uint16(p[:])
+	}
+	return ctx, nil
+}
+
+// Explain tells what the dispatch program does with traffic of protocol
+// proto to dst from src (which may be the zero AddrPort). dst and src must
+// be of one family; IPv4-mapped IPv6 addresses are taken as IPv4.
+func (e *Explainer) Explain(proto binding.Protocol, dst, src netip.AddrPort) (Explanation, error) {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	ctx, err := queryCtx(proto, dst, src)
+	if err != nil {
+		return Explanation{}, err
 	}
 
 	unlock, err := e.lock()

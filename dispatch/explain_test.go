@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
@@ -178,5 +180,105 @@ func TestExplainMatchesReference(t *testing.T) {
 				t.Errorf("%s: explain says %s, connection: %q %v", dst, got.Verdict, label, err)
 			}
 		}
+	}
+}
+
+// Explain names the binding binding.Lookup names where ranges of one label
+// nest, so that their segments merge (web 1-100 and web 50-60), where
+// ranges of other labels nest, in overflow tables, for the every-port set,
+// and at and around every end of every range. Where a prefix keeps the
+// ends of its ranges as segment ends, the explainer finds the winner
+// without the walk, in at most 2 + n² probes for n segments.
+func TestExplainNestedRanges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	host := func(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, 0, byte(i)}), 32) }
+	tcp := func(label string, p netip.Prefix, lo, hi uint16) binding.Binding {
+		return binding.Binding{Label: label, Protocol: binding.TCP, Prefix: p, Ports: binding.Ports{Lo: lo, Hi: hi}}
+	}
+	// merged: prefixes whose segments hide a range's end.
+	merged := map[netip.Prefix]bool{host(1): true, host(3): true, host(7): true}
+	bs := []binding.Binding{
+		// Same label nested: one segment 1-100.
+		tcp("web", host(1), 1, 100), tcp("web", host(1), 50, 60),
+		// Other labels nested, a single port inside, every port around.
+		tcp("web", host(2), 1, 100), tcp("api", host(2), 50, 60), tcp("web", host(2), 55, 55),
+		tcp("db", host(2), 0, 65535),
+		// The benchmark's shape: adjacent single ports of one label merge.
+		tcp("web", host(5), 80, 80), tcp("web", host(5), 81, 81), tcp("web", host(5), 82, 82), tcp("web", host(5), 8000, 8999),
+		// Every port alone, and beside one single port.
+		tcp("db", host(6), 0, 65535), tcp("api", host(6), 443, 443),
+	}
+	// Overflow tables: host 3 nests ranges of one label, host 4 of
+	// alternating labels inside one outer range, host 7 merges the
+	// outer range with a child of its label at its start.
+	for i := range 10 {
+		lo := uint16(1000 + 100*i)
+		l := []string{"web", "api"}[i%2]
+		bs = append(bs, tcp(l, host(3), lo, lo+49), tcp(l, host(3), lo+10, lo+19), tcp("db", host(3), lo+15, lo+15))
+		bs = append(bs, tcp(l, host(4), lo, lo+49), tcp([]string{"api", "web"}[i%2], host(4), lo+10, lo+19), tcp("db", host(4), lo+15, lo+15))
+		bs = append(bs, tcp(l, host(7), lo, lo+49), tcp([]string{"api", "web"}[i%2], host(7), lo+10, lo+19))
+	}
+	bs = append(bs, tcp("db", host(4), 900, 2100), tcp("db", host(7), 900, 2100), tcp("db", host(7), 900, 950))
+	if _, _, err := e.d.ReplaceBindings(bs, false); err != nil {
+		t.Fatal(err)
+	}
+	x, err := OpenExplainer(e.root, e.d.nsInode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+
+	ports := map[uint16]bool{0: true, 1: true, 65535: true, 30000: true}
+	for _, b := range bs {
+		for _, p := range []int{int(b.Ports.Lo) - 1, int(b.Ports.Lo), int(b.Ports.Lo) + 1, (int(b.Ports.Lo) + int(b.Ports.Hi)) / 2, int(b.Ports.Hi) - 1, int(b.Ports.Hi), int(b.Ports.Hi) + 1} {
+			if p >= 0 && p <= 65535 {
+				ports[uint16(p)] = true
+			}
+		}
+	}
+	// A prefix with r ranges has at most 2r+1 segments.
+	ranges := map[netip.Prefix]int{}
+	for _, b := range bs {
+		if !b.Ports.Single() && !b.Ports.IsAny() {
+			ranges[b.Prefix]++
+		}
+	}
+	walked := 0
+	for h := 1; h <= 8; h++ {
+		for port := range ports {
+			dst := netip.AddrPortFrom(host(h).Addr(), port)
+			got, err := x.Explain(binding.TCP, dst, netip.AddrPort{})
+			if err != nil {
+				t.Fatalf("%s: %v", dst, err)
+			}
+			want, ok := binding.Lookup(bs, binding.TCP, dst)
+			if got.Matched != ok || (ok && got.Binding != want) {
+				t.Fatalf("%s: explain %v %v, reference %v %v", dst, got.Matched, got.Binding, ok, want)
+			}
+			if !ok || merged[host(h)] {
+				continue
+			}
+			// The first program alone finds it.
+			ctx, err := queryCtx(binding.TCP, dst, netip.AddrPort{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := x.explain.Run(&ebpf.RunOptions{Context: ctx}); err != nil {
+				t.Fatal(err)
+			}
+			var res explainSyExplained
+			if err := x.result.Get(&res); err != nil {
+				t.Fatal(err)
+			}
+			n := uint64(2*ranges[host(h)] + 1)
+			if res.Exact == 0 || res.Visited > 2+n*n {
+				t.Errorf("%s (%v): the explainer probed %d port sets and found the winner: %v; want it found within %d", dst, want, res.Visited, res.Exact != 0, 2+n*n)
+				walked++
+			}
+		}
+	}
+	if walked > 0 {
+		t.Errorf("%d lookups needed the walk or many probes", walked)
 	}
 }
