@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -432,20 +433,23 @@ func (e *Explainer) takeBack(label, what uint32) error {
 }
 
 // pinToCPU binds the calling thread, locked to it by the caller, to the
-// CPU it runs on, and returns that CPU and how to undo it.
+// CPU it runs on, and returns that CPU and how to undo it. The CPU it runs
+// on rather than another: moving there would wait for that CPU's queue,
+// which on a busy machine costs more than the whole lookup.
 func pinToCPU() (int, func(), error) {
 	var old unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &old); err != nil {
 		return 0, nil, fmt.Errorf("lookup: cpu affinity: %w", err)
 	}
-	cpu := -1
-	for i := range 1024 {
-		if old.IsSet(i) {
-			cpu = i
-			break
-		}
+	var cur uint32
+	if _, _, errno := unix.RawSyscall(unix.SYS_GETCPU, uintptr(unsafe.Pointer(&cur)), 0, 0); errno != 0 {
+		return 0, nil, fmt.Errorf("lookup: getcpu: %w", errno)
 	}
-	if cpu < 0 {
+	cpu := int(cur)
+	for i := 0; !old.IsSet(cpu) && i < 1024; i++ {
+		cpu = i // moved since: any CPU it may run on
+	}
+	if !old.IsSet(cpu) {
 		return 0, nil, errors.New("lookup: no cpu to run on")
 	}
 	var one unix.CPUSet
