@@ -12,8 +12,9 @@ import (
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
-// millionBindings makes 1,048,576 distinct bindings over 262,144 host
-// addresses: three single ports and a port range each.
+// millionBindings makes 1,048,576 distinct bindings: over 262,144 host
+// addresses, three single ports and a port range each, except the last
+// host's range, which is an every-port binding of 10.9.0.0/16 instead.
 func millionBindings() []binding.Binding {
 	const n = 1 << 20
 	bs := make([]binding.Binding, 0, n)
@@ -21,9 +22,12 @@ func millionBindings() []binding.Binding {
 		h := i / 4
 		b := binding.Binding{Label: "l" + string(rune('a'+h%20)), Protocol: binding.TCP,
 			Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(h >> 16), byte(h >> 8), byte(h)}), 32)}
-		if i%4 < 3 {
+		switch {
+		case i%4 < 3:
 			b.Ports = binding.Ports{Lo: uint16(80 + i%4), Hi: uint16(80 + i%4)}
-		} else {
+		case i == n-1:
+			b.Prefix, b.Ports = netip.MustParsePrefix("10.9.0.0/16"), binding.AnyPort
+		default:
 			b.Ports = binding.Ports{Lo: 8000, Hi: 8999}
 		}
 		bs = append(bs, b)
@@ -32,12 +36,15 @@ func millionBindings() []binding.Binding {
 }
 
 // BenchmarkLookupCLI measures `switchyard lookup` end to end, the CLI
-// process from start to exit, with 1,048,576 bindings pinned and no
-// daemon: a host binding with a socket, a /24 range without one, and
-// traffic no binding takes.
+// process from start to exit, with 1,048,576 bindings pinned, first with
+// no daemon, then with switchyardd serving the state: a host port with a
+// socket, the middle of a port range with and without one, an every-port
+// binding, a port no binding serves at a bound address, and an address no
+// binding covers.
 func BenchmarkLookupCLI(b *testing.B) {
 	w := newWorldNoDaemon(b)
 	bs := millionBindings()
+	host := bs[5] // label lb, port 81 of 10.0.0.1
 	func() {
 		d, err := dispatch.Open(w.ns.Path(), dispatch.Options{Root: w.root})
 		if err != nil {
@@ -49,28 +56,39 @@ func BenchmarkLookupCLI(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.Logf("bound %d bindings in %v", len(bs), time.Since(start))
-		if _, err := d.Register(bs[5].Label, w.ns.ListenTCP(b, "127.0.0.1:0")); err != nil {
+		if _, err := d.Register(host.Label, w.ns.ListenTCP(b, "127.0.0.1:0")); err != nil {
 			b.Fatal(err)
 		}
 	}()
-	for _, tc := range []struct{ name, dst, verdict string }{
-		{"host-delivered", netip.AddrPortFrom(bs[5].Prefix.Addr(), bs[5].Ports.Lo).String(), "delivered"},
+	cases := []struct{ name, dst, verdict string }{
+		{"host-delivered", netip.AddrPortFrom(host.Prefix.Addr(), host.Ports.Lo).String(), "delivered"},
+		{"range-delivered", "10.0.0.1:8500", "delivered"},
 		{"range-refused", "10.0.0.2:8500", "refused"},
-		{"none-kernel", "10.200.0.1:443", "kernel"},
-	} {
-		b.Run(tc.name, func(b *testing.B) {
-			args := []string{"--netns", w.ns.Path(), "lookup", "tcp", tc.dst, "-o", "json", "--bpffs", w.root}
-			for b.Loop() {
-				out, err := exec.CommandContext(context.Background(), bin.switchyard, args...).Output()
-				if err != nil {
-					b.Fatalf("lookup: %v", err)
-				}
-				var got struct{ Verdict string }
-				if err := json.Unmarshal(out, &got); err != nil || got.Verdict != tc.verdict {
-					b.Fatalf("lookup %s: %s, want verdict %s", tc.dst, out, tc.verdict)
-				}
-			}
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/lookup")
-		})
+		{"every-port-refused", "10.9.1.1:5000", "refused"},
+		{"port-miss-kernel", "10.0.0.2:443", "kernel"},
+		{"address-miss-kernel", "10.200.0.1:8500", "kernel"},
 	}
+	run := func(b *testing.B, daemon string) {
+		for _, tc := range cases {
+			b.Run(daemon+"/"+tc.name, func(b *testing.B) {
+				args := []string{"--netns", w.ns.Path(), "--control", w.control, "lookup", "tcp", tc.dst, "-o", "json", "--bpffs", w.root}
+				for b.Loop() {
+					out, err := exec.CommandContext(context.Background(), bin.switchyard, args...).Output()
+					if err != nil {
+						b.Fatalf("lookup: %v", err)
+					}
+					var got struct{ Verdict string }
+					if err := json.Unmarshal(out, &got); err != nil || got.Verdict != tc.verdict {
+						b.Fatalf("lookup %s: %s, want verdict %s", tc.dst, out, tc.verdict)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/lookup")
+			})
+		}
+	}
+	run(b, "no-daemon")
+	w.ready = 5 * time.Minute
+	w.d = w.startDaemon()
+	w.registerTCP(host.Label, "tcp", "127.0.0.1:0")
+	run(b, "daemon")
 }
