@@ -47,7 +47,7 @@ func v4Host(i int, host byte) netip.Addr {
 
 func v6Net(i int) netip.Addr {
 	var a [16]byte
-	copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
+	copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
 	return netip.AddrFrom16(a)
 }
 
