@@ -137,3 +137,49 @@ func asList(ports map[binding.Ports]uint32) []portBinding {
 	}
 	return out
 }
+
+// compile says whether the segments keep the ends of every range wider
+// than one port, which the lookup explainer relies on.
+func TestCompileKeepsBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ports map[binding.Ports]uint32
+		want  bool
+	}{
+		{"one label nested", map[binding.Ports]uint32{{Lo: 1, Hi: 100}: 1, {Lo: 50, Hi: 60}: 1}, false},
+		{"other labels nested", map[binding.Ports]uint32{{Lo: 1, Hi: 100}: 1, {Lo: 50, Hi: 60}: 2, {Lo: 55, Hi: 55}: 1}, true},
+		{"adjacent ranges of one label", map[binding.Ports]uint32{{Lo: 1, Hi: 10}: 1, {Lo: 11, Hi: 20}: 1}, false},
+		{"adjacent single ports of one label", map[binding.Ports]uint32{{Lo: 80, Hi: 80}: 1, {Lo: 81, Hi: 81}: 1, {Lo: 8000, Hi: 8999}: 1}, true},
+		{"single port inside a range of its label", map[binding.Ports]uint32{{Lo: 8000, Hi: 8999}: 1, {Lo: 8080, Hi: 8080}: 1}, true},
+		{"every port", map[binding.Ports]uint32{binding.AnyPort: 1, {Lo: 443, Hi: 443}: 1}, true},
+	} {
+		c, err := compile(asList(tc.ports))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.bounds != tc.want {
+			t.Errorf("%s: bounds %v, want %v (segments %v)", tc.name, c.bounds, tc.want, c.segs)
+		}
+	}
+	// In a table: single ports go to the exact-port map, so they no
+	// longer split the ranges' segments.
+	ports := map[binding.Ports]uint32{}
+	for i := range 8 {
+		lo := uint16(1000 + 100*i)
+		ports[binding.Ports{Lo: lo, Hi: lo + 49}] = uint32(1 + i%2)
+		ports[binding.Ports{Lo: lo + 10, Hi: lo + 10}] = 3
+	}
+	ports[binding.Ports{Lo: 1000, Hi: 1049}] = 1
+	ports[binding.Ports{Lo: 1000, Hi: 1020}] = 1 // nests at the start, one label
+	c, err := compile(asList(ports))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.useTable() || c.bounds {
+		t.Errorf("table %v: bounds %v, want false (segments %v)", c.useTable(), c.bounds, c.segs)
+	}
+	delete(ports, binding.Ports{Lo: 1000, Hi: 1020})
+	if c, err = compile(asList(ports)); err != nil || !c.bounds {
+		t.Errorf("table: bounds %v (%v), want true (segments %v)", c.bounds, err, c.segs)
+	}
+}
