@@ -55,9 +55,9 @@ func compile(ports []portBinding) (compiled, error) {
 			ranges = append(ranges, pb)
 		}
 	}
-	c.segs = slices.Clip(flatten(all))
+	c.segs = slices.Clip(flatten(all, false))
 	if len(c.segs) <= inlineSegs {
-		c.bounds = keepsBounds(c.segs, ranges)
+		c.segs, c.bounds = withBounds(c.segs, all, ranges, inlineSegs)
 		return c, nil
 	}
 	// Too many for the prefix entry: single ports go to the exact-port map,
@@ -68,12 +68,34 @@ func compile(ports []portBinding) (compiled, error) {
 			c.ports[pb.ports.Lo] = pb.label
 		}
 	}
-	c.segs = flatten(ranges)
+	c.segs = flatten(ranges, false)
 	if len(c.segs) > tableSegs {
 		return compiled{}, fmt.Errorf("%w: the port ranges of one prefix make %d segments, more than %d; use fewer, wider ranges", ErrCapacity, len(c.segs), tableSegs)
 	}
-	c.bounds = keepsBounds(c.segs, ranges)
+	limit := tableSegs
+	if !c.useTable() {
+		limit = inlineSegs
+	}
+	c.segs, c.bounds = withBounds(c.segs, ranges, ranges, limit)
 	return c, nil
+}
+
+// withBounds returns segs, flattened from in, and whether they keep the
+// ends of ranges; if they do not, segs split again at those ends where
+// that costs nothing the data path feels: the prefix keeps its place
+// (inline or in a table) and, with one segment, its index slot.
+func withBounds(segs []seg, in, ranges []portBinding, limit int) ([]seg, bool) {
+	if keepsBounds(segs, ranges) {
+		return segs, true
+	}
+	if len(segs) <= 1 {
+		return segs, false
+	}
+	split := flatten(in, true)
+	if len(split) > limit {
+		return segs, false
+	}
+	return slices.Clip(split), keepsBounds(split, ranges)
 }
 
 // keepsBounds reports whether each of ranges begins where one of segs
@@ -98,20 +120,30 @@ type portBinding struct {
 
 // flatten turns laminar port ranges into sorted, disjoint segments, each
 // served by the narrowest range that holds it. Ports no range holds are left
-// out. Adjacent segments of one label are merged.
-func flatten(bs []portBinding) []seg {
+// out. Adjacent segments of one label are merged, unless split and the
+// port between them is an end of a range wider than one port.
+func flatten(bs []portBinding, split bool) []seg {
 	slices.SortFunc(bs, func(a, b portBinding) int {
 		if c := cmp.Compare(a.ports.Lo, b.ports.Lo); c != 0 {
 			return c
 		}
 		return cmp.Compare(b.ports.Hi, a.ports.Hi) // outer first
 	})
+	var ends map[int]bool // ports that begin a segment when split
+	if split {
+		ends = map[int]bool{}
+		for _, b := range bs {
+			if !b.ports.Single() {
+				ends[int(b.ports.Lo)], ends[int(b.ports.Hi)+1] = true, true
+			}
+		}
+	}
 	var out []seg
 	emit := func(lo, hi int, label uint32) {
 		if lo > hi {
 			return
 		}
-		if n := len(out); n > 0 && out[n-1].label == label && int(out[n-1].hi)+1 == lo {
+		if n := len(out); n > 0 && out[n-1].label == label && int(out[n-1].hi)+1 == lo && !ends[lo] {
 			out[n-1].hi = uint16(hi)
 			return
 		}

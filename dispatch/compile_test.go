@@ -146,9 +146,15 @@ func TestCompileKeepsBounds(t *testing.T) {
 		ports map[binding.Ports]uint32
 		want  bool
 	}{
+		// One segment stays one (the index holds it): not split.
 		{"one label nested", map[binding.Ports]uint32{{Lo: 1, Hi: 100}: 1, {Lo: 50, Hi: 60}: 1}, false},
 		{"other labels nested", map[binding.Ports]uint32{{Lo: 1, Hi: 100}: 1, {Lo: 50, Hi: 60}: 2, {Lo: 55, Hi: 55}: 1}, true},
 		{"adjacent ranges of one label", map[binding.Ports]uint32{{Lo: 1, Hi: 10}: 1, {Lo: 11, Hi: 20}: 1}, false},
+		// Split again where that keeps them inline.
+		{"adjacent ranges of one label beside another", map[binding.Ports]uint32{{Lo: 1, Hi: 10}: 1, {Lo: 11, Hi: 20}: 1, {Lo: 30, Hi: 40}: 2}, true},
+		{"nested ranges of one label beside another", map[binding.Ports]uint32{{Lo: 1, Hi: 100}: 1, {Lo: 50, Hi: 60}: 1, {Lo: 200, Hi: 300}: 2}, true},
+		{"split would not fit inline", map[binding.Ports]uint32{{Lo: 1, Hi: 100}: 1, {Lo: 50, Hi: 60}: 1, {Lo: 200, Hi: 200}: 2,
+			{Lo: 300, Hi: 300}: 2, {Lo: 400, Hi: 400}: 2, {Lo: 500, Hi: 500}: 2, {Lo: 600, Hi: 600}: 2}, false},
 		{"adjacent single ports of one label", map[binding.Ports]uint32{{Lo: 80, Hi: 80}: 1, {Lo: 81, Hi: 81}: 1, {Lo: 8000, Hi: 8999}: 1}, true},
 		{"single port inside a range of its label", map[binding.Ports]uint32{{Lo: 8000, Hi: 8999}: 1, {Lo: 8080, Hi: 8080}: 1}, true},
 		{"every port", map[binding.Ports]uint32{binding.AnyPort: 1, {Lo: 443, Hi: 443}: 1}, true},
@@ -175,11 +181,7 @@ func TestCompileKeepsBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.useTable() || c.bounds {
-		t.Errorf("table %v: bounds %v, want false (segments %v)", c.useTable(), c.bounds, c.segs)
-	}
-	delete(ports, binding.Ports{Lo: 1000, Hi: 1020})
-	if c, err = compile(asList(ports)); err != nil || !c.bounds {
-		t.Errorf("table: bounds %v (%v), want true (segments %v)", c.bounds, err, c.segs)
+	if !c.useTable() || !c.bounds || len(c.segs) != 9 {
+		t.Errorf("table %v: bounds %v, want true, split into 9 segments: %v", c.useTable(), c.bounds, c.segs)
 	}
 }

@@ -196,8 +196,9 @@ func TestExplainNestedRanges(t *testing.T) {
 	tcp := func(label string, p netip.Prefix, lo, hi uint16) binding.Binding {
 		return binding.Binding{Label: label, Protocol: binding.TCP, Prefix: p, Ports: binding.Ports{Lo: lo, Hi: hi}}
 	}
-	// merged: prefixes whose segments hide a range's end.
-	merged := map[netip.Prefix]bool{host(1): true, host(3): true, host(7): true}
+	// merged: prefixes whose segments hide a range's end (one segment,
+	// which compile does not split).
+	merged := map[netip.Prefix]bool{host(1): true, host(9): true}
 	bs := []binding.Binding{
 		// Same label nested: one segment 1-100.
 		tcp("web", host(1), 1, 100), tcp("web", host(1), 50, 60),
@@ -208,10 +209,16 @@ func TestExplainNestedRanges(t *testing.T) {
 		tcp("web", host(5), 80, 80), tcp("web", host(5), 81, 81), tcp("web", host(5), 82, 82), tcp("web", host(5), 8000, 8999),
 		// Every port alone, and beside one single port.
 		tcp("db", host(6), 0, 65535), tcp("api", host(6), 443, 443),
+		// Adjacent ranges of one label: one segment.
+		tcp("web", host(9), 1000, 1999), tcp("web", host(9), 2000, 2999),
+		// Adjacent and nested ranges of one label beside another's:
+		// split again.
+		tcp("web", host(10), 1000, 1999), tcp("web", host(10), 2000, 2999), tcp("web", host(10), 2100, 2200),
+		tcp("api", host(10), 4000, 4999),
 	}
 	// Overflow tables: host 3 nests ranges of one label, host 4 of
-	// alternating labels inside one outer range, host 7 merges the
-	// outer range with a child of its label at its start.
+	// alternating labels inside one outer range, host 7 nests a range
+	// of the outer one's label at its start.
 	for i := range 10 {
 		lo := uint16(1000 + 100*i)
 		l := []string{"web", "api"}[i%2]
@@ -245,7 +252,7 @@ func TestExplainNestedRanges(t *testing.T) {
 		}
 	}
 	walked := 0
-	for h := 1; h <= 8; h++ {
+	for h := 1; h <= 10; h++ {
 		for port := range ports {
 			dst := netip.AddrPortFrom(host(h).Addr(), port)
 			got, err := x.Explain(binding.TCP, dst, netip.AddrPort{})
