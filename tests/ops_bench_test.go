@@ -14,7 +14,9 @@ import (
 
 // millionBindings makes 1,048,576 distinct bindings: over 262,144 host
 // addresses, three single ports and a port range each, except the last
-// host's range, which is an every-port binding of 10.9.0.0/16 instead.
+// host's range, which is an every-port binding of 10.9.0.0/16 instead, and
+// the last but one host's four, which are 8000-8999 in four adjacent
+// ranges of one label (one segment, see README "lookup").
 func millionBindings() []binding.Binding {
 	const n = 1 << 20
 	bs := make([]binding.Binding, 0, n)
@@ -23,6 +25,9 @@ func millionBindings() []binding.Binding {
 		b := binding.Binding{Label: "l" + string(rune('a'+h%20)), Protocol: binding.TCP,
 			Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(h >> 16), byte(h >> 8), byte(h)}), 32)}
 		switch {
+		case h == n/4-2:
+			lo := uint16(8000 + 250*(i%4))
+			b.Ports = binding.Ports{Lo: lo, Hi: lo + 249}
 		case i%4 < 3:
 			b.Ports = binding.Ports{Lo: uint16(80 + i%4), Hi: uint16(80 + i%4)}
 		case i == n-1:
@@ -67,6 +72,7 @@ func BenchmarkLookupCLI(b *testing.B) {
 		{"every-port-refused", "10.9.1.1:5000", "refused"},
 		{"port-miss-kernel", "10.0.0.2:443", "kernel"},
 		{"address-miss-kernel", "10.200.0.1:8500", "kernel"},
+		{"merged-range-refused", "10.3.255.254:8300", "refused"},
 	}
 	run := func(b *testing.B, daemon string) {
 		for _, tc := range cases {
