@@ -8,7 +8,6 @@ import (
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
-	"github.com/switchyard-project/switchyard/internal/server"
 )
 
 // exportConfig prints what is in force as a config file that apply accepts
@@ -54,16 +53,16 @@ func (inv *invocation) exportConfig(r *reader) error {
 			return fmt.Errorf("bindings: read the pinned bindings: %w", err)
 		}
 		cfg.Bindings = bs
-		path := server.DefaultStatePath(r.controlPath)
-		saved, err := readSettingsFile(path)
+		saved, err := r.settings()
 		if err != nil {
-			return fmt.Errorf("bindings: label settings %s: %w: without them the export would drop policies and grants; start switchyardd and export again", path, err)
+			return fmt.Errorf("bindings: label settings: %w: without them the export would drop policies and grants; start switchyardd and export again", err)
 		}
 		for name, s := range saved {
-			l := config.Label{Grants: s.grants, Policy: s.policy}
-			if s.upstream != "" {
-				if l.Upstream, err = config.ParseUpstream(s.upstream); err != nil {
-					return fmt.Errorf("bindings: label settings %s: label %s: %w", path, name, err)
+			l := config.Label{Grants: s.Grants}
+			l.Policy, _ = control.ParsePolicy(s.Policy) // DecodeSettings checked it
+			if s.Upstream != "" {
+				if l.Upstream, err = config.ParseUpstream(s.Upstream); err != nil {
+					return fmt.Errorf("bindings: label settings: label %s: %w", name, err)
 				}
 			}
 			cfg.Labels[name] = l

@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/netip"
 	"os"
@@ -13,9 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
-	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
+	"github.com/switchyard-project/switchyard/internal/safepath"
 	"github.com/switchyard-project/switchyard/internal/server"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 )
@@ -119,7 +117,8 @@ func (inv *invocation) pinnedStatus(r *reader, label string) (*control.StatusRes
 		ls := get(dst.Label)
 		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: dst.Protocol, Family: dst.Family, Local: eps[dst.Cookie], Cookie: dst.Cookie})
 	}
-	settings := readSettings(server.DefaultStatePath(r.controlPath))
+	// Leniently: status without the policies beats no status.
+	settings, _ := r.settings()
 	for name := range settings {
 		get(name)
 	}
@@ -129,8 +128,9 @@ func (inv *invocation) pinnedStatus(r *reader, label string) (*control.StatusRes
 	}
 	for name, s := range settings {
 		ls := get(name)
-		ls.Policy, ls.Upstream = s.policy, s.upstream
-		if s.policy != control.PolicyNone {
+		ls.Policy, _ = control.ParsePolicy(s.Policy) // DecodeSettings checked it
+		ls.Upstream = s.Upstream
+		if ls.Policy != control.PolicyNone {
 			ls.PolicyState = "not known: switchyardd is not running (pinned bypass state and splice workers go on without it)"
 		}
 	}
@@ -166,47 +166,27 @@ func (inv *invocation) endpoints() map[uint64]netip.AddrPort {
 	return eps
 }
 
-type savedSettings struct {
-	policy   control.Policy
-	upstream string
-	grants   config.Grants
-}
-
-// readSettings reads the policies from the daemon's label settings file,
-// leniently: what it cannot read it leaves out.
-func readSettings(path string) map[string]savedSettings {
-	out, _ := readSettingsFile(path)
-	return out
-}
-
-// readSettingsFile reads the daemon's label settings file. A missing file
-// means no settings.
-func readSettingsFile(path string) (map[string]savedSettings, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
+// settings returns the label settings recorded with the bindings in force.
+// State of a build that kept them only in the file beside the control
+// socket has none recorded; then that file is read, with the daemon's own
+// path checks and parser. No settings at all is an empty map.
+func (r *reader) settings() (map[string]*server.LabelSettings, error) {
+	blob, ok, err := r.d.Settings()
+	if err != nil {
+		return nil, fmt.Errorf("read the recorded label settings: %w", err)
+	}
+	if !ok {
+		path := server.DefaultStatePath(r.controlPath)
+		blob, err = safepath.ReadFile("label settings", path, server.MaxStateFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(blob) == 0 {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var raw map[string]struct {
-		Grants   config.Grants `json:"grants"`
-		Policy   string        `json:"policy"`
-		Upstream string        `json:"upstream"`
-	}
-	if err := json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&raw); err != nil {
-		return nil, fmt.Errorf("read: %w", err)
-	}
-	out := make(map[string]savedSettings, len(raw))
-	for name, s := range raw {
-		p := control.PolicyNone
-		if s.Policy != "" {
-			if p, err = control.ParsePolicy(s.Policy); err != nil {
-				return nil, fmt.Errorf("label %s: %w", name, err)
-			}
-		}
-		out[name] = savedSettings{p, s.Upstream, s.Grants}
-	}
-	return out, nil
+	return server.DecodeSettings(blob)
 }

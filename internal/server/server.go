@@ -137,7 +137,7 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	from := "the dispatch state"
 	if !ok && s.statePath != "" {
 		// Settings of a build that kept them in the file alone.
-		blob, err = safepath.ReadFile("label settings", s.statePath, maxStateFile)
+		blob, err = safepath.ReadFile("label settings", s.statePath, MaxStateFile)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
 			blob = nil
@@ -149,7 +149,7 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	if blob == nil {
 		return s, nil
 	}
-	m, err := decodeSettings(blob)
+	m, err := DecodeSettings(blob)
 	if err != nil {
 		return nil, fmt.Errorf("read label settings from %s: %w", from, err)
 	}
@@ -204,9 +204,9 @@ func (s *Server) persist() error {
 	return nil
 }
 
-// maxStateFile bounds the label settings file the daemon reads: 16,384
+// MaxStateFile bounds the label settings file the daemon reads: 16,384
 // labels with long grant lists fit well within it.
-const maxStateFile = 64 << 20
+const MaxStateFile = 64 << 20
 
 // Labels returns a copy of the label settings.
 func (s *Server) Labels() map[string]LabelSettings {

@@ -38,9 +38,9 @@ func encodeSettings(m map[string]*LabelSettings) ([]byte, error) {
 // errBadSettings says that recorded label settings cannot be read.
 var errBadSettings = errors.New("bad recorded label settings")
 
-// decodeSettings reads label settings as recorded (or as saved in the file
+// DecodeSettings reads label settings as recorded (or as saved in the file
 // of older builds), refusing what no daemon would have written.
-func decodeSettings(b []byte) (map[string]*LabelSettings, error) {
+func DecodeSettings(b []byte) (map[string]*LabelSettings, error) {
 	m := map[string]*LabelSettings{}
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadSettings, err)

@@ -23,7 +23,7 @@ func FuzzRecordedSettings(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := decodeSettings(b)
+		m, err := DecodeSettings(b)
 		if err != nil {
 			if !errors.Is(err, errBadSettings) {
 				t.Fatalf("decode %q: %v, not errBadSettings", b, err)
@@ -34,7 +34,7 @@ func FuzzRecordedSettings(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := decodeSettings(enc)
+		again, err := DecodeSettings(enc)
 		if err != nil {
 			t.Fatalf("settings read from %q do not read back: %v", b, err)
 		}
@@ -54,7 +54,7 @@ func TestSettingsOfOlderFile(t *testing.T) {
     "upstream": "127.0.0.1:53"
   }
 }`)
-	m, err := decodeSettings(file)
+	m, err := DecodeSettings(file)
 	if err != nil {
 		t.Fatal(err)
 	}
