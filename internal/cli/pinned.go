@@ -3,19 +3,15 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"os"
-	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/control"
-	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/safepath"
 	"github.com/switchyard-project/switchyard/internal/server"
-	"github.com/switchyard-project/switchyard/internal/sockinfo"
 )
 
 // Read commands work without the daemon: when no daemon answers on the
@@ -87,83 +83,31 @@ func (inv *invocation) dialOrPinned() (*reader, error) {
 // the settings file the daemon keeps beside its control socket, if it can
 // be read. Policy state and counters need the daemon.
 func (inv *invocation) pinnedStatus(r *reader, label string) (*control.StatusResponse, error) {
-	d := r.d
-	counts, err := d.BindingCounts()
+	counts, err := r.d.BindingCounts()
 	if err != nil {
 		return nil, err
-	}
-	dests, err := d.Destinations()
-	if err != nil {
-		return nil, err
-	}
-	counters, _, err := d.Counters()
-	if err != nil {
-		return nil, err
-	}
-	byLabel := map[string]*control.LabelStatus{}
-	get := func(name string) *control.LabelStatus {
-		ls := byLabel[name]
-		if ls == nil {
-			ls = &control.LabelStatus{Label: name}
-			byLabel[name] = ls
-		}
-		return ls
-	}
-	for name, n := range counts {
-		get(name).Bindings = n
-	}
-	eps := inv.endpoints()
-	for _, dst := range dests {
-		ls := get(dst.Label)
-		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: dst.Protocol, Family: dst.Family, Local: eps[dst.Cookie], Cookie: dst.Cookie})
 	}
 	// Leniently: status without the policies beats no status.
 	settings, _ := r.settings()
-	for name := range settings {
-		get(name)
-	}
-	for name, c := range counters {
-		ls := get(name)
-		ls.Lookups, ls.Hits, ls.Missing, ls.BadSocket = c.Lookups, c.Hits, c.Missing, c.BadSocket
-	}
-	for name, s := range settings {
-		ls := get(name)
-		ls.Policy, _ = control.ParsePolicy(s.Policy) // DecodeSettings checked it
-		ls.Upstream = s.Upstream
-		if ls.Policy != control.PolicyNone {
-			ls.PolicyState = "not known: switchyardd is not running (pinned bypass state and splice workers go on without it)"
-		}
-	}
-	st := &control.StatusResponse{NetNS: d.NetNSCookie()}
-	for _, name := range slices.Sorted(maps.Keys(byLabel)) {
-		if label != "" && name != label {
-			continue
-		}
-		st.Labels = append(st.Labels, *byLabel[name])
-	}
-	if label != "" && len(st.Labels) == 0 {
-		return nil, fmt.Errorf("status: label %s: %w: no binding, socket or setting has this label: run 'switchyard status' to see the labels", label, dispatch.ErrNotFound)
-	}
-	return st, nil
-}
-
-// endpoints are where the sockets of the namespace are bound, by cookie;
-// empty if the kernel does not say.
-func (inv *invocation) endpoints() map[uint64]netip.AddrPort {
-	eps := map[uint64]netip.AddrPort{}
-	ns, err := netns.Open(inv.netns)
-	if err != nil {
+	endpoints := func() map[uint64]netip.AddrPort {
+		eps, _ := server.Endpoints(inv.netns)
 		return eps
 	}
-	defer ns.Close()
-	ns.Do(func() error {
-		found, err := sockinfo.Endpoints()
-		if err == nil {
-			eps = found
+	unknown := func(byLabel map[string]*control.LabelStatus) {
+		for _, ls := range byLabel {
+			if ls.Policy != control.PolicyNone {
+				ls.PolicyState = "not known: switchyardd is not running (pinned bypass state and splice workers go on without it)"
+			}
 		}
-		return err
-	})
-	return eps
+	}
+	labels, err := server.BuildStatus(r.d, counts, settings, endpoints, unknown, label)
+	if err != nil {
+		return nil, err
+	}
+	if label != "" && len(labels) == 0 {
+		return nil, fmt.Errorf("status: label %s: %w: no binding, socket or setting has this label: run 'switchyard status' to see the labels", label, dispatch.ErrNotFound)
+	}
+	return &control.StatusResponse{NetNS: r.d.NetNSCookie(), Labels: labels}, nil
 }
 
 // settings returns the label settings recorded with the bindings in force.

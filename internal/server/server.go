@@ -548,11 +548,29 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	dests, err := s.d.Destinations()
+	labels, err := BuildStatus(s.d, counts, s.labelsNow(), s.endpoints, s.policyStatus, label)
 	if err != nil {
 		return nil, err
 	}
-	counters, _, err := s.d.Counters()
+	if label != "" && len(labels) == 0 {
+		return nil, fmt.Errorf("status %s: %w: no binding, socket or setting has this label", label, dispatch.ErrNotFound)
+	}
+	return &control.StatusResponse{Version: Version, NetNS: s.d.NetNSCookie(), Labels: labels}, nil
+}
+
+// BuildStatus assembles the status of label ("" for every label) from what
+// d reports, the binding counts per label and the label settings in force.
+// The daemon and the CLI reading pinned state without it both build status
+// here. endpoints gives the sockets' addresses by cookie and is called only
+// if a socket is shown; policyState, if not nil, fills in each label's
+// policy state. The labels come in name order; none for a label means no
+// binding, socket or setting has it.
+func BuildStatus(d *dispatch.Dispatcher, counts map[string]int, settings map[string]*LabelSettings, endpoints func() map[uint64]netip.AddrPort, policyState func(map[string]*control.LabelStatus), label string) ([]control.LabelStatus, error) {
+	dests, err := d.Destinations()
+	if err != nil {
+		return nil, err
+	}
+	counters, _, err := d.Counters()
 	if err != nil {
 		return nil, err
 	}
@@ -565,46 +583,40 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 		}
 		return ls
 	}
-	for label, n := range counts {
-		get(label).Bindings = n
+	for name, n := range counts {
+		get(name).Bindings = n
 	}
 	var eps map[uint64]netip.AddrPort
-	for _, d := range dests {
-		if label != "" && d.Label != label {
+	for _, dst := range dests {
+		if label != "" && dst.Label != label {
 			continue
 		}
 		if eps == nil {
-			eps = s.endpoints()
+			eps = endpoints()
 		}
-		ls := get(d.Label)
-		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: d.Protocol, Family: d.Family, Local: eps[d.Cookie], Cookie: d.Cookie})
-	}
-	settings := s.Labels()
-	for name := range settings {
-		get(name)
+		ls := get(dst.Label)
+		ls.Sockets = append(ls.Sockets, control.SocketStatus{Protocol: dst.Protocol, Family: dst.Family, Local: eps[dst.Cookie], Cookie: dst.Cookie})
 	}
 	for name, c := range counters {
 		ls := get(name)
 		ls.Lookups, ls.Hits, ls.Missing, ls.BadSocket = c.Lookups, c.Hits, c.Missing, c.BadSocket
 	}
-	for name, ls := range byLabel {
-		if st, ok := settings[name]; ok {
-			p, _ := control.ParsePolicy(st.Policy)
-			ls.Policy, ls.Upstream = p, st.Upstream
-		}
+	for name, st := range settings {
+		ls := get(name)
+		ls.Policy, _ = control.ParsePolicy(st.Policy) // validated when set or decoded
+		ls.Upstream = st.Upstream
 	}
-	s.policyStatus(byLabel)
-	res := &control.StatusResponse{Version: Version, NetNS: s.d.NetNSCookie()}
+	if policyState != nil {
+		policyState(byLabel)
+	}
+	var out []control.LabelStatus
 	for _, name := range slices.Sorted(maps.Keys(byLabel)) {
 		if label != "" && name != label {
 			continue
 		}
-		res.Labels = append(res.Labels, *byLabel[name])
+		out = append(out, *byLabel[name])
 	}
-	if label != "" && len(res.Labels) == 0 {
-		return nil, fmt.Errorf("status %s: %w: no binding, socket or setting has this label", label, dispatch.ErrNotFound)
-	}
-	return res, nil
+	return out, nil
 }
 
 func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, error) {
@@ -805,21 +817,29 @@ func DefaultStatePath(controlPath string) string {
 // endpoints returns the addresses of the namespace's sockets by cookie, for
 // status; on failure none (status then names sockets by cookie).
 func (s *Server) endpoints() map[uint64]netip.AddrPort {
-	eps := map[uint64]netip.AddrPort{}
-	ns, err := netns.Open(s.netnsPath)
+	eps, err := Endpoints(s.netnsPath)
 	if err != nil {
 		s.log.Debug("socket addresses", "err", err)
-		return eps
+	}
+	return eps
+}
+
+// Endpoints returns the addresses of the sockets of the network namespace at
+// netnsPath ("" for the caller's own) by cookie, from the kernel's socket
+// diagnostics. On error the map is empty, never nil.
+func Endpoints(netnsPath string) (map[uint64]netip.AddrPort, error) {
+	eps := map[uint64]netip.AddrPort{}
+	ns, err := netns.Open(netnsPath)
+	if err != nil {
+		return eps, err
 	}
 	defer ns.Close()
-	if err := ns.Do(func() error {
+	err = ns.Do(func() error {
 		found, err := sockinfo.Endpoints()
 		if err == nil {
 			eps = found
 		}
 		return err
-	}); err != nil {
-		s.log.Debug("socket addresses", "err", err)
-	}
-	return eps
+	})
+	return eps, err
 }
