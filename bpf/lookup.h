@@ -10,7 +10,7 @@
 
 #include "dispatch.h"
 
-/* Capacities; the loader may override max_entries. */
+/* Capacities, fixed here: the loader uses every max_entries as written. */
 #define SY_MAX_LABELS 16384
 
 struct {

@@ -15,7 +15,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
-// scaleBindings is the product's limit on bindings (DESIGN.md, Scale).
+// scaleBindings is the product's limit on bindings (README, "Scale").
 const scaleBindings = 1 << 20
 
 // TestApplyMillionBindings applies a file of 1,048,576 bindings with the

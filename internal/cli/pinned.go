@@ -16,7 +16,7 @@ import (
 
 // Read commands work without the daemon: when no daemon answers on the
 // control socket, they read the pinned state read-only, under the state's
-// shared lock, as the kernel has it (DESIGN.md, "State and lifecycle").
+// shared lock, as the kernel has it (README, "Reading without the daemon").
 
 var bpffsFlag = flagSpec{names: []string{"bpffs"}, value: "DIR", help: "bpf filesystem directory of switchyard's pinned state, read when switchyardd does not answer (default: " + dispatch.DefaultRoot + ")"}
 

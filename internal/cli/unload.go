@@ -21,8 +21,8 @@ import (
 // daemon to exit after SIGTERM.
 const daemonStopTimeout = 20 * time.Second
 
-// runUnload takes switchyard out of a namespace (DESIGN.md, "State and
-// lifecycle"): the daemon, if asked to; the splice workers; the program, its
+// runUnload takes switchyard out of a namespace (README, "Taking
+// switchyard out"): the daemon, if asked to; the splice workers; the program, its
 // link and every pin; the files beside the control socket.
 func runUnload(inv *invocation) error {
 	if err := inv.wantArgs(0, 0); err != nil {

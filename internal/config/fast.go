@@ -2,8 +2,8 @@ package config
 
 import "bytes"
 
-// The YAML parser reads about 10 MB/s, which makes a config of 10,000
-// bindings take over 60 ms to parse. Almost all of such a file is its
+// The YAML parser is about ten times slower than the scanner here (figures
+// in doc.go, "Speed"). Almost all of a large config file is its
 // bindings list, and almost every bindings list uses one line per entry in a
 // small subset of YAML (the form Marshal writes) or short block mappings. The
 // scanner here reads that subset directly: it handles a document that
@@ -16,7 +16,7 @@ import "bytes"
 //
 // The scanner never reports errors: on anything outside the subset it gives
 // up and the whole file goes to the YAML parser. It only accepts text that
-// the YAML parser reads the same way, which FuzzFastPath checks.
+// the YAML parser reads the same way, which FuzzParse checks.
 
 type fastBindings struct {
 	raws    []rawBinding

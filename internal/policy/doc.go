@@ -1,5 +1,5 @@
 // Package policy applies connection policies to the connections that
-// dispatched sockets accept, per label (DESIGN.md, "Connection policies"):
+// dispatched sockets accept, per label (README, "Connection policies"):
 //
 //   - bypass: a sockops program on a cgroup v2 directory puts both ends of a
 //     TCP connection to a bypass label into a sockhash, and an SK_MSG

@@ -372,7 +372,9 @@ func (s *Server) reloadConfig(path, why string, force bool, w *configWatch) {
 		s.log.Debug("config file event; content unchanged", "file", path)
 		return
 	}
-	// As systemd's Type=notify-reload expects.
+	// The units are Type=notify with ExecReload sending SIGHUP: RELOADING=1
+	// (stamped with the monotonic clock) marks the unit reloading until the
+	// READY=1 that reports the outcome.
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	notify(s.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
