@@ -17,7 +17,7 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "9654512e1b9c26acf96a67cb7d563153c3f34eb8"
+const landedMain = "4362dae5f27c3ab461104b5c4833e726672c21b5"
 
 // buildLanded builds switchyard and switchyardd of commit rev from the
 // repository's history into a directory of the test's own and returns it.
