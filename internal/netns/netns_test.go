@@ -1,0 +1,206 @@
+package netns_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/netns"
+	"github.com/switchyard-project/switchyard/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := testenv.CheckFDLeaks(m)
+	// The main thread's namespace: Run must never move it.
+	if now, err := os.Readlink("/proc/self/ns/net"); err != nil || now != host {
+		fmt.Fprintf(os.Stderr, "main thread's network namespace changed: %s -> %s (%v)\n", host, now, err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+func threadNS(t *testing.T) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+func newNS(t *testing.T) *netns.NS {
+	t.Helper()
+	testenv.RequireRoot(t)
+	ns, err := netns.New(netns.LoUp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
+// Run enters the namespace and leaves the caller's thread where it was;
+// errors, panics and Goexit come back to the caller.
+func TestRun(t *testing.T) {
+	ns := newNS(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	host := threadNS(t)
+	want, err := ns.Inode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside uint64
+	if err := ns.Do(func() error { inside = threadNS(t); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if inside != want || inside == host {
+		t.Errorf("fn ran in namespace %d, want %d (host %d)", inside, want, host)
+	}
+	if now := threadNS(t); now != host {
+		t.Errorf("caller's thread moved to %d, host %d", now, host)
+	}
+
+	sentinel := errors.New("sentinel")
+	if err := ns.Do(func() error { return sentinel }); !errors.Is(err, sentinel) {
+		t.Errorf("Run error = %v, want sentinel", err)
+	}
+	if err := ns.Do(func() error { runtime.Goexit(); return nil }); err == nil || !strings.Contains(err.Error(), "Goexit") {
+		t.Errorf("Run with runtime.Goexit = %v, want an error naming Goexit", err)
+	}
+	func() {
+		defer func() {
+			if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "boom") {
+				t.Errorf("recovered %v, want the panic from fn", r)
+			}
+		}()
+		_ = ns.Do(func() error { panic("boom") })
+	}()
+	var c1, c2 uint64
+	if c1, err = ns.Cookie(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Do(func() error { c2, err = netns.ThreadCookie(); return err }); err != nil || c1 != c2 || c1 == 0 {
+		t.Errorf("cookies %d and %d (%v)", c1, c2, err)
+	}
+}
+
+// capSysAdmin reports whether the calling thread has CAP_SYS_ADMIN in its
+// effective set; dropCapSysAdmin takes it out (capabilities are per thread).
+func capSysAdmin() (bool, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false, err
+	}
+	return data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0, nil
+}
+
+func dropCapSysAdmin() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return err
+	}
+	data[0].Effective &^= 1 << unix.CAP_SYS_ADMIN
+	return unix.Capset(&hdr, &data[0])
+}
+
+// A thread that cannot switch back (here: fn dropped the capability setns
+// needs) never runs another goroutine: every thread the scheduler hands out
+// afterwards is in the host namespace with its capabilities.
+func TestRunDropsThreadThatCannotSwitchBack(t *testing.T) {
+	ns := newNS(t)
+	host := threadNS(t)
+	for range 20 {
+		err := ns.Do(func() error {
+			if err := dropCapSysAdmin(); err != nil {
+				return err
+			}
+			if ok, err := capSysAdmin(); err != nil || ok {
+				return fmt.Errorf("CAP_SYS_ADMIN still effective (%v)", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 400)
+	for range 400 {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			var st unix.Stat_t
+			if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+				errs <- err
+				return
+			}
+			if st.Ino != host {
+				errs <- fmt.Errorf("a scheduler thread is in namespace %d, host is %d", st.Ino, host)
+			}
+			if ok, err := capSysAdmin(); err != nil || !ok {
+				errs <- fmt.Errorf("a scheduler thread lacks CAP_SYS_ADMIN (%v): a thread that failed to switch back was reused", err)
+			}
+			runtime.Gosched()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// Concurrent calls each get their own thread in the namespace.
+func TestRunConcurrent(t *testing.T) {
+	ns := newNS(t)
+	want, err := ns.Inode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for range 100 {
+		wg.Go(func() {
+			errs <- ns.Do(func() error {
+				var st unix.Stat_t
+				if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+					return err
+				}
+				if st.Ino != want {
+					return fmt.Errorf("in namespace %d, want %d", st.Ino, want)
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestOpenRefusesOtherFiles(t *testing.T) {
+	if _, err := netns.Open("/proc/self/stat"); err == nil || !strings.Contains(err.Error(), "not a namespace file") {
+		t.Errorf("Open(/proc/self/stat) = %v, want 'not a namespace file'", err)
+	}
+	if _, err := netns.Open("/nonexistent/ns"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Open(/nonexistent/ns) = %v, want ErrNotExist", err)
+	}
+}
