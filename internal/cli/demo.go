@@ -47,15 +47,9 @@ func runDemo(inv *invocation) (err error) {
 	w := inv.stdout()
 	fail := func(what string, err error) error { return fmt.Errorf("demo: %s: %w", what, err) }
 
-	nsFD, err := newThrowawayNetNS(demoPrefix)
+	ns, err := newThrowawayNetNS(demoPrefix)
 	if err != nil {
 		return fail("create network namespace", err)
-	}
-	defer unix.Close(nsFD)
-	nsPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), nsFD)
-	ns, err := netns.Open(nsPath)
-	if err != nil {
-		return fail("open network namespace", err)
 	}
 	defer ns.Close()
 

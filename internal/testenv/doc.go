@@ -4,10 +4,12 @@
 //
 // What it owns:
 //   - NetNS: an anonymous network namespace held by one file descriptor,
-//     created with unshare(CLONE_NEWNET) on a locked OS thread that is then
-//     left to exit. Its lo is up. Helpers run code inside it (Do), add local
-//     routes, addresses and veth pairs with raw rtnetlink, open MPTCP-free
-//     sockets in it, and start other programs in it (Command, via nsenter).
+//     created by internal/netns.New. Its lo is up. Helpers run code inside
+//     it (Do, which is internal/netns.Run), add local routes, addresses and
+//     veth pairs (github.com/vishvananda/netlink), open MPTCP-free sockets
+//     in it, and start other programs in it (Command, via nsenter).
+//   - WaitFor and Poll: the one way tests wait for a condition that has no
+//     readiness signal, failing with what was last seen.
 //   - BPFFS: a bpffs instance mounted on a new temporary directory.
 //   - CheckFDLeaks and RequireRoot, for TestMain and test preambles.
 //   - ScaleBinding: the bindings of the tests and benchmarks at 1,048,576.
@@ -22,9 +24,8 @@
 // Threads: the Go scheduler moves goroutines between OS threads, and a
 // network namespace belongs to a thread. Do therefore runs its function on a
 // new goroutine locked to its own thread, switches that thread into the
-// namespace and never unlocks it, so the thread exits when the function
-// returns instead of going back to the scheduler's pool in the wrong
-// namespace. Sockets keep the namespace they were created in, so a socket
+// namespace and back afterwards; a thread that cannot switch back exits
+// instead of going back to the scheduler's pool in the wrong namespace. Sockets keep the namespace they were created in, so a socket
 // opened inside Do may be used from any goroutine afterwards. Goroutines
 // started by the function itself run on other threads, in the host
 // namespace; dial IP literals only (name resolution may use other threads).

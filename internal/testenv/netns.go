@@ -6,16 +6,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/netns"
 )
 
 // ErrClosed is returned by NetNS.Do once the namespace's cleanup has run.
@@ -27,6 +27,7 @@ var ErrClosed = errors.New("network namespace closed")
 // for concurrent use.
 type NetNS struct {
 	mu     sync.RWMutex
+	h      *netns.NS
 	fd     int // -1 once closed
 	path   string
 	cookie uint64
@@ -51,109 +52,19 @@ func NewNetNS(tb testing.TB) *NetNS {
 }
 
 func newNetNS() (*NetNS, error) {
-	type result struct {
-		fd     int
-		cookie uint64
-		err    error
-	}
-	var r result
-	runOnThrowawayThread(func() {
-		r.fd, r.cookie, r.err = unshareNetNS()
-	})
-	if r.err != nil {
-		return nil, r.err
-	}
-	return &NetNS{
-		fd:     r.fd,
-		path:   fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), r.fd),
-		cookie: r.cookie,
-	}, nil
-}
-
-// runOnThrowawayThread runs fn on a new goroutine locked to an OS thread
-// that exits when fn returns (or calls runtime.Goexit), so fn may change the
-// thread's namespace without it ever running other goroutines. It returns
-// when fn is done.
-//
-// A goroutine that exits locked kills its thread, except on the main thread
-// (m0): the runtime cannot let the thread group leader exit, so it parks it
-// forever instead. A namespace entered there would stay the namespace of
-// /proc/self/ns/net (and be kept alive) for the rest of the process. So when
-// the goroutine lands on the main thread, it keeps that thread locked,
-// untouched, while a nested goroutine, which must then run elsewhere, does
-// the work.
-func runOnThrowawayThread(fn func()) {
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() == unix.Getpid() {
-			runOnThrowawayThread(fn)
-			runtime.UnlockOSThread()
-			close(done)
-			return
+	var cookie uint64
+	h, err := netns.New(func() error {
+		if err := netns.LoUp(); err != nil {
+			return err
 		}
-		// Never unlocked: the thread exits with this goroutine.
-		defer close(done)
-		fn()
-	}()
-	<-done
-}
-
-// unshareNetNS moves the calling (locked) thread into a new namespace and
-// returns a descriptor for it and its cookie, with lo brought up.
-func unshareNetNS() (int, uint64, error) {
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		return -1, 0, fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
-	}
-	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		c, err := netns.ThreadCookie()
+		cookie = c
+		return err
+	})
 	if err != nil {
-		return -1, 0, fmt.Errorf("open namespace: %w", err)
+		return nil, err
 	}
-	cookie, err := setUpNetNS()
-	if err != nil {
-		unix.Close(fd)
-		return -1, 0, err
-	}
-	return fd, cookie, nil
-}
-
-// setUpNetNS brings lo up in the calling thread's namespace and returns the
-// namespace's cookie.
-func setUpNetNS() (uint64, error) {
-	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("open socket: %w", err)
-	}
-	defer unix.Close(sock)
-
-	cookie, err := getsockoptUint64(sock, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-	if err != nil {
-		return 0, fmt.Errorf("read SO_NETNS_COOKIE: %w", err)
-	}
-
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return 0, fmt.Errorf("bring lo up: %w", err)
-	}
-	if err := unix.IoctlIfreq(sock, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return 0, fmt.Errorf("bring lo up: get flags: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(sock, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return 0, fmt.Errorf("bring lo up: set flags: %w", err)
-	}
-	return cookie, nil
-}
-
-func getsockoptUint64(fd, level, opt int) (uint64, error) {
-	var v uint64
-	l := uint32(unsafe.Sizeof(v))
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
-		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return v, nil
+	return &NetNS{h: h, fd: h.FD(), path: h.Path(), cookie: cookie}, nil
 }
 
 func (ns *NetNS) close() error {
@@ -162,7 +73,7 @@ func (ns *NetNS) close() error {
 	if ns.fd < 0 {
 		return nil
 	}
-	err := unix.Close(ns.fd)
+	err := ns.h.Close()
 	ns.fd = -1
 	if err != nil {
 		return fmt.Errorf("close namespace fd: %w", err)
@@ -193,74 +104,37 @@ func (ns *NetNS) Cookie() uint64 {
 }
 
 // Do runs fn on an OS thread that has entered the namespace and returns its
-// error. The thread is used for nothing else and exits afterwards, so
-// neither the caller nor any other goroutine ever runs in the namespace by
-// accident. Concurrent calls are fine; each gets its own thread.
+// error (netns.Run: the thread is switched back afterwards, or ended if it
+// cannot be, so neither the caller nor any other goroutine ever runs in the
+// namespace by accident). Concurrent calls are fine; each gets its own
+// thread.
 //
 // fn must not call t.FailNow, t.Fatal or t.Skip (it does not run on the test
 // goroutine): return an error instead. A panic in fn is re-raised in the
 // caller. Goroutines that fn starts do not run in the namespace.
 func (ns *NetNS) Do(fn func() error) error {
-	type result struct {
-		err      error
-		finished bool
-		panicked bool
-		value    any
-		stack    []byte
-	}
-	var r result
-	runOnThrowawayThread(func() {
-		defer func() {
-			if !r.finished {
-				if v := recover(); v != nil {
-					r.panicked, r.value, r.stack = true, v, debug.Stack()
-				}
-			}
-		}()
-		if err := ns.enter(); err != nil {
-			r.err = err
-		} else {
-			r.err = fn()
-		}
-		r.finished = true
-	})
-	switch {
-	case r.panicked:
-		panic(fmt.Sprintf("panic in NetNS.Do: %v\n\n%s", r.value, r.stack))
-	case !r.finished:
-		return errors.New("function passed to NetNS.Do called runtime.Goexit (t.FailNow, t.Fatal, t.Skip?); return an error instead")
-	}
-	return r.err
-}
-
-// enter moves the calling, locked thread into the namespace.
-func (ns *NetNS) enter() error {
+	// A handle of Do's own, so that the cleanup can close the
+	// namespace's while fn still runs.
 	ns.mu.RLock()
-	defer ns.mu.RUnlock()
 	if ns.fd < 0 {
+		ns.mu.RUnlock()
 		return ErrClosed
 	}
-	if err := unix.Setns(ns.fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("setns: %w", err)
+	fd, err := unix.FcntlInt(uintptr(ns.fd), unix.F_DUPFD_CLOEXEC, 0)
+	ns.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("dup namespace fd: %w", err)
 	}
-	return nil
+	h := vnetns.NsHandle(fd)
+	defer h.Close()
+	return netns.Run(h, fn)
 }
 
 // AddLocalRoute makes every address of prefix local to the namespace, like
-// `ip route add local PREFIX dev lo`: a route of type local in table local,
-// scope host. Connections and datagrams to any address of the prefix are
-// then delivered to this namespace's sockets (and its sk_lookup program),
-// without an address being assigned. IPv4 and IPv6.
+// `ip route add local PREFIX dev lo` (netns.AddLocalRoute). IPv4 and IPv6.
 func (ns *NetNS) AddLocalRoute(tb testing.TB, prefix netip.Prefix) {
 	tb.Helper()
-	err := ns.Do(func() error {
-		lo, err := ifIndex("lo")
-		if err != nil {
-			return err
-		}
-		return rtnlExec(addLocalRouteMsg(prefix, lo))
-	})
-	if err != nil {
+	if err := ns.Do(func() error { return netns.AddLocalRoute(prefix) }); err != nil {
 		tb.Fatalf("add local route %s: %v", prefix, err)
 	}
 }
@@ -279,12 +153,19 @@ func (ns *NetNS) addAddr(ifname string, prefix netip.Prefix) error {
 	if !prefix.IsValid() {
 		return fmt.Errorf("invalid prefix %v", prefix)
 	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{
+		IP:   prefix.Addr().AsSlice(),
+		Mask: net.CIDRMask(prefix.Bits(), prefix.Addr().BitLen()),
+	}}
+	if prefix.Addr().Is6() {
+		addr.Flags = unix.IFA_F_NODAD
+	}
 	return ns.Do(func() error {
-		idx, err := ifIndex(ifname)
+		link, err := netlink.LinkByName(ifname)
 		if err != nil {
-			return err
+			return fmt.Errorf("find interface %q: %w", ifname, err)
 		}
-		return rtnlExec(addAddrMsg(prefix, idx))
+		return netlink.AddrAdd(link, addr)
 	})
 }
 
@@ -298,11 +179,11 @@ func (ns *NetNS) LinkUp(tb testing.TB, ifname string) {
 
 func (ns *NetNS) linkUp(ifname string) error {
 	return ns.Do(func() error {
-		idx, err := ifIndex(ifname)
+		link, err := netlink.LinkByName(ifname)
 		if err != nil {
-			return err
+			return fmt.Errorf("find interface %q: %w", ifname, err)
 		}
-		return rtnlExec(linkUpMsg(idx))
+		return netlink.LinkSetUp(link)
 	})
 }
 
@@ -323,7 +204,11 @@ func NewVethPair(tb testing.TB, a, b *NetNS, aName, bName string, aAddr, bAddr n
 		tb.Fatalf("create veth pair %s/%s: peer namespace: %v", aName, bName, ErrClosed)
 	}
 	err := a.Do(func() error {
-		return rtnlExec(newVethMsg(aName, bName, peerFD))
+		return netlink.LinkAdd(&netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: aName},
+			PeerName:      bName,
+			PeerNamespace: netlink.NsFd(peerFD),
+		})
 	})
 	if err != nil {
 		tb.Fatalf("create veth pair %s/%s: %v", aName, bName, err)
