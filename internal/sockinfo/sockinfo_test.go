@@ -3,6 +3,7 @@ package sockinfo
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // rawFD returns the descriptor behind a net.Listener, net.PacketConn or
@@ -89,6 +91,20 @@ func (ns *testNS) socket(tb testing.TB, domain, typ, proto int) (int, error) {
 	}
 	tb.Cleanup(func() { unix.Close(fd) })
 	return fd, nil
+}
+
+// probeSocket returns a probe that makes (and closes) a socket of the kind
+// in the namespace.
+func (ns *testNS) probeSocket(domain, typ, proto int) func() error {
+	return func() error {
+		return ns.do(func() error {
+			fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
+			if err != nil {
+				return fmt.Errorf("socket(%d, %d, %d): %w", domain, typ, proto, err)
+			}
+			return unix.Close(fd)
+		})
+	}
 }
 
 func mustSocket(tb testing.TB, ns *testNS, domain, typ, proto int) int {
@@ -237,25 +253,22 @@ func TestRefused(t *testing.T) {
 		refusal(t, err, ErrUnsupportedProtocol, "raw")
 	})
 	t.Run("sctp socket", func(t *testing.T) {
-		fd, err := ns.socket(t, unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
-		if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
-			t.Skipf("kernel has no SCTP (module sctp not loaded): %v", err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = Validate(fd, ns.cookie)
+		testenv.RequireFeature(t, testenv.Feature{
+			Name: "SCTP", Since: "2.6.0", Config: "CONFIG_IP_SCTP", Module: "sctp",
+			Probe: ns.probeSocket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP),
+		})
+		fd := mustSocket(t, ns, unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+		_, err := Validate(fd, ns.cookie)
 		refusal(t, err, ErrUnsupportedProtocol, "SCTP")
 	})
 	t.Run("udplite socket", func(t *testing.T) {
-		fd, err := ns.socket(t, unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE)
-		if errors.Is(err, unix.EPROTONOSUPPORT) {
-			t.Skipf("kernel has no UDP-Lite: %v", err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = Validate(fd, ns.cookie)
+		// UDP-Lite is part of every IPv4 stack: no option builds it.
+		testenv.RequireFeature(t, testenv.Feature{
+			Name: "UDP-Lite", Since: "2.6.20",
+			Probe: ns.probeSocket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE),
+		})
+		fd := mustSocket(t, ns, unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE)
+		_, err := Validate(fd, ns.cookie)
 		refusal(t, err, ErrUnsupportedProtocol, "UDP-Lite")
 	})
 	t.Run("tcp bound not listening", func(t *testing.T) {
@@ -365,11 +378,19 @@ func TestRefused(t *testing.T) {
 func TestMPTCP(t *testing.T) {
 	t.Parallel()
 	ns := newTestNS(t)
-	if v, err := ns.sysctl("net/mptcp/enabled"); err != nil {
-		t.Skipf("kernel has no MPTCP (no net.mptcp.enabled): %v", err)
-	} else if v != "1" {
-		t.Skipf("MPTCP is disabled in a new namespace (net.mptcp.enabled=%s)", v)
-	}
+	// A new namespace starts with net.mptcp.enabled=1 on every kernel
+	// that has MPTCP (net/mptcp/ctrl.c), so a socket must work here.
+	probe := ns.probeSocket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_MPTCP)
+	testenv.RequireFeature(t, testenv.Feature{
+		Name: "MPTCP", Since: "5.6", Config: "CONFIG_MPTCP",
+		Probe: func() error {
+			if err := probe(); err != nil {
+				v, serr := ns.sysctl("net/mptcp/enabled")
+				return fmt.Errorf("%w (net.mptcp.enabled in a new namespace: %q %v)", err, v, serr)
+			}
+			return nil
+		},
+	})
 
 	const fix = "Go 1.24+ net.Listen creates MPTCP sockets by default; use net.ListenConfig with SetMultipathTCP(false), or GODEBUG=multipathtcp=0"
 

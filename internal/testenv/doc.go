@@ -8,6 +8,10 @@
 //     it (Do, which is internal/netns.Run), add local routes, addresses and
 //     veth pairs (github.com/vishvananda/netlink), open MPTCP-free sockets
 //     in it, and start other programs in it (Command, via nsenter).
+//   - RequireFeature: skips a test only on a kernel that cannot have a
+//     feature (older than the version that brought it, or built without
+//     its option), loads a module that is merely not loaded, and fails the
+//     test on any other kernel that lacks it.
 //   - WaitFor and Poll: the one way tests wait for a condition that has no
 //     readiness signal, failing with what was last seen.
 //   - BPFFS: a bpffs instance mounted on a new temporary directory.
