@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 func runApply(inv *invocation) error {
@@ -89,33 +91,13 @@ func loadConfig(env Env, file string) (*config.Config, error) {
 }
 
 // toControlConfig turns a config file into the request that apply sends.
-// Numeric grants travel as decimal strings, which the daemon reads as ids.
 func toControlConfig(cfg *config.Config) (control.Config, error) {
 	out := control.Config{Bindings: cfg.Bindings}
 	if out.Bindings == nil {
 		out.Bindings = []binding.Binding{}
 	}
-	names := make([]string, 0, len(cfg.Labels))
-	for name := range cfg.Labels {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		l := cfg.Labels[name]
-		p, err := control.ParsePolicy(l.Policy.String())
-		if err != nil {
-			return control.Config{}, fmt.Errorf("label %s: %w", name, err)
-		}
-		s := control.LabelSettings{Label: name, Policy: p, Upstream: l.Upstream.String()}
-		for _, id := range l.Grants.UIDs {
-			s.Users = append(s.Users, strconv.FormatUint(uint64(id), 10))
-		}
-		s.Users = append(s.Users, l.Grants.Users...)
-		for _, id := range l.Grants.GIDs {
-			s.Groups = append(s.Groups, strconv.FormatUint(uint64(id), 10))
-		}
-		s.Groups = append(s.Groups, l.Grants.Groups...)
-		out.Labels = append(out.Labels, s)
+	for _, name := range slices.Sorted(maps.Keys(cfg.Labels)) {
+		out.Labels = append(out.Labels, settings.Named{Name: name, Label: cfg.Labels[name]})
 	}
 	if err := out.Validate(); err != nil {
 		return control.Config{}, err
@@ -142,16 +124,26 @@ func formatLabelChanges(cs []control.LabelChange) string {
 	return b.String()
 }
 
-func describeSettings(s *control.LabelSettings) string {
-	d := "policy " + s.Policy.String()
-	if s.Upstream != "" {
-		d += " upstream " + s.Upstream
+func describeSettings(s *settings.Named) string {
+	d := "policy " + s.Kind.String()
+	if !s.Upstream.IsZero() {
+		d += " upstream " + s.Upstream.String()
 	}
-	if len(s.Users) > 0 {
-		d += " users " + strings.Join(s.Users, ",")
+	if s.Engine != settings.Userspace {
+		d += " engine " + string(s.Engine)
 	}
-	if len(s.Groups) > 0 {
-		d += " groups " + strings.Join(s.Groups, ",")
+	list := func(ids []uint32, names []string) string {
+		var out []string
+		for _, id := range ids {
+			out = append(out, strconv.FormatUint(uint64(id), 10))
+		}
+		return strings.Join(append(out, names...), ",")
+	}
+	if u := list(s.Grants.UIDs, s.Grants.Users); u != "" {
+		d += " users " + u
+	}
+	if g := list(s.Grants.GIDs, s.Grants.Groups); g != "" {
+		d += " groups " + g
 	}
 	return d
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -95,6 +96,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"policy", "web", "splice"}, []string{"needs an upstream; give host:port, or host:same"}},
 		{[]string{"policy", "web", "splice", "10.0.0.5"}, []string{`upstream "10.0.0.5"`}},
 		{[]string{"policy", "web", "bypass", "10.0.0.5:80"}, []string{"takes no upstream; only splice does"}},
+		{[]string{"policy", "web", "splice", "bad!host:80"}, []string{`upstream "bad!host:80": invalid: "bad!host" is neither an IP address nor a DNS name`}},
+		{[]string{"policy", "web", "splice", "a..b:80"}, []string{`upstream "a..b:80": invalid`}},
+		{[]string{"policy", "web", "splice", "--", "-x:80"}, []string{`upstream "-x:80": invalid`}},
+		{[]string{"policy", "web", "splice", "10.0.0.300:80"}, []string{`upstream "10.0.0.300:80": invalid`}},
+		{[]string{"policy", "web", "bypass", "--engine", "kernel"}, []string{"engine kernel: policy bypass has no engine; only splice does"}},
+		{[]string{"policy", "web", "splice", "h:1", "--engine", "ebpf"}, []string{`engine "ebpf": invalid: use kernel`}},
 		{[]string{"apply"}, []string{"apply: no config file given: pass -f FILE"}},
 		{[]string{"apply", "-f", "x.yaml", "extra"}, []string{"apply: expected -f FILE [--dry-run], got 1 argument"}},
 		{[]string{"apply", "--dry-run=yes", "-f", "x"}, []string{"flag --dry-run=yes takes no value"}},
@@ -355,7 +362,7 @@ func TestStatus(t *testing.T) {
 	// fits 100 columns with everyday counters, labels and upstreams.
 	explained := func(*control.Request, []*os.File) (control.ResponseBody, error) {
 		return &control.StatusResponse{Version: "9.9.9", NetNS: 4026531840, Labels: []control.LabelStatus{{
-			Label: "dns-public", Policy: control.PolicySplice, Upstream: "[2001:db8::53]:same", Bindings: 1048576,
+			Label: "dns-public", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "2001:db8::53"}}, Bindings: 1048576,
 			Lookups: 123456789012, Hits: 123456789000, Missing: 12, BadSocket: 3,
 			Sockets:     []control.SocketStatus{{Protocol: binding.TCP, Family: binding.IPv6, Local: netip.MustParseAddrPort("[2001:db8::53]:53"), Cookie: 1}},
 			PolicyState: "splice to [2001:db8::53]:same (in userspace with splice(2), worker pid 123456: the in-kernel engine is off because the kernel lacks BPF_F_INGRESS for SK_SKB on this build, so bytes take a pipe)",
@@ -405,9 +412,10 @@ func TestPolicy(t *testing.T) {
 		want control.SetPolicyRequest
 		out  string
 	}{
-		{[]string{"web", "splice", "10.0.0.5:same"}, control.SetPolicyRequest{Label: "web", Policy: control.PolicySplice, Upstream: "10.0.0.5:same"}, "policy of web: splice to 10.0.0.5:same\n"},
-		{[]string{"web", "bypass"}, control.SetPolicyRequest{Label: "web", Policy: control.PolicyBypass}, "policy of web: bypass\n"},
-		{[]string{"web", "none"}, control.SetPolicyRequest{Label: "web", Policy: control.PolicyNone}, "policy of web: none\n"},
+		{[]string{"web", "splice", "10.0.0.5:same"}, control.SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "10.0.0.5"}}}, "policy of web: splice to 10.0.0.5:same\n"},
+		{[]string{"web", "splice", "backend.example:443", "--engine", "kernel"}, control.SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "backend.example", Port: 443}, Engine: settings.Kernel}}, "policy of web: splice to backend.example:443 (engine kernel)\n"},
+		{[]string{"web", "bypass"}, control.SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.Bypass}}, "policy of web: bypass\n"},
+		{[]string{"web", "none"}, control.SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.None}}, "policy of web: none\n"},
 	} {
 		d := newFakeDaemon(t, nil)
 		r := runMain(t, nil, append([]string{"--control", d.path, "policy"}, tc.args...)...)
@@ -467,8 +475,8 @@ daemon:
   metrics_addr: 127.0.0.1:9100
 `), 0o600)
 
-	oldWeb := &control.LabelSettings{Label: "web", Policy: control.PolicyNone}
-	newWeb := &control.LabelSettings{Label: "web", Policy: control.PolicySplice, Upstream: "10.0.0.5:same"}
+	oldWeb := &settings.Named{Name: "web"}
+	newWeb := &settings.Named{Name: "web", Label: settings.Label{Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "10.0.0.5"}}}}
 	diff := control.Diff{
 		AddBindings:    []binding.Binding{mustBinding("dns-public", "udp", "192.0.2.0/24", "53"), mustBinding("web", "tcp", "2001:db8::/64", "*")},
 		RemoveBindings: []binding.Binding{mustBinding("dns", "udp", "192.0.2.0/24", "53")},
@@ -491,8 +499,8 @@ daemon:
 	req := d.only().body.(*control.ApplyRequest)
 	wantCfg := control.Config{
 		Bindings: diff.AddBindings,
-		Labels: []control.LabelSettings{
-			{Label: "dns-public", Policy: control.PolicyNone, Users: []string{"953", "knot"}, Groups: []string{"54", "dns"}},
+		Labels: []settings.Named{
+			{Name: "dns-public", Label: settings.Label{Grants: settings.Grants{UIDs: []uint32{953}, GIDs: []uint32{54}, Users: []string{"knot"}, Groups: []string{"dns"}}}},
 			*newWeb,
 		},
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // parseBinding reads LABEL tcp|udp PREFIX PORTS with the shared parser.
@@ -183,6 +184,7 @@ type labelStatusJSON struct {
 	Label             string       `json:"label"`
 	Policy            string       `json:"policy"`
 	Upstream          string       `json:"upstream"`
+	Engine            string       `json:"engine,omitempty"`
 	PolicyState       string       `json:"policy_state"`
 	Bindings          int          `json:"bindings"`
 	Sockets           []socketJSON `json:"sockets"`
@@ -223,7 +225,7 @@ func runStatus(inv *invocation) error {
 		out := statusJSON{Version: st.Version, DaemonRunning: r.c != nil, NetNS: st.NetNS, Labels: make([]labelStatusJSON, 0, len(st.Labels))}
 		for _, l := range st.Labels {
 			lj := labelStatusJSON{
-				Label: l.Label, Policy: l.Policy.String(), Upstream: l.Upstream,
+				Label: l.Label, Policy: l.Kind.String(), Upstream: l.Upstream.String(), Engine: string(l.Engine),
 				PolicyState: l.PolicyState,
 				Bindings:    l.Bindings, Sockets: make([]socketJSON, 0, len(l.Sockets)),
 				Lookups: l.Lookups, Hits: l.Hits, Missing: l.Missing, BadSocket: l.BadSocket,
@@ -257,15 +259,12 @@ func runPolicy(inv *invocation) error {
 	if err := binding.ValidateLabel(label); err != nil {
 		return inv.argError(err)
 	}
-	p, err := control.ParsePolicy(inv.args[1])
-	if err != nil {
-		return inv.argError(err)
-	}
 	var upstream string
 	if len(inv.args) == 3 {
 		upstream = inv.args[2]
 	}
-	if err := control.ValidatePolicy(p, upstream); err != nil {
+	p, err := settings.ParsePolicy(inv.args[1], upstream, inv.flag("engine"))
+	if err != nil {
 		return inv.argError(err)
 	}
 	c, err := inv.dial()
@@ -273,13 +272,16 @@ func runPolicy(inv *invocation) error {
 		return err
 	}
 	defer c.Close()
-	if err := c.SetPolicy(inv.ctx, label, p, upstream); err != nil {
+	if err := c.SetPolicy(inv.ctx, label, p); err != nil {
 		return inv.requestError(label, err)
 	}
-	if upstream != "" {
-		fmt.Fprintf(inv.stdout(), "policy of %s: %s to %s\n", label, p, upstream)
-	} else {
-		fmt.Fprintf(inv.stdout(), "policy of %s: %s\n", label, p)
+	switch {
+	case p.Engine != settings.Userspace:
+		fmt.Fprintf(inv.stdout(), "policy of %s: %s to %s (engine %s)\n", label, p.Kind, p.Upstream, p.Engine)
+	case !p.Upstream.IsZero():
+		fmt.Fprintf(inv.stdout(), "policy of %s: %s to %s\n", label, p.Kind, p.Upstream)
+	default:
+		fmt.Fprintf(inv.stdout(), "policy of %s: %s\n", label, p.Kind)
 	}
 	return nil
 }

@@ -3,11 +3,12 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"strconv"
+	"maps"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // exportConfig prints what is in force as a config file that apply accepts
@@ -24,7 +25,7 @@ func (inv *invocation) exportConfig(r *reader) error {
 	if len(inv.args) > 0 {
 		return inv.usage("-o yaml exports the whole config, which apply would make the only one in force; leave out LABEL")
 	}
-	cfg := &config.Config{Version: config.CurrentVersion, Labels: map[string]config.Label{}}
+	cfg := &config.Config{Version: config.CurrentVersion, Labels: map[string]settings.Label{}}
 	if r.c != nil {
 		res, err := r.c.Apply(inv.ctx, control.Config{Bindings: []binding.Binding{}}, true)
 		if errors.Is(err, control.ErrPermission) {
@@ -41,11 +42,7 @@ func (inv *invocation) exportConfig(r *reader) error {
 			if ch.Old == nil {
 				continue
 			}
-			l, err := labelFromWire(ch.Old)
-			if err != nil {
-				return fmt.Errorf("bindings: switchyardd's settings of label %s: %w", ch.Label, err)
-			}
-			cfg.Labels[ch.Label] = l
+			cfg.Labels[ch.Label] = ch.Old.Label
 		}
 	} else {
 		bs, err := r.d.Bindings()
@@ -57,16 +54,7 @@ func (inv *invocation) exportConfig(r *reader) error {
 		if err != nil {
 			return fmt.Errorf("bindings: label settings: %w: without them the export would drop policies and grants; start switchyardd and export again", err)
 		}
-		for name, s := range saved {
-			l := config.Label{Grants: s.Grants}
-			l.Policy, _ = control.ParsePolicy(s.Policy) // DecodeSettings checked it
-			if s.Upstream != "" {
-				if l.Upstream, err = config.ParseUpstream(s.Upstream); err != nil {
-					return fmt.Errorf("bindings: label settings: label %s: %w", name, err)
-				}
-			}
-			cfg.Labels[name] = l
-		}
+		maps.Copy(cfg.Labels, saved)
 	}
 	binding.Sort(cfg.Bindings)
 	out, err := config.Marshal(cfg)
@@ -75,32 +63,4 @@ func (inv *invocation) exportConfig(r *reader) error {
 	}
 	_, err = inv.stdout().Write(out)
 	return err
-}
-
-// labelFromWire is the config form of a label's settings as the control
-// protocol carries them; numeric users and groups are ids.
-func labelFromWire(s *control.LabelSettings) (config.Label, error) {
-	l := config.Label{Policy: s.Policy}
-	if s.Upstream != "" {
-		u, err := config.ParseUpstream(s.Upstream)
-		if err != nil {
-			return config.Label{}, err
-		}
-		l.Upstream = u
-	}
-	for _, u := range s.Users {
-		if id, err := strconv.ParseUint(u, 10, 32); err == nil {
-			l.Grants.UIDs = append(l.Grants.UIDs, uint32(id))
-		} else {
-			l.Grants.Users = append(l.Grants.Users, u)
-		}
-	}
-	for _, g := range s.Groups {
-		if id, err := strconv.ParseUint(g, 10, 32); err == nil {
-			l.Grants.GIDs = append(l.Grants.GIDs, uint32(id))
-		} else {
-			l.Grants.Groups = append(l.Grants.Groups, g)
-		}
-	}
-	return l, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // bindings -o yaml reads what is in force with a dry run of an empty apply
@@ -23,9 +24,9 @@ func TestExportYAML(t *testing.T) {
 			mustBinding("web", "tcp", "10.0.0.0/8", "8000-8999"),
 		},
 		Labels: []control.LabelChange{
-			{Label: "dns", Old: &control.LabelSettings{Label: "dns", Users: []string{"65534", "knot"}, Groups: []string{"101", "dns"}}},
-			{Label: "web", Old: &control.LabelSettings{Label: "web", Policy: control.PolicySplice, Upstream: "[2001:db8::5]:same"}},
-			{Label: "idle", Old: &control.LabelSettings{Label: "idle"}},
+			{Label: "dns", Old: &settings.Named{Name: "dns", Label: settings.Label{Grants: settings.Grants{UIDs: []uint32{65534}, GIDs: []uint32{101}, Users: []string{"knot"}, Groups: []string{"dns"}}}}},
+			{Label: "web", Old: &settings.Named{Name: "web", Label: settings.Label{Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "2001:db8::5"}}}}},
+			{Label: "idle", Old: &settings.Named{Name: "idle"}},
 		},
 	}
 	var got *control.ApplyRequest
@@ -48,9 +49,9 @@ func TestExportYAML(t *testing.T) {
 	if !reflect.DeepEqual(cfg.Bindings, want) {
 		t.Errorf("bindings %v, want %v", cfg.Bindings, want)
 	}
-	wantLabels := map[string]config.Label{
-		"dns":  {Grants: config.Grants{UIDs: []uint32{65534}, GIDs: []uint32{101}, Users: []string{"knot"}, Groups: []string{"dns"}}},
-		"web":  {Policy: config.PolicySplice, Upstream: config.Upstream{Host: "2001:db8::5"}},
+	wantLabels := map[string]settings.Label{
+		"dns":  {Grants: settings.Grants{UIDs: []uint32{65534}, GIDs: []uint32{101}, Users: []string{"knot"}, Groups: []string{"dns"}}},
+		"web":  {Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "2001:db8::5"}}},
 		"idle": {},
 	}
 	if !reflect.DeepEqual(cfg.Labels, wantLabels) {
@@ -62,13 +63,13 @@ func TestExportYAML(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, l := range req.Labels {
-		var old *control.LabelSettings
+		var old *settings.Named
 		for _, ch := range diff.Labels {
-			if ch.Label == l.Label {
+			if ch.Label == l.Name {
 				old = ch.Old
 			}
 		}
-		if old == nil || old.Policy != l.Policy || old.Upstream != l.Upstream || !sameStrings(old.Users, l.Users) || !sameStrings(old.Groups, l.Groups) {
+		if old == nil || old.Name != l.Name || !old.Label.Equal(l.Label) {
 			t.Errorf("label %d: apply would send %+v, daemon has %+v", i, l, old)
 		}
 	}
@@ -77,20 +78,4 @@ func TestExportYAML(t *testing.T) {
 	d = newFakeDaemon(t, errorHandler(control.Errorf(control.CodePermission, "apply needs root")))
 	r = runMain(t, nil, "--control", d.path, "bindings", "-o", "yaml")
 	wantFail(t, r, ExitFailure, "bindings: -o yaml needs root")
-}
-
-func sameStrings(a, b []string) bool {
-	m := map[string]int{}
-	for _, s := range a {
-		m[s]++
-	}
-	for _, s := range b {
-		m[s]--
-	}
-	for _, n := range m {
-		if n != 0 {
-			return false
-		}
-	}
-	return true
 }

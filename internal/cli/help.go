@@ -156,10 +156,16 @@ the daemon's settings file; the first line says the daemon is not running
   bypass  local TCP connections skip the TCP/IP stack (SK_MSG redirect)
   splice  switchyardd accepts the connections and splices them to UPSTREAM,
           host:port, or host:same to keep the port the client dialled
-Needs root.
+UPSTREAM's host is an IPv4 address, an IPv6 address in brackets, or a DNS
+name (labels of letters, digits, '-' and '_', not starting or ending with
+'-', the last not all digits). --engine kernel (splice only) moves the bytes
+with the in-kernel SK_SKB engine instead of the userspace splice. Needs root.
 
 Example:
   switchyard policy web splice 10.0.0.5:same`,
+			flags: []flagSpec{
+				{names: []string{"engine"}, value: "ENGINE", help: "splice engine: kernel (default: the userspace splice)"},
+			},
 			run: runPolicy,
 		},
 		{

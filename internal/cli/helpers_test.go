@@ -17,6 +17,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
@@ -164,11 +165,11 @@ var (
 		Version: "9.9.9",
 		NetNS:   4026531840,
 		Labels: []control.LabelStatus{
-			{Label: "dns", Policy: control.PolicyNone, Bindings: 1, Hits: 10, Missing: 2, Sockets: []control.SocketStatus{
+			{Label: "dns", Bindings: 1, Hits: 10, Missing: 2, Sockets: []control.SocketStatus{
 				{Protocol: binding.UDP, Family: binding.IPv4, Local: netip.MustParseAddrPort("192.0.2.1:53"), Cookie: 4097},
 				{Protocol: binding.UDP, Family: binding.IPv6, Local: netip.MustParseAddrPort("[::]:53"), Cookie: 4098},
 			}},
-			{Label: "web", Policy: control.PolicySplice, Upstream: "10.0.0.5:same", Bindings: 2},
+			{Label: "web", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "10.0.0.5"}}, Bindings: 2},
 		},
 	}
 )

@@ -12,6 +12,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/safepath"
 	"github.com/switchyard-project/switchyard/internal/server"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Read commands work without the daemon: when no daemon answers on the
@@ -88,33 +89,33 @@ func (inv *invocation) pinnedStatus(r *reader, label string) (*control.StatusRes
 		return nil, err
 	}
 	// Leniently: status without the policies beats no status.
-	settings, _ := r.settings()
+	labels, _ := r.settings()
 	endpoints := func() map[uint64]netip.AddrPort {
 		eps, _ := server.Endpoints(inv.netns)
 		return eps
 	}
 	unknown := func(byLabel map[string]*control.LabelStatus) {
 		for _, ls := range byLabel {
-			if ls.Policy != control.PolicyNone {
+			if ls.Kind != settings.None {
 				ls.PolicyState = "not known: switchyardd is not running (pinned bypass state and splice workers go on without it)"
 			}
 		}
 	}
-	labels, err := server.BuildStatus(r.d, counts, settings, endpoints, unknown, label)
+	st, err := server.BuildStatus(r.d, counts, labels, endpoints, unknown, label)
 	if err != nil {
 		return nil, err
 	}
-	if label != "" && len(labels) == 0 {
+	if label != "" && len(st) == 0 {
 		return nil, fmt.Errorf("status: label %s: %w: no binding, socket or setting has this label: run 'switchyard status' to see the labels", label, dispatch.ErrNotFound)
 	}
-	return &control.StatusResponse{NetNS: r.d.NetNSCookie(), Labels: labels}, nil
+	return &control.StatusResponse{NetNS: r.d.NetNSCookie(), Labels: st}, nil
 }
 
 // settings returns the label settings recorded with the bindings in force.
 // State of a build that kept them only in the file beside the control
 // socket has none recorded; then that file is read, with the daemon's own
 // path checks and parser. No settings at all is an empty map.
-func (r *reader) settings() (map[string]*server.LabelSettings, error) {
+func (r *reader) settings() (map[string]settings.Label, error) {
 	blob, ok, err := r.d.Settings()
 	if err != nil {
 		return nil, fmt.Errorf("read the recorded label settings: %w", err)
@@ -132,5 +133,6 @@ func (r *reader) settings() (map[string]*server.LabelSettings, error) {
 	if len(blob) == 0 {
 		return nil, nil
 	}
-	return server.DecodeSettings(blob)
+	m, _, err := settings.DecodeState(blob)
+	return m, err
 }

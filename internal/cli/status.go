@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // statusWidth is the width the status table keeps to with everyday labels
@@ -25,12 +26,14 @@ func writeStatusTable(w io.Writer, st *control.StatusResponse) error {
 	fmt.Fprintln(tw, "LABEL\tPOLICY\tBINDINGS\tLOOKUPS\tHITS\tMISSING\tBAD\tSOCKETS")
 	var notes []string
 	for _, l := range st.Labels {
-		policy := l.Policy.String()
+		policy := l.Kind.String()
 		switch {
 		case l.PolicyState != "" && l.PolicyState != policy:
 			notes = append(notes, l.Label+": "+l.PolicyState)
-		case l.Upstream != "":
-			notes = append(notes, l.Label+": "+policy+" to "+l.Upstream)
+		case l.Engine != settings.Userspace:
+			notes = append(notes, l.Label+": "+policy+" to "+l.Upstream.String()+" (engine "+string(l.Engine)+")")
+		case !l.Upstream.IsZero():
+			notes = append(notes, l.Label+": "+policy+" to "+l.Upstream.String())
 		}
 		socks := []string{"none (refused)"}
 		if len(l.Sockets) > 0 {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // FuzzParseBinding checks the CLI binding parsers of package binding (which
@@ -123,9 +124,9 @@ func FuzzParseBinding(f *testing.F) {
 			}
 		}
 
-		if u, err := ParseUpstream(prefix + ":" + ports); err == nil {
-			if u2, err := ParseUpstream(u.String()); err != nil || u2 != u {
-				t.Fatalf("ParseUpstream(%q) = %v, %v; want %v", u.String(), u2, err, u)
+		if u, err := settings.ParseUpstream(prefix + ":" + ports); err == nil {
+			if u2, err := settings.ParseUpstream(u.String()); err != nil || u2 != u {
+				t.Fatalf("settings.ParseUpstream(%q) = %v, %v; want %v", u.String(), u2, err, u)
 			}
 		}
 	})

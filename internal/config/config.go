@@ -3,13 +3,11 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
-	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // CurrentVersion is the only schema version this package reads and writes.
@@ -56,36 +54,11 @@ type Config struct {
 	// Bindings in file order.
 	Bindings []binding.Binding
 	// Labels holds per-label settings. A label that has bindings but no
-	// entry here gets the zero Label: root-only registration, policy none.
-	Labels map[string]Label
+	// entry here gets the zero settings.Label: root-only registration,
+	// policy none.
+	Labels map[string]settings.Label
 	// Daemon holds switchyardd's settings; switchyard apply ignores it.
 	Daemon Daemon
-}
-
-// Label holds the settings of one label.
-type Label struct {
-	// Grants lists who, besides root, may register sockets for the label.
-	Grants Grants
-	// Policy is applied to the connections the label's socket accepts.
-	Policy Policy
-	// Upstream is where PolicySplice sends connections. It is the zero
-	// Upstream for the other policies.
-	Upstream Upstream
-}
-
-// Grants names users and groups. Names are resolved to ids only when the
-// caller asks (see Grants.Resolve), so a config can be parsed on a machine
-// without those accounts.
-type Grants struct {
-	UIDs   []uint32
-	GIDs   []uint32
-	Users  []string
-	Groups []string
-}
-
-// IsZero reports whether g grants nothing.
-func (g Grants) IsZero() bool {
-	return len(g.UIDs) == 0 && len(g.GIDs) == 0 && len(g.Users) == 0 && len(g.Groups) == 0
 }
 
 // Daemon holds switchyardd settings. Empty fields mean the daemon's default;
@@ -105,127 +78,6 @@ type Daemon struct {
 
 // IsZero reports whether no daemon setting is given.
 func (d Daemon) IsZero() bool { return d == Daemon{} }
-
-// Policy is a connection policy: the control protocol's type, so that a
-// file's settings go over the wire as they are.
-type Policy = control.Policy
-
-// Connection policies; the zero value is PolicyNone.
-const (
-	PolicyNone   = control.PolicyNone
-	PolicyBypass = control.PolicyBypass
-	PolicySplice = control.PolicySplice
-)
-
-// ParsePolicy accepts "none", "bypass" or "splice".
-func ParsePolicy(s string) (Policy, error) { return control.ParsePolicy(s) }
-
-// Upstream is where the splice policy connects to: a host and a port, or the
-// host and whatever port the client dialled ("host:same"), so that one label
-// can proxy every port.
-type Upstream struct {
-	// Host is an IP address or a DNS name.
-	Host string
-	// Port is the port to dial; 0 means the port the client dialled.
-	Port uint16
-}
-
-// SamePortWord is the port part of an Upstream that keeps the dialled port.
-const SamePortWord = "same"
-
-// IsZero reports whether u is unset.
-func (u Upstream) IsZero() bool { return u == Upstream{} }
-
-// SamePort reports whether u keeps the port the client dialled.
-func (u Upstream) SamePort() bool { return u.Port == 0 }
-
-// Dial returns the address to dial for a connection the client made to
-// port dialled.
-func (u Upstream) Dial(dialled uint16) string {
-	p := u.Port
-	if p == 0 {
-		p = dialled
-	}
-	return net.JoinHostPort(u.Host, strconv.Itoa(int(p)))
-}
-
-func (u Upstream) String() string {
-	if u.IsZero() {
-		return ""
-	}
-	port := SamePortWord
-	if u.Port != 0 {
-		port = strconv.Itoa(int(u.Port))
-	}
-	return net.JoinHostPort(u.Host, port)
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (u Upstream) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (u *Upstream) UnmarshalText(b []byte) error {
-	v, err := ParseUpstream(string(b))
-	if err != nil {
-		return err
-	}
-	*u = v
-	return nil
-}
-
-const upstreamHelp = "write host:port or host:same, e.g. 10.0.0.5:8080, [2001:db8::5]:same or backend.example:443"
-
-// ParseUpstream accepts "host:port" or "host:same". The host is an IP
-// address (IPv6 in brackets) or a DNS name; the port a number from 1 to 65535.
-func ParseUpstream(s string) (Upstream, error) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return Upstream{}, fmt.Errorf("upstream %s: %w: %s", quote(s), binding.ErrInvalid, upstreamHelp)
-	}
-	if err := checkHost(host); err != nil {
-		return Upstream{}, fmt.Errorf("upstream %s: %w", quote(s), err)
-	}
-	u := Upstream{Host: host}
-	if port == SamePortWord {
-		return u, nil
-	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || n == 0 || port[0] == '+' {
-		return Upstream{}, fmt.Errorf("upstream %s: %w: port %s is not a number from 1 to 65535 or %q; %s", quote(s), binding.ErrInvalid, quote(port), SamePortWord, upstreamHelp)
-	}
-	u.Port = uint16(n)
-	return u, nil
-}
-
-func checkHost(h string) error {
-	if h == "" {
-		return fmt.Errorf("%w: the host is empty; %s", binding.ErrInvalid, upstreamHelp)
-	}
-	if strings.Contains(h, ":") {
-		if _, err := netip.ParseAddr(h); err != nil {
-			return fmt.Errorf("%w: %s is not an IPv6 address; %s", binding.ErrInvalid, quote(h), upstreamHelp)
-		}
-		return nil
-	}
-	if _, err := netip.ParseAddr(h); err == nil {
-		return nil
-	}
-	if len(h) > 253 {
-		return fmt.Errorf("%w: host name is longer than 253 bytes", binding.ErrInvalid)
-	}
-	for part := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
-		if part == "" || len(part) > 63 || part[0] == '-' || part[len(part)-1] == '-' {
-			return fmt.Errorf("%w: %s is neither an IP address nor a DNS name; %s", binding.ErrInvalid, quote(h), upstreamHelp)
-		}
-		for i := 0; i < len(part); i++ {
-			c := part[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("%w: %s is neither an IP address nor a DNS name; %s", binding.ErrInvalid, quote(h), upstreamHelp)
-			}
-		}
-	}
-	return nil
-}
 
 // Error is one problem in a config. It matches ErrInvalid.
 type Error struct {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 const example = `# switchyard config
@@ -62,10 +63,10 @@ func exampleConfig(t testing.TB) *Config {
 			mustBinding(t, "web-alt", "tcp", "198.51.100.7", "8000-8999"),
 			mustBinding(t, "web-alt", "tcp", "198.51.100.7", "8080"),
 		},
-		Labels: map[string]Label{
-			"dns-public": {Grants: Grants{UIDs: []uint32{953}, Users: []string{"knot"}, Groups: []string{"dns"}}},
-			"web":        {Policy: PolicySplice, Upstream: Upstream{Host: "10.0.0.5"}},
-			"web-alt":    {Policy: PolicyBypass},
+		Labels: map[string]settings.Label{
+			"dns-public": {Grants: settings.Grants{UIDs: []uint32{953}, Users: []string{"knot"}, Groups: []string{"dns"}}},
+			"web":        {Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "10.0.0.5"}}},
+			"web-alt":    {Policy: settings.Policy{Kind: settings.Bypass}},
 			"idle":       {},
 		},
 		Daemon: Daemon{
@@ -411,10 +412,10 @@ func TestRoundTrip(t *testing.T) {
 				mustBinding(t, "1.5", "udp", "fe80::/10", "1"),
 				mustBinding(t, "2024-01-02", "udp", "fe80::/10", "2"),
 			},
-			Labels: map[string]Label{
-				"053":  {Policy: PolicySplice, Upstream: Upstream{Host: "2001:db8::5", Port: 443}},
-				"true": {Grants: Grants{GIDs: []uint32{0, 4294967294}, Users: []string{"yes", "a.b-c_d$"}}},
-				"null": {Policy: PolicySplice, Upstream: Upstream{Host: "backend.example", Port: 0}},
+			Labels: map[string]settings.Label{
+				"053":  {Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "2001:db8::5", Port: 443}}},
+				"true": {Grants: settings.Grants{GIDs: []uint32{0, 4294967294}, Users: []string{"yes", "a.b-c_d$"}}},
+				"null": {Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "backend.example", Port: 0}}},
 			},
 			Daemon: Daemon{MetricsAddr: "[::1]:9100"},
 		},
@@ -456,11 +457,11 @@ func TestMarshalRefusesInvalid(t *testing.T) {
 		{"duplicate", Config{Bindings: []binding.Binding{b, b}}, "bindings[1]: duplicate binding"},
 		{"host bits", Config{Bindings: []binding.Binding{{Label: "a", Protocol: binding.TCP, Prefix: netip.MustParsePrefix("10.0.0.1/8"), Ports: binding.AnyPort}}}, "host bits"},
 		{"version", Config{Version: 7}, "version 7"},
-		{"splice", Config{Labels: map[string]Label{"a": {Policy: PolicySplice}}}, "labels.a.policy: policy splice needs an upstream"},
-		{"policy", Config{Labels: map[string]Label{"a": {Policy: 9}}}, "labels.a.policy: policy 9"},
-		{"upstream", Config{Labels: map[string]Label{"a": {Policy: PolicySplice, Upstream: Upstream{Host: "a b"}}}}, "labels.a.upstream"},
-		{"label", Config{Labels: map[string]Label{"": {}}}, "label: invalid: must not be empty"},
-		{"user", Config{Labels: map[string]Label{"a": {Grants: Grants{Users: []string{""}}}}}, "labels.a.grants.users[0]"},
+		{"splice", Config{Labels: map[string]settings.Label{"a": {Policy: settings.Policy{Kind: settings.Splice}}}}, "labels.a.policy: policy splice needs an upstream"},
+		{"policy", Config{Labels: map[string]settings.Label{"a": {Policy: settings.Policy{Kind: 9}}}}, "labels.a.policy: policy 9"},
+		{"upstream", Config{Labels: map[string]settings.Label{"a": {Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "a b"}}}}}, "labels.a.upstream"},
+		{"label", Config{Labels: map[string]settings.Label{"": {}}}, "label: invalid: must not be empty"},
+		{"user", Config{Labels: map[string]settings.Label{"a": {Grants: settings.Grants{Users: []string{""}}}}}, "labels.a.grants.users[0]"},
 		{"daemon", Config{Daemon: Daemon{Control: "x.sock"}}, "daemon.control"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -493,38 +494,6 @@ func TestLoad(t *testing.T) {
 	_, err = Load(filepath.Join(dir, "missing.yaml"))
 	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("Load(missing) = %v", err)
-	}
-}
-
-func TestUpstream(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		in   string
-		want Upstream
-		dial string
-	}{
-		{"10.0.0.5:same", Upstream{"10.0.0.5", 0}, "10.0.0.5:8080"},
-		{"10.0.0.5:443", Upstream{"10.0.0.5", 443}, "10.0.0.5:443"},
-		{"[2001:db8::5]:same", Upstream{"2001:db8::5", 0}, "[2001:db8::5]:8080"},
-		{"[fe80::1%eth0]:80", Upstream{"fe80::1%eth0", 80}, "[fe80::1%eth0]:80"},
-		{"backend.example.:65535", Upstream{"backend.example.", 65535}, "backend.example.:65535"},
-	} {
-		u, err := ParseUpstream(tc.in)
-		if err != nil || u != tc.want {
-			t.Errorf("ParseUpstream(%q) = %+v, %v", tc.in, u, err)
-			continue
-		}
-		if u.String() != tc.in {
-			t.Errorf("String() = %q, want %q", u, tc.in)
-		}
-		if d := u.Dial(8080); d != tc.dial {
-			t.Errorf("Dial(8080) = %q, want %q", d, tc.dial)
-		}
-	}
-	for _, in := range []string{"", "host", ":80", "h:", "h:0", "h:65536", "h:+80", "h:-1", "2001:db8::1:80", "-h:80", "a..b:80", "h_:x", "[::1]:same:1"} {
-		if u, err := ParseUpstream(in); err == nil {
-			t.Errorf("ParseUpstream(%q) = %+v, want an error", in, u)
-		}
 	}
 }
 

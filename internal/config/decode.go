@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Parse reads a config from r and validates it. Problems are reported as
@@ -346,16 +347,16 @@ func (d *decoder) labels(key, n *yaml.Node) {
 			continue
 		}
 		if d.cfg.Labels == nil {
-			d.cfg.Labels = make(map[string]Label)
+			d.cfg.Labels = make(map[string]settings.Label)
 		}
 		d.cfg.Labels[name] = l
 	}
 }
 
-var labelFields = []string{"grants", "policy", "upstream"}
+var labelFields = []string{"grants", "policy", "upstream", "engine"}
 
-func (d *decoder) label(n *yaml.Node, path string) (Label, bool) {
-	var l Label
+func (d *decoder) label(n *yaml.Node, path string) (settings.Label, bool) {
+	var l settings.Label
 	if isNull(n) {
 		return l, true
 	}
@@ -363,55 +364,44 @@ func (d *decoder) label(n *yaml.Node, path string) (Label, bool) {
 		return l, false
 	}
 	ok := true
-	policyLine, upstreamLine := n.Line, n.Line
+	lines := map[string]int{}
+	// word reads a policy word; empty means not given.
+	word := func(key string, v *yaml.Node, parse func(string) error) {
+		lines[key] = v.Line
+		s, sok := d.str(v, path+"."+key)
+		if !sok {
+			ok = false
+			return
+		}
+		if s == "" {
+			return
+		}
+		if err := parse(s); err != nil {
+			d.fail(v.Line, path+"."+key, err)
+			ok = false
+		}
+	}
 	d.fields(n, path, labelFields, func(key string, _, v *yaml.Node) {
+		var err error
 		switch key {
 		case "grants":
 			g, gok := d.grants(v, path+".grants")
 			l.Grants, ok = g, ok && gok
 		case "policy":
-			policyLine = v.Line
-			s, sok := d.str(v, path+".policy")
-			if !sok {
-				ok = false
-				return
-			}
-			if s == "" {
-				return
-			}
-			p, err := ParsePolicy(s)
-			if err != nil {
-				d.fail(v.Line, path+".policy", err)
-				ok = false
-				return
-			}
-			l.Policy = p
+			word(key, v, func(s string) error { l.Kind, err = settings.ParseKind(s); return err })
 		case "upstream":
-			upstreamLine = v.Line
-			s, sok := d.str(v, path+".upstream")
-			if !sok {
-				ok = false
-				return
-			}
-			if s == "" {
-				return
-			}
-			u, err := ParseUpstream(s)
-			if err != nil {
-				d.fail(v.Line, path+".upstream", err)
-				ok = false
-				return
-			}
-			l.Upstream = u
+			word(key, v, func(s string) error { l.Upstream, err = settings.ParseUpstream(s); return err })
+		case "engine":
+			word(key, v, func(s string) error { l.Engine, err = settings.ParseEngine(s); return err })
 		}
 	})
 	if !ok {
 		return l, false
 	}
-	if field, err := checkPolicy(l); err != nil {
-		line := policyLine
-		if field == "upstream" {
-			line = upstreamLine
+	if field, err := l.Policy.Check(); err != nil {
+		line, given := lines[field]
+		if !given {
+			line = n.Line
 		}
 		d.fail(line, path+"."+field, err)
 		return l, false
@@ -421,8 +411,8 @@ func (d *decoder) label(n *yaml.Node, path string) (Label, bool) {
 
 var grantFields = []string{"uids", "gids", "users", "groups"}
 
-func (d *decoder) grants(n *yaml.Node, path string) (Grants, bool) {
-	var g Grants
+func (d *decoder) grants(n *yaml.Node, path string) (settings.Grants, bool) {
+	var g settings.Grants
 	if isNull(n) {
 		return g, true
 	}
@@ -442,7 +432,7 @@ func (d *decoder) grants(n *yaml.Node, path string) (Grants, bool) {
 			case "uids", "gids":
 				id, iok := d.uint32(item, ip)
 				if iok {
-					iok = d.check(item.Line, ip, checkID(id))
+					iok = d.check(item.Line, ip, settings.ValidateID(id))
 				}
 				if !iok {
 					ok = false
@@ -456,7 +446,7 @@ func (d *decoder) grants(n *yaml.Node, path string) (Grants, bool) {
 			case "users", "groups":
 				s, sok := d.str(item, ip)
 				if sok {
-					sok = d.check(item.Line, ip, checkName(s))
+					sok = d.check(item.Line, ip, settings.ValidateName(s))
 				}
 				if !sok {
 					ok = false

@@ -3,7 +3,6 @@ package config
 import (
 	"cmp"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -85,34 +84,4 @@ func FormatDiff(added, removed []binding.Binding) string {
 		out = append(out, '\n')
 	}
 	return string(out)
-}
-
-// String describes l on one line: "policy splice upstream 10.0.0.5:same
-// uids 953,954 users bind".
-func (l Label) String() string {
-	var s strings.Builder
-	s.WriteString("policy ")
-	s.WriteString(l.Policy.String())
-	if !l.Upstream.IsZero() {
-		s.WriteString(" upstream ")
-		s.WriteString(l.Upstream.String())
-	}
-	list := func(name string, n int, item func(int) string) {
-		if n == 0 {
-			return
-		}
-		s.WriteString(" " + name + " ")
-		for i := range n {
-			if i > 0 {
-				s.WriteByte(',')
-			}
-			s.WriteString(item(i))
-		}
-	}
-	g := l.Grants
-	list("uids", len(g.UIDs), func(i int) string { return strconv.FormatUint(uint64(g.UIDs[i]), 10) })
-	list("gids", len(g.GIDs), func(i int) string { return strconv.FormatUint(uint64(g.GIDs[i]), 10) })
-	list("users", len(g.Users), func(i int) string { return g.Users[i] })
-	list("groups", len(g.Groups), func(i int) string { return g.Groups[i] })
-	return s.String()
 }

@@ -6,6 +6,8 @@ import (
 	"os/user"
 	"slices"
 	"strconv"
+
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // ErrUnknownName is wrapped when a user or group name cannot be resolved.
@@ -81,7 +83,7 @@ func (p Principals) Permits(uid uint32, gids ...uint32) bool {
 }
 
 // Resolve turns g into ids, looking names up with r.
-func (g Grants) Resolve(r Resolver) (Principals, error) {
+func (r Resolver) Resolve(g settings.Grants) (Principals, error) {
 	p := Principals{
 		UIDs: slices.Clone(g.UIDs),
 		GIDs: slices.Clone(g.GIDs),

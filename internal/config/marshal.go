@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Marshal validates c and writes it in the canonical form: one flow mapping
@@ -64,11 +66,14 @@ func Marshal(c *Config) ([]byte, error) {
 				}
 				add(m, "grants", g)
 			}
-			if l.Policy != PolicyNone {
-				add(m, "policy", text(l.Policy.String()))
+			if l.Kind != settings.None {
+				add(m, "policy", text(l.Kind.String()))
 			}
 			if !l.Upstream.IsZero() {
 				add(m, "upstream", text(l.Upstream.String()))
+			}
+			if l.Engine != settings.Userspace {
+				add(m, "engine", text(string(l.Engine)))
 			}
 			if len(m.Content) == 0 {
 				m.Style = yaml.FlowStyle

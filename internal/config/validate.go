@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"net"
 	"path/filepath"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Validate checks a Config built in code with the rules Parse applies to a
@@ -46,23 +46,14 @@ func (c *Config) Validate() error {
 			continue
 		}
 		path := "labels." + name
-		if l.Policy > PolicySplice {
-			d.failf(0, path+".policy", "policy %d: %w: use none, bypass or splice", uint8(l.Policy), binding.ErrInvalid)
+		if field, err := l.Policy.Check(); err != nil {
+			d.fail(0, path+"."+field, err)
 			continue
 		}
-		if !l.Upstream.IsZero() {
-			if _, err := ParseUpstream(l.Upstream.String()); err != nil {
-				d.fail(0, path+".upstream", err)
-				continue
-			}
-		}
-		if field, err := checkPolicy(l); err != nil {
-			d.fail(0, path+"."+field, err)
-		}
-		checkList(d, path+".grants.uids", l.Grants.UIDs, checkID)
-		checkList(d, path+".grants.gids", l.Grants.GIDs, checkID)
-		checkList(d, path+".grants.users", l.Grants.Users, checkName)
-		checkList(d, path+".grants.groups", l.Grants.Groups, checkName)
+		checkList(d, path+".grants.uids", l.Grants.UIDs, settings.ValidateID)
+		checkList(d, path+".grants.gids", l.Grants.GIDs, settings.ValidateID)
+		checkList(d, path+".grants.users", l.Grants.Users, settings.ValidateName)
+		checkList(d, path+".grants.groups", l.Grants.Groups, settings.ValidateName)
 	}
 	for _, f := range []struct {
 		path, value string
@@ -84,45 +75,6 @@ func checkList[T any](d *decoder, path string, vs []T, check func(T) error) {
 	for i, v := range vs {
 		d.check(0, path+"["+strconv.Itoa(i)+"]", check(v))
 	}
-}
-
-// checkPolicy checks that a label's upstream fits its policy. It returns the
-// field to blame.
-func checkPolicy(l Label) (field string, err error) {
-	switch {
-	case l.Policy == PolicySplice && l.Upstream.IsZero():
-		return "policy", errors.New("policy splice needs an upstream: add upstream: host:port, or host:same to keep the port the client dialled")
-	case l.Policy != PolicySplice && !l.Upstream.IsZero():
-		return "upstream", fmt.Errorf("an upstream is only used by policy splice, and this label's policy is %s: set policy: splice or remove the upstream", l.Policy)
-	}
-	return "", nil
-}
-
-func checkID(id uint32) error {
-	if id == math.MaxUint32 {
-		return fmt.Errorf("%w: id %d is (uid_t)-1, which names nobody", binding.ErrInvalid, id)
-	}
-	return nil
-}
-
-// checkName checks the syntax of a user or group name; whether it exists is
-// only known when it is resolved.
-func checkName(s string) error {
-	if s == "" {
-		return fmt.Errorf("%w: empty name", binding.ErrInvalid)
-	}
-	if len(s) > 256 {
-		return fmt.Errorf("%w: name %s is longer than 256 bytes", binding.ErrInvalid, quote(s))
-	}
-	if strings.Trim(s, "0123456789") == "" {
-		return fmt.Errorf("%w: name %s is a number: list numeric ids under uids or gids", binding.ErrInvalid, quote(s))
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c <= ' ' || c == ':' || c == '/' || c == ',' || c == 0x7f {
-			return fmt.Errorf("%w: name %s contains %q, which no user or group name has", binding.ErrInvalid, quote(s), c)
-		}
-	}
-	return nil
 }
 
 func checkAbsPath(s string) error {

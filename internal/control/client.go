@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Client sends requests to switchyardd, one at a time, over one Conn. Its
@@ -256,9 +257,9 @@ func (c *Client) Status(ctx context.Context, label string) (*StatusResponse, err
 	return r.(*StatusResponse), nil
 }
 
-// SetPolicy sets a label's connection policy. upstream is for splice only.
-func (c *Client) SetPolicy(ctx context.Context, label string, p Policy, upstream string) error {
-	_, err := c.Do(ctx, &SetPolicyRequest{Label: label, Policy: p, Upstream: upstream}, nil)
+// SetPolicy sets a label's connection policy.
+func (c *Client) SetPolicy(ctx context.Context, label string, p settings.Policy) error {
+	_, err := c.Do(ctx, &SetPolicyRequest{Label: label, Policy: p}, nil)
 	return err
 }
 

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -433,7 +434,7 @@ func TestClient(t *testing.T) {
 	if err != nil || len(st.Labels) != 1 || st.Labels[0].Label != "web" {
 		t.Fatalf("status: %+v, %v", st, err)
 	}
-	if err := c.SetPolicy(ctx, "web", PolicySplice, "backend:same"); err != nil {
+	if err := c.SetPolicy(ctx, "web", settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "backend"}}); err != nil {
 		t.Fatal(err)
 	}
 	ar, err := c.Apply(ctx, Config{Bindings: bs[:5000]}, true)

@@ -2,11 +2,10 @@ package control
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Protocol versions. A peer sends ProtocolVersion and accepts any version in
@@ -74,104 +73,6 @@ func (o Op) fdRange() (lo, hi int) {
 		return 1, MaxRegisterFiles
 	}
 	return 0, 0
-}
-
-// Policy is a label's connection policy.
-type Policy uint8
-
-const (
-	PolicyNone   Policy = iota // no sockmap program (the default)
-	PolicyBypass               // SK_MSG redirect between local sockets
-	PolicySplice               // the daemon accepts and splices to an upstream
-)
-
-func (p Policy) String() string {
-	switch p {
-	case PolicyNone:
-		return "none"
-	case PolicyBypass:
-		return "bypass"
-	case PolicySplice:
-		return "splice"
-	}
-	return fmt.Sprintf("policy(%d)", uint8(p))
-}
-
-// ParsePolicy accepts "none", "bypass" or "splice".
-func ParsePolicy(s string) (Policy, error) {
-	switch s {
-	case "none":
-		return PolicyNone, nil
-	case "bypass":
-		return PolicyBypass, nil
-	case "splice":
-		return PolicySplice, nil
-	}
-	if len(s) > 32 {
-		s = s[:32] + "..."
-	}
-	return 0, fmt.Errorf("policy %q: %w: use none, bypass or splice", s, binding.ErrInvalid)
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (p Policy) MarshalText() ([]byte, error) {
-	if p > PolicySplice {
-		return nil, fmt.Errorf("policy %d: %w", uint8(p), binding.ErrInvalid)
-	}
-	return []byte(p.String()), nil
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (p *Policy) UnmarshalText(b []byte) error {
-	v, err := ParsePolicy(string(b))
-	if err != nil {
-		return err
-	}
-	*p = v
-	return nil
-}
-
-// ValidatePolicy checks a policy with its upstream. Splice needs an upstream
-// "host:port" or "host:same" (keep the port the client dialled); the other
-// policies take none.
-func ValidatePolicy(p Policy, upstream string) error {
-	switch p {
-	case PolicyNone, PolicyBypass:
-		if upstream != "" {
-			return fmt.Errorf("policy %s: %w: takes no upstream; only splice does", p, binding.ErrInvalid)
-		}
-		return nil
-	case PolicySplice:
-		return validateUpstream(upstream)
-	}
-	return fmt.Errorf("policy %d: %w: use none, bypass or splice", uint8(p), binding.ErrInvalid)
-}
-
-func validateUpstream(s string) error {
-	const hint = "give host:port, or host:same to keep the port the client dialled"
-	if s == "" {
-		return fmt.Errorf("policy splice: %w: needs an upstream; %s", binding.ErrInvalid, hint)
-	}
-	if len(s) > 512 {
-		return fmt.Errorf("upstream: %w: longer than 512 bytes", binding.ErrInvalid)
-	}
-	host, port, err := net.SplitHostPort(s)
-	if err != nil || host == "" {
-		return fmt.Errorf("upstream %q: %w: %s", s, binding.ErrInvalid, hint)
-	}
-	for i := 0; i < len(host); i++ {
-		if c := host[i]; c <= ' ' || c >= 0x7f {
-			return fmt.Errorf("upstream %q: %w: host has a control, space or non-ASCII byte", s, binding.ErrInvalid)
-		}
-	}
-	if port == "same" {
-		return nil
-	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || n == 0 {
-		return fmt.Errorf("upstream %q: %w: port must be 1-65535 or \"same\"", s, binding.ErrInvalid)
-	}
-	return nil
 }
 
 // RequestBody is the typed argument of one operation: one of the
@@ -325,9 +226,10 @@ type StatusResponse struct {
 
 // LabelStatus is the state of one label.
 type LabelStatus struct {
-	Label    string         `json:"label"`
-	Policy   Policy         `json:"policy"`
-	Upstream string         `json:"upstream,omitempty"`
+	Label string `json:"label"`
+	// Policy is the label's policy setting ("policy", "upstream",
+	// "engine" in JSON).
+	settings.Policy
 	Bindings int            `json:"bindings"`
 	Sockets  []SocketStatus `json:"sockets,omitempty"`
 	// Lookups that chose this label; of those, the ones delivered, the
@@ -354,9 +256,8 @@ type SocketStatus struct {
 
 // SetPolicyRequest sets a label's connection policy.
 type SetPolicyRequest struct {
-	Label    string `json:"label"`
-	Policy   Policy `json:"policy"`
-	Upstream string `json:"upstream,omitempty"`
+	Label string `json:"label"`
+	settings.Policy
 }
 
 // SetPolicyResponse is empty.
@@ -364,19 +265,8 @@ type SetPolicyResponse struct{}
 
 // Config is a whole desired state: what `switchyard apply` sends.
 type Config struct {
-	Bindings binding.List    `json:"bindings"`
-	Labels   []LabelSettings `json:"labels,omitempty"`
-}
-
-// LabelSettings are the per-label settings of a Config.
-type LabelSettings struct {
-	Label    string `json:"label"`
-	Policy   Policy `json:"policy"`
-	Upstream string `json:"upstream,omitempty"`
-	// Users and Groups (names or numeric ids) may register sockets for the
-	// label without being root.
-	Users  []string `json:"users,omitempty"`
-	Groups []string `json:"groups,omitempty"`
+	Bindings binding.List     `json:"bindings"`
+	Labels   []settings.Named `json:"labels,omitempty"`
 }
 
 // ApplyRequest makes the daemon's bindings and label settings equal to
@@ -408,9 +298,9 @@ func (d Diff) Empty() bool {
 // LabelChange is a change of one label's settings. Old is nil for a label
 // that is new, New is nil for one that goes away.
 type LabelChange struct {
-	Label string         `json:"label"`
-	Old   *LabelSettings `json:"old,omitempty"`
-	New   *LabelSettings `json:"new,omitempty"`
+	Label string          `json:"label"`
+	Old   *settings.Named `json:"old,omitempty"`
+	New   *settings.Named `json:"new,omitempty"`
 }
 
 func (*VersionRequest) Op() Op      { return OpVersion }
@@ -490,7 +380,7 @@ func (r *SetPolicyRequest) Validate() error {
 	if err := binding.ValidateLabel(r.Label); err != nil {
 		return err
 	}
-	return ValidatePolicy(r.Policy, r.Upstream)
+	return r.Policy.Validate()
 }
 
 // Validate implements RequestBody. It checks every binding and label
@@ -508,46 +398,16 @@ func (c *Config) Validate() error {
 	seen := make(map[string]bool, len(c.Labels))
 	for i := range c.Labels {
 		s := &c.Labels[i]
-		if err := s.Validate(); err != nil {
+		if err := binding.ValidateLabel(s.Name); err != nil {
 			return err
 		}
-		if seen[s.Label] {
-			return fmt.Errorf("label %q: %w: settings given twice; merge them", s.Label, binding.ErrInvalid)
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("label %q: %w", s.Name, err)
 		}
-		seen[s.Label] = true
-	}
-	return nil
-}
-
-// Validate checks one label's settings.
-func (s *LabelSettings) Validate() error {
-	if err := binding.ValidateLabel(s.Label); err != nil {
-		return err
-	}
-	if err := ValidatePolicy(s.Policy, s.Upstream); err != nil {
-		return fmt.Errorf("label %q: %w", s.Label, err)
-	}
-	for _, list := range [][]string{s.Users, s.Groups} {
-		for _, name := range list {
-			if err := validatePrincipal(name); err != nil {
-				return fmt.Errorf("label %q: %w", s.Label, err)
-			}
+		if seen[s.Name] {
+			return fmt.Errorf("label %q: %w: settings given twice; merge them", s.Name, binding.ErrInvalid)
 		}
-	}
-	return nil
-}
-
-// validatePrincipal accepts a user or group name or number as POSIX and
-// systemd allow them, loosely: 1 to 256 bytes, no space, control, colon,
-// slash or non-ASCII byte.
-func validatePrincipal(s string) error {
-	if s == "" || len(s) > 256 {
-		return fmt.Errorf("user or group %q: %w: must be 1 to 256 bytes", s, binding.ErrInvalid)
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c <= ' ' || c >= 0x7f || c == ':' || c == '/' {
-			return fmt.Errorf("user or group %q: %w: byte %d is not allowed", s, binding.ErrInvalid, i)
-		}
+		seen[s.Name] = true
 	}
 	return nil
 }

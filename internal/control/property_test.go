@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 func randBinding(r *rand.Rand) binding.Binding {
@@ -51,19 +52,23 @@ func randLabel(r *rand.Rand) string {
 	return string(b)
 }
 
-func randSettings(r *rand.Rand, label string) LabelSettings {
-	s := LabelSettings{Label: label, Policy: Policy(r.IntN(3))}
-	if s.Policy == PolicySplice {
-		s.Upstream = fmt.Sprintf("host-%d.example:%d", r.IntN(100), 1+r.IntN(65535))
+func randSettings(r *rand.Rand, label string) settings.Named {
+	s := settings.Named{Name: label}
+	s.Kind = settings.Kind(r.IntN(3))
+	if s.Kind == settings.Splice {
+		s.Upstream = settings.Upstream{Host: fmt.Sprintf("host-%d.example", r.IntN(100)), Port: uint16(1 + r.IntN(65535))}
 		if r.IntN(2) == 0 {
-			s.Upstream = "[2001:db8::1]:same"
+			s.Upstream = settings.Upstream{Host: "2001:db8::1"}
+		}
+		if r.IntN(2) == 0 {
+			s.Engine = settings.Kernel
 		}
 	}
 	for range r.IntN(3) {
-		s.Users = append(s.Users, fmt.Sprint(r.IntN(70000)))
+		s.Grants.UIDs = append(s.Grants.UIDs, uint32(r.IntN(70000)))
 	}
 	for range r.IntN(3) {
-		s.Groups = append(s.Groups, "grp"+fmt.Sprint(r.IntN(100)))
+		s.Grants.Groups = append(s.Grants.Groups, "grp"+fmt.Sprint(r.IntN(100)))
 	}
 	return s
 }

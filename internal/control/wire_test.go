@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 func mustBinding(tb testing.TB, label, proto, prefix, ports string) binding.Binding {
@@ -57,13 +58,17 @@ func sampleRequests(tb testing.TB) []RequestBody {
 		&UnregisterRequest{Label: "web", Protocol: binding.TCP, Family: binding.IPv6},
 		&StatusRequest{},
 		&StatusRequest{Label: "dns-public"},
-		&SetPolicyRequest{Label: "web", Policy: PolicyBypass},
-		&SetPolicyRequest{Label: "web", Policy: PolicySplice, Upstream: "[2001:db8::1]:same"},
+		&SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.Bypass}},
+		&SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "2001:db8::1"}}},
+		&SetPolicyRequest{Label: "web", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "backend.example", Port: 443}, Engine: settings.Kernel}},
 		&ApplyRequest{Config: Config{
 			Bindings: []binding.Binding{b, b6},
-			Labels: []LabelSettings{
-				{Label: "web", Policy: PolicySplice, Upstream: "backend.example:8080", Users: []string{"www-data", "1000"}, Groups: []string{"web"}},
-				{Label: "dns-public"},
+			Labels: []settings.Named{
+				{Name: "web", Label: settings.Label{
+					Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "backend.example", Port: 8080}},
+					Grants: settings.Grants{UIDs: []uint32{1000}, Users: []string{"www-data"}, Groups: []string{"web"}},
+				}},
+				{Name: "dns-public"},
 			},
 		}, DryRun: true},
 		&ApplyRequest{},
@@ -73,7 +78,7 @@ func sampleRequests(tb testing.TB) []RequestBody {
 // sampleReplies has one valid reply of every operation, and error replies.
 func sampleReplies(tb testing.TB) []*Reply {
 	b := mustBinding(tb, "dns-public", "udp", "192.0.2.0/24", "53")
-	set := &LabelSettings{Label: "web", Policy: PolicyBypass}
+	set := &settings.Named{Name: "web", Label: settings.Label{Policy: settings.Policy{Kind: settings.Bypass}}}
 	bodies := []ResponseBody{
 		&VersionResponse{Version: "v1.2.3", Protocols: []uint16{1}},
 		&BindResponse{},
@@ -86,7 +91,7 @@ func sampleReplies(tb testing.TB) []*Reply {
 		}},
 		&UnregisterResponse{},
 		&StatusResponse{Version: "dev", NetNS: 4026531840, Labels: []LabelStatus{{
-			Label: "web", Policy: PolicySplice, Upstream: "up:same", Bindings: 3,
+			Label: "web", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "up"}}, Bindings: 3,
 			Sockets: []SocketStatus{{Protocol: binding.TCP, Family: binding.IPv4, Local: netip.MustParseAddrPort("0.0.0.0:80"), Cookie: 77}},
 			Hits:    10, Missing: 2,
 		}}},
@@ -191,7 +196,7 @@ func TestLargeMessages(t *testing.T) {
 
 	// Only Apply may be large among requests.
 	big := strings.Repeat("a", MaxSmallMessage)
-	_, err = EncodeRequest(NewRequest(&SetPolicyRequest{Label: "x", Policy: PolicySplice, Upstream: big + ":1"}))
+	_, err = EncodeRequest(NewRequest(&SetPolicyRequest{Label: "x", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: big, Port: 1}}}))
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("oversized set-policy encoded: %v", err)
 	}
@@ -404,31 +409,6 @@ func TestErrors(t *testing.T) {
 	}
 	if ErrConflict.Error() != "conflict" {
 		t.Errorf("sentinel text %q", ErrConflict.Error())
-	}
-}
-
-func TestPolicy(t *testing.T) {
-	for _, s := range []string{"none", "bypass", "splice"} {
-		p, err := ParsePolicy(s)
-		if err != nil || p.String() != s {
-			t.Errorf("ParsePolicy(%q) = %v, %v", s, p, err)
-		}
-	}
-	if _, err := ParsePolicy("None"); !errors.Is(err, binding.ErrInvalid) {
-		t.Errorf("ParsePolicy(None) = %v", err)
-	}
-	for _, tc := range []struct {
-		up string
-		ok bool
-	}{
-		{"backend:80", true}, {"10.0.0.1:same", true}, {"[2001:db8::1]:65535", true},
-		{"", false}, {"backend", false}, {":80", false}, {"backend:0", false},
-		{"backend:65536", false}, {"backend:http", false}, {"back end:80", false},
-	} {
-		err := ValidatePolicy(PolicySplice, tc.up)
-		if (err == nil) != tc.ok {
-			t.Errorf("ValidatePolicy(splice, %q) = %v", tc.up, err)
-		}
 	}
 }
 

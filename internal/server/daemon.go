@@ -26,6 +26,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/safepath"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Env is what the daemon takes from its surroundings, injected for tests.
@@ -328,7 +329,7 @@ func check(f flags, cfg *config.Config, log *slog.Logger) error {
 func (s *Server) commitConfig(cfg *config.Config) error {
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
-	blob, err := encodeSettings(s.labelsNow())
+	blob, err := settings.EncodeState(s.labelsNow())
 	if err != nil {
 		return err
 	}
@@ -358,8 +359,12 @@ func (s *Server) reload(path string) error {
 	if err != nil {
 		return err
 	}
-	next := settingsOf(cfg.Labels)
-	if err := s.resolve(next); err != nil {
+	next := cfg.Labels
+	if next == nil {
+		next = map[string]settings.Label{}
+	}
+	principals, err := s.resolve(next)
+	if err != nil {
 		return err
 	}
 	s.txMu.Lock()
@@ -368,7 +373,7 @@ func (s *Server) reload(path string) error {
 	if cfg.Bindings != nil {
 		bs = &cfg.Bindings
 	}
-	added, removed, err := s.transact(bs, next)
+	added, removed, err := s.transact(bs, next, principals)
 	if err != nil {
 		return err
 	}

@@ -117,12 +117,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if pc, err := pm.Counters(); err != nil {
 			c.scrapeErrs.Add(1)
 		} else {
-			settings := s.Labels()
+			labels := s.Labels()
 			for label, v := range pc {
-				p := settings[label].Policy
-				if p == "" {
-					p = "none"
-				}
+				p := labels[label].Kind.String()
 				ch <- prometheus.MustNewConstMetric(descPolicyBytes, prometheus.CounterValue, float64(v.Bytes), label, p)
 				ch <- prometheus.MustNewConstMetric(descPolicyConns, prometheus.CounterValue, float64(v.Connections), label, p)
 				if p == "bypass" || v.BusyPoll > 0 {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/policy"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Connection policies are carried out by a policy.Manager. If it could not
@@ -22,13 +23,12 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 	s.mu.Lock()
 	s.pm, s.pmWhy, s.pmCtx = pm, why, ctx
 	s.mu.Unlock()
-	for name, ls := range s.Labels() {
-		p, _ := control.ParsePolicy(ls.Policy)
-		if p == control.PolicyNone {
+	for name, l := range s.Labels() {
+		if l.Kind == settings.None {
 			continue
 		}
-		if err := s.enforce(name, control.PolicyNone, p, ls.Upstream); err != nil {
-			s.log.Error("policy not in force", "label", name, "policy", ls.Policy, "err", err)
+		if err := s.enforce(name, settings.Policy{}, l.Policy); err != nil {
+			s.log.Error("policy not in force", "label", name, "policy", l.Policy.String(), "err", err)
 		}
 	}
 	if pm != nil {
@@ -41,7 +41,7 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 			s.log.Warn("policy status", "err", err)
 		}
 		for name, st := range states {
-			if p, _ := policyOf(s.labels, name); p != control.PolicyBypass && strings.HasPrefix(st, "bypass") {
+			if policyOf(s.labels, name).Kind != settings.Bypass && strings.HasPrefix(st, "bypass") {
 				s.log.Warn("bypass in force without its setting; switching it off", "label", name)
 				if err := pm.SetBypass(name, false); err != nil {
 					s.log.Error("bypass not switched off", "label", name, "err", err)
@@ -53,26 +53,31 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 }
 
 // enforce moves a label from policy from to policy to.
-func (s *Server) enforce(label string, from, to control.Policy, upstream string) error {
+func (s *Server) enforce(label string, from, to settings.Policy) error {
 	s.mu.RLock()
 	pm, why, ctx := s.pm, s.pmWhy, s.pmCtx
 	s.mu.RUnlock()
 	if pm == nil {
-		if to == control.PolicyNone {
+		if to.Kind == settings.None {
 			return nil
 		}
-		return control.Errorf(control.CodeUnsupported, "policy %s for %s: connection policies are unavailable here: %s", to, label, why)
+		return control.Errorf(control.CodeUnsupported, "policy %s for %s: connection policies are unavailable here: %s", to.Kind, label, why)
 	}
-	if from == control.PolicySplice {
+	if to.Engine != settings.Userspace {
+		// Helper "policy" wires the in-kernel engine; until then a label
+		// cannot select it.
+		return control.Errorf(control.CodeUnsupported, "policy %s for %s: engine %s is not available in this build", to.Kind, label, to.Engine)
+	}
+	if from.Kind == settings.Splice {
 		if err := pm.StopSplice(label); err != nil {
 			return err
 		}
 	}
-	if err := pm.SetBypass(label, to == control.PolicyBypass); err != nil {
+	if err := pm.SetBypass(label, to.Kind == settings.Bypass); err != nil {
 		return err
 	}
-	if to == control.PolicySplice {
-		return pm.StartSplice(ctx, label, upstream, func(ln *net.TCPListener) error {
+	if to.Kind == settings.Splice {
+		return pm.StartSplice(ctx, label, to.Upstream.String(), func(ln *net.TCPListener) error {
 			_, err := s.d.Register(label, ln)
 			return err
 		})
@@ -87,7 +92,7 @@ func (s *Server) policyStatus(byLabel map[string]*control.LabelStatus) {
 	s.mu.RUnlock()
 	if pm == nil {
 		for _, ls := range byLabel {
-			if ls.Policy != control.PolicyNone {
+			if ls.Kind != settings.None {
 				ls.PolicyState = "not in force: " + why
 			}
 		}
@@ -103,7 +108,7 @@ func (s *Server) policyStatus(byLabel map[string]*control.LabelStatus) {
 	}
 	for name, ls := range byLabel {
 		ls.PolicyState = states[name]
-		if ls.Policy != control.PolicyNone && ls.PolicyState == "" {
+		if ls.Kind != settings.None && ls.PolicyState == "" {
 			ls.PolicyState = "not in force"
 		}
 		c := counters[name]

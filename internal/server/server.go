@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,20 +29,12 @@ import (
 	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/safepath"
+	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 )
 
 // Version is the daemon's version, set at build time.
 var Version = "dev"
-
-// LabelSettings are what the daemon knows of a label beyond its bindings.
-type LabelSettings struct {
-	Grants   config.Grants `json:"grants"`
-	Policy   string        `json:"policy,omitempty"`
-	Upstream string        `json:"upstream,omitempty"`
-
-	principals config.Principals
-}
 
 // Stats count what the server refused, for metrics.
 type Stats struct {
@@ -78,10 +68,12 @@ type Server struct {
 	txMu sync.Mutex
 
 	mu     sync.RWMutex
-	labels map[string]*LabelSettings
-	pm     *policy.Manager // nil: policies unavailable, because of pmWhy
-	pmWhy  string
-	pmCtx  context.Context
+	labels map[string]settings.Label // in force; replaced, never changed
+	// principals are the resolved grants of labels, by label.
+	principals map[string]config.Principals
+	pm         *policy.Manager // nil: policies unavailable, because of pmWhy
+	pmWhy      string
+	pmCtx      context.Context
 
 	conns    connTable
 	logLimit logLimiter
@@ -104,13 +96,13 @@ type Options struct {
 	NetNS string
 	// Labels, if not nil, are the label settings to start with (a config
 	// file's), instead of those saved at StatePath.
-	Labels map[string]config.Label
+	Labels map[string]settings.Label
 }
 
 // New makes a server for d. Label settings start from the state file, if
 // there is one.
 func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
-	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, netnsPath: opts.NetNS, labels: map[string]*LabelSettings{}, pmWhy: "no policy manager", pmCtx: context.Background()}
+	s := &Server{log: opts.Logger, d: d, statePath: opts.StatePath, netnsPath: opts.NetNS, labels: map[string]settings.Label{}, principals: map[string]config.Principals{}, pmWhy: "no policy manager", pmCtx: context.Background()}
 	s.snaps.bindings.keep = func(l listing) bool { return l.size <= keptListing }
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -123,11 +115,11 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 		// A config file's settings replace the recorded ones; the
 		// daemon commits them with the config's bindings
 		// (commitConfig).
-		m := settingsOf(opts.Labels)
-		if err := s.resolve(m); err != nil {
+		p, err := s.resolve(opts.Labels)
+		if err != nil {
 			return nil, err
 		}
-		s.labels = m
+		s.labels, s.principals = opts.Labels, p
 		return s, nil
 	}
 	blob, ok, err := d.Settings()
@@ -149,14 +141,26 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	if blob == nil {
 		return s, nil
 	}
-	m, err := DecodeSettings(blob)
+	m, notes, err := settings.DecodeState(blob)
 	if err != nil {
 		return nil, fmt.Errorf("read label settings from %s: %w", from, err)
 	}
-	if err := s.resolve(m); err != nil {
+	for _, n := range notes {
+		s.log.Warn("recorded label setting not kept", "from", from, "note", n)
+	}
+	p, err := s.resolve(m)
+	if err != nil {
 		return nil, err
 	}
-	s.labels = m
+	s.labels, s.principals = m, p
+	if len(notes) > 0 {
+		// Record what is now in force, so that status, a restart and
+		// the daemonless CLI agree on it.
+		if blob, err = settings.EncodeState(m); err != nil {
+			return nil, err
+		}
+		ok = false
+	}
 	if !ok {
 		if err := d.SetSettings(blob); err != nil {
 			return nil, fmt.Errorf("record label settings: %w", err)
@@ -167,25 +171,20 @@ func New(d *dispatch.Dispatcher, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// settingsOf is the daemon's form of a config file's label settings.
-func settingsOf(labels map[string]config.Label) map[string]*LabelSettings {
-	m := make(map[string]*LabelSettings, len(labels))
-	for name, l := range labels {
-		m[name] = &LabelSettings{Grants: l.Grants, Policy: l.Policy.String(), Upstream: l.Upstream.String()}
-	}
-	return m
-}
-
 // resolve looks up the users and groups of each label's grants.
-func (s *Server) resolve(m map[string]*LabelSettings) error {
-	for name, ls := range m {
-		p, err := ls.Grants.Resolve(s.resolver)
-		if err != nil {
-			return fmt.Errorf("grants of label %s: %w", name, err)
+func (s *Server) resolve(m map[string]settings.Label) (map[string]config.Principals, error) {
+	out := make(map[string]config.Principals, len(m))
+	for name, l := range m {
+		if l.Grants.IsZero() {
+			continue
 		}
-		ls.principals = p
+		p, err := s.resolver.Resolve(l.Grants)
+		if err != nil {
+			return nil, fmt.Errorf("grants of label %s: %w", name, err)
+		}
+		out[name] = p
 	}
-	return nil
+	return out, nil
 }
 
 func (s *Server) persist() error {
@@ -193,7 +192,7 @@ func (s *Server) persist() error {
 		return nil
 	}
 	s.mu.RLock()
-	b, err := json.MarshalIndent(s.labels, "", "  ")
+	b, err := settings.EncodeStateIndent(s.labels)
 	s.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("save label settings: %w", err)
@@ -208,15 +207,12 @@ func (s *Server) persist() error {
 // labels with long grant lists fit well within it.
 const MaxStateFile = 64 << 20
 
-// Labels returns a copy of the label settings.
-func (s *Server) Labels() map[string]LabelSettings {
+// Labels returns the label settings in force. The map is replaced, never
+// changed, when they change; callers must not change it.
+func (s *Server) Labels() map[string]settings.Label {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make(map[string]LabelSettings, len(s.labels))
-	for k, v := range s.labels {
-		out[k] = *v
-	}
-	return out
+	return s.labels
 }
 
 func (s *Server) serveConn(ctx context.Context, cc *control.Conn) {
@@ -430,12 +426,10 @@ func (s *Server) mayRegister(p peer, label string) error {
 		return nil
 	}
 	s.mu.RLock()
-	ls := s.labels[label]
+	pr, ok := s.principals[label]
 	s.mu.RUnlock()
-	if ls != nil {
-		if ls.principals.Permits(p.uid, append([]uint32{p.gid}, p.groups...)...) {
-			return nil
-		}
+	if ok && pr.Permits(p.uid, append([]uint32{p.gid}, p.groups...)...) {
+		return nil
 	}
 	return s.refuse(p, "register", &s.Stats.RefusedRegistrations, "uid %d (gid %d) has no grant for label %s; add it under labels.%s.grants in the daemon config", p.uid, p.gid, label, label)
 }
@@ -565,7 +559,7 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 // if a socket is shown; policyState, if not nil, fills in each label's
 // policy state. The labels come in name order; none for a label means no
 // binding, socket or setting has it.
-func BuildStatus(d *dispatch.Dispatcher, counts map[string]int, settings map[string]*LabelSettings, endpoints func() map[uint64]netip.AddrPort, policyState func(map[string]*control.LabelStatus), label string) ([]control.LabelStatus, error) {
+func BuildStatus(d *dispatch.Dispatcher, counts map[string]int, labels map[string]settings.Label, endpoints func() map[uint64]netip.AddrPort, policyState func(map[string]*control.LabelStatus), label string) ([]control.LabelStatus, error) {
 	dests, err := d.Destinations()
 	if err != nil {
 		return nil, err
@@ -601,10 +595,8 @@ func BuildStatus(d *dispatch.Dispatcher, counts map[string]int, settings map[str
 		ls := get(name)
 		ls.Lookups, ls.Hits, ls.Missing, ls.BadSocket = c.Lookups, c.Hits, c.Missing, c.BadSocket
 	}
-	for name, st := range settings {
-		ls := get(name)
-		ls.Policy, _ = control.ParsePolicy(st.Policy) // validated when set or decoded
-		ls.Upstream = st.Upstream
+	for name, st := range labels {
+		get(name).Policy = st.Policy
 	}
 	if policyState != nil {
 		policyState(byLabel)
@@ -620,42 +612,43 @@ func BuildStatus(d *dispatch.Dispatcher, counts map[string]int, settings map[str
 }
 
 func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, error) {
-	if err := control.ValidatePolicy(r.Policy, r.Upstream); err != nil {
+	if err := r.Policy.Validate(); err != nil {
 		return nil, err
 	}
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
-	next := cloneSettings(s.labelsNow())
-	ls := next[r.Label]
-	if ls == nil {
-		ls = &LabelSettings{}
-		next[r.Label] = ls
+	next := maps.Clone(s.labelsNow())
+	if next == nil {
+		next = map[string]settings.Label{}
 	}
-	ls.Policy, ls.Upstream = r.Policy.String(), r.Upstream
-	if _, _, err := s.transact(nil, next); err != nil {
+	l := next[r.Label]
+	l.Policy = r.Policy
+	next[r.Label] = l
+	if _, _, err := s.transact(nil, next, s.principals); err != nil {
 		return nil, err
 	}
-	s.log.Info("policy set", "label", r.Label, "policy", r.Policy.String(), "upstream", r.Upstream)
+	s.log.Info("policy set", "label", r.Label, "policy", r.Policy.String())
 	return &control.SetPolicyResponse{}, nil
 }
 
 func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) {
-	next := make(map[string]*LabelSettings, len(r.Config.Labels))
+	next := make(map[string]settings.Label, len(r.Config.Labels))
 	for _, l := range r.Config.Labels {
-		if err := control.ValidatePolicy(l.Policy, l.Upstream); err != nil {
-			return nil, fmt.Errorf("label %s: %w", l.Label, err)
+		if err := l.Validate(); err != nil {
+			return nil, fmt.Errorf("label %s: %w", l.Name, err)
 		}
-		if l.Policy != control.PolicyNone {
+		if l.Kind != settings.None {
 			s.mu.RLock()
 			pm, why := s.pm, s.pmWhy
 			s.mu.RUnlock()
 			if pm == nil {
-				return nil, control.Errorf(control.CodeUnsupported, "label %s: policy %s: connection policies are unavailable here: %s", l.Label, l.Policy, why)
+				return nil, control.Errorf(control.CodeUnsupported, "label %s: policy %s: connection policies are unavailable here: %s", l.Name, l.Kind, why)
 			}
 		}
-		next[l.Label] = &LabelSettings{Grants: grantsFromWire(l.Users, l.Groups), Policy: l.Policy.String(), Upstream: l.Upstream}
+		next[l.Name] = l.Label
 	}
-	if err := s.resolve(next); err != nil {
+	principals, err := s.resolve(next)
+	if err != nil {
 		return nil, err
 	}
 	// The request's list is the largest thing the daemon holds during an
@@ -672,13 +665,12 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	defer s.txMu.Unlock()
 	changes := labelChanges(s.labelsNow(), next)
 	var added, removed []binding.Binding
-	var err error
 	if r.DryRun {
 		added, removed, err = s.d.ReplaceBindings(bs, true)
 	} else {
 		list := []binding.Binding(bs)
 		bs = nil
-		added, removed, err = s.transact(&list, next)
+		added, removed, err = s.transact(&list, next, principals)
 	}
 	if err != nil {
 		return nil, err
@@ -689,21 +681,20 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 
 // labelChanges lists the labels whose settings differ between cur and
 // next.
-func labelChanges(cur, next map[string]*LabelSettings) []control.LabelChange {
+func labelChanges(cur, next map[string]settings.Label) []control.LabelChange {
 	var changes []control.LabelChange
 	for _, name := range slices.Sorted(maps.Keys(unionKeys(cur, next))) {
 		old, hadOld := cur[name]
 		nw, hasNew := next[name]
-		var ch control.LabelChange
-		ch.Label = name
+		if hadOld && hasNew && sameSettings(old, nw) {
+			continue
+		}
+		ch := control.LabelChange{Label: name}
 		if hadOld {
-			ch.Old = old.wire(name)
+			ch.Old = &settings.Named{Name: name, Label: old}
 		}
 		if hasNew {
-			ch.New = nw.wire(name)
-		}
-		if hadOld && hasNew && sameSettings(ch.Old, ch.New) {
-			continue
+			ch.New = &settings.Named{Name: name, Label: nw}
 		}
 		changes = append(changes, ch)
 	}
@@ -721,45 +712,21 @@ func unionKeys[V1, V2 any](a map[string]V1, b map[string]V2) map[string]bool {
 	return out
 }
 
-func sameSettings(a, b *control.LabelSettings) bool {
-	return a.Policy == b.Policy && a.Upstream == b.Upstream && slices.Equal(a.Users, b.Users) && slices.Equal(a.Groups, b.Groups)
-}
-
-// wire is the protocol's form of a label's settings: numeric ids as strings
-// beside names.
-func (ls *LabelSettings) wire(name string) *control.LabelSettings {
-	p, _ := control.ParsePolicy(ls.Policy)
-	out := &control.LabelSettings{Label: name, Policy: p, Upstream: ls.Upstream}
-	for _, id := range ls.Grants.UIDs {
-		out.Users = append(out.Users, strconv.FormatUint(uint64(id), 10))
+// sameSettings reports whether a and b are the same settings, grants
+// compared as sets of ids and names.
+func sameSettings(a, b settings.Label) bool {
+	if a.Policy != b.Policy {
+		return false
 	}
-	out.Users = append(out.Users, ls.Grants.Users...)
-	for _, id := range ls.Grants.GIDs {
-		out.Groups = append(out.Groups, strconv.FormatUint(uint64(id), 10))
+	sorted := func(g settings.Grants) settings.Grants {
+		g = settings.Grants{UIDs: slices.Clone(g.UIDs), GIDs: slices.Clone(g.GIDs), Users: slices.Clone(g.Users), Groups: slices.Clone(g.Groups)}
+		slices.Sort(g.UIDs)
+		slices.Sort(g.GIDs)
+		slices.Sort(g.Users)
+		slices.Sort(g.Groups)
+		return g
 	}
-	out.Groups = append(out.Groups, ls.Grants.Groups...)
-	slices.Sort(out.Users)
-	slices.Sort(out.Groups)
-	return out
-}
-
-func grantsFromWire(users, groups []string) config.Grants {
-	var g config.Grants
-	for _, u := range users {
-		if id, err := strconv.ParseUint(u, 10, 32); err == nil {
-			g.UIDs = append(g.UIDs, uint32(id))
-		} else {
-			g.Users = append(g.Users, u)
-		}
-	}
-	for _, gr := range groups {
-		if id, err := strconv.ParseUint(gr, 10, 32); err == nil {
-			g.GIDs = append(g.GIDs, uint32(id))
-		} else {
-			g.Groups = append(g.Groups, gr)
-		}
-	}
-	return g
+	return sorted(a.Grants).Equal(sorted(b.Grants))
 }
 
 func isEOF(err error) bool {

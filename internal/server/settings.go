@@ -1,14 +1,13 @@
 package server
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
-	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/config"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Label settings are recorded with the bindings, in the dispatcher's record
@@ -26,77 +25,32 @@ import (
 // once (a failure sets the policies back too); last, the settings in memory
 // are replaced.
 
-// encodeSettings is the record's form of label settings.
-func encodeSettings(m map[string]*LabelSettings) ([]byte, error) {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encode label settings: %w", err)
-	}
-	return b, nil
-}
-
-// errBadSettings says that recorded label settings cannot be read.
-var errBadSettings = errors.New("bad recorded label settings")
-
-// DecodeSettings reads label settings as recorded (or as saved in the file
-// of older builds), refusing what no daemon would have written.
-func DecodeSettings(b []byte) (map[string]*LabelSettings, error) {
-	m := map[string]*LabelSettings{}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadSettings, err)
-	}
-	for name, ls := range m {
-		if err := binding.ValidateLabel(name); err != nil {
-			return nil, fmt.Errorf("%w: %w", errBadSettings, err)
-		}
-		if ls == nil {
-			return nil, fmt.Errorf("%w: label %s has none", errBadSettings, name)
-		}
-		p, err := control.ParsePolicy(ls.Policy)
-		if err != nil {
-			return nil, fmt.Errorf("%w: label %s: %w", errBadSettings, name, err)
-		}
-		if err := control.ValidatePolicy(p, ls.Upstream); err != nil {
-			return nil, fmt.Errorf("%w: label %s: %w", errBadSettings, name, err)
-		}
-		ls.Policy = p.String()
-	}
-	return m, nil
-}
-
-// policyOf is a label's policy and upstream in m (none if absent).
-func policyOf(m map[string]*LabelSettings, label string) (control.Policy, string) {
-	ls := m[label]
-	if ls == nil {
-		return control.PolicyNone, ""
-	}
-	p, _ := control.ParsePolicy(ls.Policy)
-	return p, ls.Upstream
+// policyOf is a label's policy in m (none if absent).
+func policyOf(m map[string]settings.Label, label string) settings.Policy {
+	return m[label].Policy
 }
 
 // enforced is a policy change put in force, to be set back on failure.
 type enforced struct {
-	label              string
-	from, to           control.Policy
-	fromUp, toUpstream string
+	label    string
+	from, to settings.Policy
 }
 
 // enforceAll puts in force the policies of next that differ from those of
 // cur, in label order. If one fails, it sets back those it changed and
 // returns an error naming the label.
-func (s *Server) enforceAll(cur, next map[string]*LabelSettings) ([]enforced, error) {
+func (s *Server) enforceAll(cur, next map[string]settings.Label) ([]enforced, error) {
 	var done []enforced
 	for _, name := range slices.Sorted(maps.Keys(unionKeys(cur, next))) {
-		from, fromUp := policyOf(cur, name)
-		to, toUp := policyOf(next, name)
-		if from == to && fromUp == toUp {
+		from, to := policyOf(cur, name), policyOf(next, name)
+		if from == to {
 			continue
 		}
-		if err := s.enforce(name, from, to, toUp); err != nil {
+		if err := s.enforce(name, from, to); err != nil {
 			s.rollback(done)
-			return nil, fmt.Errorf("label %s: policy %s could not be put in force, so nothing changed: %w", name, to, err)
+			return nil, fmt.Errorf("label %s: policy %s could not be put in force, so nothing changed: %w", name, to.Kind, err)
 		}
-		done = append(done, enforced{name, from, to, fromUp, toUp})
+		done = append(done, enforced{name, from, to})
 	}
 	return done, nil
 }
@@ -105,17 +59,17 @@ func (s *Server) enforceAll(cur, next map[string]*LabelSettings) ([]enforced, er
 func (s *Server) rollback(done []enforced) {
 	for i := len(done) - 1; i >= 0; i-- {
 		e := done[i]
-		if err := s.enforce(e.label, e.to, e.from, e.fromUp); err != nil {
+		if err := s.enforce(e.label, e.to, e.from); err != nil {
 			s.log.Error("policy not set back after a failed change", "label", e.label, "policy", e.from.String(), "err", err)
 		}
 	}
 }
 
 // transact makes next the label settings and, unless bindings is nil, *bindings the
-// binding set, as one transaction (see above). The caller holds txMu and
-// has resolved next's grants.
-func (s *Server) transact(bindings *[]binding.Binding, next map[string]*LabelSettings) (added, removed []binding.Binding, err error) {
-	blob, err := encodeSettings(next)
+// binding set, as one transaction (see above). The caller holds txMu;
+// principals are next's resolved grants.
+func (s *Server) transact(bindings *[]binding.Binding, next map[string]settings.Label, principals map[string]config.Principals) (added, removed []binding.Binding, err error) {
+	blob, err := settings.EncodeState(next)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -135,7 +89,7 @@ func (s *Server) transact(bindings *[]binding.Binding, next map[string]*LabelSet
 		return nil, nil, err
 	}
 	s.mu.Lock()
-	s.labels = next
+	s.labels, s.principals = next, principals
 	s.mu.Unlock()
 	s.mirror()
 	return added, removed, nil
@@ -143,7 +97,7 @@ func (s *Server) transact(bindings *[]binding.Binding, next map[string]*LabelSet
 
 // labelsNow is the settings in force; the caller holds txMu, so they do
 // not change meanwhile.
-func (s *Server) labelsNow() map[string]*LabelSettings {
+func (s *Server) labelsNow() map[string]settings.Label {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.labels
@@ -155,14 +109,4 @@ func (s *Server) mirror() {
 	if err := s.persist(); err != nil {
 		s.log.Warn("label settings file not updated (the settings are recorded in the dispatch state)", "err", err)
 	}
-}
-
-// cloneSettings copies m deeply enough to change one label's settings.
-func cloneSettings(m map[string]*LabelSettings) map[string]*LabelSettings {
-	out := make(map[string]*LabelSettings, len(m))
-	for k, v := range m {
-		c := *v
-		out[k] = &c
-	}
-	return out
 }
