@@ -3,6 +3,7 @@ package register_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"slices"
@@ -67,15 +68,10 @@ func TestListenTCPRefused(t *testing.T) {
 	}
 	// Nothing stays open: the listener was closed. Go may finish closing
 	// a descriptor a moment later, when a goroutine still using it lets go.
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	testenv.WaitFor(t, 2*time.Second, "descriptors closed", func() (bool, string) {
 		after := testenv.CountFDs(t)
-		if after <= before {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d descriptors left open", after-before)
-		}
-	}
+		return after <= before, fmt.Sprintf("%d descriptors left open", after-before)
+	})
 }
 
 func TestRegisterErrors(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // Malformed, oversized and truncated control messages get an error reply or
@@ -58,10 +60,8 @@ func TestControlGarbage(t *testing.T) {
 	}
 	// The daemon closes each connection once it sees the client's end,
 	// which may come a moment after the client has exited.
-	after := fds()
-	for deadline := time.Now().Add(5 * time.Second); after > before && time.Now().Before(deadline); after = fds() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	var after int
+	testenv.Poll(5*time.Second, func() (bool, string) { after = fds(); return after <= before, "" })
 	if after > before {
 		t.Errorf("daemon holds %d fds after garbage, %d before", after, before)
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // load dials random addresses and ports of a prefix from inside the
@@ -71,13 +73,10 @@ func (l *load) finish() { close(l.stop); l.wg.Wait() }
 func (l *load) waitAttempts(t *testing.T, n int64) {
 	t.Helper()
 	target := l.attempts.Load() + n
-	deadline := time.Now().Add(60 * time.Second)
-	for l.attempts.Load() < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("load stalled at %d attempts", l.attempts.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 60*time.Second, "load", func() (bool, string) {
+		got := l.attempts.Load()
+		return got >= target, fmt.Sprintf("stalled at %d attempts, want %d", got, target)
+	})
 }
 
 func sk_lookupProgs(t *testing.T, w *world) []ebpf.ProgramID {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // bpfObjects are the ids of the BPF programs and maps switchyard has in a
@@ -183,13 +184,10 @@ func TestUnload(t *testing.T) {
 	}
 	// The kernel frees programs and maps in deferred work after the last
 	// reference goes.
-	deadline := time.Now().Add(10 * time.Second)
-	for left := remaining(t, objs); len(left) > 0; left = remaining(t, objs) {
-		if time.Now().After(deadline) {
-			t.Fatalf("bpftool still shows after unload: %v", left)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "objects gone after unload", func() (bool, string) {
+		left := remaining(t, objs)
+		return len(left) == 0, fmt.Sprintf("bpftool still shows %v", left)
+	})
 	if after := w.switchyardObjects(t); len(after.progs) != 0 {
 		t.Errorf("programs still attached after unload: %v", after.names)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // configWith is a config file binding label web to prefix on every port.
@@ -18,23 +20,10 @@ func configWith(prefix string) string {
 	return fmt.Sprintf("version: 1\nbindings:\n  - {label: web, protocol: tcp, prefix: %q, ports: \"*\"}\nlabels:\n  web: {}\n", prefix)
 }
 
-// eventually polls cond every 20ms until it holds or deadline passes, and
-// returns its last explanation.
-func eventually(timeout time.Duration, cond func() (bool, string)) (bool, string) {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok || time.Now().After(deadline) {
-			return ok, why
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitBound polls `switchyard bindings` until it shows prefix.
 func (w *world) waitBound(t *testing.T, prefix string) {
 	t.Helper()
-	ok, out := eventually(10*time.Second, func() (bool, string) {
+	ok, out := testenv.Poll(10*time.Second, func() (bool, string) {
 		out := w.mustCLI("bindings")
 		return strings.Contains(out, prefix), out
 	})
@@ -74,7 +63,7 @@ func (w *world) checkConfigMetrics(t *testing.T, path string, ok bool, inForce s
 		fmt.Sprintf(`switchyard_config_info{file=%q,sha256=%q} 1`, path, sha256Hex(inForce)),
 	}
 	var m string
-	good, why := eventually(10*time.Second, func() (bool, string) {
+	good, why := testenv.Poll(10*time.Second, func() (bool, string) {
 		m = w.metrics()
 		for _, line := range want {
 			name, _, _ := strings.Cut(line, " ")

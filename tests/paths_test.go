@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // Each test plants what a user other than root could plant, or what an
@@ -203,10 +205,9 @@ func TestPathWorldWritableConfig(t *testing.T) {
 	os.WriteFile(cfg, []byte("version: 1\nbindings:\n  - {label: two, protocol: tcp, prefix: 10.5.0.0/24, ports: \"80\"}\n"), 0o644)
 	os.Chmod(cfg, 0o666)
 	w.d.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(w.d.stderr.String(), "writable by group or others") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Poll(10*time.Second, func() (bool, string) {
+		return strings.Contains(w.d.stderr.String(), "writable by group or others"), ""
+	})
 	wantSays(t, w.d.stderr.String(), "writable by group or others")
 	if out := w.mustCLI("bindings"); !strings.Contains(out, "one") || strings.Contains(out, "two") {
 		t.Errorf("bindings after a refused reload:\n%s", out)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-project/switchyard/internal/testenv"
 	"github.com/switchyard-project/switchyard/register"
 )
 
@@ -200,16 +201,14 @@ func TestRegisterPID(t *testing.T) {
 // namespace: the readiness check for programs that give no signal.
 func (w *world) waitListening(addr string) {
 	w.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testenv.WaitFor(w.t, 10*time.Second, "something listens on "+addr, func() (bool, string) {
 		c, err := w.ns.DialTCP(addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
+		if err != nil {
+			return false, err.Error()
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	w.t.Fatalf("nothing listens on %s", addr)
+		c.Close()
+		return true, ""
+	})
 }
 
 func (w *world) runInput(input, name string, args ...string) (string, error) {
