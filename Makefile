@@ -14,13 +14,15 @@ help: ## Show this help.
 build: ## Build switchyard and switchyardd into bin/.
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-generate: ## Rebuild the BPF objects from bpf/ with clang (bpf2go).
+generate: ## Rebuild the BPF objects (bpfel and bpfeb) from bpf/ with clang (bpf2go), headers from bpf/include only.
 	cd dispatch && $(GO) generate ./...
 	cd internal/policy && $(GO) generate ./...
 
-check-generate: generate ## Fail if the committed BPF objects differ from a rebuild.
-	@git diff --exit-code -- '*_bpfel.go' '*_bpfel.o' '*_bpfel_test.go' '*_bpfel_test.o' || \
-		{ echo "generated BPF objects are out of date: run 'make generate' and commit"; exit 1; }
+GENERATED := '*_bpfel.go' '*_bpfel.o' '*_bpfel_test.go' '*_bpfel_test.o' '*_bpfeb.go' '*_bpfeb.o' '*_bpfeb_test.go' '*_bpfeb_test.o'
+
+check-generate: generate ## Fail if the committed BPF objects differ from a rebuild (or a rebuild makes new ones).
+	@out=$$(git status --porcelain -- $(GENERATED)); test -z "$$out" || \
+		{ echo "$$out"; echo "generated BPF objects are out of date: run 'make generate' and commit"; exit 1; }
 
 lint: ## gofmt and go vet.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -2,8 +2,7 @@
 /* The cheapest possible sk_lookup program. Benchmarks run it beside
  * sy_dispatch to express the dispatch cost as a ratio. */
 
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
+#include "sy_helpers.h"
 
 SEC("sk_lookup")
 int sy_baseline(struct bpf_sk_lookup *ctx)

@@ -3,10 +3,7 @@
  * datagrams to the socket registered for the label of the most specific
  * binding. See dispatch.h for the map layouts. */
 
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "sy_helpers.h"
 
 #include "lookup.h"
 

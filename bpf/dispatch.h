@@ -2,7 +2,7 @@
  * layouts through the types bpf2go generates from BTF. */
 #pragma once
 
-#include <linux/types.h>
+#include "sy_abi.h"
 
 /* Longest prefix length plus one, rounded for alignment. */
 #define SY_MAX_PLENS 132

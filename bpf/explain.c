@@ -18,9 +18,7 @@
  * dispatch program counted in sy_counters, so that lookups do not show in
  * the label's counters. */
 
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <bpf/bpf_helpers.h>
+#include "sy_helpers.h"
 
 #include "lookup.h"
 

@@ -4,9 +4,7 @@
  * that include this share them when loaded against the same pins. */
 #pragma once
 
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "sy_helpers.h"
 
 #include "dispatch.h"
 

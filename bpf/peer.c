@@ -6,10 +6,7 @@
  * prefix; then the destination's socket from a sockmap and bpf_sk_assign.
  * It is a benchmark baseline only; nothing loads it in production. */
 
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "sy_helpers.h"
 
 #define AF_INET 2
 #define AF_INET6 10

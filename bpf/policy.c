@@ -14,12 +14,7 @@
  * Which label a connection belongs to comes from sy_lookup_label, the same
  * lookup the sk_lookup program makes. See policy.h for the map layouts. */
 
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
+#include "sy_helpers.h"
 
 #include "lookup.h"
 #include "policy.h"

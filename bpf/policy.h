@@ -3,7 +3,7 @@
  * from BTF. */
 #pragma once
 
-#include <linux/types.h>
+#include "sy_abi.h"
 
 /* Bits of struct sy_p_label.mode. */
 #define SY_P_BYPASS 1
