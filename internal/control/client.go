@@ -78,7 +78,7 @@ func (c *Client) Close() error { return c.conn.Close() }
 // returns the result. An error reply is returned as an *Error. The files
 // stay the caller's.
 func (c *Client) Do(ctx context.Context, body RequestBody, files []*os.File) (ResponseBody, error) {
-	op := body.Op()
+	op := OpOf(body)
 	fds := make([]int, 0, len(files))
 	defer func() { closeFDs(fds) }()
 	for _, f := range files {
@@ -187,13 +187,27 @@ func dupFile(f *os.File) (int, error) {
 	return nfd, nil
 }
 
-// Version asks for the daemon's version and protocol versions.
-func (c *Client) Version(ctx context.Context) (*VersionResponse, error) {
-	r, err := c.Do(ctx, &VersionRequest{}, nil)
+// Call sends req with files attached (only Register takes any; they stay
+// the caller's) and returns the typed result, Resp being the reply type the
+// protocol's table gives req's operation. An error reply is an *Error.
+func Call[Resp any](ctx context.Context, c *Client, req RequestBody, files ...*os.File) (*Resp, error) {
+	body, err := c.Do(ctx, req, files)
 	if err != nil {
 		return nil, err
 	}
-	return r.(*VersionResponse), nil
+	r, ok := body.(*Resp)
+	if !ok {
+		return nil, fmt.Errorf("control %s: %w", OpOf(req), invalidf("the reply holds a %T, not the %T asked for", body, (*Resp)(nil)))
+	}
+	return r, nil
+}
+
+// The methods below are Call for each operation, for call sites that read
+// better with a name.
+
+// Version asks for the daemon's version and protocol versions.
+func (c *Client) Version(ctx context.Context) (*VersionResponse, error) {
+	return Call[VersionResponse](ctx, c, &VersionRequest{})
 }
 
 // Ping checks that the daemon answers.
@@ -204,23 +218,23 @@ func (c *Client) Ping(ctx context.Context) error {
 
 // Bind adds a binding.
 func (c *Client) Bind(ctx context.Context, b binding.Binding) error {
-	_, err := c.Do(ctx, &BindRequest{Binding: b}, nil)
+	_, err := Call[BindResponse](ctx, c, &BindRequest{Binding: b})
 	return err
 }
 
 // Unbind removes a binding.
 func (c *Client) Unbind(ctx context.Context, b binding.Binding) error {
-	_, err := c.Do(ctx, &UnbindRequest{Binding: b}, nil)
+	_, err := Call[UnbindResponse](ctx, c, &UnbindRequest{Binding: b})
 	return err
 }
 
 // ListBindings returns every binding, or those of label if it is not empty.
 func (c *Client) ListBindings(ctx context.Context, label string) ([]binding.Binding, error) {
-	r, err := c.Do(ctx, &ListBindingsRequest{Label: label}, nil)
+	r, err := Call[ListBindingsResponse](ctx, c, &ListBindingsRequest{Label: label})
 	if err != nil {
 		return nil, err
 	}
-	return r.(*ListBindingsResponse).Bindings, nil
+	return r.Bindings, nil
 }
 
 // Register registers the sockets in files as destinations of label. The
@@ -230,45 +244,36 @@ func (c *Client) Register(ctx context.Context, label string, files ...*os.File) 
 	if len(files) == 0 || len(files) > MaxRegisterFiles {
 		return nil, fmt.Errorf("control register: %w", invalidf("%d sockets given; give 1 to %d", len(files), MaxRegisterFiles))
 	}
-	r, err := c.Do(ctx, &RegisterRequest{Label: label}, files)
+	r, err := Call[RegisterResponse](ctx, c, &RegisterRequest{Label: label}, files...)
 	if err != nil {
 		return nil, err
 	}
-	res := r.(*RegisterResponse).Results
-	if len(res) != len(files) {
-		return nil, fmt.Errorf("control register: %w", invalidf("daemon answered with %d results for %d sockets", len(res), len(files)))
+	if len(r.Results) != len(files) {
+		return nil, fmt.Errorf("control register: %w", invalidf("daemon answered with %d results for %d sockets", len(r.Results), len(files)))
 	}
-	return res, nil
+	return r.Results, nil
 }
 
 // Unregister removes the socket of a destination.
 func (c *Client) Unregister(ctx context.Context, label string, proto binding.Protocol, fam binding.Family) error {
-	_, err := c.Do(ctx, &UnregisterRequest{Label: label, Protocol: proto, Family: fam}, nil)
+	_, err := Call[UnregisterResponse](ctx, c, &UnregisterRequest{Label: label, Protocol: proto, Family: fam})
 	return err
 }
 
 // Status returns the state of every label, or only of label if it is not
 // empty.
 func (c *Client) Status(ctx context.Context, label string) (*StatusResponse, error) {
-	r, err := c.Do(ctx, &StatusRequest{Label: label}, nil)
-	if err != nil {
-		return nil, err
-	}
-	return r.(*StatusResponse), nil
+	return Call[StatusResponse](ctx, c, &StatusRequest{Label: label})
 }
 
 // SetPolicy sets a label's connection policy.
 func (c *Client) SetPolicy(ctx context.Context, label string, p settings.Policy) error {
-	_, err := c.Do(ctx, &SetPolicyRequest{Label: label, Policy: p}, nil)
+	_, err := Call[SetPolicyResponse](ctx, c, &SetPolicyRequest{Label: label, Policy: p})
 	return err
 }
 
 // Apply makes the daemon's bindings and label settings equal to cfg, or with
 // dryRun only reports what that would change.
 func (c *Client) Apply(ctx context.Context, cfg Config, dryRun bool) (*ApplyResponse, error) {
-	r, err := c.Do(ctx, &ApplyRequest{Config: cfg, DryRun: dryRun}, nil)
-	if err != nil {
-		return nil, err
-	}
-	return r.(*ApplyResponse), nil
+	return Call[ApplyResponse](ctx, c, &ApplyRequest{Config: cfg, DryRun: dryRun})
 }

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -285,74 +284,59 @@ func (c *Conn) putBuf() {
 }
 
 // recvDatagram reads one datagram into c.rbuf, taken from datagramPool,
-// with recvmsg(2) and MSG_CMSG_CLOEXEC, and returns the descriptors that
-// came with it. The caller gives c.rbuf back with putBuf.
+// and returns the descriptors that came with it. It waits for a datagram
+// (or the end) with a one-byte MSG_PEEK first, so that an idle connection
+// holds no buffer, then reads it with net.UnixConn.ReadMsgUnix, which on
+// Linux passes MSG_CMSG_CLOEXEC: no descriptor a peer sends can leak into
+// a child process. The caller gives c.rbuf back with putBuf.
 func (c *Conn) recvDatagram() (n int, flags int, fds []int, err error) {
-	var oobn int
-	var rerr error
-	var peek [1]byte
 	err = c.rc.Read(func(fd uintptr) bool {
-		// Wait for a datagram, or the end, without holding a buffer.
-		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN {
-			return false
-		}
-		if c.rbuf == nil {
-			c.rbuf = datagramPool.Get().(*[]byte)
-		}
-		n, oobn, flags, rerr = recvmsg(int(fd), *c.rbuf, c.oob, unix.MSG_CMSG_CLOEXEC)
-		return rerr != unix.EAGAIN
+		var peek [1]byte
+		_, _, perr := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		// Any other error is the read's to report.
+		return perr != unix.EAGAIN
 	})
-	if err == nil {
-		err = rerr
-	}
 	if err != nil {
 		return 0, 0, nil, fmt.Errorf("control receive: %w", err)
 	}
-	return n, flags, parseRights(c.oob[:oobn]), nil
-}
-
-// recvmsg is recvmsg(2) without a source address, which a connected socket
-// does not need and which could only fail to parse.
-func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) {
-	var msg unix.Msghdr
-	var iov unix.Iovec
-	iov.Base = &p[0]
-	iov.SetLen(len(p))
-	msg.Iov = &iov
-	msg.SetIovlen(1)
-	msg.Control = &oob[0]
-	msg.SetControllen(len(oob))
-	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
-	if e != 0 {
-		return 0, 0, 0, e
+	if c.rbuf == nil {
+		c.rbuf = datagramPool.Get().(*[]byte)
 	}
-	return int(r), int(msg.Controllen), int(msg.Flags), nil
+	n, oobn, flags, _, err := c.uc.ReadMsgUnix(*c.rbuf, c.oob)
+	fds = parseRights(c.oob[:oobn])
+	if n == 0 && errors.Is(err, io.EOF) {
+		// The net package calls every empty read of a SOCK_SEQPACKET
+		// socket the end; recv tells the end from an empty datagram.
+		err = nil
+	}
+	if err != nil {
+		return 0, 0, fds, fmt.Errorf("control receive: %w", err)
+	}
+	return n, flags, fds, nil
 }
 
 // parseRights returns every descriptor in the SCM_RIGHTS messages of oob,
-// skipping other control messages. It copes with malformed input, though
-// the kernel never produces any.
+// skipping other control messages, with unix.ParseSocketControlMessage
+// and unix.ParseUnixRights. The kernel writes well-formed control messages,
+// also when it truncates them (MSG_CTRUNC: it trims the last one to the
+// descriptors that fit, net/core/scm.c scm_detach_fds), so a parse error
+// can only mean a kernel this code does not know; then no descriptor is
+// returned.
 func parseRights(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
 	var fds []int
-	for len(oob) >= unix.SizeofCmsghdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		l := int(h.Len)
-		if l < unix.SizeofCmsghdr || l > len(oob) {
-			break
+	for i := range msgs {
+		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
+			continue
 		}
-		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
-			data := oob[unix.CmsgLen(0):l]
-			for len(data) >= 4 {
-				fds = append(fds, int(*(*int32)(unsafe.Pointer(&data[0]))))
-				data = data[4:]
-			}
+		got, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			continue
 		}
-		next := unix.CmsgSpace(l - unix.CmsgLen(0))
-		if next > len(oob) {
-			break
-		}
-		oob = oob[next:]
+		fds = append(fds, got...)
 	}
 	return fds
 }

@@ -2,18 +2,20 @@
 // protocol: the messages that the CLI, the register package and services
 // exchange with the daemon over a unix SOCK_SEQPACKET socket.
 //
-// What it owns: the request and reply types of every operation (Bind,
-// Unbind, ListBindings, Register, Unregister, Status, SetPolicy, Apply,
-// Version), their encoding and decoding, the error codes a client can match
-// on (Error, ErrPermission and the other sentinels), passing sockets with
-// SCM_RIGHTS, peer credentials (SO_PEERCRED), a Client with one typed method
-// per operation, and the default socket path per network namespace.
+// What it owns: the table of operations (ops.go: each operation's number,
+// name, request and reply types, size limits, descriptor range and who may
+// call it), the request and reply types, their encoding and decoding, the
+// error codes a client can match on (Error, ErrPermission and the other
+// sentinels), passing sockets with SCM_RIGHTS, peer credentials
+// (SO_PEERCRED), a Client with a generic typed Call (and a thin method per
+// operation), and the default socket path per network namespace.
 //
 // What it does not do: it holds no daemon state, makes no authorization
-// decision and touches no BPF object. The daemon's request handling lives
-// with the daemon; this package gives it ReadRequest, WriteReply and
-// PeerCred. It imports only the standard library, golang.org/x/sys and
-// internal/binding, because the light register package imports it.
+// decision (the table says who may call what; the daemon checks it) and
+// touches no BPF object. The daemon's request handling lives with the
+// daemon; this package gives it ReadRequest, WriteReply and PeerCred. It
+// imports only the standard library, golang.org/x/sys, internal/binding
+// and internal/settings, because the light register package imports it.
 //
 // # Encoding
 //
@@ -46,7 +48,7 @@
 // at fixed offsets forever, so any two releases can tell each other which
 // versions they speak.
 //
-// Limits: MaxSmallMessage (64 KiB) for every request but Apply and for
+// Limits (per operation in the table): MaxSmallMessage (64 KiB) for every request but Apply and for
 // replies without lists; MaxMessage (128 MiB) for Apply requests and the
 // replies of Status and Apply; MaxListMessage (1 GiB) for the streamed
 // ListBindings reply; MaxDatagram (64 KiB) per
@@ -65,8 +67,9 @@
 // field names case-insensitively and lets a repeated key win; the values are
 // validated all the same.)
 //
-// Descriptors: Recv uses recvmsg with MSG_CMSG_CLOEXEC and a control buffer
-// that fits the kernel's SCM_MAX_FD descriptors. On MSG_CTRUNC or MSG_TRUNC,
+// Descriptors: Recv reads with net.UnixConn.ReadMsgUnix (recvmsg with
+// MSG_CMSG_CLOEXEC on Linux) into a control buffer that fits the kernel's
+// SCM_MAX_FD descriptors, parsed with unix.ParseUnixRights. On MSG_CTRUNC or MSG_TRUNC,
 // on descriptors that the message may not carry, or on any decoding error,
 // every descriptor that did arrive is closed before Recv returns.
 package control

@@ -62,7 +62,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			f.Fatal(err)
 		}
 		nfds := uint8(0)
-		if body.Op() == OpRegister {
+		if OpOf(body) == OpRegister {
 			nfds = 1
 		}
 		seedTwo(f, ds, nfds)

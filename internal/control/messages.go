@@ -22,125 +22,19 @@ const (
 // speaks.
 func SupportedVersion(v uint16) bool { return v >= MinVersion && v <= MaxVersion }
 
-// Op is an operation of the control protocol. The numbers are part of the
-// protocol.
-type Op uint16
-
-const (
-	OpVersion      Op = 1 // daemon version and supported protocol versions; also a ping
-	OpBind         Op = 2
-	OpUnbind       Op = 3
-	OpListBindings Op = 4
-	OpRegister     Op = 5 // carries one or more sockets by SCM_RIGHTS
-	OpUnregister   Op = 6
-	OpStatus       Op = 7
-	OpSetPolicy    Op = 8
-	OpApply        Op = 9
-)
-
-var opNames = map[Op]string{
-	OpVersion:      "version",
-	OpBind:         "bind",
-	OpUnbind:       "unbind",
-	OpListBindings: "list-bindings",
-	OpRegister:     "register",
-	OpUnregister:   "unregister",
-	OpStatus:       "status",
-	OpSetPolicy:    "set-policy",
-	OpApply:        "apply",
-}
-
-func (o Op) String() string {
-	if s, ok := opNames[o]; ok {
-		return s
-	}
-	return fmt.Sprintf("op(%d)", uint16(o))
-}
-
-// Known reports whether o is an operation of this protocol version.
-func (o Op) Known() bool {
-	_, ok := opNames[o]
-	return ok
-}
-
 // MaxRegisterFiles is the most sockets one Register request may carry.
 const MaxRegisterFiles = 64
 
-// fdRange is how many file descriptors a request of the op must carry.
-// Replies never carry any.
-func (o Op) fdRange() (lo, hi int) {
-	if o == OpRegister {
-		return 1, MaxRegisterFiles
-	}
-	return 0, 0
-}
-
-// RequestBody is the typed argument of one operation: one of the
-// *...Request types of this package.
+// RequestBody is the typed argument of one operation: a pointer to one of
+// the request types of the table (ops.go).
 type RequestBody interface {
-	// Op is the operation the body belongs to.
-	Op() Op
 	// Validate checks the arguments without any daemon state.
 	Validate() error
-	isRequest()
 }
 
-// ResponseBody is the typed result of one operation: one of the
-// *...Response types of this package.
-type ResponseBody interface {
-	Op() Op
-	isResponse()
-}
-
-// newRequestBody returns a zero body for op, or nil for an unknown op.
-func newRequestBody(op Op) RequestBody {
-	switch op {
-	case OpVersion:
-		return new(VersionRequest)
-	case OpBind:
-		return new(BindRequest)
-	case OpUnbind:
-		return new(UnbindRequest)
-	case OpListBindings:
-		return new(ListBindingsRequest)
-	case OpRegister:
-		return new(RegisterRequest)
-	case OpUnregister:
-		return new(UnregisterRequest)
-	case OpStatus:
-		return new(StatusRequest)
-	case OpSetPolicy:
-		return new(SetPolicyRequest)
-	case OpApply:
-		return new(ApplyRequest)
-	}
-	return nil
-}
-
-// newResponseBody returns a zero body for op, or nil for an unknown op.
-func newResponseBody(op Op) ResponseBody {
-	switch op {
-	case OpVersion:
-		return new(VersionResponse)
-	case OpBind:
-		return new(BindResponse)
-	case OpUnbind:
-		return new(UnbindResponse)
-	case OpListBindings:
-		return new(ListBindingsResponse)
-	case OpRegister:
-		return new(RegisterResponse)
-	case OpUnregister:
-		return new(UnregisterResponse)
-	case OpStatus:
-		return new(StatusResponse)
-	case OpSetPolicy:
-		return new(SetPolicyResponse)
-	case OpApply:
-		return new(ApplyResponse)
-	}
-	return nil
-}
+// ResponseBody is the typed result of one operation: a pointer to one of
+// the response types of the table (ops.go).
+type ResponseBody = any
 
 // VersionRequest asks for the daemon's version. It doubles as a ping.
 type VersionRequest struct{}
@@ -303,46 +197,6 @@ type LabelChange struct {
 	New   *settings.Named `json:"new,omitempty"`
 }
 
-func (*VersionRequest) Op() Op      { return OpVersion }
-func (*BindRequest) Op() Op         { return OpBind }
-func (*UnbindRequest) Op() Op       { return OpUnbind }
-func (*ListBindingsRequest) Op() Op { return OpListBindings }
-func (*RegisterRequest) Op() Op     { return OpRegister }
-func (*UnregisterRequest) Op() Op   { return OpUnregister }
-func (*StatusRequest) Op() Op       { return OpStatus }
-func (*SetPolicyRequest) Op() Op    { return OpSetPolicy }
-func (*ApplyRequest) Op() Op        { return OpApply }
-
-func (*VersionRequest) isRequest()      {}
-func (*BindRequest) isRequest()         {}
-func (*UnbindRequest) isRequest()       {}
-func (*ListBindingsRequest) isRequest() {}
-func (*RegisterRequest) isRequest()     {}
-func (*UnregisterRequest) isRequest()   {}
-func (*StatusRequest) isRequest()       {}
-func (*SetPolicyRequest) isRequest()    {}
-func (*ApplyRequest) isRequest()        {}
-
-func (*VersionResponse) Op() Op      { return OpVersion }
-func (*BindResponse) Op() Op         { return OpBind }
-func (*UnbindResponse) Op() Op       { return OpUnbind }
-func (*ListBindingsResponse) Op() Op { return OpListBindings }
-func (*RegisterResponse) Op() Op     { return OpRegister }
-func (*UnregisterResponse) Op() Op   { return OpUnregister }
-func (*StatusResponse) Op() Op       { return OpStatus }
-func (*SetPolicyResponse) Op() Op    { return OpSetPolicy }
-func (*ApplyResponse) Op() Op        { return OpApply }
-
-func (*VersionResponse) isResponse()      {}
-func (*BindResponse) isResponse()         {}
-func (*UnbindResponse) isResponse()       {}
-func (*ListBindingsResponse) isResponse() {}
-func (*RegisterResponse) isResponse()     {}
-func (*UnregisterResponse) isResponse()   {}
-func (*StatusResponse) isResponse()       {}
-func (*SetPolicyResponse) isResponse()    {}
-func (*ApplyResponse) isResponse()        {}
-
 // Validate implements RequestBody.
 func (*VersionRequest) Validate() error { return nil }
 
@@ -437,7 +291,7 @@ func NewRequest(body RequestBody) *Request {
 }
 
 // Op is the request's operation.
-func (r *Request) Op() Op { return r.Body.Op() }
+func (r *Request) Op() Op { return OpOf(r.Body) }
 
 // Reply answers one request: either Err is set, or Body holds the result of
 // the request's operation.
@@ -450,7 +304,7 @@ type Reply struct {
 
 // NewReply returns a successful reply to req.
 func NewReply(req *Request, body ResponseBody) *Reply {
-	return &Reply{Version: req.Version, Op: body.Op(), Body: body}
+	return &Reply{Version: req.Version, Op: OpOf(body), Body: body}
 }
 
 // NewErrorReply returns a failed reply for op, with the code AsError picks

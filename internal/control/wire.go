@@ -54,23 +54,6 @@ const (
 
 var magic = [4]byte{'S', 'W', 'Y', 'D'}
 
-// maxPayload is the largest total payload of a message.
-func maxPayload(op Op, reply bool) int {
-	if !reply {
-		if op == OpApply {
-			return MaxMessage
-		}
-		return MaxSmallMessage
-	}
-	switch op {
-	case OpListBindings:
-		return MaxListMessage
-	case OpStatus, OpApply:
-		return MaxMessage
-	}
-	return MaxSmallMessage
-}
-
 type header struct {
 	version uint16
 	op      Op
@@ -345,6 +328,9 @@ func encodeRequest(r *Request) ([]frame, error) {
 	if !SupportedVersion(r.Version) {
 		return nil, versionError(r.Version)
 	}
+	if r.Op() == 0 {
+		return nil, invalidf("control message: %T is not a request of the protocol", r.Body)
+	}
 	if err := r.Body.Validate(); err != nil {
 		return nil, AsError(fmt.Errorf("%s request: %w", r.Op(), err))
 	}
@@ -376,8 +362,8 @@ func encodeReply(r *Reply) ([]frame, error) {
 		w.Error = r.Err
 	case r.Body == nil:
 		return nil, invalidf("control message: reply has neither an error nor a result")
-	case r.Body.Op() != r.Op:
-		return nil, invalidf("control message: %s reply carries a %s result", r.Op, r.Body.Op())
+	case OpOf(r.Body) != r.Op || !r.Op.Known():
+		return nil, invalidf("control message: %s reply carries a %T result", r.Op, r.Body)
 	default:
 		w.Result = r.Body
 	}

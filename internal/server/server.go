@@ -434,14 +434,34 @@ func (s *Server) mayRegister(p peer, label string) error {
 	return s.refuse(p, "register", &s.Stats.RefusedRegistrations, "uid %d (gid %d) has no grant for label %s; add it under labels.%s.grants in the daemon config", p.uid, p.gid, label, label)
 }
 
+// do serves one request. Who may call it comes from the protocol's table
+// (control.Spec); the handlers below check only what is theirs.
 func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.ResponseBody, error) {
+	spec, ok := control.Spec(req.Op())
+	if !ok {
+		return nil, control.Errorf(control.CodeUnsupported, "operation %s is not supported by this daemon (version %s)", req.Op(), Version)
+	}
+	switch spec.Access {
+	case control.Root:
+		if err := s.requireRoot(p, spec.Name); err != nil {
+			return nil, err
+		}
+	case control.Granted:
+		gl, ok := req.Body.(control.GrantedLabel)
+		if !ok {
+			return nil, fmt.Errorf("%s: the request names no label to check grants for", spec.Name)
+		}
+		if err := s.mayRegister(p, gl.GrantedLabel()); err != nil {
+			return nil, err
+		}
+	case control.Anyone:
+	default:
+		return nil, fmt.Errorf("%s: unknown access %s", spec.Name, spec.Access)
+	}
 	switch r := req.Body.(type) {
 	case *control.VersionRequest:
 		return &control.VersionResponse{Version: Version, Protocols: supportedProtocols()}, nil
 	case *control.BindRequest:
-		if err := s.requireRoot(p, "bind"); err != nil {
-			return nil, err
-		}
 		defer s.snaps.changed()
 		added, err := s.d.AddBindings(r.Binding)
 		if err != nil {
@@ -452,9 +472,6 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		}
 		return &control.BindResponse{}, nil
 	case *control.UnbindRequest:
-		if err := s.requireRoot(p, "unbind"); err != nil {
-			return nil, err
-		}
 		defer s.snaps.changed()
 		if err := s.d.RemoveBindings(r.Binding); err != nil {
 			return nil, err
@@ -475,9 +492,6 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		}
 		return &control.ListBindingsResponse{Bindings: out}, nil
 	case *control.RegisterRequest:
-		if err := s.mayRegister(p, r.Label); err != nil {
-			return nil, err
-		}
 		res := &control.RegisterResponse{}
 		for _, f := range files {
 			// Not f.Fd(): that would switch the service's socket, which
@@ -504,9 +518,6 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		}
 		return res, nil
 	case *control.UnregisterRequest:
-		if err := s.mayRegister(p, r.Label); err != nil {
-			return nil, err
-		}
 		if err := s.d.Unregister(r.Label, r.Protocol, r.Family); err != nil {
 			return nil, err
 		}
@@ -515,14 +526,8 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 	case *control.StatusRequest:
 		return s.status(r.Label)
 	case *control.SetPolicyRequest:
-		if err := s.requireRoot(p, "policy"); err != nil {
-			return nil, err
-		}
 		return s.setPolicy(r)
 	case *control.ApplyRequest:
-		if err := s.requireRoot(p, "apply"); err != nil {
-			return nil, err
-		}
 		return s.apply(r)
 	default:
 		return nil, control.Errorf(control.CodeUnsupported, "operation %s is not supported by this daemon (version %s)", req.Op(), Version)
