@@ -158,12 +158,14 @@ type invocation struct {
 	control string
 }
 
-func (inv *invocation) flag(name string) string {
-	v := inv.flags[name]
-	if len(v) == 0 {
+func (inv *invocation) flag(name string) string { return last(inv.flags[name]) }
+
+// last is the last of vs, or "".
+func last(vs []string) string {
+	if len(vs) == 0 {
 		return ""
 	}
-	return v[len(v)-1]
+	return vs[len(vs)-1]
 }
 
 func (inv *invocation) has(name string) bool { return len(inv.flags[name]) > 0 }
@@ -201,13 +203,6 @@ func (inv *invocation) wantArgs(lo, hi int) error {
 
 func (inv *invocation) stdout() io.Writer { return inv.env.Stdout }
 
-type flagSpec struct {
-	names  []string // first is canonical; each works with - or --
-	value  string   // placeholder of the value; "" for a boolean flag
-	repeat bool
-	help   string
-}
-
 var globalFlags = []flagSpec{
 	{names: []string{"netns"}, value: "PATH", help: "network namespace to work in, such as /run/netns/NAME or /proc/PID/ns/net (default: this process's)"},
 	{names: []string{"control"}, value: "PATH", help: "control socket of switchyardd (default: /run/switchyard/netns-INODE/control.sock of the namespace)"},
@@ -220,90 +215,28 @@ var outputFlag = flagSpec{names: []string{"o", "output"}, value: "FORMAT", help:
 // yamlOutputFlag is the output flag of bindings, which also exports.
 var yamlOutputFlag = flagSpec{names: []string{"o", "output"}, value: "FORMAT", help: "table (default), json, or yaml: a config file of all that is in force, for apply -f"}
 
-func lookupFlag(specs []flagSpec, name string) *flagSpec {
-	for i := range specs {
-		for _, n := range specs[i].names {
-			if n == name {
-				return &specs[i]
-			}
-		}
-	}
-	return nil
-}
-
-// parseFlags splits args into positional arguments and flags. Flags are
-// written -name, --name, -name=value, --name=value or -name value; "--"
-// ends the flags. A lone "-" is positional.
-func parseFlags(args []string, specs []flagSpec) (pos []string, vals map[string][]string, err error) {
-	vals = make(map[string][]string)
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			pos = append(pos, args[i+1:]...)
-			break
-		}
-		if len(a) < 2 || a[0] != '-' {
-			pos = append(pos, a)
-			continue
-		}
-		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
-		name, value, hasValue := strings.Cut(name, "=")
-		spec := lookupFlag(specs, name)
-		if spec == nil {
-			return nil, nil, fmt.Errorf("unknown flag %s", a)
-		}
-		canon := spec.names[0]
-		if spec.value == "" {
-			if hasValue {
-				return nil, nil, fmt.Errorf("flag %s takes no value", a)
-			}
-			vals[canon] = append(vals[canon], "true")
-			continue
-		}
-		if !hasValue {
-			if i+1 >= len(args) {
-				return nil, nil, fmt.Errorf("flag %s needs a value (%s)", a, spec.value)
-			}
-			i++
-			value = args[i]
-		}
-		if len(vals[canon]) > 0 && !spec.repeat {
-			vals[canon] = vals[canon][:0]
-		}
-		vals[canon] = append(vals[canon], value)
-	}
-	return pos, vals, nil
-}
+// leadingFlags are the flags accepted before the command.
+var leadingFlags = append([]flagSpec{helpFlag, {names: []string{"version"}, help: "print the versions (the version command)"}}, globalFlags...)
 
 func run(ctx context.Context, env Env, args []string) error {
 	inv := &invocation{ctx: ctx, env: env}
-	// Global flags before the command.
-	for len(args) > 0 && len(args[0]) > 1 && args[0][0] == '-' && args[0] != "--" {
-		a := args[0]
-		name, value, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
-		switch name {
-		case "h", "help":
-			return writeUsage(env.Stdout)
-		case "version":
-			args = append([]string{"version"}, args[1:]...)
-			continue
-		case "netns", "control":
-			if !hasValue {
-				if len(args) < 2 {
-					return usagef("flag %s needs a value (PATH): run 'switchyard help' for help", a)
-				}
-				value, args = args[1], args[1:]
-			}
-			if name == "netns" {
-				inv.netns = value
-			} else {
-				inv.control = value
-			}
-			args = args[1:]
-		default:
-			return usagef("unknown flag %s: the flags before the command are --netns PATH and --control PATH; run 'switchyard help' for help", a)
+	lead := newFlagSet("switchyard", leadingFlags)
+	if err := lead.Parse(args); err != nil {
+		err = flagError(lead, args, err)
+		if strings.HasPrefix(err.Error(), "unknown flag ") {
+			return usagef("%v: the flags before the command are --netns PATH and --control PATH; run 'switchyard help' for help", err)
 		}
+		return usagef("%v: run 'switchyard help' for help", err)
 	}
+	vals := values(lead)
+	if len(vals["h"]) > 0 {
+		return writeUsage(env.Stdout)
+	}
+	args = lead.Args()
+	if len(vals["version"]) > 0 {
+		args = append([]string{"version"}, args...)
+	}
+	inv.netns, inv.control = last(vals["netns"]), last(vals["control"])
 	if len(args) == 0 {
 		return usagef("no command given: run 'switchyard help' for the list of commands")
 	}
@@ -317,23 +250,23 @@ func run(ctx context.Context, env Env, args []string) error {
 	}
 	inv.cmd = cmd
 
-	specs := append(append([]flagSpec{helpFlag}, globalFlags...), cmd.flags...)
-	pos, vals, err := parseFlags(args[1:], specs)
+	fs, pos, err := parseInterspersed(cmd.flagSet, args[1:])
 	if err != nil {
 		return inv.usage("%v", err)
 	}
+	vals = values(fs)
 	if len(vals["h"]) > 0 {
 		return writeCommandHelp(env.Stdout, cmd)
 	}
 	if v := vals["netns"]; len(v) > 0 {
-		inv.netns = v[len(v)-1]
+		inv.netns = last(v)
 	}
 	if v := vals["control"]; len(v) > 0 {
-		inv.control = v[len(v)-1]
+		inv.control = last(v)
 	}
 	inv.args, inv.flags = pos, vals
-	if spec := lookupFlag(cmd.flags, "o"); spec != nil {
-		yaml := spec.help == yamlOutputFlag.help
+	if f := fs.Lookup("o"); f != nil {
+		yaml := f.Usage == yamlOutputFlag.help
 		switch f := inv.flag("o"); {
 		case f == "", f == "table", f == "json":
 		case f == "yaml" && yaml:

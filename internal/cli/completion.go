@@ -69,11 +69,9 @@ func (c *command) positionals() []string {
 	return out
 }
 
-// allFlags are the flags a command accepts: its own, the global ones and
-// help.
-func (c *command) allFlags() []flagSpec {
-	return append(append([]flagSpec{helpFlag}, globalFlags...), c.flags...)
-}
+// allFlags are the flags of the command's FlagSet: help, the global ones
+// and its own.
+func (c *command) allFlags() []flagSpec { return specsOf(c.flagSet()) }
 
 // flagWords are the ways to write a flag: -o, --output.
 func flagWords(f flagSpec) []string {
@@ -141,7 +139,7 @@ _switchyard_flag_value() {
 `)
 	seen := map[string]bool{}
 	for _, c := range append([]*command{{name: "*"}}, visibleCommands()...) {
-		specs := c.flags
+		specs := c.ownFlags()
 		if c.name == "*" {
 			specs = globalFlags
 		}
@@ -380,7 +378,7 @@ _switchyard() {
 `)
 	for _, c := range visibleCommands() {
 		fmt.Fprintf(&b, "\t\t(%s)\n\t\t\t_arguments \\\n", c.name)
-		for _, s := range zshFlagSpecs(append(append([]flagSpec{helpFlag}, globalFlags...), c.flags...)) {
+		for _, s := range zshFlagSpecs(c.allFlags()) {
 			fmt.Fprintf(&b, "\t\t\t\t%s \\\n", s)
 		}
 		for i, p := range c.positionals() {

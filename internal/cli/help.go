@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -19,6 +20,14 @@ type command struct {
 }
 
 func (c *command) synopsis() string { return strings.TrimSpace(c.args) }
+
+// flagSet makes the command's FlagSet: help, the global flags and its own.
+func (c *command) flagSet() *flag.FlagSet {
+	return newFlagSet(c.name, append(append([]flagSpec{helpFlag}, globalFlags...), c.flags...))
+}
+
+// ownFlags are the flags of the command's FlagSet that are its own.
+func (c *command) ownFlags() []flagSpec { return specsOf(c.flagSet())[1+len(globalFlags):] }
 
 var commands []*command
 
@@ -317,10 +326,10 @@ func writeUsage(w io.Writer) error {
 func writeCommandHelp(w io.Writer, c *command) error {
 	fmt.Fprintf(w, "Usage: switchyard [--netns PATH] [--control PATH] %s %s\n\n", c.name, c.args)
 	fmt.Fprintf(w, "%s.\n\n%s\n", capitalize(c.summary), c.help)
-	if len(c.flags) > 0 {
+	if own := c.ownFlags(); len(own) > 0 {
 		fmt.Fprintf(w, "\nFlags:\n")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		for _, f := range c.flags {
+		for _, f := range own {
 			var names []string
 			for _, n := range f.names {
 				if len(n) == 1 {
