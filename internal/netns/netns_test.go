@@ -6,7 +6,6 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -15,28 +14,27 @@ import (
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	host, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+// CheckFDLeaks also fails the run if the main thread changed namespace:
+// Run must never use it.
+func TestMain(m *testing.M) { os.Exit(testenv.CheckFDLeaks(m)) }
+
+// threadNSInode is the inode of the calling thread's namespace, 0 if it
+// cannot be read.
+func threadNSInode() uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0
 	}
-	code := testenv.CheckFDLeaks(m)
-	// The main thread's namespace: Run must never move it.
-	if now, err := os.Readlink("/proc/self/ns/net"); err != nil || now != host {
-		fmt.Fprintf(os.Stderr, "main thread's network namespace changed: %s -> %s (%v)\n", host, now, err)
-		code = 1
-	}
-	os.Exit(code)
+	return st.Ino
 }
 
 func threadNS(t *testing.T) uint64 {
 	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-		t.Fatal(err)
+	ino := threadNSInode()
+	if ino == 0 {
+		t.Fatal("cannot read /proc/thread-self/ns/net")
 	}
-	return st.Ino
+	return ino
 }
 
 func newNS(t *testing.T) *netns.NS {
@@ -137,31 +135,15 @@ func TestRunDropsThreadThatCannotSwitchBack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 400)
-	for range 400 {
-		wg.Go(func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			var st unix.Stat_t
-			if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-				errs <- err
-				return
-			}
-			if st.Ino != host {
-				errs <- fmt.Errorf("a scheduler thread is in namespace %d, host is %d", st.Ino, host)
-			}
-			if ok, err := capSysAdmin(); err != nil || !ok {
-				errs <- fmt.Errorf("a scheduler thread lacks CAP_SYS_ADMIN (%v): a thread that failed to switch back was reused", err)
-			}
-			runtime.Gosched()
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	testenv.CheckThreads(t, 400, func() error {
+		if ns := threadNSInode(); ns != host {
+			return fmt.Errorf("a scheduler thread is in namespace %d, host is %d", ns, host)
+		}
+		if ok, err := capSysAdmin(); err != nil || !ok {
+			return fmt.Errorf("a scheduler thread lacks CAP_SYS_ADMIN (%v): a thread that failed to switch back was reused", err)
+		}
+		return nil
+	})
 }
 
 // Concurrent calls each get their own thread in the namespace.
@@ -171,29 +153,14 @@ func TestRunConcurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 100)
-	for range 100 {
-		wg.Go(func() {
-			errs <- ns.Do(func() error {
-				var st unix.Stat_t
-				if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-					return err
-				}
-				if st.Ino != want {
-					return fmt.Errorf("in namespace %d, want %d", st.Ino, want)
-				}
-				return nil
-			})
+	testenv.CheckThreads(t, 100, func() error {
+		return ns.Do(func() error {
+			if got := threadNSInode(); got != want {
+				return fmt.Errorf("in namespace %d, want %d", got, want)
+			}
+			return nil
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
+	})
 }
 
 func TestOpenRefusesOtherFiles(t *testing.T) {

@@ -208,7 +208,7 @@ func (i Info) Check() error {
 
 // Validate inspects fd and checks that switchyard can dispatch to it from the
 // network namespace whose SO_NETNS_COOKIE is wantNetNSCookie (see
-// CurrentNetNSCookie). wantNetNSCookie must not be zero.
+// netns.NS.Cookie). wantNetNSCookie must not be zero.
 func Validate(fd int, wantNetNSCookie uint64) (Info, error) {
 	if wantNetNSCookie == 0 {
 		return Info{}, errors.New("validate socket: no network namespace cookie to compare with")
@@ -235,17 +235,6 @@ func NetNSCookie(fd int) (uint64, error) {
 		return 0, fmt.Errorf("inspect fd %d: getsockopt SO_NETNS_COOKIE: %w", fd, err)
 	}
 	return c, nil
-}
-
-// CurrentNetNSCookie returns the SO_NETNS_COOKIE of the network namespace of
-// the calling thread. Callers that switch namespaces must lock the OS thread.
-func CurrentNetNSCookie() (uint64, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("network namespace cookie: socket: %w", err)
-	}
-	defer unix.Close(fd)
-	return NetNSCookie(fd)
 }
 
 func describeLocal(a netip.AddrPort) string {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/netns"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -433,12 +434,12 @@ func TestWrongNamespace(t *testing.T) {
 	}
 	var inside uint64
 	if err := a.do(func() (err error) {
-		inside, err = CurrentNetNSCookie()
+		inside, err = netns.ThreadCookie()
 		return err
 	}); err != nil || inside != a.cookie {
-		t.Fatalf("CurrentNetNSCookie inside the namespace = %d, %v; want %d", inside, err, a.cookie)
+		t.Fatalf("netns.ThreadCookie inside the namespace = %d, %v; want %d", inside, err, a.cookie)
 	}
-	host, err := CurrentNetNSCookie()
+	host, err := netns.ThreadCookie()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,9 +31,9 @@ const fdSettleTime = 2 * time.Second
 //
 //	func TestMain(m *testing.M) { os.Exit(testenv.CheckFDLeaks(m)) }
 //
-// It returns m.Run's exit code, or 1 if the tests passed but leaked, after
-// printing each leaked fd and what it points to (socket:[...], net:[...],
-// a path) to stderr. New epoll and eventfd descriptors are not counted: the
+// It returns m.Run's exit code, or 1 if the tests passed but leaked or left
+// the main thread in another network namespace, after printing each leaked
+// fd and what it points to (socket:[...], net:[...], a path) to stderr. New epoll and eventfd descriptors are not counted: the
 // Go runtime opens one of each for its network poller on first use.
 func CheckFDLeaks(m *testing.M) int {
 	before, err := openFDs()
@@ -42,21 +42,29 @@ func CheckFDLeaks(m *testing.M) int {
 		return 1
 	}
 
+	hostNS, nsErr := os.Readlink("/proc/self/ns/net")
 	code := m.Run()
+	// /proc/self/ns/net is the main thread's namespace. The runtime never
+	// lets the main thread exit, so a namespace switch left on it shows.
+	if now, err := os.Readlink("/proc/self/ns/net"); nsErr != nil || err != nil || now != hostNS {
+		fmt.Fprintf(os.Stderr, "testenv: the main thread's network namespace changed: %s -> %s (%v, %v)\n", hostNS, now, nsErr, err)
+		code = 1
+	}
 
 	var leaked map[int]string
-	deadline := time.Now().Add(fdSettleTime)
-	for {
+	var listErr error
+	Poll(fdSettleTime, func() (bool, string) {
 		after, err := openFDs()
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "testenv: fd leak check: %v\n", err)
-			return 1
+			listErr = err
+			return true, ""
 		}
 		leaked = newFDs(before, after)
-		if len(leaked) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
+		return len(leaked) == 0, ""
+	})
+	if listErr != nil {
+		fmt.Fprintf(os.Stderr, "testenv: fd leak check: %v\n", listErr)
+		return 1
 	}
 	if len(leaked) == 0 {
 		return code

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -128,6 +129,31 @@ func (ns *NetNS) Do(fn func() error) error {
 	h := vnetns.NsHandle(fd)
 	defer h.Close()
 	return netns.Run(h, fn)
+}
+
+// CheckThreads runs check on n goroutines at once, each locked to an OS
+// thread the scheduler hands out, and fails the test with every error it
+// returns: after Do (netns.Run), each thread in Go's pool must still be as
+// the process made it (its namespace, its credentials).
+func CheckThreads(tb testing.TB, n int, check func() error) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := check(); err != nil {
+				errs <- err
+			}
+			runtime.Gosched()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		tb.Error(err)
+	}
 }
 
 // AddLocalRoute makes every address of prefix local to the namespace, like

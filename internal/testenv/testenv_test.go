@@ -21,22 +21,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	hostNS, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := testenv.CheckFDLeaks(m)
-	// /proc/self/ns/net is the main thread's namespace. The runtime never
-	// lets the main thread exit, so a namespace change left on it would
-	// show here.
-	if now, err := os.Readlink("/proc/self/ns/net"); err != nil || now != hostNS {
-		fmt.Fprintf(os.Stderr, "main thread's network namespace changed: %s -> %s (%v)\n", hostNS, now, err)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.CheckFDLeaks(m)) }
 
 const timeout = 5 * time.Second
 
@@ -371,27 +356,16 @@ func TestHostNamespaceUnaffected(t *testing.T) {
 		wg.Go(func() { _ = ns.Do(func() error { return nil }) })
 	}
 	wg.Wait()
-	errs := make(chan error, 200)
-	for range 200 {
-		wg.Go(func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			var st unix.Stat_t
-			if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-				errs <- err
-				return
-			}
-			if st.Ino != host {
-				errs <- fmt.Errorf("a scheduler thread is in namespace %d, host is %d", st.Ino, host)
-			}
-			runtime.Gosched()
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	testenv.CheckThreads(t, 200, func() error {
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+			return err
+		}
+		if st.Ino != host {
+			return fmt.Errorf("a scheduler thread is in namespace %d, host is %d", st.Ino, host)
+		}
+		return nil
+	})
 }
 
 func TestCookie(t *testing.T) {
