@@ -20,6 +20,9 @@ type Destination struct {
 	Family   binding.Family   `json:"family"`
 	// Cookie is the socket's SO_COOKIE.
 	Cookie uint64 `json:"cookie"`
+	// Replaced is set by Register: another socket (another cookie) was
+	// registered for the destination until this one took its place.
+	Replaced bool `json:"-"`
 }
 
 func slotOf(id uint32, proto binding.Protocol, fam binding.Family) uint32 {
@@ -72,6 +75,11 @@ func (d *Dispatcher) RegisterFD(label string, fd int) (Destination, error) {
 			}
 		}
 		slot := slotOf(m.labels[label], info.Protocol, info.Family)
+		// The sockmap drops a socket when it closes, so a cookie found
+		// here is a live socket that this one replaces.
+		if prev, ok := d.socketCookie(slot); ok && prev != info.Cookie {
+			dest.Replaced = true
+		}
 		if err := d.objs.SySockets.Update(slot, uint64(fd), ebpf.UpdateAny); err != nil {
 			if errors.Is(err, unix.EOPNOTSUPP) {
 				return fmt.Errorf("register %s: %w: the kernel refused the socket for the sockmap (%s): %w", label, ErrBadSocket, info, err)
@@ -83,7 +91,7 @@ func (d *Dispatcher) RegisterFD(label string, fd int) (Destination, error) {
 	if err != nil {
 		return Destination{}, err
 	}
-	d.log.Info("registered socket", "label", label, "socket", info.String())
+	d.log.Info("registered socket", "label", label, "socket", info.String(), "replaced", dest.Replaced)
 	return dest, nil
 }
 
@@ -96,7 +104,9 @@ func (d *Dispatcher) Unregister(label string, proto binding.Protocol, fam bindin
 		}
 		slot := slotOf(id, proto, fam)
 		if err := d.objs.SySockets.Delete(slot); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
+			// A sockmap answers the delete of an empty slot with EINVAL,
+			// not ENOENT (net/core/sock_map.c, __sock_map_delete).
+			if errors.Is(err, ebpf.ErrKeyNotExist) || errors.Is(err, unix.EINVAL) {
 				return fmt.Errorf("unregister %s %s %s: %w: no socket is registered", label, proto, fam, ErrNotFound)
 			}
 			return fmt.Errorf("unregister %s: %w", label, err)

@@ -1,15 +1,19 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/server"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -205,20 +209,40 @@ func TestRegisterFD(t *testing.T) {
 	wantFail(t, r, ExitFailure, "switchyardd is not running")
 }
 
-// Replaced sockets are reported as such.
+// Replaced sockets are reported as such, by a real daemon (server and
+// dispatcher in a namespace of the test's own) that learns it from the
+// dispatcher.
 func TestRegisterReplaced(t *testing.T) {
 	t.Parallel()
 	ns := testenv.NewNetNS(t)
-	a := ns.ListenTCP(t, "127.0.0.1:0")
-	replaced := func(req *control.Request, files []*os.File) (control.ResponseBody, error) {
-		body, err := defaultHandler(req, files)
-		if err == nil {
-			body.(*control.RegisterResponse).Results[0].Replaced = true
-		}
-		return body, err
+	d, err := dispatch.Open(ns.Path(), dispatch.Options{Root: testenv.BPFFS(t)})
+	if err != nil {
+		t.Fatal(err)
 	}
-	d := newFakeDaemon(t, replaced)
+	t.Cleanup(func() { d.Close() })
+	srv, err := server.New(d, server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "control.sock")
+	ln, err := control.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-served
+	})
+
+	a := ns.ListenTCP(t, "127.0.0.1:0")
+	b := ns.ListenTCP(t, "127.0.0.1:0")
 	te := &testEnv{inherited: map[int]fileSource{3: a}}
-	wantOK(t, runMain(t, te, "--control", d.path, "register", "--fd", "3", "web"),
-		fmt.Sprintf("registered web tcp ipv4 %s (fd 3, replaced the socket registered before)\n", a.Addr()))
+	wantOK(t, runMain(t, te, "--control", path, "register", "--fd", "3", "web"),
+		fmt.Sprintf("registered web tcp ipv4 %s (fd 3)\n", a.Addr()))
+	te = &testEnv{inherited: map[int]fileSource{3: b}}
+	wantOK(t, runMain(t, te, "--control", path, "register", "--fd", "3", "web"),
+		fmt.Sprintf("registered web tcp ipv4 %s (fd 3, replaced the socket registered before)\n", b.Addr()))
 }

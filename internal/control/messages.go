@@ -87,7 +87,9 @@ type RegisterResult struct {
 	Family   binding.Family   `json:"family"`
 	// Local is the address the socket is bound to.
 	Local netip.AddrPort `json:"local"`
-	// Replaced is true if the socket took the place of an earlier one.
+	// Replaced is true if the socket took the place of another live
+	// socket registered for the same label, protocol and family, as the
+	// dispatcher found it (dispatch.Destination.Replaced).
 	Replaced bool `json:"replaced,omitempty"`
 }
 

@@ -503,6 +503,8 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 			var info sockinfo.Info
 			var dest dispatch.Destination
 			cerr := rc.Control(func(fd uintptr) {
+				// The address is for the reply alone; RegisterFD
+				// inspects the socket itself and refuses it if it must.
 				info, _ = sockinfo.Inspect(int(fd))
 				dest, err = s.d.RegisterFD(r.Label, int(fd))
 			})
@@ -514,7 +516,7 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 				s.logLimited(p.uid, "refused socket", "label", r.Label, "peer_uid", p.uid, "peer_pid", p.pid, "err", err)
 				return nil, err
 			}
-			res.Results = append(res.Results, control.RegisterResult{Protocol: dest.Protocol, Family: dest.Family, Local: info.Local})
+			res.Results = append(res.Results, control.RegisterResult{Protocol: dest.Protocol, Family: dest.Family, Local: info.Local, Replaced: dest.Replaced})
 		}
 		return res, nil
 	case *control.UnregisterRequest:
