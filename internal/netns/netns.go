@@ -110,7 +110,9 @@ func (ns *NS) Do(fn func() error) error { return Run(ns.h, fn) }
 // than ending it, and its namespace is the one /proc/self/ns/net names.
 //
 // A panic in fn is raised again in the caller. fn must not call
-// runtime.Goexit (t.Fatal, t.Skip...): Run then returns an error.
+// runtime.Goexit (t.Fatal, t.Skip...): Run then returns an error. fn must
+// leave any other per-thread state it changes (fsuid, capabilities, CPU
+// affinity) as it found it, since the thread goes back to the pool.
 func Run(h vnetns.NsHandle, fn func() error) error {
 	return onLockedThread(func() error {
 		if err := vnetns.Set(h); err != nil {

@@ -112,7 +112,9 @@ func (ns *NetNS) Cookie() uint64 {
 //
 // fn must not call t.FailNow, t.Fatal or t.Skip (it does not run on the test
 // goroutine): return an error instead. A panic in fn is re-raised in the
-// caller. Goroutines that fn starts do not run in the namespace.
+// caller. Goroutines that fn starts do not run in the namespace. Other
+// per-thread state fn changes (fsuid, capabilities, CPU affinity) must be
+// put back before it returns.
 func (ns *NetNS) Do(fn func() error) error {
 	// A handle of Do's own, so that the cleanup can close the
 	// namespace's while fn still runs.
