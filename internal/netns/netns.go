@@ -40,6 +40,10 @@ func Open(path string) (*NS, error) {
 		h.Close()
 		return nil, fmt.Errorf("netns %s: not a namespace file (expected /run/netns/NAME or /proc/PID/ns/net)", p)
 	}
+	if typ, err := unix.IoctlRetInt(int(h), unix.NS_GET_NSTYPE); err != nil || typ != unix.CLONE_NEWNET {
+		h.Close()
+		return nil, fmt.Errorf("netns %s: a namespace, but not a network namespace (expected /run/netns/NAME or /proc/PID/ns/net)", p)
+	}
 	return &NS{h: h, path: p}, nil
 }
 

@@ -167,6 +167,14 @@ func TestOpenRefusesOtherFiles(t *testing.T) {
 	if _, err := netns.Open("/proc/self/stat"); err == nil || !strings.Contains(err.Error(), "not a namespace file") {
 		t.Errorf("Open(/proc/self/stat) = %v, want 'not a namespace file'", err)
 	}
+	if _, err := netns.Open("/proc/self/ns/mnt"); err == nil || !strings.Contains(err.Error(), "not a network namespace") {
+		t.Errorf("Open(/proc/self/ns/mnt) = %v, want 'not a network namespace'", err)
+	}
+	if ns, err := netns.Open("/proc/self/ns/net"); err != nil {
+		t.Errorf("Open(/proc/self/ns/net): %v", err)
+	} else {
+		ns.Close()
+	}
 	if _, err := netns.Open("/nonexistent/ns"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Open(/nonexistent/ns) = %v, want ErrNotExist", err)
 	}
