@@ -103,7 +103,9 @@ func fromLibrary(s *netlink.Socket) (DiagSocket, bool) {
 // by the netlink library (which checks sequence numbers and reports
 // NLM_F_DUMP_INTR): netlink.SocketDiagTCP cannot filter by state, so it
 // would dump every established connection of a busy host, each with its
-// tcp_info, for the few listeners status needs.
+// tcp_info, for the few listeners status needs (measured with 5,000
+// connections, 10,001 TCP sockets, on a loaded 2-CPU machine: 0.3-0.5 ms
+// for the listeners against 70-120 ms for SocketDiagTCP).
 
 const (
 	tcpListen  = 10 // TCP_LISTEN, include/net/tcp_states.h
