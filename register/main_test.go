@@ -3,7 +3,6 @@ package register_test
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/control/controltest"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -34,19 +34,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	controlPath = filepath.Join(dir, "control.sock")
-	l, err := control.Listen(controlPath)
+	srv, err := controltest.Start(controlPath, func(_ *control.Conn, req *control.Request, files []*os.File) *control.Reply {
+		return daemon.handle(req, files)
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		daemon.serve(l)
-	}()
 	code := testenv.CheckFDLeaks(m)
-	l.Close()
-	<-done
+	srv.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -64,39 +60,6 @@ func (d *fakeDaemon) take(label string) []uint64 {
 	c := d.registered[label]
 	delete(d.registered, label)
 	return c
-}
-
-func (d *fakeDaemon) serve(l *control.Listener) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			for {
-				req, files, err := c.ReadRequest()
-				if err == io.EOF {
-					return
-				}
-				if err != nil {
-					c.WriteReply(control.NewErrorReply(0, 0, err))
-					return
-				}
-				rep := d.handle(req, files)
-				for _, f := range files {
-					f.Close() // the daemon never keeps a service's socket
-				}
-				if c.WriteReply(rep) != nil {
-					return
-				}
-			}
-		}()
-	}
 }
 
 func (d *fakeDaemon) handle(req *control.Request, files []*os.File) *control.Reply {

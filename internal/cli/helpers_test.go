@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/control"
+	"github.com/switchyard-project/switchyard/internal/control/controltest"
 	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/sockinfo"
 	"github.com/switchyard-project/switchyard/internal/testenv"
@@ -47,12 +47,12 @@ type seenRequest struct {
 
 type handlerFunc func(req *control.Request, files []*os.File) (control.ResponseBody, error)
 
-// fakeDaemon answers control requests on a socket in a temp dir, records
-// them, and answers with handler (defaultHandler if nil).
+// fakeDaemon answers control requests on a socket in a temp dir
+// (controltest), records them with the sockets they carried, and answers
+// with handler (defaultHandler if nil).
 type fakeDaemon struct {
-	t       *testing.T
-	path    string
-	handler handlerFunc
+	t    *testing.T
+	path string
 
 	mu   sync.Mutex
 	reqs []seenRequest
@@ -63,56 +63,21 @@ func newFakeDaemon(t *testing.T, handler handlerFunc) *fakeDaemon {
 	if handler == nil {
 		handler = defaultHandler
 	}
-	d := &fakeDaemon{t: t, path: filepath.Join(t.TempDir(), "control.sock"), handler: handler}
-	l, err := control.Listen(d.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { d.serve(c) })
-		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-	})
-	return d
-}
-
-func (d *fakeDaemon) serve(c *control.Conn) {
-	defer c.Close()
-	for {
-		req, files, err := c.ReadRequest()
-		if err != nil {
-			return
-		}
+	d := &fakeDaemon{t: t}
+	answer := controltest.Func(handler)
+	srv := controltest.New(t, func(c *control.Conn, req *control.Request, files []*os.File) *control.Reply {
 		seen := seenRequest{body: req.Body}
 		for _, f := range files {
-			seen.files = append(seen.files, describeFile(d.t, f))
+			seen.files = append(seen.files, describeFile(t, f))
 		}
-		body, herr := d.handler(req, files)
-		for _, f := range files {
-			f.Close()
-		}
+		rep := answer(c, req, files)
 		d.mu.Lock()
 		d.reqs = append(d.reqs, seen)
 		d.mu.Unlock()
-		var rep *control.Reply
-		if herr != nil {
-			rep = control.NewErrorReply(req.Version, req.Op(), herr)
-		} else {
-			rep = control.NewReply(req, body)
-		}
-		if err := c.WriteReply(rep); err != nil {
-			return
-		}
-	}
+		return rep
+	})
+	d.path = srv.Path
+	return d
 }
 
 // requests returns what the daemon received so far.

@@ -1,23 +1,19 @@
 package control
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
-	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -282,186 +278,6 @@ func TestConnRefusesStream(t *testing.T) {
 		if _, err := NewConn(nc.(*net.UnixConn)); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("stream socket accepted: %v", err)
 		}
-	}
-}
-
-// server answers requests on a Listener with handle until the test ends.
-func server(t *testing.T, handle func(c *Conn, req *Request, files []*os.File) *Reply) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "control.sock")
-	l, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []*Conn
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				for {
-					req, files, err := c.ReadRequest()
-					if err == io.EOF {
-						return
-					}
-					if err != nil {
-						c.WriteReply(NewErrorReply(0, 0, err))
-						return
-					}
-					rep := handle(c, req, files)
-					for _, f := range files {
-						f.Close()
-					}
-					if rep == nil {
-						return // hang up without answering
-					}
-					if err := c.WriteReply(rep); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return path
-}
-
-func TestClient(t *testing.T) {
-	checkNoLeak(t)
-	bs := manyBindings(100_000)
-	var gotCred Cred
-	path := server(t, func(c *Conn, req *Request, files []*os.File) *Reply {
-		switch r := req.Body.(type) {
-		case *VersionRequest:
-			cred, err := c.PeerCred()
-			if err != nil {
-				return NewErrorReply(req.Version, req.Op(), err)
-			}
-			gotCred = cred
-			return NewReply(req, &VersionResponse{Version: "test", Protocols: []uint16{1}})
-		case *BindRequest:
-			if r.Binding.Label == "denied" {
-				return NewErrorReply(req.Version, req.Op(), Errorf(CodePermission, "user 1000 may not change bindings: run as root"))
-			}
-			return NewReply(req, &BindResponse{})
-		case *UnbindRequest:
-			return NewErrorReply(req.Version, req.Op(), Errorf(CodeNotFound, "no binding %s", r.Binding))
-		case *ListBindingsRequest:
-			return NewReply(req, &ListBindingsResponse{Bindings: bs})
-		case *RegisterRequest:
-			res := make([]RegisterResult, len(files))
-			for i := range files {
-				res[i] = RegisterResult{Protocol: binding.TCP, Family: binding.IPv4, Local: netip.MustParseAddrPort("127.0.0.1:80")}
-			}
-			return NewReply(req, &RegisterResponse{Results: res})
-		case *UnregisterRequest:
-			return NewReply(req, &UnregisterResponse{})
-		case *StatusRequest:
-			return NewReply(req, &StatusResponse{Version: "test", Labels: []LabelStatus{{Label: r.Label}}})
-		case *SetPolicyRequest:
-			return NewReply(req, &SetPolicyResponse{})
-		case *ApplyRequest:
-			return NewReply(req, &ApplyResponse{Applied: !r.DryRun, Diff: Diff{AddBindings: r.Config.Bindings}})
-		}
-		return NewErrorReply(req.Version, req.Op(), errors.ErrUnsupported)
-	})
-
-	ctx := t.Context()
-	c, err := Dial(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-
-	if err := c.Ping(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if gotCred.PID != int32(os.Getpid()) || gotCred.UID != uint32(os.Getuid()) || gotCred.GID != uint32(os.Getgid()) {
-		t.Errorf("peer credentials %+v", gotCred)
-	}
-	b := mustBinding(t, "web", "tcp", "192.0.2.0/24", "80")
-	if err := c.Bind(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	b.Label = "denied"
-	err = c.Bind(ctx, b)
-	if !errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), "run as root") {
-		t.Fatalf("bind: %v, want a permission error", err)
-	}
-	if err := c.Unbind(ctx, b); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("unbind: %v, want not found", err)
-	}
-	// An invalid request is refused before sending; the client stays usable.
-	if err := c.Bind(ctx, binding.Binding{Label: "x"}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("bind of an invalid binding: %v", err)
-	}
-	got, err := c.ListBindings(ctx, "")
-	if err != nil || !reflect.DeepEqual(got, bs) {
-		t.Fatalf("list: %d bindings, %v", len(got), err)
-	}
-	f1, f2 := os.NewFile(uintptr(pipeFDs(t, 1)[0]), "p1"), os.NewFile(uintptr(pipeFDs(t, 1)[0]), "p2")
-	res, err := c.Register(ctx, "web", f1, f2)
-	if err != nil || len(res) != 2 {
-		t.Fatalf("register: %v, %v", res, err)
-	}
-	if _, err := c.Register(ctx, "web"); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("register without sockets: %v", err)
-	}
-	if err := c.Unregister(ctx, "web", binding.TCP, binding.IPv4); err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Status(ctx, "web")
-	if err != nil || len(st.Labels) != 1 || st.Labels[0].Label != "web" {
-		t.Fatalf("status: %+v, %v", st, err)
-	}
-	if err := c.SetPolicy(ctx, "web", settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "backend"}}); err != nil {
-		t.Fatal(err)
-	}
-	ar, err := c.Apply(ctx, Config{Bindings: bs[:5000]}, true)
-	if err != nil || ar.Applied || len(ar.Diff.AddBindings) != 5000 {
-		t.Fatalf("apply: %v", err)
-	}
-}
-
-func TestClientContext(t *testing.T) {
-	block := make(chan struct{})
-	path := server(t, func(c *Conn, req *Request, files []*os.File) *Reply {
-		<-block
-		return nil
-	})
-	defer close(block)
-	c, err := Dial(t.Context(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
-	defer cancel()
-	if err := c.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("ping: %v, want deadline exceeded", err)
-	}
-	if err := c.Ping(t.Context()); !errors.Is(err, ErrBroken) {
-		t.Fatalf("ping after timeout: %v, want ErrBroken", err)
 	}
 }
 
