@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -34,17 +35,11 @@ func Cgroup(t testing.TB) (string, int) {
 		unix.Close(fd)
 		// Processes that were in it may not be reaped yet: rmdir says
 		// EBUSY until they are.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		if ok, seen := Poll(5*time.Second, func() (bool, string) {
 			err := os.Remove(dir)
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("remove test cgroup: %v", err)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+			return err == nil, fmt.Sprint(err)
+		}); !ok {
+			t.Errorf("remove test cgroup: %s", seen)
 		}
 	})
 	return dir, fd
