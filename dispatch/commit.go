@@ -95,8 +95,18 @@ func (w *genWriter) group(gen uint32, c groupChange) {
 }
 
 // flush writes in an order that is safe even though nothing reads this
-// generation: tables and ports before the prefix entries that refer to them.
+// generation: deletions first, so that the generation never holds more
+// entries than the larger of the sets before and after the change (each
+// map holds two generations: a set of half its capacity fits, and so does
+// any change of it), then tables and ports before the prefix entries that
+// refer to them.
 func (w *genWriter) flush(d *Dispatcher) error {
+	if err := batchDelete(d.objs.SyPrefixes, w.prefixDel); err != nil {
+		return fmt.Errorf("delete prefixes: %w", err)
+	}
+	if err := batchDelete(d.objs.SyPorts, w.portDel); err != nil {
+		return fmt.Errorf("delete ports: %w", err)
+	}
 	if err := batchPut(d.objs.SyTables, w.tableKeys, w.tableVals); err != nil {
 		return fmt.Errorf("write port tables: %w", err)
 	}
@@ -105,12 +115,6 @@ func (w *genWriter) flush(d *Dispatcher) error {
 	}
 	if err := batchPut(d.objs.SyPrefixes, w.prefixKeys, w.prefixVals); err != nil {
 		return fmt.Errorf("write prefixes: %w", err)
-	}
-	if err := batchDelete(d.objs.SyPorts, w.portDel); err != nil {
-		return fmt.Errorf("delete ports: %w", err)
-	}
-	if err := batchDelete(d.objs.SyPrefixes, w.prefixDel); err != nil {
-		return fmt.Errorf("delete prefixes: %w", err)
 	}
 	return nil
 }
