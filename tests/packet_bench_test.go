@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,20 +30,34 @@ import (
 // veth address as any service binds. The others have switchyard's program
 // with 1, 100,000 and 1,048,576 bindings, one of which sends the veth
 // address's port to a socket bound to 127.0.0.1, so the traffic reaches it
-// only through the program. Rounds measure each namespace in turn (the
-// order rotates), PACKET_MS each (default 500), PACKET_ROUNDS times
-// (default 9). The rates are medians over the rounds; each ratio is the
-// median over the rounds of the program namespace's rate over the plain
-// one's in the same round, so that a machine whose load drifts compares
-// neighbours.
+// only through the program. A round measures each program namespace once
+// (the order rotates) and the plain one before and after each, PACKET_MS a
+// window (default 500), PACKET_ROUNDS times (default 9). The rates are
+// medians over the windows; each ratio is the median over the rounds of the
+// program namespace's rate over the mean of the plain windows either side
+// of it, so that a machine whose load drifts compares neighbours.
 //
 // The load generator is this process, in raw system calls on locked
-// threads: TCP clients connect and close with SO_LINGER 0 (a reset, so no
-// TIME_WAIT state limits the rate), UDP senders use sendmmsg with 64
-// datagrams a call. The receive side runs in the veth's softirq on the
-// sending CPU, and the receivers (accept4, recvmmsg) on the other.
+// threads. TCP: two clients, each keeping 16 non-blocking connects in
+// flight (epoll) and closing each connection as soon as it is established,
+// with SO_LINGER 0 (a reset, so no TIME_WAIT state limits the rate). A
+// connect not established within packetConnectTimeout is abandoned and
+// counted: a lost SYN then costs one of 32 slots a moment, not a client a
+// whole SYN retransmission timeout (1 s, twice a window), which is what
+// made blocking clients measure the scheduler's luck rather than the
+// receiver. UDP: two senders that use sendmmsg with 64 datagrams a call.
+// The receive side runs in the veth's softirq on the sending CPU, and the
+// receivers (accept4, recvmmsg) on the other. The kernel's own counters of
+// each namespace say what was lost in the windows (SYN retransmissions,
+// accept queue overflows, full receive buffers); they are reported beside
+// the rates.
 
 const (
+	// packetInflight connects per TCP client; packetConnectTimeout is
+	// how long one may take before it is abandoned.
+	packetInflight       = 16
+	packetConnectTimeout = 250 * time.Millisecond
+
 	packetTCPPort = 8080
 	packetUDPPort = 5353
 	packetLabel   = "bench"
@@ -86,21 +101,44 @@ func BenchmarkPacketPath(b *testing.B) {
 		}
 	})
 
-	results := map[string][]float64{} // "proto/name" -> per-round rates
+	results := map[string][]float64{} // "proto/name" -> rate of each window
 	sent := map[string][]float64{}
+	ratios := map[string][]float64{}       // "proto/name" -> ratio to plain of each round
+	lost := map[string]map[string]uint64{} // "proto/name" -> counter -> sum over the windows
+	plain, progs := servers[0], servers[1:]
 	for _, proto := range []binding.Protocol{binding.TCP, binding.UDP} {
 		if proto == binding.UDP {
 			for _, s := range servers {
 				s.target(b, binding.UDP)
 			}
 		}
+		run := func(s *packetServer) float64 {
+			got, tried, l := s.measure(b, client, proto, window)
+			key := proto.String() + "/" + s.name
+			results[key] = append(results[key], got)
+			sent[key] = append(sent[key], tried)
+			if lost[key] == nil {
+				lost[key] = map[string]uint64{}
+			}
+			for k, v := range l {
+				lost[key][k] += v
+			}
+			return got
+		}
+		// Each program namespace's window lies between two of the plain
+		// one's, and its ratio is to their mean: a load that drifts
+		// over a round falls on both sides alike.
+		before := run(plain)
 		for r := range rounds {
-			for j := range servers {
-				s := servers[(j+r)%len(servers)]
-				got, tried := s.measure(b, client, proto, window)
-				key := proto.String() + "/" + s.name
-				results[key] = append(results[key], got)
-				sent[key] = append(sent[key], tried)
+			for j := range progs {
+				s := progs[(j+r)%len(progs)]
+				got := run(s)
+				after := run(plain)
+				if mean := (before + after) / 2; mean > 0 {
+					key := proto.String() + "/" + s.name
+					ratios[key] = append(ratios[key], got/mean)
+				}
+				before = after
 			}
 		}
 	}
@@ -122,24 +160,20 @@ func BenchmarkPacketPath(b *testing.B) {
 		if proto == "udp" {
 			unit, sentUnit = "datagrams/s", "sent/s"
 		}
-		plain := results[proto+"/plain"]
 		for _, s := range servers {
 			key := proto + "/" + s.name
 			got := results[key]
 			b.Run(key, func(b *testing.B) {
 				b.ReportMetric(median(got), unit)
 				b.ReportMetric(median(sent[key]), sentUnit)
+				for k, v := range lost[key] {
+					b.ReportMetric(float64(v), k)
+				}
 			})
 			if s.n == 0 {
 				continue
 			}
-			var ratios []float64
-			for r := range got {
-				if plain[r] > 0 {
-					ratios = append(ratios, got[r]/plain[r])
-				}
-			}
-			b.Run(key+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(ratios), "ratio") })
+			b.Run(key+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(ratios[key]), "ratio") })
 		}
 	}
 }
@@ -291,14 +325,15 @@ func (s *packetServer) close() {
 }
 
 // measure runs the client side against s for window and returns what s
-// received per second and what the clients sent (connects or datagrams)
-// per second.
-func (s *packetServer) measure(b *testing.B, client *testenv.NetNS, proto binding.Protocol, window time.Duration) (got, tried float64) {
+// received per second, what the clients sent (connects or datagrams) per
+// second, and what was lost in the window: the namespaces' counters of
+// losses that bear on proto, and the connects the clients abandoned.
+func (s *packetServer) measure(b *testing.B, client *testenv.NetNS, proto binding.Protocol, window time.Duration) (got, tried float64, lost map[string]uint64) {
 	var stop atomic.Bool
-	var count atomic.Uint64
+	var count, abandoned atomic.Uint64
 	var wg sync.WaitGroup
 	errc := make(chan error, 16)
-	workers, work := 8, s.connectLoop
+	workers, work := 2, s.connectLoop
 	counter := &s.accept
 	if proto == binding.UDP {
 		workers, work = 2, s.sendLoop
@@ -309,16 +344,19 @@ func (s *packetServer) measure(b *testing.B, client *testenv.NetNS, proto bindin
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- client.Do(func() error { return work(&stop, &count, ready) })
+			errc <- client.Do(func() error { return work(&stop, &count, &abandoned, ready) })
 		}()
 	}
 	for range workers {
 		<-ready
 	}
+	cBefore, sBefore := netCounters(b, client), netCounters(b, s.ns)
 	before, start := counter.Load(), time.Now()
 	count.Store(0)
+	abandoned.Store(0)
 	time.Sleep(window) // the measurement window, not a synchronisation
-	after, elapsed, sentN := counter.Load(), time.Since(start), count.Load()
+	after, elapsed, sentN, abandonedN := counter.Load(), time.Since(start), count.Load(), abandoned.Load()
+	cAfter, sAfter := netCounters(b, client), netCounters(b, s.ns)
 	stop.Store(true)
 	wg.Wait()
 	close(errc)
@@ -327,36 +365,138 @@ func (s *packetServer) measure(b *testing.B, client *testenv.NetNS, proto bindin
 			b.Fatalf("%s %s: %v", proto, s.name, err)
 		}
 	}
-	return float64(after-before) / elapsed.Seconds(), float64(sentN) / elapsed.Seconds()
+	lost = map[string]uint64{}
+	if proto == binding.TCP {
+		lost["syn-retrans"] = cAfter["TcpExt:TCPSynRetrans"] - cBefore["TcpExt:TCPSynRetrans"]
+		lost["listen-drops"] = sAfter["TcpExt:ListenDrops"] - sBefore["TcpExt:ListenDrops"]
+		lost["connects-abandoned"] = abandonedN
+	} else {
+		lost["rcvbuf-errors"] = sAfter["Udp:RcvbufErrors"] - sBefore["Udp:RcvbufErrors"]
+	}
+	return float64(after-before) / elapsed.Seconds(), float64(sentN) / elapsed.Seconds(), lost
 }
 
-// connectLoop connects to s's TCP port and resets each connection at once,
-// counting connects, until stop.
-func (s *packetServer) connectLoop(stop *atomic.Bool, count *atomic.Uint64, ready chan<- struct{}) error {
+// netCounters reads the SNMP counters of ns (/proc/net/snmp and netstat as
+// a thread in it sees them), as "Group:Name" -> value.
+func netCounters(b *testing.B, ns *testenv.NetNS) map[string]uint64 {
+	out := map[string]uint64{}
+	err := ns.Do(func() error {
+		for _, f := range []string{"/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat"} {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			// Each group is two lines: "Group: names..." and
+			// "Group: values...".
+			lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+			for i := 0; i+1 < len(lines); i += 2 {
+				names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+				if len(names) != len(values) || len(names) == 0 || names[0] != values[0] {
+					return fmt.Errorf("%s: unexpected lines %q and %q", f, lines[i], lines[i+1])
+				}
+				for j := 1; j < len(names); j++ {
+					v, err := strconv.ParseInt(values[j], 10, 64)
+					if err != nil {
+						return fmt.Errorf("%s: %s: %w", f, names[j], err)
+					}
+					out[names[0]+names[j]] = uint64(v)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// connectLoop keeps packetInflight non-blocking connects to s's TCP port in
+// flight and resets each connection as soon as it is established, counting
+// them, until stop. A connect older than packetConnectTimeout is closed
+// and counted in abandoned.
+func (s *packetServer) connectLoop(stop *atomic.Bool, count, abandoned *atomic.Uint64, ready chan<- struct{}) error {
 	sa := &unix.SockaddrInet4{Addr: s.addr.As4(), Port: packetTCPPort}
-	ready <- struct{}{}
-	for !stop.Load() {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	defer unix.Close(ep)
+	started := map[int]time.Time{} // fd -> when its connect began
+	defer func() {
+		for fd := range started {
+			unix.Close(fd)
+		}
+	}()
+	open := func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("socket: %w", err)
 		}
 		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-		err = unix.Connect(fd, sa)
-		unix.Close(fd)
-		switch err {
-		case nil:
-			count.Add(1)
-		case unix.EADDRNOTAVAIL, unix.ETIMEDOUT, unix.EINTR:
-			// Ports or the backlog ran out for a moment: load, not failure.
+		switch err := unix.Connect(fd, sa); err {
+		case unix.EINPROGRESS:
+		case unix.EADDRNOTAVAIL, unix.EAGAIN:
+			// Ports ran out for a moment: load, not failure.
+			unix.Close(fd)
+			return nil
 		default:
-			return fmt.Errorf("connect %s:%d: %w", s.addr, packetTCPPort, err)
+			unix.Close(fd)
+			return fmt.Errorf("connect %s:%d: %v", s.addr, packetTCPPort, err)
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("epoll add: %w", err)
+		}
+		started[fd] = time.Now()
+		return nil
+	}
+	events := make([]unix.EpollEvent, packetInflight)
+	lastSweep := time.Now()
+	ready <- struct{}{}
+	for !stop.Load() {
+		for len(started) < packetInflight {
+			if err := open(); err != nil {
+				return err
+			}
+		}
+		n, err := unix.EpollWait(ep, events, 10)
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("epoll wait: %w", err)
+		}
+		for _, ev := range events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			unix.Close(fd) // established: a reset; else the attempt ends
+			delete(started, fd)
+			switch {
+			case err != nil:
+				return fmt.Errorf("SO_ERROR: %w", err)
+			case soErr == 0:
+				count.Add(1)
+			case unix.Errno(soErr) == unix.ETIMEDOUT:
+				abandoned.Add(1)
+			default:
+				return fmt.Errorf("connect %s:%d: %v", s.addr, packetTCPPort, unix.Errno(soErr))
+			}
+		}
+		if now := time.Now(); now.Sub(lastSweep) > packetConnectTimeout/4 {
+			lastSweep = now
+			for fd, t := range started {
+				if now.Sub(t) > packetConnectTimeout {
+					unix.Close(fd)
+					delete(started, fd)
+					abandoned.Add(1)
+				}
+			}
 		}
 	}
 	return nil
 }
 
 // sendLoop sends 32-byte datagrams to s's UDP port, 64 a call, until stop.
-func (s *packetServer) sendLoop(stop *atomic.Bool, count *atomic.Uint64, ready chan<- struct{}) error {
+func (s *packetServer) sendLoop(stop *atomic.Bool, count, _ *atomic.Uint64, ready chan<- struct{}) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
