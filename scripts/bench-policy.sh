@@ -1,8 +1,10 @@
 #!/bin/sh
 # Benchmarks of switchyard's connection policies (internal/policy): sockperf
 # ping-pong latency with and without bypass, iperf3 throughput with and
-# without bypass, iperf3 through the splice proxy against socat and a direct
-# connection, and the wakeup floor of a ping-pong that sleeps. Prints
+# without bypass, iperf3 through the splice proxy with each engine
+# (userspace, and kernel with the share of bytes the kernel moved) against
+# socat and a direct connection, and the wakeup floor of a ping-pong that
+# sleeps. Prints
 # `name value unit` medians over COUNT runs, then ratios measured in the
 # same run.
 #
@@ -72,11 +74,11 @@ END {
 	}
 	ratio("iperf3_bypass_vs_normal", "BypassThroughput/bypass=true", "BypassThroughput/bypass=false", "Gbit/s")
 	ratio("iperf3_bypass_vs_normal_cpu_per_byte", "BypassThroughput/bypass=true", "BypassThroughput/bypass=false", "core_s/GB")
-	ratio("splice_proxy_vs_socat", "SpliceThroughput/via=proxy=splice", "SpliceThroughput/via=socat", "Gbit/s")
-	ratio("sockmap_proxy_vs_socat", "SpliceThroughput/via=proxy=sockmap", "SpliceThroughput/via=socat", "Gbit/s")
-	ratio("splice_proxy_vs_direct", "SpliceThroughput/via=proxy=splice", "SpliceThroughput/via=direct", "Gbit/s")
-	ratio("sockmap_proxy_vs_direct", "SpliceThroughput/via=proxy=sockmap", "SpliceThroughput/via=direct", "Gbit/s")
-	ratio("sockmap_vs_splice_proxy", "SpliceThroughput/via=proxy=sockmap", "SpliceThroughput/via=proxy=splice", "Gbit/s")
-	ratio("splice_proxy_vs_socat_cpu_per_byte", "SpliceThroughput/via=proxy=splice", "SpliceThroughput/via=socat", "core_s/GB")
-	ratio("sockmap_proxy_vs_socat_cpu_per_byte", "SpliceThroughput/via=proxy=sockmap", "SpliceThroughput/via=socat", "core_s/GB")
+	ratio("splice_userspace_vs_socat", "SpliceThroughput/via=proxy=userspace", "SpliceThroughput/via=socat", "Gbit/s")
+	ratio("splice_kernel_vs_socat", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=socat", "Gbit/s")
+	ratio("splice_userspace_vs_direct", "SpliceThroughput/via=proxy=userspace", "SpliceThroughput/via=direct", "Gbit/s")
+	ratio("splice_kernel_vs_direct", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=direct", "Gbit/s")
+	ratio("splice_kernel_vs_userspace", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=proxy=userspace", "Gbit/s")
+	ratio("splice_userspace_vs_socat_cpu_per_byte", "SpliceThroughput/via=proxy=userspace", "SpliceThroughput/via=socat", "core_s/GB")
+	ratio("splice_kernel_vs_socat_cpu_per_byte", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=socat", "core_s/GB")
 }' "$out"

@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,7 +57,13 @@ func TestPolicyThroughDaemon(t *testing.T) {
 	if !strings.Contains(out, "bypass") {
 		t.Errorf("status after policy bypass:\n%s", out)
 	}
+	if got := policyPins(t, w.stateDir()); !slices.Contains(got, "sy_p_bypass") || slices.Contains(got, "sy_k_pairs") {
+		t.Errorf("policy pins with a bypass label: %q", got)
+	}
 	w.mustCLI("policy", "proxied", "none")
+	if got := policyPins(t, w.stateDir()); len(got) != 0 {
+		t.Errorf("policy pins with no policy in use: %q", got)
+	}
 	if _, err := w.run("curl", "-sS", "--max-time", "3", "http://10.6.0.1:80/"); err == nil {
 		t.Errorf("after policy none the splice proxy still answers for a label without a socket")
 	}
@@ -91,4 +98,23 @@ func TestReloadPutsPoliciesInForce(t *testing.T) {
 	if st := w.mustCLI("status", "proxied"); strings.Contains(st, "splice") {
 		t.Errorf("after reloading without the policy, status still says splice:\n%s", st)
 	}
+}
+
+// policyPins lists the policy pins (sy_p_*, sy_k_*) in the state directory
+// dir, but for fentry links, which only some kernels load.
+func policyPins(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		n := e.Name()
+		if (strings.HasPrefix(n, "sy_p_") || strings.HasPrefix(n, "sy_k_")) && (!strings.HasSuffix(n, "_link") || n == "sy_p_sockops_link") {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

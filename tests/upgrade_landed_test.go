@@ -231,6 +231,13 @@ bindings:
 		t.Errorf("the landed config applied again after the upgrade would change:\n%.2000s", out)
 	}
 
+	// The old build pinned every policy map; this one adopts bypass's,
+	// which holds live sockets, and removes the in-kernel splice engine's,
+	// which no label uses.
+	if got, want := policyPins(t, w.stateDir()), []string{"sy_p_bypass", "sy_p_config", "sy_p_policy", "sy_p_rx", "sy_p_sk", "sy_p_sockops_link", "sy_p_stats"}; !slices.Equal(got, want) {
+		t.Errorf("policy pins after the upgrade: %q, want %q", got, want)
+	}
+
 	// The grants are in force: uid 4242 may register web, uid 4444 may not.
 	user := &syscall.Credential{Uid: 4242, Gid: 4242}
 	stranger := &syscall.Credential{Uid: 4444, Gid: 4444}

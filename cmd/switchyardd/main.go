@@ -6,14 +6,14 @@ package main
 import (
 	"os"
 
-	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/server"
+	"github.com/switchyard-project/switchyard/internal/splice"
 )
 
 func main() {
 	// The daemon runs each splice proxy as "switchyardd splice-worker ...".
 	if len(os.Args) > 1 && os.Args[1] == "splice-worker" {
-		os.Exit(policy.WorkerMain(os.Args[2:]))
+		os.Exit(splice.WorkerMain(os.Args[2:]))
 	}
 	os.Exit(server.Main(server.OSEnv(), os.Args[1:]))
 }

@@ -13,8 +13,8 @@ import (
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/control"
-	"github.com/switchyard-project/switchyard/internal/policy"
 	"github.com/switchyard-project/switchyard/internal/server"
+	"github.com/switchyard-project/switchyard/internal/splice"
 )
 
 // daemonStopTimeout bounds how long unload --stop-daemon waits for the
@@ -56,7 +56,7 @@ func runUnload(inv *invocation) error {
 	}
 
 	removed := false
-	workers, err := policy.StopWorkers(path + ".splice")
+	workers, err := splice.StopWorkers(path + ".splice")
 	for _, sw := range workers {
 		fmt.Fprintf(w, "stopped splice worker pid %d (label %s)\n", sw.PID, sw.Label)
 		removed = true
@@ -152,7 +152,7 @@ func stopDaemon(pid int, path string) error {
 	if err := unix.PidfdSendSignal(pidfd, unix.SIGTERM, nil, 0); err != nil {
 		return fmt.Errorf("stop switchyardd pid %d: %w", pid, err)
 	}
-	if !policy.WaitExit(pidfd, daemonStopTimeout) {
+	if !splice.WaitExit(pidfd, daemonStopTimeout) {
 		return fmt.Errorf("switchyardd pid %d did not exit within %v of SIGTERM: see its log (journalctl -u switchyardd)", pid, daemonStopTimeout)
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -447,33 +448,34 @@ func BenchmarkBypassThroughput(b *testing.B) {
 func BenchmarkSpliceThroughput(b *testing.B) {
 	requireTool(b, "iperf3")
 	requireTool(b, "socat")
-	vias := []string{"direct", "socat", "proxy=splice", "proxy=sockmap"}
+	vias := []string{"direct", "socat", "proxy=userspace", "proxy=kernel"}
 	if os.Getenv("SY_BENCH_EXTRA") != "" {
 		// The kernel path with larger bounds, to see what it does
 		// when it does not fall back to userspace, and the splice
 		// engine with the kernel's buffer autotuning.
-		vias = append(vias, "proxy=sockmap,limit=16", "proxy=sockmap,limit=4000", "proxy=splice,buf=auto")
+		vias = append(vias, "proxy=kernel,limit=16", "proxy=kernel,limit=4000", "proxy=userspace,buf=auto")
 	}
 	for _, via := range vias {
 		b.Run("via="+via, func(b *testing.B) {
 			opts := Options{}
+			var engine settings.Engine
 			if eng, ok := strings.CutPrefix(via, "proxy="); ok {
 				eng, buf, _ := strings.Cut(eng, ",buf=")
 				if buf == "auto" {
 					opts.SpliceBuffer = -1
 				}
 				eng, limit, _ := strings.Cut(eng, ",limit=")
-				opts.SpliceEngine = Engine(eng)
+				engine = settings.Engine(eng)
 				if mib, err := strconv.Atoi(limit); err == nil {
 					opts.SpliceLimit = uint32(mib) << 20
 				}
 			}
-			e := newEnv(b, opts)
+			e := newEnv(b, opts, engine)
 			up := e.cmd(e.srv, false, -1, "iperf3", "-s", "-p", "5201")
 			startBG(b, up)
 			time.Sleep(200 * time.Millisecond)
 			port := 5201
-			var px *Proxy
+			spliced := false
 			var peak atomic.Int64
 			stop := make(chan struct{})
 			defer close(stop)
@@ -488,16 +490,14 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 			default:
 				port = 9000
 				e.bind("px", srvAddr+"/32", "9000")
-				err := e.m.StartSplice(context.Background(), "px", "127.0.0.1:5201", func(ln *net.TCPListener) error {
+				err := e.m.StartSplice(context.Background(), "px", "127.0.0.1:5201", engine, func(ln *net.TCPListener) error {
 					_, err := e.d.Register("px", ln)
 					return err
 				})
 				if err != nil {
 					b.Fatal(err)
 				}
-				e.m.mu.Lock()
-				px = e.m.splices["px"].(*Proxy)
-				e.m.mu.Unlock()
+				spliced = true
 				go func() {
 					for {
 						select {
@@ -505,7 +505,7 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 							return
 						case <-time.After(20 * time.Millisecond):
 						}
-						if q := px.queued(); q > peak.Load() {
+						if q, _ := e.m.Splices().Queued("px"); q > peak.Load() {
 							peak.Store(q)
 						}
 					}
@@ -521,13 +521,13 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 			b.ReportMetric(cores, "busy_cores")
 			b.ReportMetric(cores/(bps/8/1e9), "core_s/GB")
 			switch {
-			case px != nil:
+			case spliced:
 				b.ReportMetric(float64(peak.Load())/(1<<20), "MiB_held")
 				// Share of the bytes the kernel moved (the rest went
 				// through userspace after a fallback).
 				c := e.counters("px")
 				if c.Bytes > 0 {
-					b.ReportMetric(float64(c.Bytes-px.bytes.Load())/float64(c.Bytes), "kernel_share")
+					b.ReportMetric(float64(c.KernelBytes)/float64(c.Bytes), "kernel_share")
 				}
 			case via == "socat":
 				b.ReportMetric(float64(peak.Load())/(1<<20), "MiB_rss")

@@ -208,6 +208,10 @@ func TestMigrateOlderStats(t *testing.T) {
 	e := newEnv(t, Options{TrustReaders: true})
 	e.bind("svc", srvAddr+"/32", "8080")
 	e.server("svc", true, "read")
+	// Bypass state exists only while a label has bypass.
+	if err := e.m.SetBypass("svc", true); err != nil {
+		t.Fatal(err)
+	}
 	id, ok, err := e.d.LabelID("svc")
 	if err != nil || !ok {
 		t.Fatalf("label id: %v %v", ok, err)

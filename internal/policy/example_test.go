@@ -8,10 +8,11 @@ import (
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/policy"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // A daemon wires the policies of its labels: bypass for one, a splice proxy
-// for another, registering the proxy's listeners as the label's sockets.
+// for another (spliced in userspace, the default engine), registering the proxy's listeners as the label's sockets.
 func ExampleOpen() {
 	d, err := dispatch.Open("", dispatch.Options{})
 	if err != nil {
@@ -27,7 +28,7 @@ func ExampleOpen() {
 	if err := m.SetBypass("internal-api", true); err != nil {
 		log.Fatal(err)
 	}
-	err = m.StartSplice(context.Background(), "edge-proxy", "10.0.0.7:same", func(ln *net.TCPListener) error {
+	err = m.StartSplice(context.Background(), "edge-proxy", "10.0.0.7:same", settings.Userspace, func(ln *net.TCPListener) error {
 		_, err := d.Register("edge-proxy", ln)
 		return err
 	})

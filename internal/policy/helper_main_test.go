@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/splice"
 )
 
 // helperMain is the helper process: "server RECV", "client ADDR SEED N",
@@ -19,7 +21,7 @@ import (
 func helperMain(role string, args []string) int {
 	switch role {
 	case "splice-worker":
-		return WorkerMain(args)
+		return splice.WorkerMain(args)
 	case "server":
 		return serverMain(args[0])
 	case "client":

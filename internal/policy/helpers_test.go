@@ -22,6 +22,7 @@ import (
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/settings"
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
@@ -45,6 +46,7 @@ type env struct {
 	cgroup   string
 	cgfd     int
 	opts     Options
+	engine   settings.Engine // of the splices the test starts
 	vethSrv  string
 	vethCli  string
 }
@@ -58,9 +60,12 @@ const (
 // distinct names just make logs readable).
 var vethSeq atomic.Int32
 
-func newEnv(t testing.TB, opts Options) *env {
+func newEnv(t testing.TB, opts Options, engine ...settings.Engine) *env {
 	t.Helper()
 	e := &env{t: t, srv: testenv.NewNetNS(t), cli: testenv.NewNetNS(t)}
+	if len(engine) > 0 {
+		e.engine = engine[0]
+	}
 	seq := strconv.Itoa(int(vethSeq.Add(1)))
 	e.vethSrv, e.vethCli = "sys"+seq, "syc"+seq
 	testenv.NewVethPair(t, e.srv, e.cli, e.vethSrv, e.vethCli,

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 const spliceAddr = srvAddr + ":9000"
@@ -19,7 +21,7 @@ const spliceAddr = srvAddr + ":9000"
 func (e *env) splice(upstream string) {
 	e.t.Helper()
 	e.bind("px", srvAddr+"/32", "9000")
-	err := e.m.StartSplice(context.Background(), "px", upstream, func(ln *net.TCPListener) error {
+	err := e.m.StartSplice(context.Background(), "px", upstream, e.engine, func(ln *net.TCPListener) error {
 		_, err := e.d.Register("px", ln)
 		return err
 	})
@@ -28,7 +30,7 @@ func (e *env) splice(upstream string) {
 	}
 }
 
-func engines() []Engine { return []Engine{EngineSplice, EngineSockmap} }
+func engines() []settings.Engine { return []settings.Engine{settings.Userspace, settings.Kernel} }
 
 // Bytes proxied by splice arrive intact, in both directions (the reply
 // comes back through the proxy after the client's half-close), for every
@@ -37,27 +39,24 @@ func TestSpliceIntegrity(t *testing.T) {
 	n := integrityBytes()
 	for _, v := range []struct {
 		name  string
-		eng   Engine
+		eng   settings.Engine
 		limit uint32
 	}{
-		{"splice", EngineSplice, 0},
-		{"sockmap", EngineSockmap, 0},
+		{"userspace", settings.Userspace, 0},
+		{"kernel", settings.Kernel, 0},
 		// A bound high enough that most bytes stay in the kernel.
-		{"sockmap-kernel", EngineSockmap, 256 << 20},
+		{"kernel-unbounded", settings.Kernel, 256 << 20},
 	} {
 		for _, recv := range []string{"read", "readv", "splice"} {
 			t.Run(v.name+"/"+recv, func(t *testing.T) {
 				t.Parallel()
-				e := newEnv(t, Options{SpliceEngine: v.eng, SpliceLimit: v.limit})
+				e := newEnv(t, Options{SpliceLimit: v.limit}, v.eng)
 				up := e.server("", false, recv)
 				e.splice("127.0.0.1:" + up.port)
 				e.transfer(e.cli, false, spliceAddr, 2, n)
 				c := e.counters("px")
 				st, _ := e.m.Status()
-				e.m.mu.Lock()
-				user := e.m.splices["px"].(*Proxy).bytes.Load()
-				e.m.mu.Unlock()
-				t.Logf("counters %+v, %.1f%% of bytes moved in the kernel; status %q", c, 100*float64(c.Bytes-user)/float64(c.Bytes), st["px"])
+				t.Logf("counters %+v, %.1f%% of bytes moved in the kernel; status %q", c, 100*float64(c.KernelBytes)/float64(c.Bytes), st["px"])
 				if c.Connections != 1 || c.Bytes < n {
 					t.Errorf("counters %+v: want 1 connection and at least %d bytes", c, n)
 				}
@@ -145,7 +144,7 @@ func TestSplicePropagation(t *testing.T) {
 	for _, eng := range engines() {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, Options{SpliceEngine: eng})
+			e := newEnv(t, Options{}, eng)
 			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
 			e.splice(ln.Addr().String())
 
@@ -199,7 +198,7 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 	for _, eng := range engines() {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, Options{SpliceEngine: eng})
+			e := newEnv(t, Options{}, eng)
 			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
 			e.splice(ln.Addr().String())
 			c, u := e.pair(t, ln)
@@ -219,9 +218,6 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 				}
 			}()
 			buf := make([]byte, 64<<10)
-			e.m.mu.Lock()
-			px := e.m.splices["px"].(*Proxy)
-			e.m.mu.Unlock()
 			var peak, proxyPeak int64
 			deadline := time.Now().Add(3 * time.Second)
 			for time.Now().Before(deadline) {
@@ -231,7 +227,8 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 					t.Fatal(err)
 				}
 				peak = max(peak, written.Load()-read.Load())
-				proxyPeak = max(proxyPeak, px.queued())
+				q, _ := e.m.Splices().Queued("px")
+				proxyPeak = max(proxyPeak, q)
 				time.Sleep(5 * time.Millisecond)
 			}
 			close(stop)
@@ -246,7 +243,7 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 
 func (e *env) startSplice(upstream string) {
 	e.t.Helper()
-	err := e.m.StartSplice(context.Background(), "px", upstream, func(ln *net.TCPListener) error {
+	err := e.m.StartSplice(context.Background(), "px", upstream, e.engine, func(ln *net.TCPListener) error {
 		_, err := e.d.Register("px", ln)
 		return err
 	})
@@ -262,7 +259,7 @@ func TestSpliceStopWhileOpen(t *testing.T) {
 	for _, eng := range engines() {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, Options{SpliceEngine: eng})
+			e := newEnv(t, Options{}, eng)
 			up := e.server("", false, "read")
 			upstream := "127.0.0.1:" + up.port
 			e.splice(upstream)
@@ -314,7 +311,7 @@ func TestSplicePeerExit(t *testing.T) {
 	for i, eng := range engines() {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, Options{SpliceEngine: eng})
+			e := newEnv(t, Options{}, eng)
 
 			// The upstream is a process per connection (socat's forked
 			// child) that answers and exits.
@@ -363,7 +360,7 @@ func TestSpliceClientExit(t *testing.T) {
 	for _, eng := range engines() {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, Options{SpliceEngine: eng})
+			e := newEnv(t, Options{}, eng)
 			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
 			e.splice(ln.Addr().String())
 			cli := e.cli.Command("socat", "-u", "SYSTEM:echo hi", "TCP4:"+spliceAddr)

@@ -31,15 +31,13 @@ func workerOptions(t testing.TB) *WorkerOptions {
 // which the test's cleanup kills if it still runs.
 func (e *env) workerPidfd(label string) int {
 	e.t.Helper()
-	e.m.mu.Lock()
-	w, ok := e.m.splices[label].(*worker)
-	e.m.mu.Unlock()
+	pid, ok := e.m.Splices().WorkerPID(label)
 	if !ok {
 		e.t.Fatalf("splice %s does not run in a worker", label)
 	}
-	fd, err := unix.PidfdOpen(w.pid, 0)
+	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		e.t.Fatalf("pidfd_open %d: %v", w.pid, err)
+		e.t.Fatalf("pidfd_open %d: %v", pid, err)
 	}
 	e.t.Cleanup(func() {
 		unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
@@ -119,7 +117,7 @@ func TestSpliceWorkerStop(t *testing.T) {
 }
 
 // A worker outlives its manager and serves on; a manager opened after
-// that nothing splices the label any more finishes it (SettleWorkers): its
+// that nothing splices the label any more finishes it (Settle): its
 // listener closes at once and it exits.
 func TestSpliceWorkerSettle(t *testing.T) {
 	t.Parallel()
@@ -138,7 +136,7 @@ func TestSpliceWorkerSettle(t *testing.T) {
 	if _, ok := st["px"]; ok {
 		t.Errorf("status %q before any StartSplice, want none for px", st["px"])
 	}
-	e.m.SettleWorkers()
-	e.expectRefused(t, "SettleWorkers")
-	waitExit(t, pidfd, 10*time.Second, "SettleWorkers")
+	e.m.Settle()
+	e.expectRefused(t, "Settle")
+	waitExit(t, pidfd, 10*time.Second, "Settle")
 }

@@ -34,8 +34,8 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 	if pm != nil {
 		// A change interrupted after it put a policy in force and
 		// before its commit leaves bypass on where the recorded
-		// settings do not ask for it (workers left over are settled
-		// below).
+		// settings do not ask for it (workers left over, and the state
+		// of policies no label uses, are settled below).
 		states, err := pm.Status()
 		if err != nil {
 			s.log.Warn("policy status", "err", err)
@@ -48,11 +48,12 @@ func (s *Server) SetPolicies(ctx context.Context, pm *policy.Manager, why string
 				}
 			}
 		}
-		pm.SettleWorkers()
+		pm.Settle()
 	}
 }
 
-// enforce moves a label from policy from to policy to.
+// enforce moves a label from policy from to policy to (a splice whose
+// upstream or engine changes is stopped and started again).
 func (s *Server) enforce(label string, from, to settings.Policy) error {
 	s.mu.RLock()
 	pm, why, ctx := s.pm, s.pmWhy, s.pmCtx
@@ -63,11 +64,6 @@ func (s *Server) enforce(label string, from, to settings.Policy) error {
 		}
 		return control.Errorf(control.CodeUnsupported, "policy %s for %s: connection policies are unavailable here: %s", to.Kind, label, why)
 	}
-	if to.Engine != settings.Userspace {
-		// Helper "policy" wires the in-kernel engine; until then a label
-		// cannot select it.
-		return control.Errorf(control.CodeUnsupported, "policy %s for %s: engine %s is not available in this build", to.Kind, label, to.Engine)
-	}
 	if from.Kind == settings.Splice {
 		if err := pm.StopSplice(label); err != nil {
 			return err
@@ -77,7 +73,7 @@ func (s *Server) enforce(label string, from, to settings.Policy) error {
 		return err
 	}
 	if to.Kind == settings.Splice {
-		return pm.StartSplice(ctx, label, to.Upstream.String(), func(ln *net.TCPListener) error {
+		return pm.StartSplice(ctx, label, to.Upstream.String(), to.Engine, func(ln *net.TCPListener) error {
 			_, err := s.d.Register(label, ln)
 			return err
 		})

@@ -1,6 +1,7 @@
-/* Shared definitions of switchyard's connection policy maps. The Go side
- * (internal/policy) mirrors these layouts through the types bpf2go generates
- * from BTF. */
+/* Definitions of the bypass policy's maps (bpf/bypass.c). The Go side
+ * (internal/bypass) mirrors these layouts through the types bpf2go generates
+ * from BTF. The names and layouts are those pinned by earlier builds, which
+ * a new build adopts in place. */
 #pragma once
 
 #include "sy_abi.h"
@@ -19,8 +20,9 @@ struct sy_p_cfg {
 	/* The netns cookie of the dispatcher's namespace: only server sockets
 	 * of that namespace serve its labels. */
 	__u64 netns_cookie;
-	/* Splice pairs: most bytes a pair's direction may have redirected
-	 * but not yet written to the destination socket. */
+	/* Unused: kept so that the layout pinned by earlier builds (which
+	 * kept the in-kernel splice engine's bound here) stays the same. The
+	 * engine has a config of its own (bpf/kernelsplice.h). */
 	__u32 splice_limit;
 	/* How bypass decides it may redirect (SY_P_GUARD_*). */
 	__u32 guard;
@@ -69,25 +71,6 @@ struct sy_p_rxstate {
 	__u8 recvmsg;     /* read with recvmsg, which sees redirected data */
 	__u8 spliced;     /* read with splice(2), which does not */
 	__u16 _pad;
-};
-
-/* Modes of struct sy_p_dir. */
-#define SY_P_KERNEL 0 /* the verdict program redirects to the peer */
-#define SY_P_USER 1   /* fell back: data stays on the source for userspace */
-
-/* sy_p_dirs[slot]: the direction from the socket in sy_p_pairs[slot] to its
- * peer in slot ^ 1. */
-struct sy_p_dir {
-	__u32 mode;
-	__u32 label;
-	/* Bytes redirected to the peer. */
-	__u64 redirected;
-	/* The peer's write_seq when the first byte was redirected. */
-	__u32 base_seq;
-	__u32 based;
-	/* Most bytes ever queued between redirect and the peer's send
-	 * queue, for tests and status. */
-	__u64 max_backlog;
 };
 
 /* sy_p_stats[label id], per CPU. */

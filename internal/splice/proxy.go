@@ -1,9 +1,10 @@
-package policy
+package splice
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"runtime"
 	"strconv"
@@ -19,14 +20,13 @@ import (
 // sockets, accepts their connections, dials the upstream for each and moves
 // bytes both ways, propagating half-close and reset.
 type Proxy struct {
-	m        *Manager
+	m        *Set
 	label    string
-	id       uint32 // the label's id
 	upstream string
 	host     string
 	port     string // "" means the port the client dialled
-	kernel   bool   // use the SK_SKB path
-	why      string // why not kernel, when not
+	kernel   Kernel // nil: splice(2) in userspace
+	why      string // why in userspace, when so
 	// ctx ends when the proxy has stopped; set from the start, so that
 	// stop is safe at any time.
 	ctx    context.Context
@@ -44,6 +44,105 @@ type Proxy struct {
 	lastAccept  atomic.Int64 // unix nanoseconds
 }
 
+// Kernel moves the bytes of a proxied connection, a and b, in the kernel
+// until both directions end, closing both; it returns an error, having
+// changed nothing, if it cannot take the connection on, which userspace
+// then splices.
+type Kernel func(ctx context.Context, a, b *net.TCPConn, d Dirs) error
+
+// Dirs connect a Kernel pair to its proxy.
+type Dirs struct {
+	// Log receives the pair's events.
+	Log *slog.Logger
+	// Moved counts bytes userspace moved for a direction.
+	Moved func(n uint64)
+	// Track is called as a direction starts, with its source, its
+	// destination and what of it the kernel holds right now; the function
+	// it returns is called as the direction ends.
+	Track func(src, dst *net.TCPConn, backlog func() int64) (untrack func())
+}
+
+// DefaultBuffer is the default of Config.Buffer.
+const DefaultBuffer = 1 << 20
+
+// Config configures a Set.
+type Config struct {
+	// Logger receives structured logs. Default: discard.
+	Logger *slog.Logger
+	// NetNS is the path of the network namespace the proxies make their
+	// sockets in (listeners and upstream connections). Default: the
+	// caller's.
+	NetNS string
+	// Buffer is SO_RCVBUF and SO_SNDBUF of the proxies' sockets (the
+	// kernel doubles it for its overhead), which bounds the bytes a slow
+	// receiver can make a proxy hold: per direction at most about
+	// 2*Buffer received, the pipe (1 MiB) or the kernel engine's bound in
+	// flight, and 2*Buffer to send. Default DefaultBuffer; negative
+	// leaves the kernel's autotuning alone (unbounded up to the
+	// tcp_rmem/tcp_wmem sysctls).
+	Buffer int
+	// Workers, if set, runs proxies that splice in userspace in worker
+	// processes that outlive the Set (see WorkerOptions). NewSet fills
+	// its defaults.
+	Workers *WorkerOptions
+}
+
+// Counters are one label's splice counters.
+type Counters struct {
+	// Bytes proxied (by userspace; a Kernel counts its own).
+	Bytes uint64
+	// Connections proxied.
+	Connections uint64
+}
+
+// Sentinel errors that callers branch on with errors.Is.
+var (
+	// ErrNotFound: no splice runs for the label.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: the label already has a splice running.
+	ErrExists = errors.New("already exists")
+)
+
+// Set runs the splice proxies of the labels of one namespace. Its methods
+// are safe for concurrent use.
+type Set struct {
+	log  *slog.Logger
+	opts Config
+
+	mu      sync.Mutex
+	splices map[string]splicer
+	retired map[string][]splicer // stopped splices, for their counters
+	found   []*worker            // splice workers found at NewSet, not yet adopted
+	closed  bool
+}
+
+// NewSet makes a Set; with Config.Workers, it finds the workers an
+// earlier Set left running, for Start to adopt or SettleWorkers to finish.
+func NewSet(cfg Config) (*Set, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Buffer == 0 {
+		cfg.Buffer = DefaultBuffer
+	}
+	s := &Set{log: cfg.Logger, opts: cfg, splices: make(map[string]splicer), retired: make(map[string][]splicer)}
+	if wo := cfg.Workers; wo != nil {
+		if len(wo.Command) == 0 {
+			wo.Command = []string{"/proc/self/exe", "splice-worker"}
+		}
+		if wo.Build == "" {
+			var err error
+			if wo.Build, err = buildID(); err != nil {
+				return nil, err
+			}
+		}
+		if err := s.findWorkers(); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
 // splicer is a label's running splice proxy: a Proxy in this process, or
 // a worker process.
 type splicer interface {
@@ -52,8 +151,8 @@ type splicer interface {
 	stop(graceful bool)
 }
 
-// parseUpstream splits "host:port" or "host:same" (port "").
-func parseUpstream(label, upstream string) (host, port string, err error) {
+// ParseUpstream splits "host:port" or "host:same" (port "").
+func ParseUpstream(label, upstream string) (host, port string, err error) {
 	host, port, err = net.SplitHostPort(upstream)
 	if err != nil {
 		return "", "", fmt.Errorf("splice %s: upstream %q: %w; write host:port or host:same", label, upstream, err)
@@ -68,42 +167,43 @@ func parseUpstream(label, upstream string) (host, port string, err error) {
 }
 
 // newProxy makes a proxy that runs, once run, until ctx ends or stop.
-func newProxy(ctx context.Context, m *Manager, label, upstream, host, port string) *Proxy {
+func newProxy(ctx context.Context, m *Set, label, upstream, host, port string) *Proxy {
 	p := &Proxy{m: m, label: label, upstream: upstream, host: host, port: port, conns: make(map[*net.TCPConn]struct{})}
 	p.ctx, p.cancel = context.WithCancel(ctx)
 	return p
 }
 
-// StartSplice makes the manager proxy label's connections to upstream
-// ("host:port", or "host:same" for the port the client dialled). It creates
-// the label's listening sockets (MPTCP off) and passes each to register,
-// which should register it for the label with the dispatcher. The proxy
-// runs until StopSplice, Close, or ctx ends; with Options.Workers, in a
-// worker process that outlives the manager, and a worker found serving
-// the same is adopted instead.
-func (m *Manager) StartSplice(ctx context.Context, label, upstream string, register func(*net.TCPListener) error) error {
-	host, port, err := parseUpstream(label, upstream)
+// Start proxies label's connections to upstream ("host:port", or
+// "host:same" for the port the client dialled), moving bytes with kernel,
+// or, if nil, with splice(2) in userspace (why says why, for status). It
+// creates the label's listening sockets (MPTCP off) and passes each to
+// register, which should register it for the label with the dispatcher.
+// The proxy runs until Stop, Close, or ctx ends; in userspace with
+// Config.Workers, in a worker process that outlives the Set, and a worker
+// found serving the same is adopted instead.
+func (m *Set) Start(ctx context.Context, label, upstream, why string, kernel Kernel, register func(*net.TCPListener) error) error {
+	host, port, err := ParseUpstream(label, upstream)
 	if err != nil {
 		return err
 	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return fmt.Errorf("splice %s: manager closed", label)
+		return fmt.Errorf("splice %s: closed", label)
 	}
 	if _, ok := m.splices[label]; ok {
 		m.mu.Unlock()
 		return fmt.Errorf("splice %s: %w: stop it first", label, ErrExists)
 	}
-	// A placeholder until the proxy runs (a StopSplice or Close
+	// A placeholder until the proxy runs (a Stop or Close
 	// meanwhile stops it), or until a worker replaces it.
 	p := newProxy(ctx, m, label, upstream, host, port)
-	p.kernel = m.skbProg != nil
-	p.why = m.spliceWhy
+	p.kernel = kernel
+	p.why = why
 	m.splices[label] = p
 	m.mu.Unlock()
-	// The kernel engine's maps and pair slots are the daemon's.
-	useWorker := m.opts.Workers != nil && !p.kernel
+	// The kernel engine's maps and pair slots are this process's.
+	useWorker := m.opts.Workers != nil && p.kernel == nil
 	var lns []*net.TCPListener
 	fail := func(err error) error {
 		m.mu.Lock()
@@ -123,7 +223,7 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 		p.cancel()
 		m.mu.Lock()
 		if m.closed {
-			// Workers outlive the manager: the next one adopts it.
+			// Workers outlive the Set: the next one adopts it.
 			m.mu.Unlock()
 			return nil
 		}
@@ -137,11 +237,6 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 		m.retireFound(label)
 		return nil
 	}
-	id, err := m.d.KeepLabel(label)
-	if err != nil {
-		return fail(fmt.Errorf("splice %s: %w", label, err))
-	}
-	p.id = id
 	if useWorker {
 		if w := m.adoptWorker(label, upstream); w != nil {
 			return set(w)
@@ -200,7 +295,7 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, regis
 			return fail(fmt.Errorf("splice %s: register listener: %w", label, err))
 		}
 	}
-	m.log.Info("splice started", "label", label, "upstream", upstream, "kernel", p.kernel)
+	m.log.Info("splice started", "label", label, "upstream", upstream, "kernel", p.kernel != nil)
 	return nil
 }
 
@@ -241,12 +336,12 @@ func (p *Proxy) quiet(d time.Duration, cut <-chan struct{}) {
 	}
 }
 
-// StopSplice stops label's proxy, in this process or in a worker process
+// Stop stops label's proxy, in this process or in a worker process
 // alike: its listeners close at once, so the label has no socket until
 // another is registered (new connections are refused), while the
 // connections already proxied run to their end, losing nothing; a worker
 // then exits.
-func (m *Manager) StopSplice(label string) error {
+func (m *Set) Stop(label string) error {
 	m.mu.Lock()
 	p, ok := m.splices[label]
 	delete(m.splices, label)
@@ -259,14 +354,77 @@ func (m *Manager) StopSplice(label string) error {
 		return fmt.Errorf("stop splice %s: %w: no splice runs for it", label, ErrNotFound)
 	}
 	p.stop(true)
-	var mode policySyP_label
-	if id, ok, err := m.d.LabelID(label); err == nil && ok {
-		m.maps.SyP_policy.Lookup(id, &mode)
-	}
-	if mode.Mode == 0 {
-		return m.d.ReleaseLabel(label)
-	}
 	return nil
+}
+
+// Running reports whether a splice runs for label, and whether it moves
+// bytes in the kernel.
+func (m *Set) Running(label string) (running, kernel bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.splices[label]
+	if !ok {
+		return false, false
+	}
+	p, inProcess := s.(*Proxy)
+	return true, inProcess && p.kernel != nil
+}
+
+// Status says, for each label with a splice running, what is in force.
+func (m *Set) Status() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]string, len(m.splices))
+	for name, p := range m.splices {
+		out[name] = p.status()
+	}
+	return out
+}
+
+// Counters returns the counters of label's splices, running and stopped.
+func (m *Set) Counters(label string) Counters {
+	m.mu.Lock()
+	running := append([]splicer{m.splices[label]}, m.retired[label]...)
+	m.mu.Unlock()
+	var c Counters
+	for _, p := range running {
+		if p != nil {
+			u := p.counters()
+			c.Bytes += u.Bytes
+			c.Connections += u.Connections
+		}
+	}
+	return c
+}
+
+// Close stops the proxies that run in this process, closing their
+// connections. Workers run on with their connections, for the next Set to
+// adopt.
+func (m *Set) Close() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	var proxies []*Proxy
+	for _, s := range m.splices {
+		if p, ok := s.(*Proxy); ok {
+			proxies = append(proxies, p)
+		}
+	}
+	for _, ss := range m.retired {
+		for _, s := range ss {
+			if p, ok := s.(*Proxy); ok {
+				proxies = append(proxies, p)
+			}
+		}
+	}
+	m.splices = nil
+	m.mu.Unlock()
+	for _, p := range proxies {
+		p.stop(false)
+	}
 }
 
 // stop closes the listeners and, unless graceful, the open connections;
@@ -302,8 +460,8 @@ func (p *Proxy) counters() Counters {
 }
 
 func (p *Proxy) status() string {
-	if p.kernel {
-		return "splice to " + p.upstream + " (in the kernel: sockmap)"
+	if p.kernel != nil {
+		return "splice to " + p.upstream + " (in the kernel: SK_SKB engine)"
 	}
 	return "splice to " + p.upstream + " (in userspace with splice(2): " + p.why + ")"
 }
@@ -326,11 +484,11 @@ func (p *Proxy) accept(ln *net.TCPListener) {
 	}
 }
 
-// sockBuffers caps the proxy's socket buffers at Options.SpliceBuffer,
+// sockBuffers caps the proxy's socket buffers at Config.Buffer,
 // which bounds what a connection can hold in the proxy; accepted sockets
 // inherit the listener's.
 func (p *Proxy) sockBuffers(network, address string, c syscall.RawConn) error {
-	size := p.m.opts.SpliceBuffer
+	size := p.m.opts.Buffer
 	if size < 0 {
 		return nil
 	}
@@ -405,8 +563,9 @@ func (p *Proxy) serve(client *net.TCPConn) {
 	}
 	defer p.track(up, false)
 	p.connections.Add(1)
-	if p.kernel {
-		if err := p.kernelPair(client, up); err == nil {
+	if p.kernel != nil {
+		dirs := Dirs{Log: p.m.log.With("label", p.label), Moved: func(n uint64) { p.bytes.Add(n) }, Track: p.trackKernel}
+		if err := p.kernel(p.ctx, client, up, dirs); err == nil {
 			return
 		} else {
 			p.m.log.Warn("splice: kernel path refused this connection; splicing in userspace", "label", p.label, "error", err)
@@ -456,8 +615,14 @@ const pipeSize = 1 << 20
 type dir struct {
 	src, dst *net.TCPConn
 	inPipe   atomic.Int64 // bytes in the pipe (userspace engine)
-	kernel   bool
-	slot     uint32
+	backlog  func() int64 // bytes the kernel holds (kernel engine)
+}
+
+// trackKernel tracks a direction a Kernel moves.
+func (p *Proxy) trackKernel(src, dst *net.TCPConn, backlog func() int64) func() {
+	d := &dir{src: src, dst: dst, backlog: backlog}
+	p.trackDir(d, true)
+	return func() { p.trackDir(d, false) }
 }
 
 func (p *Proxy) trackDir(d *dir, on bool) {
@@ -541,11 +706,8 @@ func (p *Proxy) queued() int64 {
 	var total int64
 	for _, d := range defs {
 		total += sockQueue(d.src, unix.SIOCINQ) + d.inPipe.Load() + sockQueue(d.dst, unix.SIOCOUTQ)
-		if d.kernel {
-			var st policySyP_dir
-			if p.m.maps.SyP_dirs.Lookup(d.slot, &st) == nil {
-				total += int64(kernelBacklog(d.dst, st.Redirected))
-			}
+		if d.backlog != nil {
+			total += d.backlog()
 		}
 	}
 	return total
@@ -592,4 +754,41 @@ func inNetNS(path string, fn func() error) error {
 func rawConn(c *net.TCPConn) syscall.RawConn {
 	rc, _ := c.SyscallConn()
 	return rc
+}
+
+// Kernel reports whether a running proxy moves bytes in the kernel.
+func (m *Set) Kernel() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.splices {
+		if p, ok := s.(*Proxy); ok && p.kernel != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Queued returns the bytes label's proxy holds between its sockets right
+// now, if it runs in this process: in its sockets' queues, its pipes and
+// the kernel engine's queue.
+func (m *Set) Queued(label string) (int64, bool) {
+	m.mu.Lock()
+	p, ok := m.splices[label].(*Proxy)
+	m.mu.Unlock()
+	if !ok {
+		return 0, false
+	}
+	return p.queued(), true
+}
+
+// WorkerPID returns the pid of the worker process that runs label's
+// splice, if one does.
+func (m *Set) WorkerPID(label string) (int, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w, ok := m.splices[label].(*worker)
+	if !ok {
+		return 0, false
+	}
+	return w.pid, true
 }

@@ -1,4 +1,4 @@
-package policy
+package bypass
 
 import (
 	"io/fs"

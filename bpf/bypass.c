@@ -1,30 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
-/* switchyard's connection policies, on the connections that dispatched
- * sockets accept:
- *
- *  - bypass: sy_p_sockops puts both ends of a local TCP connection to a
- *    bypass label into sy_p_bypass, keyed by the connection's tuple, and
- *    sy_p_msg moves each message a socket sends straight into its peer's
- *    receive queue (SK_MSG redirect with BPF_F_INGRESS).
- *  - splice: userspace puts the two sockets of a proxied connection into
- *    sy_p_pairs at slots 2n and 2n+1, and sy_p_splice redirects what one
- *    receives to the other's send path, within a bound on what may queue in
- *    between.
+/* switchyard's bypass policy, on the connections that dispatched sockets
+ * accept: sy_p_sockops puts both ends of a local TCP connection to a bypass
+ * label into sy_p_bypass, keyed by the connection's tuple, and sy_p_msg
+ * moves each message a socket sends straight into its peer's receive queue
+ * (SK_MSG redirect with BPF_F_INGRESS). The fentry programs tell how
+ * receivers read.
  *
  * Which label a connection belongs to comes from sy_lookup_label, the same
- * lookup the sk_lookup program makes. See policy.h for the map layouts. */
+ * lookup the sk_lookup program makes. See bypass.h for the map layouts. The
+ * in-kernel splice engine is another object (kernelsplice.c). */
 
 #include "sy_helpers.h"
 
 #include "lookup.h"
-#include "policy.h"
+#include "bypass.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 
-/* Only the fields the programs read: write_seq (the splice bound, and
- * bypass's check that the peer read all sent the normal way) and
- * copied_seq (how far a bypass socket's owner has read). CO-RE finds them
+/* Only the fields the programs read: write_seq (the check that the peer
+ * read all sent the normal way) and copied_seq (how far a bypass socket's owner has read). CO-RE finds them
  * in the kernel's struct tcp_sock. */
 struct tcp_sock {
 	__u32 write_seq;
@@ -83,30 +78,6 @@ struct {
 	__type(key, struct sy_p_tuple);
 	__type(value, struct sy_p_rxstate);
 } sy_p_rx SEC(".maps");
-
-#define SY_P_MAX_PAIRS (1 << 16)
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 2 * SY_P_MAX_PAIRS);
-	__type(key, __u32);
-	__type(value, __u64);
-} sy_p_pairs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * SY_P_MAX_PAIRS);
-	__type(key, __u32);
-	__type(value, struct sy_p_dir);
-} sy_p_dirs SEC(".maps");
-
-/* sy_p_cookies: socket cookie -> slot in sy_p_pairs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * SY_P_MAX_PAIRS);
-	__type(key, __u64);
-	__type(value, __u32);
-} sy_p_cookies SEC(".maps");
 
 static __always_inline struct sy_p_counts *stats(__u32 label)
 {
@@ -395,74 +366,6 @@ int BPF_PROG(sy_p_spliceread, struct socket *sock)
 	if (sk)
 		seen_reading(sk, 1);
 	return 0;
-}
-
-/* Splice: what one socket of a pair receives goes to the other's send
- * path. The kernel queues redirected data without limit when the
- * destination is slower than the source, so the program keeps count: once
- * more than splice_limit bytes sit between redirect and the destination's
- * send queue, the direction falls back to userspace for good. From then on
- * data stays in the source's receive queue, which is bounded and closes the
- * TCP window, and userspace moves it once the kernel's queue has drained. */
-SEC("sk_skb/stream_verdict")
-int sy_p_splice(struct __sk_buff *skb)
-{
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct tcp_sock *tp;
-	struct sy_p_counts *s;
-	struct bpf_sock *peer;
-	struct sy_p_dir *d;
-	struct sy_p_cfg *cfg;
-	__u32 *slot, pslot, zero = 0, written, backlog, limit;
-	__u32 len = skb->len;
-
-	/* A bare FIN: the socket has recorded it already, and userspace sends
-	 * it on after the data. Redirected, it would make the peer's send
-	 * fail once userspace has shut that down (EPIPE on the peer). */
-	if (len == 0)
-		return SK_DROP;
-	slot = bpf_map_lookup_elem(&sy_p_cookies, &cookie);
-	if (!slot)
-		return SK_PASS;
-	d = bpf_map_lookup_elem(&sy_p_dirs, slot);
-	if (!d || d->mode != SY_P_KERNEL)
-		return SK_PASS;
-	cfg = bpf_map_lookup_elem(&sy_p_config, &zero);
-	limit = cfg ? cfg->splice_limit : 0;
-
-	pslot = *slot ^ 1;
-	peer = bpf_map_lookup_elem(&sy_p_pairs, &pslot);
-	if (!peer)
-		goto user;
-	tp = bpf_skc_to_tcp_sock(peer);
-	if (!tp) {
-		bpf_sk_release(peer);
-		goto user;
-	}
-	if (!d->based) {
-		d->base_seq = tp->write_seq;
-		d->based = 1;
-	}
-	written = tp->write_seq - d->base_seq;
-	bpf_sk_release(peer);
-
-	backlog = (__u32)d->redirected - written;
-	if ((__u64)backlog + len > limit)
-		goto user;
-	if (bpf_sk_redirect_map(skb, &sy_p_pairs, pslot, 0) != SK_PASS)
-		goto user;
-	d->redirected += len;
-	if ((__u64)backlog + len > d->max_backlog)
-		d->max_backlog = (__u64)backlog + len;
-	s = stats(d->label);
-	if (s) {
-		s->bytes += len;
-		s->messages++;
-	}
-	return SK_PASS;
-user:
-	d->mode = SY_P_USER;
-	return SK_PASS;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

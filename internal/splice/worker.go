@@ -1,4 +1,4 @@
-package policy
+package splice
 
 import (
 	"bufio"
@@ -27,7 +27,7 @@ import (
 	"github.com/switchyard-project/switchyard/internal/safepath"
 )
 
-// Splice workers: with Options.Workers set, each label's splice proxy runs
+// Splice workers: with Config.Workers set, each label's splice proxy runs
 // in a process of its own (the daemon's executable, started as
 // "splice-worker"), which holds the label's listening sockets and its
 // connections. The worker is in a process group of its own and outlives
@@ -40,13 +40,13 @@ import (
 //     drains: it stops accepting once no connection has reached its
 //     listeners for workerQuiet, lets its connections run to their end,
 //     then exits;
-//   - a worker whose label is no longer spliced (StopSplice, or
-//     SettleWorkers for one no StartSplice took over) finishes: nothing
+//   - a worker whose label is no longer spliced (Stop, or
+//     SettleWorkers for one no Start took over) finishes: nothing
 //     replaces its socket, so it stops accepting at once, lets its
 //     connections run to their end, then exits.
 //
-// The in-kernel engine (EngineSockmap) shares maps and pair slots across
-// labels and stays in the daemon's process.
+// A proxy whose bytes the in-kernel engine moves shares that engine's maps
+// and pair slots with the other labels', and stays in the Set's process.
 
 // WorkerOptions makes splice proxies run in worker processes.
 type WorkerOptions struct {
@@ -192,7 +192,7 @@ func buildID() (string, error) {
 
 // findWorkers asks each worker with a socket in the workers' directory
 // what it serves; sockets nobody answers on are left-overs and removed.
-func (m *Manager) findWorkers() error {
+func (m *Set) findWorkers() error {
 	wo := m.opts.Workers
 	// Only root (or this uid) may place sockets there: the daemon acts on
 	// what answers on them.
@@ -227,7 +227,7 @@ func (m *Manager) findWorkers() error {
 
 // adoptWorker takes over the found worker that serves label with
 // upstream and is of this build, or returns nil if there is none.
-func (m *Manager) adoptWorker(label, upstream string) *worker {
+func (m *Set) adoptWorker(label, upstream string) *worker {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i, w := range m.found {
@@ -244,7 +244,7 @@ func (m *Manager) adoptWorker(label, upstream string) *worker {
 // serves now: they drain (see workerQuiet). With label "", it retires all
 // found workers, whose labels are not spliced any more: nothing replaces
 // their sockets, so they finish (stop accepting at once).
-func (m *Manager) retireFound(label string) {
+func (m *Set) retireFound(label string) {
 	m.mu.Lock()
 	var old []*worker
 	m.found = slices.DeleteFunc(m.found, func(w *worker) bool {
@@ -269,11 +269,11 @@ func (m *Manager) retireFound(label string) {
 	}
 }
 
-// SettleWorkers finishes the workers found at Open that no StartSplice
-// took over since, as StopSplice would: their label has no splice policy
+// SettleWorkers finishes the workers found at NewSet that no Start took
+// over since, as Stop would: their label has no splice policy
 // any more, so their listeners close at once and their connections run to
 // their end. Call it once the label settings are in force.
-func (m *Manager) SettleWorkers() {
+func (m *Set) SettleWorkers() {
 	if m.opts.Workers != nil {
 		m.retireFound("")
 	}
@@ -281,7 +281,7 @@ func (m *Manager) SettleWorkers() {
 
 // startWorker runs a worker for label on the listeners lns (the worker
 // gets copies) and waits until it serves.
-func (m *Manager) startWorker(label, upstream, why string, lns []*net.TCPListener) (*worker, error) {
+func (m *Set) startWorker(label, upstream, why string, lns []*net.TCPListener) (*worker, error) {
 	wo := m.opts.Workers
 	w := &worker{label: label, upstream: upstream, build: wo.Build, why: why,
 		sock: filepath.Join(wo.Dir, fmt.Sprintf("splice-%d.sock", time.Now().UnixNano()))}
@@ -300,7 +300,7 @@ func (m *Manager) startWorker(label, upstream, why string, lns []*net.TCPListene
 	}
 	args := append(slices.Clone(wo.Command[1:]),
 		"-label", label, "-upstream", upstream, "-netns", m.opts.NetNS,
-		"-buffer", strconv.Itoa(m.opts.SpliceBuffer), "-socket", w.sock,
+		"-buffer", strconv.Itoa(m.opts.Buffer), "-socket", w.sock,
 		"-build", wo.Build, "-why", why, "-listeners", strconv.Itoa(len(files)))
 	cmd := exec.Command(wo.Command[0], args...)
 	cmd.ExtraFiles = files
@@ -349,7 +349,7 @@ func WorkerMain(args []string) int {
 	label := fs.String("label", "", "label served")
 	upstream := fs.String("upstream", "", "host:port or host:same")
 	netns := fs.String("netns", "", "network namespace to dial the upstream in")
-	buffer := fs.Int("buffer", DefaultSpliceBuffer, "socket buffer size")
+	buffer := fs.Int("buffer", DefaultBuffer, "socket buffer size")
 	sock := fs.String("socket", "", "control socket path")
 	build := fs.String("build", "", "build identity")
 	why := fs.String("why", "", "why the proxy runs in userspace")
@@ -364,11 +364,11 @@ func WorkerMain(args []string) int {
 		log.Error("splice worker", "error", err)
 		return 1
 	}
-	host, port, err := parseUpstream(*label, *upstream)
+	host, port, err := ParseUpstream(*label, *upstream)
 	if err != nil {
 		return fail(err)
 	}
-	m := &Manager{log: log, opts: Options{NetNS: *netns, SpliceBuffer: *buffer}}
+	m := &Set{log: log, opts: Config{NetNS: *netns, Buffer: *buffer}}
 	var lns []*net.TCPListener
 	for i := range *nlns {
 		f := os.NewFile(uintptr(3+i), "listener")

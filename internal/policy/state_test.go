@@ -1,0 +1,135 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard-project/switchyard/internal/settings"
+)
+
+// pins lists the policy pins (sy_p_*, sy_k_*) in the dispatcher's state
+// directory.
+func (e *env) pins() []string {
+	e.t.Helper()
+	ents, err := os.ReadDir(e.d.Dir())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for _, ent := range ents {
+		if n := ent.Name(); strings.HasPrefix(n, "sy_p_") || strings.HasPrefix(n, "sy_k_") {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// The pins each policy state may have: bypass's maps and sockops link
+// (its fentry links too, on a kernel that loads them), the kernel engine's
+// maps.
+var (
+	bypassPins = []string{"sy_p_bypass", "sy_p_config", "sy_p_policy", "sy_p_rx", "sy_p_sk", "sy_p_sockops_link", "sy_p_stats"}
+	kernelPins = []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_pairs", "sy_k_stats"}
+)
+
+func (e *env) expectPins(what string, want []string) {
+	e.t.Helper()
+	got := slices.DeleteFunc(e.pins(), func(n string) bool { return strings.HasSuffix(n, "_link") && n != "sy_p_sockops_link" })
+	if !slices.Equal(got, want) {
+		e.t.Errorf("%s: policy pins %q, want %q", what, got, want)
+	}
+}
+
+// No kernel object exists for a policy no label uses: none at all with no
+// policy, only bypass's with a bypass label, none for a userspace splice,
+// only the kernel engine's for a kernel splice; and each goes with the
+// last label using it.
+func TestPolicyStateOnlyInUse(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{TrustReaders: true})
+	e.bind("svc", srvAddr+"/32", "8080")
+	e.bind("px", srvAddr+"/32", "9000")
+	e.expectPins("no policy", nil)
+
+	mustOK := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustOK(e.m.SetBypass("svc", true))
+	e.expectPins("one bypass label", bypassPins)
+	mustOK(e.m.SetBypass("svc", false))
+	e.expectPins("bypass switched off, no connection open", nil)
+
+	ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+	register := func(ln *net.TCPListener) error {
+		_, err := e.d.Register("px", ln)
+		return err
+	}
+	mustOK(e.m.StartSplice(context.Background(), "px", ln.Addr().String(), settings.Userspace, register))
+	e.expectPins("one userspace splice label", nil)
+	mustOK(e.m.StopSplice("px"))
+
+	mustOK(e.m.StartSplice(context.Background(), "px", ln.Addr().String(), settings.Kernel, register))
+	e.expectPins("one kernel-engine splice label", kernelPins)
+	if st, _ := e.m.Status(); !strings.Contains(st["px"], "in the kernel") {
+		t.Errorf("status of a kernel-engine splice: %q", st["px"])
+	}
+	mustOK(e.m.StopSplice("px"))
+	e.expectPins("kernel-engine splice stopped, no connection open", nil)
+
+	// A reopened manager finds nothing to adopt and makes nothing.
+	e.m.Close()
+	e.m = e.open()
+	e.m.Settle()
+	e.expectPins("reopened with no policy", nil)
+}
+
+// Bypass switched off for its last label while a bypassed connection
+// streams: the connection's bytes arrive intact, bypass's state stays
+// (without its sockops link: no new connection joins) until that
+// connection has closed, then goes; switched on again meanwhile, it is
+// taken back.
+func TestBypassStateGoesAfterItsConnections(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{TrustReaders: true})
+	e.bypassServer("read", nil)
+	e.expectPins("one bypass label", bypassPins)
+	const n = 32 << 20
+	h := e.startEnv(e.srv, true, []string{"SY_CLIENT_PACE=10ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", srvAddr+":8080", "11", fmt.Sprint(n))
+	if got := h.line(t); got != "connected" {
+		t.Fatalf("client: %q", got)
+	}
+	if err := e.m.SetBypass("svc", false); err != nil {
+		t.Fatal(err)
+	}
+	if c := e.counters("svc"); c.Connections != 1 {
+		t.Errorf("bypass took on %d connections, want the 1 open: %+v", c.Connections, c)
+	}
+	e.expectPins("bypass off, its connection open", slices.DeleteFunc(slices.Clone(bypassPins), func(n string) bool { return n == "sy_p_sockops_link" }))
+	// Switched on and off again while retiring.
+	if err := e.m.SetBypass("svc", true); err != nil {
+		t.Fatal(err)
+	}
+	e.expectPins("bypass on again", bypassPins)
+	if err := e.m.SetBypass("svc", false); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := h.line(t), fmt.Sprintf("ok %d %s", n, streamHash(11, n)); got != want {
+		t.Fatalf("bypassed connection across bypass off: client says %q, want %q", got, want)
+	}
+	h.cmd.Wait()
+	deadline := time.Now().Add(10 * retireBypassEvery)
+	for len(e.pins()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(retireBypassEvery / 10)
+	}
+	e.expectPins("bypass off, its connection closed", nil)
+}
