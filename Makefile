@@ -6,7 +6,7 @@ COUNT   ?= 5
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-.PHONY: help build generate check-generate test test-short fuzz bench bench-packet bench-policy demo lint clean man completion install
+.PHONY: help build generate check-generate test test-short test-long fuzz bench bench-packet bench-policy demo lint clean man completion install
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,9 @@ lint: ## gofmt and go vet.
 
 test: lint ## Run every test (needs root: tests make their own namespaces and bpffs).
 	$(GO) test -count=1 -race -timeout 24m ./...
+
+test-long: ## The in-kernel splice engine's integrity test, SPLICE_RUNS times (default 50) of 256 MiB (root).
+	SY_SPLICE_RUNS=$${SPLICE_RUNS:-50} $(GO) test -count=1 -timeout 60m -run '^TestKernelSpliceRepeated$$' -v ./internal/policy/
 
 fuzz: ## Run each fuzz test for FUZZTIME (default 30s).
 	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-project/switchyard/internal/netns"
 )
 
 // Proxy is the splice proxy of one label: it owns the label's listening
@@ -719,36 +720,18 @@ func sockQueue(c *net.TCPConn, req uint) int64 {
 	return int64(n)
 }
 
-// inNetNS runs fn with its OS thread in the network namespace at path (""
-// for the caller's own). The thread is thrown away afterwards.
+// inNetNS runs fn in the network namespace at path ("" for the caller's
+// own), so that the sockets it makes belong there.
 func inNetNS(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	var run func()
-	run = func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with us
-		if unix.Gettid() == unix.Getpid() {
-			// The main thread is parked, not ended, when a locked
-			// goroutine exits: never change its namespace.
-			go run()
-			runtime.Goexit()
-		}
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("netns %s: %w", path, err)
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("netns %s: setns: %w", path, err)
-			return
-		}
-		errc <- fn()
+	ns, err := netns.Open(path)
+	if err != nil {
+		return err
 	}
-	go run()
-	return <-errc
+	defer ns.Close()
+	return ns.Do(fn)
 }
 
 func rawConn(c *net.TCPConn) syscall.RawConn {
