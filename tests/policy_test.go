@@ -35,6 +35,22 @@ func TestPolicyThroughDaemon(t *testing.T) {
 	if got := w.curl("http://10.6.0.9:8123/"); got != "same-port saw 127.0.0.2:8123" {
 		t.Errorf("curl through splice to host:same: %q", got)
 	}
+	if got := policyPins(t, w.stateDir()); len(got) != 0 {
+		t.Errorf("policy pins with a userspace splice: %q", got)
+	}
+	// The in-kernel engine, opted into per label: its maps exist while
+	// the label uses it.
+	w.mustCLI("policy", "proxied", "splice", up, "--engine", "kernel")
+	if got := w.curl("http://10.6.0.1:80/"); got != "upstream saw "+up {
+		t.Errorf("curl through the kernel engine: %q", got)
+	}
+	if st := w.mustCLI("status", "proxied"); !strings.Contains(st, "in the kernel") {
+		t.Errorf("status with engine kernel:\n%s", st)
+	}
+	if got, want := policyPins(t, w.stateDir()), []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_pairs", "sy_k_stats"}; !slices.Equal(got, want) {
+		t.Errorf("policy pins with a kernel-engine splice: %q, want %q", got, want)
+	}
+	w.mustCLI("policy", "proxied", "splice", "127.0.0.2:same")
 
 	var st struct {
 		Labels []struct {
