@@ -126,6 +126,19 @@ func Spec(op Op) (OpSpec, bool) {
 	return *s, true
 }
 
+// MaxRequest is the largest request payload of the operations that a peer
+// may call, root or not: a server lowers a connection's limit to it
+// (Conn.SetRequestLimit) once it knows the peer.
+func MaxRequest(root bool) int {
+	n := 0
+	for _, s := range operations {
+		if root || s.Access != Root {
+			n = max(n, s.MaxRequest)
+		}
+	}
+	return n
+}
+
 // Operations returns the table, in operation order.
 func Operations() []OpSpec { return append([]OpSpec(nil), operations...) }
 

@@ -55,6 +55,9 @@ func TestOperationsTable(t *testing.T) {
 	if _, err := EncodeRequest(NewRequest(&struct{ RequestBody }{})); err == nil {
 		t.Error("a request type outside the table was encoded")
 	}
+	if MaxRequest(false) != MaxSmallMessage || MaxRequest(true) != MaxMessage {
+		t.Errorf("MaxRequest: %d for others, %d for root", MaxRequest(false), MaxRequest(true))
+	}
 	if reflect.TypeOf(newResponseBody(OpApply)) != reflect.TypeOf(&ApplyResponse{}) {
 		t.Error("apply's reply type")
 	}

@@ -238,8 +238,9 @@ func (s *Server) serveConn(ctx context.Context, cc *control.Conn) {
 	defer s.conns.remove(c)
 	p.groups = peerGroups(cc)
 	if !p.root() {
-		// Only root may send the large messages (apply).
-		cc.SetRequestLimit(control.MaxSmallMessage)
+		// Only root may call the operations with large requests
+		// (apply); the others' limit comes from the protocol's table.
+		cc.SetRequestLimit(control.MaxRequest(false))
 	}
 	for ctx.Err() == nil {
 		c.busy.Store(false)
