@@ -155,7 +155,9 @@ func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
 	if rep.Op != req.Op() && rep.Op != 0 {
 		return nil, invalidf("control message: got a %s reply to a %s request", rep.Op, req.Op())
 	}
-	if rep.Version != req.Version {
+	// A reply of op 0 answers a request the peer could not read, perhaps
+	// for its version: it speaks a version the peer knows.
+	if rep.Version != req.Version && rep.Op != 0 {
 		return nil, invalidf("control message: reply speaks version %d to a version %d request", rep.Version, req.Version)
 	}
 	return rep, nil

@@ -44,7 +44,10 @@
 // DisallowUnknownFields and a check that nothing follows the object; every
 // decoded body is then validated (labels, prefixes, ports, policies). A
 // binary TLV would be smaller but needs its own parser, which is exactly
-// the kind of code that goes wrong on untrusted input. Magic and version sit
+// the kind of code that goes wrong on untrusted input; the one exception is
+// Apply from version 2 on, whose binding lists (up to 1,048,576 bindings)
+// travel packed after the JSON object (binding.ReadPacked, fuzzed), and are
+// then validated like any other. Magic and version sit
 // at fixed offsets forever, so any two releases can tell each other which
 // versions they speak.
 //

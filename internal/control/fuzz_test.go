@@ -98,7 +98,15 @@ func FuzzDecodeRequest(f *testing.F) {
 }
 
 func FuzzDecodeReply(f *testing.F) {
-	for _, rep := range sampleReplies(f) {
+	reps := sampleReplies(f)
+	for _, rep := range reps {
+		if rep.Op == OpApply {
+			packed := *rep
+			packed.Version = PackedVersion
+			reps = append(reps, &packed)
+		}
+	}
+	for _, rep := range reps {
 		ds, err := EncodeReply(rep)
 		if err != nil {
 			f.Fatal(err)

@@ -12,10 +12,16 @@ import (
 // [MinVersion, MaxVersion]; a reply uses the version of its request. Adding
 // a field, an operation or an error code needs a new version, since decoding
 // refuses what it does not know.
+//
+// Version 2 differs from 1 in Apply only: its request and reply carry their
+// binding lists packed (see wire.go) rather than in JSON. A client sends
+// Apply requests as PackedVersion and everything else as ProtocolVersion,
+// so that it still speaks to a daemon of version 1 for everything else.
 const (
 	MinVersion      uint16 = 1
-	MaxVersion      uint16 = 1
-	ProtocolVersion uint16 = MaxVersion
+	MaxVersion      uint16 = 2
+	ProtocolVersion uint16 = 1
+	PackedVersion   uint16 = 2
 )
 
 // SupportedVersion reports whether v is a protocol version this package
@@ -287,8 +293,12 @@ type Request struct {
 	Body    RequestBody
 }
 
-// NewRequest returns a request of the current protocol version.
+// NewRequest returns a request of the current protocol version:
+// PackedVersion for a body with packed lists (Apply), else ProtocolVersion.
 func NewRequest(body RequestBody) *Request {
+	if _, ok := body.(packedBody); ok {
+		return &Request{Version: PackedVersion, Body: body}
+	}
 	return &Request{Version: ProtocolVersion, Body: body}
 }
 

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
 // The wire format. Every datagram starts with a fixed header, big-endian:
@@ -22,7 +25,8 @@ import (
 //	16     4    payload length in this datagram (the rest of the datagram)
 //
 // A message is one or more datagrams whose payloads, concatenated, are one
-// JSON object. Magic and version stay where they are in every future
+// JSON object (an Apply message of version 2 adds packed lists, see
+// packedBody). Magic and version stay where they are in every future
 // version, so that any peer can say which versions it speaks.
 const (
 	headerLen = 20
@@ -187,7 +191,7 @@ func decodeRequest(version uint16, op Op, payload []byte, nfds int) (*Request, e
 		return nil, invalidf("control message: %s request carries %d file descriptors; it takes %d to %d", op, nfds, lo, hi)
 	}
 	body := newRequestBody(op)
-	if err := decodeJSON(payload, body); err != nil {
+	if err := decodePayload(version, op, payload, body); err != nil {
 		return nil, invalidf("control message: %s request: %v", op, err)
 	}
 	if err := body.Validate(); err != nil {
@@ -239,7 +243,7 @@ func decodeReply(version uint16, op Op, payload []byte) (*Reply, error) {
 	if op != 0 {
 		w.Result.body = newResponseBody(op)
 	}
-	if err := decodeJSON(payload, &w); err != nil {
+	if err := decodePayload(version, op, payload, &w); err != nil {
 		return nil, invalidf("control message: %s reply: %v", op, err)
 	}
 	switch {
@@ -275,6 +279,97 @@ func decodeJSON(b []byte, v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// From PackedVersion on, the payload of an Apply message is framed
+// differently: the length of its JSON object (4 bytes, big-endian), the
+// object with the body's binding lists left out (null or absent), then
+// each list in binding.AppendPacked's form, in the order packedLists gives.
+// An error reply has no lists. A million bindings take about 12 MB so,
+// against 80 MB of JSON, and decode many times faster.
+
+// packedBody is a body whose binding lists travel packed.
+type packedBody interface {
+	packedLists() []*binding.List
+}
+
+func (r *ApplyRequest) packedLists() []*binding.List { return []*binding.List{&r.Config.Bindings} }
+func (r *ApplyResponse) packedLists() []*binding.List {
+	return []*binding.List{&r.Diff.AddBindings, &r.Diff.RemoveBindings}
+}
+
+func packedOp(version uint16, op Op) bool { return version >= PackedVersion && op == OpApply }
+
+// encodePayload encodes v, whose body (nil for none) may have packed lists.
+func encodePayload(version uint16, op Op, v, body any) ([]byte, error) {
+	if !packedOp(version, op) {
+		return json.Marshal(v)
+	}
+	var lists []*binding.List
+	if pb, ok := body.(packedBody); ok {
+		lists = pb.packedLists()
+	}
+	saved := make([]binding.List, len(lists))
+	for i, l := range lists {
+		saved[i], *l = *l, nil
+	}
+	j, err := json.Marshal(v)
+	for i, l := range lists {
+		*l = saved[i]
+	}
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(j)) > math.MaxUint32 {
+		return nil, errors.New("JSON part too long")
+	}
+	out := make([]byte, 4, 4+len(j)+64)
+	binary.BigEndian.PutUint32(out, uint32(len(j)))
+	out = append(out, j...)
+	for _, l := range saved {
+		out = binding.AppendPacked(out, l)
+	}
+	return out, nil
+}
+
+// decodePayload decodes a payload into v, a body or a *replyIn.
+func decodePayload(version uint16, op Op, payload []byte, v any) error {
+	if !packedOp(version, op) {
+		return decodeJSON(payload, v)
+	}
+	if len(payload) < 4 {
+		return errors.New("packed payload shorter than its length field")
+	}
+	n := binary.BigEndian.Uint32(payload)
+	if uint64(n) > uint64(len(payload)-4) {
+		return fmt.Errorf("packed payload: JSON part of %d bytes announced in %d", n, len(payload)-4)
+	}
+	rest := payload[4+n:]
+	if err := decodeJSON(payload[4:4+n], v); err != nil {
+		return err
+	}
+	var body any = v
+	if w, ok := v.(*replyIn); ok {
+		body = nil
+		if w.Result.seen {
+			body = w.Result.body
+		}
+	}
+	if pb, ok := body.(packedBody); ok {
+		for _, l := range pb.packedLists() {
+			if *l != nil {
+				return errors.New("packed payload: a binding list is in the JSON part")
+			}
+			var err error
+			if *l, rest, err = binding.ReadPacked(rest); err != nil {
+				return err
+			}
+		}
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("packed payload: %d bytes after the last list", len(rest))
 	}
 	return nil
 }
@@ -334,7 +429,7 @@ func encodeRequest(r *Request) ([]frame, error) {
 	if err := r.Body.Validate(); err != nil {
 		return nil, AsError(fmt.Errorf("%s request: %w", r.Op(), err))
 	}
-	p, err := json.Marshal(r.Body)
+	p, err := encodePayload(r.Version, r.Op(), r.Body, r.Body)
 	if err != nil {
 		return nil, invalidf("control message: %s request: %v", r.Op(), err)
 	}
@@ -367,7 +462,7 @@ func encodeReply(r *Reply) ([]frame, error) {
 	default:
 		w.Result = r.Body
 	}
-	p, err := json.Marshal(&w)
+	p, err := encodePayload(r.Version, r.Op, &w, w.Result)
 	if err != nil {
 		return nil, invalidf("control message: %s reply: %v", r.Op, err)
 	}

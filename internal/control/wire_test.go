@@ -129,7 +129,7 @@ func TestRequestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.Version != ProtocolVersion || got.Op() != OpOf(body) {
+			if got.Version != NewRequest(body).Version || got.Op() != OpOf(body) {
 				t.Fatalf("got version %d op %s", got.Version, got.Op())
 			}
 			if !reflect.DeepEqual(got.Body, body) {
@@ -241,8 +241,8 @@ func TestDecodeRequestRefuses(t *testing.T) {
 		{"no datagrams", nil, 0, CodeInvalid, "no datagrams"},
 		{"short header", [][]byte{[]byte("SWYD\x00\x01")}, 0, CodeInvalid, "truncated"},
 		{"bad magic", [][]byte{badMagic}, 0, CodeInvalid, "magic"},
-		{"version 0", [][]byte{datagram(0, OpBind, 0, len(bind), bind)}, 0, CodeUnsupported, "versions 1 to 1"},
-		{"version 2", [][]byte{datagram(2, OpBind, 0, len(bind), bind)}, 0, CodeUnsupported, "versions 1 to 1"},
+		{"version 0", [][]byte{datagram(0, OpBind, 0, len(bind), bind)}, 0, CodeUnsupported, "versions 1 to 2"},
+		{"version 3", [][]byte{datagram(3, OpBind, 0, len(bind), bind)}, 0, CodeUnsupported, "versions 1 to 2"},
 		{"unknown op", single(99, bind), 0, CodeUnsupported, "operation 99"},
 		{"op 0", single(0, bind), 0, CodeUnsupported, "operation 0"},
 		{"unknown flag", [][]byte{datagram(1, OpBind, 0x8, len(bind), bind)}, 0, CodeInvalid, "flags"},

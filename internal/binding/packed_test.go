@@ -1,0 +1,96 @@
+package binding
+
+import (
+	"errors"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestPacked: a list reads back as it was written, followed by what came
+// after it.
+func TestPacked(t *testing.T) {
+	for _, l := range []List{nil, {}, listSample(), append(listSample(), Binding{Label: "web", Protocol: UDP, Prefix: netip.MustParsePrefix("::/0"), Ports: Ports{53, 53}})} {
+		b := AppendPacked([]byte("head"), l)
+		b = append(b, "tail"...)
+		got, rest, err := ReadPacked(b[len("head"):])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(rest) != "tail" {
+			t.Errorf("rest %q, want %q", rest, "tail")
+		}
+		if !reflect.DeepEqual(got, l) {
+			t.Errorf("read back %v, want %v", got, l)
+		}
+	}
+	// Labels travel once each: three bindings of one label take the
+	// label's bytes once.
+	l := List{listSample()[0], listSample()[0], listSample()[0]}
+	if b := AppendPacked(nil, l); strings.Count(string(b), "web") != 1 {
+		t.Errorf("label written %d times in %q", strings.Count(string(b), "web"), b)
+	}
+}
+
+// TestPackedRefuses: malformed input is refused with an error that says
+// what is wrong, never a panic or a huge allocation.
+func TestPackedRefuses(t *testing.T) {
+	good := AppendPacked(nil, listSample())
+	for name, c := range map[string]struct {
+		in   []byte
+		says string
+	}{
+		"empty":           {nil, "truncated"},
+		"truncated":       {good[:len(good)-1], "truncated"},
+		"huge count":      {[]byte{0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f}, "items announced"},
+		"label too long":  {[]byte{0x01, 0x80, 0x02}, "label of 256 bytes"},
+		"empty label":     {[]byte{0x01, 0x00, 0x00}, "label of 0 bytes"},
+		"unknown label":   {[]byte{0x01, 0x01, 'a', 0x01, 0x01, 0x00, 0x20, 10, 0, 0, 1, 0x05}, "label 5 of 1"},
+		"bad kind":        {[]byte{0x01, 0x01, 'a', 0x01, 0x01, 0x10, 0x20, 10, 0, 0, 1, 0x00}, "kind 0x10"},
+		"both port kinds": {[]byte{0x01, 0x01, 'a', 0x01, 0x01, 0x0c, 0x20, 10, 0, 0, 1, 0x00}, "kind 0xc"},
+		"long prefix":     {[]byte{0x01, 0x01, 'a', 0x01, 0x01, 0x00, 0x21, 10, 0, 0, 1, 0x00}, "prefix length 33"},
+		"overlong number": {[]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, "overlong"},
+	} {
+		_, _, err := ReadPacked(c.in)
+		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: err %v, want ErrInvalid saying %q", name, err, c.says)
+		}
+	}
+}
+
+// FuzzPacked: ReadPacked never panics; what it accepts writes back to a
+// form that reads as the same list, and the bindings that validate print
+// as they would from JSON.
+func FuzzPacked(f *testing.F) {
+	f.Add(AppendPacked(nil, listSample()))
+	f.Add(AppendPacked(nil, List{}))
+	f.Add([]byte{0x01, 0x01, 'a', 0x01, 0x01, 0x08, 0x20, 10, 0, 0, 1, 0x00, 0x1f, 0x40, 0x23, 0x27})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		l, rest, err := ReadPacked(in)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if len(rest) > len(in) {
+			t.Fatalf("rest longer than the input")
+		}
+		again, rest2, err := ReadPacked(AppendPacked(nil, l))
+		if err != nil || len(rest2) != 0 {
+			t.Fatalf("written back, %v reads as an error %v (rest %d)", l, err, len(rest2))
+		}
+		if !reflect.DeepEqual(again, l) {
+			t.Fatalf("written back, %v reads as %v", l, again)
+		}
+		for _, b := range l {
+			if b.Validate() != nil {
+				continue
+			}
+			if b.Protocol != TCP && b.Protocol != UDP || (b.Prefix.Addr().Is4() != (b.Prefix.Addr().BitLen() == 32)) {
+				t.Fatalf("valid binding %v of protocol %d", b, b.Protocol)
+			}
+		}
+	})
+}

@@ -1,0 +1,108 @@
+package control
+
+import (
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-project/switchyard/internal/settings"
+)
+
+func payloadSize(ds [][]byte) int {
+	n := 0
+	for _, d := range ds {
+		n += len(d) - headerLen
+	}
+	return n
+}
+
+// TestApplyBothVersions: an Apply request and its reply read back the same
+// in version 1 (JSON, what clients before version 2 send) and version 2
+// (packed lists), and version 2 is several times smaller.
+func TestApplyBothVersions(t *testing.T) {
+	bs := manyBindings(5000)
+	req := &ApplyRequest{Config: Config{Bindings: bs, Labels: []settings.Named{{Name: "label-1", Label: settings.Label{Policy: settings.Policy{Kind: settings.Bypass}}}}}, DryRun: true}
+	rep := &ApplyResponse{Applied: true, Diff: Diff{AddBindings: bs[:3000], RemoveBindings: bs[3000:], Labels: []LabelChange{{Label: "label-1", New: &req.Config.Labels[0]}}}}
+	if v := NewRequest(req).Version; v != PackedVersion {
+		t.Fatalf("Apply is sent as version %d, want %d", v, PackedVersion)
+	}
+	if v := NewRequest(&BindRequest{Binding: bs[0]}).Version; v != 1 {
+		t.Fatalf("Bind is sent as version %d, want 1 (what older daemons speak)", v)
+	}
+	size := map[uint16]int{}
+	for _, v := range []uint16{1, PackedVersion} {
+		ds, err := EncodeRequest(&Request{Version: v, Body: req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		size[v] = payloadSize(ds)
+		got, err := DecodeRequest(ds, 0)
+		if err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+		if got.Version != v || !reflect.DeepEqual(got.Body, req) {
+			t.Fatalf("version %d: request read back as version %d, changed: %v", v, got.Version, !reflect.DeepEqual(got.Body, req))
+		}
+		rds, err := EncodeReply(&Reply{Version: v, Op: OpApply, Body: rep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotRep, err := DecodeReply(rds, 0)
+		if err != nil {
+			t.Fatalf("version %d reply: %v", v, err)
+		}
+		if !reflect.DeepEqual(gotRep.Body, rep) {
+			t.Fatalf("version %d: reply changed", v)
+		}
+		rds, err = EncodeReply(NewErrorReply(v, OpApply, Errorf(CodeConflict, "no")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gotRep, err = DecodeReply(rds, 0); err != nil || !errors.Is(gotRep.Err, ErrConflict) {
+			t.Fatalf("version %d error reply: %v, %v", v, gotRep, err)
+		}
+	}
+	if size[PackedVersion]*4 > size[1] {
+		t.Errorf("packed request of %d bytes, JSON %d: want at most a quarter", size[PackedVersion], size[1])
+	}
+}
+
+// TestPackedRefuses: version 2 Apply payloads that are not framed as
+// packedBody says are refused as invalid.
+func TestPackedRefuses(t *testing.T) {
+	good := &ApplyRequest{Config: Config{Bindings: manyBindings(3)}}
+	ds, err := EncodeRequest(NewRequest(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ds[0][headerLen:]
+	n := binary.BigEndian.Uint32(p)
+	jsonPart, lists := string(p[4:4+n]), string(p[4+n:])
+	frame := func(j, rest string) string {
+		var l [4]byte
+		binary.BigEndian.PutUint32(l[:], uint32(len(j)))
+		return string(l[:]) + j + rest
+	}
+	inJSON := `{"config":{"bindings":[{"label":"a","protocol":"tcp","prefix":"10.0.0.0/8","ports":"80"}]}}`
+	for name, c := range map[string]struct{ payload, says string }{
+		"short":          {"\x00\x00", "shorter than its length"},
+		"long json":      {"\x00\x00\x01\x00{}", "JSON part of 256 bytes"},
+		"no lists":       {frame(jsonPart, ""), "truncated"},
+		"trailing":       {frame(jsonPart, lists+"x"), "1 bytes after the last list"},
+		"list in JSON":   {frame(inJSON, lists), "binding list is in the JSON part"},
+		"bad list":       {frame(jsonPart, "\x01\x01a\x01\x01\x10\x20\x0a\x00\x00\x01\x00"), "kind 0x10"},
+		"invalid prefix": {frame(jsonPart, "\x01\x01a\x01\x01\x00\x18\x0a\x00\x00\x01\x00"), "host bits"},
+	} {
+		_, err := DecodeRequest([][]byte{datagram(PackedVersion, OpApply, 0, len(c.payload), c.payload)}, 0)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: %v, want invalid saying %q", name, err, c.says)
+		}
+	}
+	// Other operations are the same in version 2 as in 1.
+	bind := `{"binding":{"label":"a","protocol":"tcp","prefix":"10.0.0.0/8","ports":"80"}}`
+	if _, err := DecodeRequest([][]byte{datagram(PackedVersion, OpBind, 0, len(bind), bind)}, 0); err != nil {
+		t.Errorf("version 2 bind: %v", err)
+	}
+}
