@@ -176,3 +176,61 @@ daemon:
 		t.Errorf("metrics from daemon.metrics_addr lack switchyard_build_info:\n%s", m)
 	}
 }
+
+// A settings file as 4362dae wrote it beside its control socket (the
+// record of bindings and settings absent, as with builds before the
+// record) is adopted: grants, policies and all, except a splice upstream
+// that 4362dae let through but could never dial, which comes back as
+// policy none with a warning, once. The daemonless read agrees.
+func TestDaemonAdoptsSettingsFileOf4362dae(t *testing.T) {
+	t.Parallel()
+	w := newWorldNoDaemon(t)
+	file := `{
+  "granted": {
+    "grants": {"UIDs": [4242], "GIDs": [4243], "Users": null, "Groups": null}
+  },
+  "broken": {
+    "grants": {"UIDs": null, "GIDs": null, "Users": null, "Groups": null},
+    "policy": "splice",
+    "upstream": "bad!host:80"
+  }
+}`
+	if err := os.WriteFile(w.control+".labels.json", []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.d = w.startDaemon()
+	if log := w.d.stderr.String(); !strings.Contains(log, "recorded label setting not kept") || !strings.Contains(log, `label broken: policy splice to \"bad!host:80\" dropped to none`) {
+		t.Errorf("daemon log lacks the warning about label broken:\n%s", log)
+	}
+	want := "labels:\n  broken: {}\n  granted:\n    grants: {uids: [4242], gids: [4243]}\n"
+	if out := w.mustCLI("bindings", "-o", "yaml"); !strings.Contains(out, want) {
+		t.Errorf("export:\n%s\nwant it to hold\n%s", out, want)
+	}
+	// The uid the file grants may register the label; another may not.
+	ln := w.ns.ListenTCP(t, "127.0.0.1:0")
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if r := w.cliAs(&syscall.Credential{Uid: 4242, Gid: 4243}, []*os.File{f}, "register", "--fd", "3", "granted"); r.code != 0 {
+		t.Errorf("granted uid: %+v", r)
+	}
+	if r := w.cliAs(&syscall.Credential{Uid: 4244, Gid: 4244}, []*os.File{f}, "register", "--fd", "3", "granted"); r.code == 0 || !strings.Contains(r.stderr, "needs root or a grant") {
+		t.Errorf("other uid: %+v", r)
+	}
+
+	// What the daemon adopted is recorded: a restart warns no more, and
+	// the pinned state without a daemon says the same.
+	w.d.stop(t, syscall.SIGTERM)
+	if out := w.mustCLI("--netns", w.ns.Path(), "bindings", "-o", "yaml", "--bpffs", w.root); !strings.Contains(out, want) {
+		t.Errorf("daemonless export:\n%s\nwant it to hold\n%s", out, want)
+	}
+	w.d = w.startDaemon()
+	if log := w.d.stderr.String(); strings.Contains(log, "not kept") {
+		t.Errorf("the warning came again after a restart:\n%s", log)
+	}
+	if out := w.mustCLI("bindings", "-o", "yaml"); !strings.Contains(out, want) {
+		t.Errorf("export after restart:\n%s\nwant it to hold\n%s", out, want)
+	}
+}
