@@ -154,22 +154,33 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 // A restarted process finds both of before or both of after (see
 // Settings).
 func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool) (added, removed []binding.Binding, err error) {
-	next := map[groupKey][]portLabel{}
+	// The next bindings by group: keys[i] has lists[i]. One map lookup a
+	// binding, and a second for each new group.
+	pos := map[groupKey]int32{}
+	var keys []groupKey
+	var lists [][]portLabel
 	for _, b := range bs {
 		if err := b.Validate(); err != nil {
 			return nil, nil, err
 		}
 		gk := groupKey{b.Protocol, b.Prefix}
-		ps := next[gk]
-		if i := findPorts(ps, b.Ports); i >= 0 {
-			if ps[i].label != b.Label {
-				return nil, nil, fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), ps[i].label, b.Label)
+		i, ok := pos[gk]
+		if !ok {
+			i = int32(len(keys))
+			pos[gk] = i
+			keys = append(keys, gk)
+			lists = append(lists, nil)
+		}
+		ps := lists[i]
+		if j := findPorts(ps, b.Ports); j >= 0 {
+			if ps[j].label != b.Label {
+				return nil, nil, fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), ps[j].label, b.Label)
 			}
 			continue
 		}
-		next[gk] = append(ps, portLabel{b.Ports, b.Label})
+		lists[i] = append(ps, portLabel{b.Ports, b.Label})
 	}
-	for _, ps := range next {
+	for _, ps := range lists {
 		sortPorts(ps)
 	}
 	// The groups that change, with what each adds and removes; listed in
@@ -189,15 +200,15 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 				diffs = append(diffs, groupDiff{gk, a, r})
 			}
 		}
-		for gk, ps := range next {
+		for i, gk := range keys {
 			var old []portLabel
 			if g := m.groups[gk]; g != nil {
 				old = g.ports
 			}
-			diff(gk, old, ps)
+			diff(gk, old, lists[i])
 		}
 		for gk, g := range m.groups {
-			if _, ok := next[gk]; !ok {
+			if _, ok := pos[gk]; !ok {
 				diff(gk, g.ports, nil)
 			}
 		}
@@ -237,8 +248,15 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 	return added, removed, nil
 }
 
-// diffPorts compares two sorted binding lists of one group.
+// diffPorts compares two sorted binding lists of one group. What it
+// returns may share the arrays of old and nw.
 func diffPorts(old, nw []portLabel) (added, removed []portLabel) {
+	switch {
+	case len(old) == 0:
+		return nw, nil
+	case len(nw) == 0:
+		return nil, old
+	}
 	i, j := 0, 0
 	for i < len(old) || j < len(nw) {
 		switch {
@@ -362,8 +380,13 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		d.cache = nil
 		return err
 	}
-	var putKeys, delKeys []dispatchSyBindingKey
-	var putVals []uint32
+	var delKeys []dispatchSyBindingKey
+	n := 0
+	for _, ps := range u {
+		n += len(ps)
+	}
+	putKeys := make([]dispatchSyBindingKey, 0, n)
+	putVals := make([]uint32, 0, n)
 	for gk, ps := range u {
 		c := groupChange{key: gk, old: m.groups[gk]}
 		var old []portLabel

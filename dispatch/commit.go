@@ -153,7 +153,8 @@ func mapName(m *ebpf.Map) string {
 
 // writeLists writes what a change needs beyond the groups in generation gen:
 // the prefix length lists and filter words it touches.
-func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, buckets []uint32) error {
+// bvals holds the values of buckets, the same in either generation.
+func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, buckets []uint32, bvals []dispatchSyIxBucket) error {
 	keys := make([]uint32, 0, len(lists))
 	vals := make([]dispatchSyPlenList, 0, len(lists))
 	for _, li := range lists {
@@ -173,10 +174,8 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 		return fmt.Errorf("write filter: %w", err)
 	}
 	bkeys := make([]uint32, 0, len(buckets))
-	bvals := make([]dispatchSyIxBucket, 0, len(buckets))
 	for _, b := range buckets {
 		bkeys = append(bkeys, gen*ixBuckets+b)
-		bvals = append(bvals, m.indexBucket(b))
 	}
 	if err := batchPut(d.objs.SyIndex, bkeys, bvals); err != nil {
 		return fmt.Errorf("write index: %w", err)
@@ -341,8 +340,17 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange) (
 // prune, each generation's writes are first edited by it.
 func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) error {
 	next := m.gen ^ 1
+	// A bucket's value reads every group in it: compute it once for both
+	// generations.
+	bvals := make([]dispatchSyIxBucket, len(buckets))
+	for i, b := range buckets {
+		bvals[i] = m.indexBucket(b)
+	}
 	for _, gen := range []uint32{next, m.gen} {
-		var w genWriter
+		w := genWriter{
+			prefixKeys: make([]dispatchSyPrefixKey, 0, len(changes)),
+			prefixVals: make([]dispatchSyPrefixVal, 0, len(changes)),
+		}
 		for _, c := range changes {
 			w.group(gen, c)
 		}
@@ -352,7 +360,7 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 		if err := w.flush(d); err != nil {
 			return err
 		}
-		if err := d.writeLists(m, gen, lists, words, buckets); err != nil {
+		if err := d.writeLists(m, gen, lists, words, buckets, bvals); err != nil {
 			return err
 		}
 		if gen == next {
