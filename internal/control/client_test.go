@@ -22,7 +22,10 @@ import (
 func TestClient(t *testing.T) {
 	control.CheckNoLeak(t)
 	bs := control.ManyBindings(100_000)
-	var gotCred control.Cred
+	// The handler runs on the server's goroutine; the race detector sees
+	// no order in a socket's send and receive, so the credentials go
+	// through a channel.
+	creds := make(chan control.Cred, 1)
 	path := controltest.New(t, func(c *control.Conn, req *control.Request, files []*os.File) *control.Reply {
 		switch r := req.Body.(type) {
 		case *control.VersionRequest:
@@ -30,7 +33,10 @@ func TestClient(t *testing.T) {
 			if err != nil {
 				return control.NewErrorReply(req.Version, req.Op(), err)
 			}
-			gotCred = cred
+			select {
+			case creds <- cred:
+			default:
+			}
 			return control.NewReply(req, &control.VersionResponse{Version: "test", Protocols: []uint16{1}})
 		case *control.BindRequest:
 			if r.Binding.Label == "denied" {
@@ -69,7 +75,7 @@ func TestClient(t *testing.T) {
 	if err := c.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if gotCred.PID != int32(os.Getpid()) || gotCred.UID != uint32(os.Getuid()) || gotCred.GID != uint32(os.Getgid()) {
+	if gotCred := <-creds; gotCred.PID != int32(os.Getpid()) || gotCred.UID != uint32(os.Getuid()) || gotCred.GID != uint32(os.Getgid()) {
 		t.Errorf("peer credentials %+v", gotCred)
 	}
 	b := control.MustBinding(t, "web", "tcp", "192.0.2.0/24", "80")
