@@ -134,3 +134,54 @@ func TestBypassStateGoesAfterItsConnections(t *testing.T) {
 		return len(p) == 0, fmt.Sprint(p)
 	})
 }
+
+// A removal cut short (the daemon killed between two unlinks) is finished
+// by the next manager: with sy_p_bypass left, it adopts that and Settle
+// removes it all; without it, Open removes what is left. The kernel
+// engine's maps, and those older builds pinned beside bypass's, go at
+// Open: their sockets were the earlier process's.
+func TestPolicyStateRemovalCutShort(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{TrustReaders: true})
+	e.bind("svc", srvAddr+"/32", "8080")
+	e.bind("px", srvAddr+"/32", "9000")
+	if err := e.m.SetBypass("svc", true); err != nil {
+		t.Fatal(err)
+	}
+	ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+	if err := e.m.StartSplice(context.Background(), "px", ln.Addr().String(), settings.Kernel, func(ln *net.TCPListener) error {
+		_, err := e.d.Register("px", ln)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.expectPins("bypass and kernel labels", slices.Sorted(slices.Values(append(slices.Clone(bypassPins), kernelPins...))))
+	// Off the record: the labels' settings say none, as after a change
+	// the daemon did not live to finish.
+	dir := e.d.Dir()
+	e.m.Close()
+	for _, cut := range []string{"sy_p_sockops_link", "sy_p_config"} {
+		if err := os.Remove(dir + "/" + cut); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.m = e.open()
+	e.expectPins("reopened after a cut removal (engine maps gone, bypass adopted)", []string{"sy_p_bypass", "sy_p_config", "sy_p_policy", "sy_p_rx", "sy_p_sk", "sy_p_sockops_link", "sy_p_stats"})
+	// What SetPolicies does for labels whose settings say none.
+	if err := e.m.SetBypass("svc", false); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Settle()
+	e.expectPins("settled", nil)
+
+	// Without sy_p_bypass, the rest is left-overs: Open removes them.
+	if err := e.m.SetBypass("svc", true); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Close()
+	if err := os.Remove(dir + "/sy_p_bypass"); err != nil {
+		t.Fatal(err)
+	}
+	e.m = e.open()
+	e.expectPins("reopened without sy_p_bypass", nil)
+}
