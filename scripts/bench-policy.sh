@@ -79,6 +79,8 @@ END {
 	ratio("splice_userspace_vs_direct", "SpliceThroughput/via=proxy=userspace", "SpliceThroughput/via=direct", "Gbit/s")
 	ratio("splice_kernel_vs_direct", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=direct", "Gbit/s")
 	ratio("splice_kernel_vs_userspace", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=proxy=userspace", "Gbit/s")
+	ratio("splice_kernel_vs_userspace_at_1G", "SpliceThroughput/via=proxy=kernel,rate=1G", "SpliceThroughput/via=proxy=userspace,rate=1G", "Gbit/s")
+	ratio("splice_kernel_vs_userspace_at_1G_cpu_per_byte", "SpliceThroughput/via=proxy=kernel,rate=1G", "SpliceThroughput/via=proxy=userspace,rate=1G", "core_s/GB")
 	ratio("splice_userspace_vs_socat_cpu_per_byte", "SpliceThroughput/via=proxy=userspace", "SpliceThroughput/via=socat", "core_s/GB")
 	ratio("splice_kernel_vs_socat_cpu_per_byte", "SpliceThroughput/via=proxy=kernel", "SpliceThroughput/via=socat", "core_s/GB")
 }' "$out"

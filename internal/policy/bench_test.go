@@ -393,8 +393,8 @@ func (e *env) vethNAPI(b *testing.B) {
 
 // iperf3 runs an iperf3 client from the client namespace and returns
 // received bits per second.
-func (e *env) iperf3(inCgroup bool, addr string, port int) (float64, error) {
-	cli := e.cmd(e.cli, inCgroup, -1, "iperf3", "-c", addr, "-p", strconv.Itoa(port), "-t", benchSeconds(), "-J")
+func (e *env) iperf3(inCgroup bool, addr string, port int, extra ...string) (float64, error) {
+	cli := e.cmd(e.cli, inCgroup, -1, "iperf3", append([]string{"-c", addr, "-p", strconv.Itoa(port), "-t", benchSeconds(), "-J"}, extra...)...)
 	out, err := cli.Output()
 	if err != nil {
 		return 0, fmt.Errorf("iperf3: %v\n%s", err, out)
@@ -448,7 +448,9 @@ func BenchmarkBypassThroughput(b *testing.B) {
 func BenchmarkSpliceThroughput(b *testing.B) {
 	requireTool(b, "iperf3")
 	requireTool(b, "socat")
-	vias := []string{"direct", "socat", "proxy=userspace", "proxy=kernel"}
+	// rate=1G: a sender paced at 1 Gbit/s, slower than the kernel
+	// engine's redirect worker, so that its bytes stay in the kernel.
+	vias := []string{"direct", "socat", "proxy=userspace", "proxy=kernel", "proxy=userspace,rate=1G", "proxy=kernel,rate=1G"}
 	if os.Getenv("SY_BENCH_EXTRA") != "" {
 		// The kernel path with larger bounds, to see what it does
 		// when it does not fall back to userspace, and the splice
@@ -459,7 +461,12 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 		b.Run("via="+via, func(b *testing.B) {
 			opts := Options{}
 			var engine settings.Engine
+			var rate []string
 			if eng, ok := strings.CutPrefix(via, "proxy="); ok {
+				eng, r, _ := strings.Cut(eng, ",rate=")
+				if r != "" {
+					rate = []string{"-b", r}
+				}
 				eng, buf, _ := strings.Cut(eng, ",buf=")
 				if buf == "auto" {
 					opts.SpliceBuffer = -1
@@ -512,7 +519,7 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 				}()
 			}
 			cpu := startCPU()
-			bps, err := e.iperf3(false, srvAddr, port)
+			bps, err := e.iperf3(false, srvAddr, port, rate...)
 			if err != nil {
 				b.Fatal(err)
 			}
