@@ -29,15 +29,16 @@ func TestExportYAML(t *testing.T) {
 			{Label: "idle", Old: &settings.Named{Name: "idle"}},
 		},
 	}
-	var got *control.ApplyRequest
 	d := newFakeDaemon(t, func(req *control.Request, _ []*os.File) (control.ResponseBody, error) {
-		got = req.Body.(*control.ApplyRequest)
 		return &control.ApplyResponse{Diff: diff}, nil
 	})
 	r := runMain(t, nil, "--control", d.path, "bindings", "-o", "yaml")
 	if r.code != 0 {
 		t.Fatalf("%s", r)
 	}
+	// Read what the daemon got through its record, which orders the
+	// handler's goroutine before this one.
+	got := d.only().body.(*control.ApplyRequest)
 	if !got.DryRun || len(got.Config.Bindings) != 0 || len(got.Config.Labels) != 0 {
 		t.Errorf("daemon got %+v, want a dry run of an empty config", got)
 	}
