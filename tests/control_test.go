@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -232,5 +233,77 @@ func TestDaemonAdoptsSettingsFileOf4362dae(t *testing.T) {
 	}
 	if out := w.mustCLI("bindings", "-o", "yaml"); !strings.Contains(out, want) {
 		t.Errorf("export after restart:\n%s\nwant it to hold\n%s", out, want)
+	}
+}
+
+// The CLI of the landed main (4362dae) speaks to this daemon: the wire
+// bytes of its requests still mean what they meant, a new optional field
+// (engine) stays out of them, and what the one upstream parser refuses is
+// refused by the daemon too, whatever the client checked.
+func TestOldCLIAgainstNewDaemon(t *testing.T) {
+	t.Parallel()
+	old := filepath.Join(buildLanded(t, landedMain), "switchyard")
+	w := newWorld(t)
+	run := func(files []*os.File, args ...string) result {
+		t.Helper()
+		cmd := exec.Command(old, append([]string{"--control", w.control}, args...)...)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = &out, &errb, files
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return result{out.String(), errb.String(), code}
+	}
+	must := func(files []*os.File, args ...string) string {
+		t.Helper()
+		r := run(files, args...)
+		if r.code != 0 {
+			t.Fatalf("old switchyard %v: exit %d: %s", args, r.code, r.stderr)
+		}
+		return r.stdout
+	}
+	if out := must(nil, "version"); !strings.Contains(out, "dev") {
+		t.Errorf("version: %q", out)
+	}
+	cfg := writeFile(t, `version: 1
+bindings:
+  - {label: web, protocol: tcp, prefix: 192.0.2.0/24, ports: "80"}
+labels:
+  web:
+    grants: {uids: [4242], users: [root]}
+`)
+	if out := must(nil, "apply", "-f", cfg); !strings.Contains(out, "+ web tcp 192.0.2.0/24 80") || !strings.Contains(out, "+ label web policy none users 4242,root") {
+		t.Errorf("apply:\n%s", out)
+	}
+	if out := must(nil, "bindings", "-o", "yaml"); !strings.Contains(out, "grants: {uids: [4242], users: [root]}") {
+		t.Errorf("export:\n%s", out)
+	}
+	// The old CLI passes this upstream on; the daemon's parser refuses it.
+	if r := run(nil, "policy", "web", "splice", "bad!host:80"); r.code == 0 || !strings.Contains(r.stderr, "neither an IP address nor a DNS name") {
+		t.Errorf("policy with a host the parser refuses: %+v", r)
+	}
+	if r := run(nil, "policy", "web", "splice", "--", "-x:80"); r.code == 0 || !strings.Contains(r.stderr, "invalid") {
+		t.Errorf("policy with -x:80: %+v", r)
+	}
+	ln := w.ns.ListenTCP(t, "127.0.0.1:0")
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if out := must([]*os.File{f}, "register", "--fd", "3", "web"); !strings.Contains(out, "registered web tcp ipv4") {
+		t.Errorf("register: %q", out)
+	}
+	if out := must(nil, "status", "-o", "json"); !strings.Contains(out, `"label": "web"`) && !strings.Contains(out, `"label":"web"`) {
+		t.Errorf("status:\n%s", out)
+	}
+	// Nothing the refused policies asked for stuck.
+	if out := w.mustCLI("status", "web", "-o", "json"); !strings.Contains(out, `"policy": "none"`) && !strings.Contains(out, `"policy":"none"`) {
+		t.Errorf("status after refused policies:\n%s", out)
 	}
 }
