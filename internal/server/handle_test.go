@@ -1,11 +1,17 @@
 package server
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -247,5 +253,115 @@ func TestRegisterReplaced(t *testing.T) {
 	// A socket for another family fills another destination.
 	if r := register(ts.socket(t, "[::1]:0")); r.Replaced || r.Family != binding.IPv6 {
 		t.Errorf("ipv6 socket: %+v", r)
+	}
+}
+
+// dialAs connects to the control socket at path with the credentials of
+// uid and gid, which SO_PEERCRED records at connect(2). Only the calling
+// thread takes them (setresuid(2) as a raw system call is per thread; the
+// saved uid stays root), and that thread dies with the goroutine, never
+// going back to Go's pool.
+func dialAs(t *testing.T, path string, uid, gid uint32) *control.Client {
+	t.Helper()
+	type dialed struct {
+		c   *control.Client
+		err error
+	}
+	ch := make(chan dialed, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with us
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), 0); e != 0 {
+			ch <- dialed{err: fmt.Errorf("setresgid: %w", e)}
+			return
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), 0); e != 0 {
+			ch <- dialed{err: fmt.Errorf("setresuid: %w", e)}
+			return
+		}
+		c, err := control.Dial(context.Background(), path)
+		ch <- dialed{c, err}
+	}()
+	d := <-ch
+	if d.err != nil {
+		t.Fatal(d.err)
+	}
+	t.Cleanup(func() { d.c.Close() })
+	return d.c
+}
+
+// Over the control socket, the peer's credentials decide: a user other
+// than root may read, may register only what it is granted, and may not
+// send a request larger than the table allows it (64 KiB), while root may
+// (apply, up to 128 MiB).
+func TestServeLimitsByPeer(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	// Not t.TempDir: its parent is 0700, and the other uids must reach
+	// the socket.
+	dir, err := os.MkdirTemp("", "switchyard-server-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	path := filepath.Join(dir, "control.sock")
+	ln, err := control.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o777)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- ts.s.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-served
+	})
+
+	other := dialAs(t, path, 2000, 2000)
+	if _, err := other.Version(t.Context()); err != nil {
+		t.Fatalf("version as uid 2000: %v", err)
+	}
+	if err := other.Bind(t.Context(), mustParse(t, "web", "tcp", "192.0.2.0/24", "80")); !errors.Is(err, control.ErrPermission) || !strings.Contains(err.Error(), "uid 2000") {
+		t.Errorf("bind as uid 2000: %v", err)
+	}
+	sock := ts.socket(t, "127.0.0.1:0")
+	if _, err := other.Register(t.Context(), "web", sock); !errors.Is(err, control.ErrPermission) {
+		t.Errorf("register web as uid 2000: %v", err)
+	}
+	granted := dialAs(t, path, 1000, 1000)
+	if res, err := granted.Register(t.Context(), "web", sock); err != nil || len(res) != 1 {
+		t.Errorf("register web as granted uid 1000: %v, %v", res, err)
+	}
+
+	// An apply over 64 KiB once encoded: too large for uid 2000, which is
+	// hung up on; fine for root.
+	big := control.Config{Bindings: binding.List{}}
+	for size := 0; size <= control.MaxSmallMessage; {
+		for range 1000 {
+			i := len(big.Bindings)
+			big.Bindings = append(big.Bindings, mustParse(t, fmt.Sprintf("label-%d", i), "tcp", fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), "80"))
+		}
+		ds, err := control.EncodeRequest(control.NewRequest(&control.ApplyRequest{Config: big, DryRun: true}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		size = 0
+		for _, d := range ds {
+			size += len(d)
+		}
+	}
+	// The daemon refuses it on its first datagram, before it reads on or
+	// asks who may apply, and hangs up; the client, still sending, may see
+	// only that (EPIPE) rather than the refusal.
+	if _, err := other.Apply(t.Context(), big, true); err == nil || errors.Is(err, control.ErrPermission) {
+		t.Errorf("large apply as uid 2000: %v, want it refused for its size", err)
+	}
+	root := dialAs(t, path, 0, 0)
+	if res, err := root.Apply(t.Context(), big, true); err != nil || len(res.Diff.AddBindings) != len(big.Bindings) {
+		t.Errorf("large apply as root: %v", err)
+	}
+	if n := ts.s.Stats.BadRequests.Load(); n != 1 {
+		t.Errorf("%d bad requests counted, want 1", n)
 	}
 }
