@@ -88,8 +88,12 @@ func (inv *invocation) pinnedStatus(r *reader, label string) (*control.StatusRes
 	if err != nil {
 		return nil, err
 	}
-	// Leniently: status without the policies beats no status.
-	labels, _ := r.settings()
+	// Leniently: status without the policies beats no status, but say
+	// why they are missing.
+	labels, err := r.settings()
+	if err != nil {
+		fmt.Fprintf(inv.env.Stderr, "switchyard: status: label settings not read, so no policy is shown: %v\n", err)
+	}
 	endpoints := func() map[uint64]netip.AddrPort {
 		eps, _ := server.Endpoints(inv.netns)
 		return eps
