@@ -253,7 +253,10 @@ func (w *world) startDaemonBin(path string, extra ...string) *daemonProc {
 	}()
 	wait := w.ready
 	if wait == 0 {
-		wait = 20 * time.Second
+		// Generous: a readiness signal ends the wait, and on a loaded
+		// 2-core machine a start that verifies the programs has taken
+		// over 20 s.
+		wait = 60 * time.Second
 	}
 	deadline := time.After(wait)
 	for {

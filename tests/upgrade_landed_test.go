@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,8 +21,8 @@ import (
 const landedMain = "4362dae5f27c3ab461104b5c4833e726672c21b5"
 
 // buildLanded builds switchyard and switchyardd of commit rev from the
-// repository's history into a directory of the test's own and returns it.
-// Without the history (a source tarball, a shallow clone) it skips.
+// repository's history, once per run, and returns the directory of the two
+// binaries. Without the history (a source tarball, a shallow clone) it skips.
 func buildLanded(t *testing.T, rev string) string {
 	t.Helper()
 	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
@@ -32,29 +33,68 @@ func buildLanded(t *testing.T, rev string) string {
 	if err := exec.Command("git", "-C", repo, "cat-file", "-e", rev+"^{commit}").Run(); err != nil {
 		t.Skipf("commit %.12s is not in this clone's history (shallow clone?): the upgrade from it needs it", rev)
 	}
-	dir := t.TempDir()
+	landedBuilds.Lock()
+	defer landedBuilds.Unlock()
+	if b, ok := landedBuilds.m[rev]; ok {
+		if b.err != "" {
+			t.Fatal(b.err)
+		}
+		return b.dir
+	}
+	if landedBuilds.m == nil {
+		landedBuilds.m = make(map[string]landedBuild)
+	}
+	out, err := buildRev(repo, rev)
+	if err != nil {
+		landedBuilds.m[rev] = landedBuild{err: err.Error()}
+		t.Fatal(err)
+	}
+	landedBuilds.m[rev] = landedBuild{dir: out}
+	return out
+}
+
+// landedBuilds keeps each landed commit's binaries for the whole run, so
+// the tests that need them build the commit once. They live under the
+// harness's binary directory, which TestMain removes.
+var landedBuilds struct {
+	sync.Mutex
+	m map[string]landedBuild
+}
+
+type landedBuild struct {
+	dir string
+	err string
+}
+
+// buildRev builds switchyard and switchyardd of commit rev of repo into a
+// new directory under the harness's binary directory.
+func buildRev(repo, rev string) (string, error) {
+	dir, err := os.MkdirTemp(bin.dir, "landed-")
+	if err != nil {
+		return "", err
+	}
 	os.Chmod(dir, 0o755)
 	src := filepath.Join(dir, "src")
 	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	archive := exec.Command("git", "-C", repo, "archive", "--format=tar", rev)
 	untar := exec.Command("tar", "-x", "-C", src)
 	pipe, err := archive.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	untar.Stdin = pipe
 	var archErr, tarErr strings.Builder
 	archive.Stderr, untar.Stderr = &archErr, &tarErr
 	if err := untar.Start(); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if err := archive.Run(); err != nil {
-		t.Fatalf("git archive %s: %v: %s", rev, err, archErr.String())
+		return "", fmt.Errorf("git archive %s: %v: %s", rev, err, archErr.String())
 	}
 	if err := untar.Wait(); err != nil {
-		t.Fatalf("untar %s: %v: %s", rev, err, tarErr.String())
+		return "", fmt.Errorf("untar %s: %v: %s", rev, err, tarErr.String())
 	}
 	out := filepath.Join(dir, "bin")
 	build := exec.Command("go", "build", "-o", out+"/",
@@ -62,9 +102,9 @@ func buildLanded(t *testing.T, rev string) string {
 		"./cmd/switchyard", "./cmd/switchyardd")
 	build.Dir = src
 	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build landed main %.12s: %v\n%s", rev, err, b)
+		return "", fmt.Errorf("build landed main %.12s: %v\n%s", rev, err, b)
 	}
-	return out
+	return out, nil
 }
 
 // listing is a binding set as `bindings -o json` prints it, sorted, in a
