@@ -155,11 +155,13 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 // Settings).
 func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool) (added, removed []binding.Binding, err error) {
 	// The next bindings by group: keys[i] has lists[i]. One map lookup a
-	// binding, and a second for each new group.
+	// binding, and a second for each new group; the first pass counts,
+	// so that each group's list is allocated once, at its size.
 	pos := map[groupKey]int32{}
 	var keys []groupKey
-	var lists [][]portLabel
-	for _, b := range bs {
+	var counts []int32
+	gi := make([]int32, len(bs))
+	for k, b := range bs {
 		if err := b.Validate(); err != nil {
 			return nil, nil, err
 		}
@@ -169,8 +171,18 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 			i = int32(len(keys))
 			pos[gk] = i
 			keys = append(keys, gk)
-			lists = append(lists, nil)
+			counts = append(counts, 0)
 		}
+		gi[k] = i
+		counts[i]++
+	}
+	lists := make([][]portLabel, len(keys))
+	for i, n := range counts {
+		lists[i] = make([]portLabel, 0, n)
+	}
+	counts = nil
+	for k, b := range bs {
+		i := gi[k]
 		ps := lists[i]
 		if j := findPorts(ps, b.Ports); j >= 0 {
 			if ps[j].label != b.Label {
