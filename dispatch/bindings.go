@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -203,6 +204,9 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 	}
 	var diffs []groupDiff
 	edit := func(m *model) (updates, error) {
+		if pos == nil {
+			return nil, errors.New("replace: the change was computed twice")
+		}
 		diffs = diffs[:0]
 		u := updates{}
 		diff := func(gk groupKey, old, nw []portLabel) {
@@ -224,6 +228,9 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 				diff(gk, g.ports, nil)
 			}
 		}
+		// u holds what the change needs; the grouping (tens of MiB at a
+		// million bindings) is garbage from here on. edit runs once.
+		pos, keys, lists = nil, nil, nil
 		return u, nil
 	}
 	if dryRun {

@@ -80,7 +80,11 @@ func (s *Server) transact(bindings *[]binding.Binding, next map[string]settings.
 	}
 	defer s.snaps.changed()
 	if bindings != nil {
-		added, removed, err = s.d.Replace(*bindings, blob, false)
+		// The caller's list is dead once Replace has grouped it: let
+		// the collector take it then (a million bindings are 64 MiB).
+		bs := *bindings
+		*bindings = nil
+		added, removed, err = s.d.Replace(bs, blob, false)
 	} else {
 		err = s.d.SetSettings(blob)
 	}
