@@ -1,6 +1,7 @@
 package binding
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -37,10 +38,15 @@ func TestPacked(t *testing.T) {
 // what is wrong, never a panic or a huge allocation.
 func TestPackedRefuses(t *testing.T) {
 	good := AppendPacked(nil, listSample())
+	// A count over MaxPacked is refused before anything is allocated,
+	// even when the input could hold it.
+	over := binary.AppendUvarint([]byte{0x00, 0x01}, MaxPacked+1)
+	over = append(over, make([]byte, (MaxPacked+1)*packedMinBinding)...)
 	for name, c := range map[string]struct {
 		in   []byte
 		says string
 	}{
+		"over MaxPacked":  {over, "1048577 bindings, at most 1048576"},
 		"empty":           {nil, "truncated"},
 		"truncated":       {good[:len(good)-1], "truncated"},
 		"huge count":      {[]byte{0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f}, "items announced"},
