@@ -47,6 +47,7 @@ func TestPackedRefuses(t *testing.T) {
 		says string
 	}{
 		"over MaxPacked":  {over, "1048577 bindings, at most 1048576"},
+		"labels over":     {append(binary.AppendUvarint(nil, MaxPacked+1), make([]byte, 2*(MaxPacked+1))...), "1048577 labels, at most 1048576"},
 		"empty":           {nil, "truncated"},
 		"truncated":       {good[:len(good)-1], "truncated"},
 		"huge count":      {[]byte{0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f}, "items announced"},
