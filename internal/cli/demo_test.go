@@ -12,6 +12,7 @@ import (
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	testenv.RequireRoot(t)
+	before := demoMounts(t)
 	r := runMain(t, nil, "demo")
 	wantOK(t, r, "bound demo tcp 10.99.0.0/16 *\n", "connection refused", "counters of label demo: 11 lookups, 10 hits, 1 missing socket, 0 bad socket")
 	var dialled int
@@ -29,11 +30,26 @@ func TestDemo(t *testing.T) {
 	if dialled != demoDials {
 		t.Errorf("%d connections shown, want %d:\n%s", dialled, demoDials, r)
 	}
+	for m := range demoMounts(t) {
+		if !before[m] {
+			t.Errorf("the demo left its bpffs mounted: %s", m)
+		}
+	}
+}
+
+// demoMounts returns the mount points of demo bpffs mounts, so that one a
+// killed earlier run left is not taken for this run's.
+func demoMounts(t *testing.T) map[string]bool {
+	t.Helper()
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(mounts), "switchyard-demo-bpffs-") {
-		t.Errorf("the demo left its bpffs mounted:\n%s", mounts)
+	seen := make(map[string]bool)
+	for line := range strings.SplitSeq(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.Contains(f[4], "switchyard-demo-bpffs-") {
+			seen[f[4]] = true
+		}
 	}
+	return seen
 }
