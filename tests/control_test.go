@@ -2,6 +2,7 @@ package tests
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -305,5 +306,37 @@ labels:
 	// Nothing the refused policies asked for stuck.
 	if out := w.mustCLI("status", "web", "-o", "json"); !strings.Contains(out, `"policy": "none"`) && !strings.Contains(out, `"policy":"none"`) {
 		t.Errorf("status after refused policies:\n%s", out)
+	}
+}
+
+// The CLI of this build applies configs through the landed main's daemon,
+// which does not read the packed Apply: a small request (one datagram, which
+// that daemon refuses by its version) and a large one (which it hangs up
+// on) both apply, and a second apply of the large one changes nothing.
+func TestNewCLIAgainstOldDaemon(t *testing.T) {
+	t.Parallel()
+	old := buildLanded(t, landedMain)
+	w := newWorldNoDaemon(t)
+	w.d = w.startDaemonBin(filepath.Join(old, "switchyardd"))
+
+	small := writeFile(t, "version: 1\nbindings:\n  - {label: web, protocol: tcp, prefix: 192.0.2.0/24, ports: \"80\"}\n")
+	if out := w.mustCLI("apply", "-f", small); !strings.Contains(out, "+ web tcp 192.0.2.0/24 80") {
+		t.Errorf("apply of one binding:\n%s", out)
+	}
+	var large strings.Builder
+	large.WriteString("version: 1\nbindings:\n")
+	const n = 5000
+	for i := range n {
+		fmt.Fprintf(&large, "  - {label: web, protocol: tcp, prefix: 10.%d.%d.0/24, ports: \"80\"}\n", i/256, i%256)
+	}
+	file := writeFile(t, large.String())
+	if out := w.mustCLI("apply", "-f", file); strings.Count(out, "+ web tcp 10.") != n {
+		t.Errorf("apply of %d bindings: %d added, want %d; output starts:\n%.500s", n, strings.Count(out, "+ web tcp 10."), n, out)
+	}
+	if out := w.mustCLI("apply", "-f", file); strings.TrimSpace(out) != "no changes" {
+		t.Errorf("second apply: %.500s", out)
+	}
+	if out := w.mustCLI("bindings", "-o", "json"); strings.Count(out, `"10.`) != n {
+		t.Errorf("the old daemon lists %d of the %d bindings", strings.Count(out, `"10.`), n)
 	}
 }

@@ -8,12 +8,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/settings"
 )
+
+// mayBeOlderDaemon reports whether err is what a daemon that does not speak
+// the packed Apply gives: a version refusal, or a connection it hung up.
+func mayBeOlderDaemon(err error) bool {
+	return errors.Is(err, errors.ErrUnsupported) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}
 
 func runApply(inv *invocation) error {
 	if err := inv.wantArgs(0, 0); err != nil {
@@ -39,6 +46,21 @@ func runApply(inv *invocation) error {
 	}
 	defer c.Close()
 	res, err := c.Apply(inv.ctx, req, dryRun)
+	if err != nil && mayBeOlderDaemon(err) {
+		// A daemon of an older release (the CLI was upgraded first)
+		// refuses the packed request, or hangs up on its first datagram
+		// if it is large: ask which versions it speaks and, if it does
+		// not speak the packed one, send the form every daemon reads.
+		c.Close()
+		if c, err = inv.dial(); err != nil {
+			return err
+		}
+		defer c.Close()
+		v, verr := c.Version(inv.ctx)
+		if verr == nil && !slices.Contains(v.Protocols, control.PackedVersion) {
+			res, err = c.ApplyIn(inv.ctx, control.ProtocolVersion, req, dryRun)
+		}
+	}
 	if err != nil {
 		return inv.requestError("", err)
 	}

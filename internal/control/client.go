@@ -78,7 +78,12 @@ func (c *Client) Close() error { return c.conn.Close() }
 // returns the result. An error reply is returned as an *Error. The files
 // stay the caller's.
 func (c *Client) Do(ctx context.Context, body RequestBody, files []*os.File) (ResponseBody, error) {
-	op := OpOf(body)
+	return c.do(ctx, NewRequest(body), files)
+}
+
+// do is Do of a request whose version is set.
+func (c *Client) do(ctx context.Context, req *Request, files []*os.File) (ResponseBody, error) {
+	op := req.Op()
 	fds := make([]int, 0, len(files))
 	defer func() { closeFDs(fds) }()
 	for _, f := range files {
@@ -114,7 +119,7 @@ func (c *Client) Do(ctx context.Context, body RequestBody, files []*os.File) (Re
 		}
 	}()
 
-	rep, err := c.roundTrip(NewRequest(body), fds)
+	rep, err := c.roundTrip(req, fds)
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			// The only deadlines on the connection are the context's; the
@@ -278,4 +283,18 @@ func (c *Client) SetPolicy(ctx context.Context, label string, p settings.Policy)
 // dryRun only reports what that would change.
 func (c *Client) Apply(ctx context.Context, cfg Config, dryRun bool) (*ApplyResponse, error) {
 	return Call[ApplyResponse](ctx, c, &ApplyRequest{Config: cfg, DryRun: dryRun})
+}
+
+// ApplyIn is Apply in protocol version v; ProtocolVersion is the form a
+// daemon of a release before PackedVersion reads.
+func (c *Client) ApplyIn(ctx context.Context, v uint16, cfg Config, dryRun bool) (*ApplyResponse, error) {
+	body, err := c.do(ctx, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := body.(*ApplyResponse)
+	if !ok {
+		return nil, fmt.Errorf("control %s: %w", OpApply, invalidf("the reply holds a %T, not the %T asked for", body, r))
+	}
+	return r, nil
 }
