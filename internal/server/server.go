@@ -669,17 +669,19 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 		// Hand back the garbage of a large apply even when its reply is
 		// small ("no changes"); writeReply does so after a large one.
 		defer debug.FreeOSMemory()
-		// The heap of a large apply only grows until it is done: with
-		// the pacer's usual target the collector ran again and again
-		// over it (a fifth of the daemon's CPU at 1,048,576 bindings).
-		// Until then it runs only at the soft memory limit, if there is
-		// one, which bounds the heap as before.
-		if debug.SetMemoryLimit(-1) < math.MaxInt64 {
-			defer debug.SetGCPercent(debug.SetGCPercent(-1))
-		}
 	}
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
+	if len(bs) >= 10000 && debug.SetMemoryLimit(-1) < math.MaxInt64 {
+		// The heap of a large apply only grows until it is done: with
+		// the pacer's usual target the collector ran again and again
+		// over it (a fifth of the daemon's CPU at 1,048,576 bindings).
+		// Until then it runs only at the soft memory limit, which
+		// bounds the heap as before. Under txMu, so that overlapping
+		// applies do not save each other's "off" and restore it for
+		// good (deferred after the unlock, it runs before it).
+		defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	}
 	changes := labelChanges(s.labelsNow(), next)
 	var added, removed []binding.Binding
 	if r.DryRun {
