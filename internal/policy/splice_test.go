@@ -60,6 +60,14 @@ func TestSpliceIntegrity(t *testing.T) {
 				if c.Connections != 1 || c.Bytes < n {
 					t.Errorf("counters %+v: want 1 connection and at least %d bytes", c, n)
 				}
+				// The kernel cases test the kernel engine, not the
+				// userspace one it falls back to.
+				if v.eng == settings.Kernel && !strings.Contains(st["px"], "in the kernel") {
+					t.Errorf("status with engine kernel: %q", st["px"])
+				}
+				if v.limit != 0 && c.KernelBytes == 0 {
+					t.Errorf("counters %+v: the kernel engine moved no byte under a bound of %d", c, v.limit)
+				}
 			})
 		}
 	}
