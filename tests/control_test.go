@@ -339,4 +339,8 @@ func TestNewCLIAgainstOldDaemon(t *testing.T) {
 	if out := w.mustCLI("bindings", "-o", "json"); strings.Count(out, `"10.`) != n {
 		t.Errorf("the old daemon lists %d of the %d bindings", strings.Count(out, `"10.`), n)
 	}
+	// Export reads the settings with a dry-run Apply: it falls back too.
+	if out := w.mustCLI("bindings", "-o", "yaml"); strings.Count(out, "prefix: 10.") != n || !strings.HasPrefix(out, "version: 1\n") {
+		t.Errorf("export through the old daemon: %d of the %d bindings; output starts:\n%.500s", strings.Count(out, "prefix: 10."), n, out)
+	}
 }

@@ -22,6 +22,31 @@ func mayBeOlderDaemon(err error) bool {
 	return errors.Is(err, errors.ErrUnsupported) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
 
+// apply sends cfg to the daemon on *c with Apply. A daemon of an older
+// release (the CLI was upgraded first) refuses the packed request, or hangs
+// up on its first datagram if it is large: then apply asks on a new
+// connection, which replaces *c (the old one closed), which versions it
+// speaks and, if it does not speak the packed one, sends the form every
+// daemon reads. Every command that sends Apply (apply, export) goes
+// through here.
+func (inv *invocation) apply(c **control.Client, cfg control.Config, dryRun bool) (*control.ApplyResponse, error) {
+	res, err := (*c).Apply(inv.ctx, cfg, dryRun)
+	if err == nil || !mayBeOlderDaemon(err) {
+		return res, err
+	}
+	(*c).Close()
+	nc, derr := inv.dial()
+	if derr != nil {
+		return nil, derr // *c stays, closed: closing it again is harmless
+	}
+	*c = nc
+	v, verr := nc.Version(inv.ctx)
+	if verr != nil || slices.Contains(v.Protocols, control.PackedVersion) {
+		return nil, err
+	}
+	return nc.ApplyIn(inv.ctx, control.ProtocolVersion, cfg, dryRun)
+}
+
 func runApply(inv *invocation) error {
 	if err := inv.wantArgs(0, 0); err != nil {
 		return err
@@ -44,23 +69,8 @@ func runApply(inv *invocation) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	res, err := c.Apply(inv.ctx, req, dryRun)
-	if err != nil && mayBeOlderDaemon(err) {
-		// A daemon of an older release (the CLI was upgraded first)
-		// refuses the packed request, or hangs up on its first datagram
-		// if it is large: ask which versions it speaks and, if it does
-		// not speak the packed one, send the form every daemon reads.
-		c.Close()
-		if c, err = inv.dial(); err != nil {
-			return err
-		}
-		defer c.Close()
-		v, verr := c.Version(inv.ctx)
-		if verr == nil && !slices.Contains(v.Protocols, control.PackedVersion) {
-			res, err = c.ApplyIn(inv.ctx, control.ProtocolVersion, req, dryRun)
-		}
-	}
+	defer func() { c.Close() }()
+	res, err := inv.apply(&c, req, dryRun)
 	if err != nil {
 		return inv.requestError("", err)
 	}

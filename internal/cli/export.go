@@ -27,7 +27,7 @@ func (inv *invocation) exportConfig(r *reader) error {
 	}
 	cfg := &config.Config{Version: config.CurrentVersion, Labels: map[string]settings.Label{}}
 	if r.c != nil {
-		res, err := r.c.Apply(inv.ctx, control.Config{Bindings: []binding.Binding{}}, true)
+		res, err := inv.apply(&r.c, control.Config{Bindings: []binding.Binding{}}, true)
 		if errors.Is(err, control.ErrPermission) {
 			return fmt.Errorf("bindings: -o yaml needs root: the label settings (grants) are read with a dry run of apply, which only root may make; run it as root (sudo)")
 		}
