@@ -54,9 +54,12 @@ func Open(path string) (*NS, error) {
 func New(setup func() error) (*NS, error) {
 	var h vnetns.NsHandle = -1
 	err := onLockedThread(func() error {
-		var err error
 		// unshare(CLONE_NEWNET) moves this thread into the new namespace.
-		if h, err = vnetns.New(); err != nil {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("netns create: %w", err)
+		}
+		var err error
+		if h, err = threadNS(); err != nil {
 			return fmt.Errorf("netns create: %w", err)
 		}
 		if setup == nil {
@@ -70,7 +73,14 @@ func New(setup func() error) (*NS, error) {
 		}
 		return nil, err
 	}
-	return &NS{h: h, path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(h))}, nil
+	// The process as /proc names it, which is not getpid's number when
+	// /proc belongs to another PID namespace.
+	self, err := os.Readlink("/proc/self")
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("netns create: %w", err)
+	}
+	return &NS{h: h, path: fmt.Sprintf("/proc/%s/fd/%d", self, int(h))}, nil
 }
 
 // Close releases the handle.
@@ -165,7 +175,7 @@ func onLockedThread(fn func() error) error {
 			// the thread with it.
 			close(done)
 		}()
-		orig, err := vnetns.Get()
+		orig, err := threadNS()
 		if err != nil {
 			r.err, r.finished, restored = fmt.Errorf("netns save current: %w", err), true, true
 			return
@@ -187,6 +197,15 @@ func onLockedThread(fn func() error) error {
 		return errors.New("netns: the function run in the namespace called runtime.Goexit (t.Fatal, t.Skip?); return an error instead")
 	}
 	return r.err
+}
+
+// threadNS opens the calling thread's network namespace. It names the
+// thread by /proc/thread-self, not by getpid and gettid (as the netns
+// library's Get does): in a PID namespace whose /proc is another
+// namespace's (unshare --pid without a /proc of its own), those numbers
+// name another process's thread, or none.
+func threadNS() (vnetns.NsHandle, error) {
+	return vnetns.GetFromPath("/proc/thread-self/ns/net")
 }
 
 // Cookie returns the namespace's cookie, a number unique for the life of the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -177,5 +178,47 @@ func TestOpenRefusesOtherFiles(t *testing.T) {
 	}
 	if _, err := netns.Open("/nonexistent/ns"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Open(/nonexistent/ns) = %v, want ErrNotExist", err)
+	}
+}
+
+// In a PID namespace that sees the /proc of another (unshare --pid without
+// a /proc of its own), getpid and gettid are not the numbers /proc knows
+// the process by: New, Run and the path of a new namespace still work.
+// The test runs itself again as the first process of a new PID namespace.
+func TestNewInForeignProcPIDNamespace(t *testing.T) {
+	if os.Getenv("SY_NETNS_PIDNS_CHILD") != "" {
+		if os.Getpid() != 1 {
+			t.Fatalf("pid %d, want 1 in the new PID namespace", os.Getpid())
+		}
+		ns, err := netns.New(netns.LoUp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		want, err := ns.Inode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inside uint64
+		if err := ns.Do(func() error { inside = threadNSInode(); return nil }); err != nil || inside != want {
+			t.Fatalf("Run: in namespace %d (%v), want %d", inside, err, want)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(ns.Path(), &st); err != nil || st.Ino != want {
+			t.Fatalf("Path %s: inode %d (%v), want %d", ns.Path(), st.Ino, err, want)
+		}
+		return
+	}
+	testenv.RequireRoot(t)
+	t.Parallel()
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatalf("unshare (util-linux) is needed: %v", err)
+	}
+	cmd := exec.Command(unshare, "--pid", "--fork", os.Args[0], "-test.run=^TestNewInForeignProcPIDNamespace$", "-test.v")
+	cmd.Env = append(os.Environ(), "SY_NETNS_PIDNS_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestNewInForeignProcPIDNamespace") {
+		t.Fatalf("in a new PID namespace: %v\n%s", err, out)
 	}
 }
