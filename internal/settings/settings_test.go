@@ -19,6 +19,9 @@ func TestUpstream(t *testing.T) {
 		{"10.0.0.5:443", Upstream{"10.0.0.5", 443}, "10.0.0.5:443"},
 		{"[2001:db8::5]:same", Upstream{"2001:db8::5", 0}, "[2001:db8::5]:8080"},
 		{"[fe80::1%eth0]:80", Upstream{"fe80::1%eth0", 80}, "[fe80::1%eth0]:80"},
+		// A VLAN interface's name has a dot; an index is a zone too.
+		{"[fe80::1%eth0.100]:53", Upstream{"fe80::1%eth0.100", 53}, "[fe80::1%eth0.100]:53"},
+		{"[fe80::1%2]:same", Upstream{"fe80::1%2", 0}, "[fe80::1%2]:8080"},
 		{"backend.example.:65535", Upstream{"backend.example.", 65535}, "backend.example.:65535"},
 		{"_srv.b-1.example:1", Upstream{"_srv.b-1.example", 1}, "_srv.b-1.example:1"},
 		{"localhost:same", Upstream{"localhost", 0}, "localhost:8080"},
@@ -39,6 +42,7 @@ func TestUpstream(t *testing.T) {
 	for _, in := range []string{
 		"", "host", ":80", "h:", "h:0", "h:65536", "h:+80", "h:-1", "2001:db8::1:80", "-h:80", "a..b:80",
 		"h_:x", "[::1]:same:1", "bad!host:80", "-x:80", "a-.b:80", "10.0.0.300:80", "1.2.3:80", "[fe80::1%a b]:80", "[fe80::1%]:80",
+		"[fe80::1%a/b]:80", "[fe80::1%.]:80", "[fe80::1%..]:80", "[fe80::1%a]b]:80",
 		"back end:80", "h\x00:80", "é.example:80", strings.Repeat("a", 64) + ".example:80",
 		strings.Repeat("a.", 127) + "aa:80", "[2001:db8::1]:http",
 	} {

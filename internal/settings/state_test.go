@@ -57,7 +57,8 @@ func TestStateOf4362dae(t *testing.T) {
   },
   "fast": {"grants":{"UIDs":null,"GIDs":null,"Users":null,"Groups":null},"policy":"bypass"},
   "plain": {"grants":{"UIDs":null,"GIDs":[7],"Users":["knot"],"Groups":null}},
-  "every": {"grants":{"UIDs":null,"GIDs":null,"Users":null,"Groups":null},"policy":"splice","upstream":"[2001:db8::5]:same"}
+  "every": {"grants":{"UIDs":null,"GIDs":null,"Users":null,"Groups":null},"policy":"splice","upstream":"[2001:db8::5]:same"},
+  "vlan": {"grants":{"UIDs":null,"GIDs":null,"Users":null,"Groups":null},"policy":"splice","upstream":"[fe80::1%eth0.100]:53"}
 }`)
 	m, notes, err := DecodeState(file)
 	if err != nil || len(notes) > 0 {
@@ -68,6 +69,7 @@ func TestStateOf4362dae(t *testing.T) {
 		"fast":    {Policy: Policy{Kind: Bypass}},
 		"plain":   {Grants: Grants{GIDs: []uint32{7}, Users: []string{"knot"}}},
 		"every":   {Policy: Policy{Kind: Splice, Upstream: Upstream{Host: "2001:db8::5"}}},
+		"vlan":    {Policy: Policy{Kind: Splice, Upstream: Upstream{"fe80::1%eth0.100", 53}}},
 	}
 	if !reflect.DeepEqual(m, want) {
 		t.Fatalf("read %+v, want %+v", m, want)

@@ -71,8 +71,8 @@ const upstreamHelp = "write host:port or host:same, e.g. 10.0.0.5:8080, [2001:db
 // 1 to 65535 (no sign), or "same" for the port the client dialled. The host
 // is one of:
 //   - an IPv4 address in dotted decimal;
-//   - an IPv6 address in brackets, optionally with a zone of letters,
-//     digits, '-' and '_' ("[fe80::1%eth0]");
+//   - an IPv6 address in brackets, optionally with a zone that can name
+//     an interface ("[fe80::1%eth0]", "[fe80::1%eth0.100]", see zoneChars);
 //   - a DNS name: at most 253 bytes (one trailing dot allowed), of labels
 //     of 1 to 63 letters, digits, '-' and '_', none starting or ending with
 //     '-', the last label not all digits (so that a mistyped IPv4 address
@@ -106,7 +106,7 @@ func checkHost(h string) error {
 		return fmt.Errorf("%w: the host is empty; %s", ErrInvalid, upstreamHelp)
 	}
 	if strings.Contains(h, ":") {
-		if a, err := netip.ParseAddr(h); err != nil || !a.Is6() || !nameChars(a.Zone()) {
+		if a, err := netip.ParseAddr(h); err != nil || !a.Is6() || !zoneChars(a.Zone()) {
 			return fmt.Errorf("%w: %s is not an IPv6 address; %s", ErrInvalid, quote(h), upstreamHelp)
 		}
 		return nil
@@ -134,8 +134,26 @@ func checkHost(h string) error {
 	return nil
 }
 
+// zoneChars reports whether s can be the zone of an upstream's IPv6
+// address: an interface's index, or its name as the kernel takes one
+// (dev_valid_name, net/core/dev.c: not "." or "..", no '/', ':' or
+// space), in printable ASCII without brackets, so that the upstream
+// prints as host:port and reads back. VLAN interfaces are named with a
+// dot ("eth0.100").
+func zoneChars(s string) bool {
+	if s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == '/' || c == ':' || c == '[' || c == ']' {
+			return false
+		}
+	}
+	return true
+}
+
 // nameChars reports whether s has only letters, digits, '-' and '_' (the
-// bytes of a host name label, and of an interface name used as a zone).
+// bytes of a host name label).
 func nameChars(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
