@@ -82,7 +82,7 @@ func newEnv(t testing.TB, opts Options, engine ...settings.Engine) *env {
 		opts.Cgroup = e.cgroup
 	}
 	opts.NetNS = e.srv.Path()
-	if os.Getenv("SY_TEST_LOG") != "" {
+	if os.Getenv("SY_TEST_LOG") != "" && opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	e.opts = opts

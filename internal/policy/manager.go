@@ -283,7 +283,7 @@ func (m *Manager) retireBypass() {
 	}
 	bp.Detach()
 	m.bpRetiring = true
-	if m.removeBypassLocked(bp) {
+	if m.removeBypassLocked(bp, true) {
 		return
 	}
 	go func() {
@@ -296,7 +296,7 @@ func (m *Manager) retireBypass() {
 			case <-t.C:
 			}
 			m.mu.Lock()
-			if m.bp != bp || !m.bpRetiring || m.removeBypassLocked(bp) {
+			if m.bp != bp || !m.bpRetiring || m.removeBypassLocked(bp, false) {
 				m.mu.Unlock()
 				return
 			}
@@ -306,15 +306,18 @@ func (m *Manager) retireBypass() {
 }
 
 // removeBypassLocked removes bp's state if no socket is left in it, and
-// reports whether it did.
-func (m *Manager) removeBypassLocked(bp *bypass.Bypass) bool {
+// reports whether it did; announce logs that it waits, which the retiring
+// loop does not repeat at each tick (a connection may last for days).
+func (m *Manager) removeBypassLocked(bp *bypass.Bypass, announce bool) bool {
 	n, err := bp.Sockets()
 	if err != nil {
 		m.log.Warn("bypass sockets", "err", err)
 		return false
 	}
 	if n > 0 {
-		m.log.Info("bypass off for every label; its state goes once its connections have closed", "sockets", n)
+		if announce {
+			m.log.Info("bypass off for every label; its state goes once its connections have closed", "sockets", n)
+		}
 		return false
 	}
 	bp.Close()

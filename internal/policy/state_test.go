@@ -3,10 +3,12 @@ package policy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/settings"
@@ -97,14 +99,16 @@ func TestPolicyStateOnlyInUse(t *testing.T) {
 // streams: the connection's bytes arrive intact, bypass's state stays
 // (without its sockops link: no new connection joins) until that
 // connection has closed, then goes; switched on again meanwhile, it is
-// taken back.
+// taken back. The wait is logged once per retirement, not at each look.
 func TestBypassStateGoesAfterItsConnections(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, Options{TrustReaders: true})
+	var logs lockedBuffer
+	e := newEnv(t, Options{TrustReaders: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	e.bypassServer("read", nil)
 	e.expectPins("one bypass label", bypassPins)
+	// Paced to last a few retireBypassEvery ticks (about 3 s).
 	const n = 32 << 20
-	h := e.startEnv(e.srv, true, []string{"SY_CLIENT_PACE=10ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", srvAddr+":8080", "11", fmt.Sprint(n))
+	h := e.startEnv(e.srv, true, []string{"SY_CLIENT_PACE=40ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", srvAddr+":8080", "11", fmt.Sprint(n))
 	if got := h.line(t); got != "connected" {
 		t.Fatalf("client: %q", got)
 	}
@@ -133,6 +137,27 @@ func TestBypassStateGoesAfterItsConnections(t *testing.T) {
 		p := e.pins()
 		return len(p) == 0, fmt.Sprint(p)
 	})
+	if got := strings.Count(logs.String(), "bypass off for every label"); got != 2 {
+		t.Errorf("the wait for bypass's connections logged %d times over two retirements, want 2:\n%s", got, logs.String())
+	}
+}
+
+// lockedBuffer is a log destination that goroutines may share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // A removal cut short (the daemon killed between two unlinks) is finished
