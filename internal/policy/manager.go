@@ -360,8 +360,8 @@ func (m *Manager) StartSplice(ctx context.Context, label, upstream string, engin
 	if _, err := settings.ParseEngine(string(engine)); err != nil {
 		return fmt.Errorf("splice %s: %w", label, err)
 	}
-	if _, _, err := splice.ParseUpstream(label, upstream); err != nil {
-		return err
+	if _, err := settings.ParseUpstream(upstream); err != nil {
+		return fmt.Errorf("splice %s: %w", label, err)
 	}
 	id, err := m.d.KeepLabel(label)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/internal/netns"
+	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
 // Proxy is the splice proxy of one label: it owns the label's listening
@@ -24,8 +24,7 @@ type Proxy struct {
 	m        *Set
 	label    string
 	upstream string
-	host     string
-	port     string // "" means the port the client dialled
+	up       settings.Upstream
 	kernel   Kernel // nil: splice(2) in userspace
 	why      string // why in userspace, when so
 	// ctx ends when the proxy has stopped; set from the start, so that
@@ -152,24 +151,19 @@ type splicer interface {
 	stop(graceful bool)
 }
 
-// ParseUpstream splits "host:port" or "host:same" (port "").
-func ParseUpstream(label, upstream string) (host, port string, err error) {
-	host, port, err = net.SplitHostPort(upstream)
+// parseUpstream is settings.ParseUpstream, the one upstream parser, with
+// the label in its error.
+func parseUpstream(label, upstream string) (settings.Upstream, error) {
+	u, err := settings.ParseUpstream(upstream)
 	if err != nil {
-		return "", "", fmt.Errorf("splice %s: upstream %q: %w; write host:port or host:same", label, upstream, err)
+		return u, fmt.Errorf("splice %s: %w", label, err)
 	}
-	if port == "same" {
-		return host, "", nil
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("splice %s: upstream %q: port must be 1-65535 or 'same'", label, upstream)
-	}
-	return host, port, nil
+	return u, nil
 }
 
 // newProxy makes a proxy that runs, once run, until ctx ends or stop.
-func newProxy(ctx context.Context, m *Set, label, upstream, host, port string) *Proxy {
-	p := &Proxy{m: m, label: label, upstream: upstream, host: host, port: port, conns: make(map[*net.TCPConn]struct{})}
+func newProxy(ctx context.Context, m *Set, label, upstream string, up settings.Upstream) *Proxy {
+	p := &Proxy{m: m, label: label, upstream: upstream, up: up, conns: make(map[*net.TCPConn]struct{})}
 	p.ctx, p.cancel = context.WithCancel(ctx)
 	return p
 }
@@ -183,7 +177,7 @@ func newProxy(ctx context.Context, m *Set, label, upstream, host, port string) *
 // Config.Workers, in a worker process that outlives the Set, and a worker
 // found serving the same is adopted instead.
 func (m *Set) Start(ctx context.Context, label, upstream, why string, kernel Kernel, register func(*net.TCPListener) error) error {
-	host, port, err := ParseUpstream(label, upstream)
+	up, err := parseUpstream(label, upstream)
 	if err != nil {
 		return err
 	}
@@ -198,7 +192,7 @@ func (m *Set) Start(ctx context.Context, label, upstream, why string, kernel Ker
 	}
 	// A placeholder until the proxy runs (a Stop or Close
 	// meanwhile stops it), or until a worker replaces it.
-	p := newProxy(ctx, m, label, upstream, host, port)
+	p := newProxy(ctx, m, label, upstream, up)
 	p.kernel = kernel
 	p.why = why
 	m.splices[label] = p
@@ -536,11 +530,11 @@ func (p *Proxy) serve(client *net.TCPConn) {
 		return
 	}
 	defer p.track(client, false)
-	port := p.port
-	if port == "" {
-		_, port, _ = net.SplitHostPort(client.LocalAddr().String())
+	var dialled uint16
+	if a, ok := client.LocalAddr().(*net.TCPAddr); ok {
+		dialled = uint16(a.Port)
 	}
-	addr := net.JoinHostPort(p.host, port)
+	addr := p.up.Dial(dialled)
 	var up *net.TCPConn
 	err := inNetNS(p.m.opts.NetNS, func() error {
 		d := net.Dialer{Timeout: 10 * time.Second, Control: p.sockBuffers}

@@ -364,7 +364,7 @@ func WorkerMain(args []string) int {
 		log.Error("splice worker", "error", err)
 		return 1
 	}
-	host, port, err := ParseUpstream(*label, *upstream)
+	up, err := parseUpstream(*label, *upstream)
 	if err != nil {
 		return fail(err)
 	}
@@ -391,7 +391,7 @@ func WorkerMain(args []string) int {
 		return fail(err)
 	}
 	defer ctl.Close()
-	p := newProxy(context.Background(), m, *label, *upstream, host, port)
+	p := newProxy(context.Background(), m, *label, *upstream, up)
 	p.why = *why
 	p.lns = lns
 	p.run()
