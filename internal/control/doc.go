@@ -66,7 +66,8 @@
 // after the payload or after the JSON object, unknown JSON fields, a reply
 // with both or neither of error and result, an unknown error code, and a
 // number of file descriptors the operation does not take. Adding anything
-// to the protocol therefore needs a new version. (encoding/json matches
+// to the protocol therefore needs a new version (the one exception, a
+// label's "engine", is explained at MinVersion). (encoding/json matches
 // field names case-insensitively and lets a repeated key win; the values are
 // validated all the same.)
 //

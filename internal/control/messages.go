@@ -14,7 +14,13 @@ import (
 // refuses what it does not know.
 //
 // Version 2 differs from 1 in Apply only: its request and reply carry their
-// binding lists packed (see wire.go) rather than in JSON. A client sends
+// binding lists packed (see wire.go) rather than in JSON. One field came
+// without a version: a label's "engine" (settings.Policy), in every version.
+// It is left out unless a label opts in to the in-kernel engine, so peers of
+// releases before it read every message as before until that opt-in is in
+// use; then they refuse the message that carries it (unknown field), which
+// is loud, where leaving it out for them would let an export and apply of
+// theirs drop the opt-in silently. A client sends
 // Apply requests as PackedVersion and everything else as ProtocolVersion,
 // so that it still speaks to a daemon of version 1 for everything else.
 const (
