@@ -327,7 +327,7 @@ func (e *Engine) dir1(ctx context.Context, src, dst *net.TCPConn, slot uint32, m
 		}
 		if d.Mode == dirUser {
 			if !drained {
-				if err := waitDrained(dst, slot, mp.SyK_dirs, ctx.Done()); err != nil {
+				if err := waitDrained(dst, e.redirected(slot), ctx.Done()); err != nil {
 					return err
 				}
 				drained = true
@@ -367,7 +367,7 @@ func (e *Engine) dir1(ctx context.Context, src, dst *net.TCPConn, slot uint32, m
 		}
 		if nr == 0 {
 			// End of stream: send it on after the data before it.
-			return waitDrained(dst, slot, mp.SyK_dirs, ctx.Done())
+			return waitDrained(dst, e.redirected(slot), ctx.Done())
 		}
 		if since.IsZero() {
 			since = time.Now()
@@ -414,30 +414,56 @@ func kernelBacklog(c *net.TCPConn, redirected uint64) uint64 {
 	return redirected - w
 }
 
-// waitDrained waits until every byte the verdict program redirected from
-// the direction's source has entered dst's send queue: dst's bytes acked
-// plus its unsent and unacked bytes reach the count redirected.
-func waitDrained(dst *net.TCPConn, slot uint32, dirs *ebpf.Map, done <-chan struct{}) error {
-	for {
+// redirected returns a function that reads the bytes the verdict program
+// has redirected from the source of the direction at slot.
+func (e *Engine) redirected(slot uint32) func() (uint64, error) {
+	return func() (uint64, error) {
 		var d kernelspliceSyK_dir
-		if err := dirs.Lookup(slot, &d); err != nil {
+		if err := e.maps.SyK_dirs.Lookup(slot, &d); err != nil {
+			return 0, err
+		}
+		return d.Redirected, nil
+	}
+}
+
+// drainPollMax bounds the interval at which waitDrained looks again. Nothing
+// signals that the kernel's queue has drained, so it polls, from every
+// millisecond at first to every drainPollMax: a destination that does not
+// read (a stalled download, or a client that never will) keeps the wait
+// going for as long as the connection lives, and at a fixed millisecond
+// each such connection would cost a thousand wakeups a second.
+const drainPollMax = 64 * time.Millisecond
+
+// waitDrained waits until every byte the verdict program redirected from
+// the direction's source (redirected) has entered dst's send queue: dst's
+// bytes acked plus its unsent and unacked bytes reach the count
+// redirected.
+func waitDrained(dst *net.TCPConn, redirected func() (uint64, error), done <-chan struct{}) error {
+	every := time.Millisecond
+	t := time.NewTimer(every)
+	defer t.Stop()
+	for {
+		r, err := redirected()
+		if err != nil {
 			return err
 		}
 		w, state, err := written(dst)
 		if err != nil {
 			return err
 		}
-		if w >= d.Redirected {
+		if w >= r {
 			return nil
 		}
 		if state != unix.BPF_TCP_ESTABLISHED && state != unix.BPF_TCP_CLOSE_WAIT {
-			return fmt.Errorf("splice: destination closed with %d bytes undelivered", d.Redirected-w)
+			return fmt.Errorf("splice: destination closed with %d bytes undelivered", r-w)
 		}
+		t.Reset(every)
 		select {
 		case <-done:
 			return errors.New("splice: stopped")
-		case <-time.After(time.Millisecond):
+		case <-t.C:
 		}
+		every = min(2*every, drainPollMax)
 	}
 }
 
