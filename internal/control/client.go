@@ -198,13 +198,18 @@ func dupFile(f *os.File) (int, error) {
 // the caller's) and returns the typed result, Resp being the reply type the
 // protocol's table gives req's operation. An error reply is an *Error.
 func Call[Resp any](ctx context.Context, c *Client, req RequestBody, files ...*os.File) (*Resp, error) {
-	body, err := c.Do(ctx, req, files)
+	return callIn[Resp](ctx, c, NewRequest(req), files)
+}
+
+// callIn is Call of a request whose version is set.
+func callIn[Resp any](ctx context.Context, c *Client, req *Request, files []*os.File) (*Resp, error) {
+	body, err := c.do(ctx, req, files)
 	if err != nil {
 		return nil, err
 	}
 	r, ok := body.(*Resp)
 	if !ok {
-		return nil, fmt.Errorf("control %s: %w", OpOf(req), invalidf("the reply holds a %T, not the %T asked for", body, (*Resp)(nil)))
+		return nil, fmt.Errorf("control %s: %w", req.Op(), invalidf("the reply holds a %T, not the %T asked for", body, (*Resp)(nil)))
 	}
 	return r, nil
 }
@@ -288,13 +293,5 @@ func (c *Client) Apply(ctx context.Context, cfg Config, dryRun bool) (*ApplyResp
 // ApplyIn is Apply in protocol version v; ProtocolVersion is the form a
 // daemon of a release before PackedVersion reads.
 func (c *Client) ApplyIn(ctx context.Context, v uint16, cfg Config, dryRun bool) (*ApplyResponse, error) {
-	body, err := c.do(ctx, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil)
-	if err != nil {
-		return nil, err
-	}
-	r, ok := body.(*ApplyResponse)
-	if !ok {
-		return nil, fmt.Errorf("control %s: %w", OpApply, invalidf("the reply holds a %T, not the %T asked for", body, r))
-	}
-	return r, nil
+	return callIn[ApplyResponse](ctx, c, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil)
 }
