@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 
@@ -39,6 +40,7 @@ type reader struct {
 	c           *control.Client      // the daemon, or nil
 	d           *dispatch.Dispatcher // the pinned state when no daemon answers
 	controlPath string
+	stderr      io.Writer // where the notes of reading old settings go
 }
 
 func (r *reader) Close() {
@@ -75,7 +77,7 @@ func (inv *invocation) dialOrPinned() (*reader, error) {
 		return nil, fmt.Errorf("%w; reading the pinned state instead failed: %w", derr, err)
 	}
 	fmt.Fprintf(inv.env.Stderr, "switchyard: switchyardd is not running: read from the pinned state in %s\n", d.Dir())
-	return &reader{d: d, controlPath: path}, nil
+	return &reader{d: d, controlPath: path, stderr: inv.env.Stderr}, nil
 }
 
 // pinnedStatus builds what the daemon's status would say from the pinned
@@ -137,6 +139,10 @@ func (r *reader) settings() (map[string]settings.Label, error) {
 	if len(blob) == 0 {
 		return nil, nil
 	}
-	m, _, err := settings.DecodeState(blob)
+	m, notes, err := settings.DecodeState(blob)
+	for _, n := range notes {
+		// What the daemon logs when it reads the same state.
+		fmt.Fprintf(r.stderr, "switchyard: label settings: %s\n", n)
+	}
 	return m, err
 }
