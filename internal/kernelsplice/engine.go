@@ -207,9 +207,11 @@ type Hooks struct {
 func cookieOf(c *net.TCPConn) (uint64, error) {
 	var v uint64
 	var err error
-	rawConn(c).Control(func(fd uintptr) {
+	if cerr := rawConn(c).Control(func(fd uintptr) {
 		v, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
-	})
+	}); cerr != nil {
+		return 0, cerr
+	}
 	return v, err
 }
 
@@ -230,31 +232,40 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 	mp := e.maps
 	conns := [2]*net.TCPConn{a, b}
 	var cookies [2]uint64
-	for i, c := range conns {
-		ck, err := cookieOf(c)
-		if err != nil {
-			return fmt.Errorf("socket cookie: %w", err)
-		}
-		cookies[i] = ck
-		slot := 2*n + uint32(i)
-		if err := mp.SyK_dirs.Put(slot, &kernelspliceSyK_dir{Mode: dirKernel, Label: id}); err != nil {
-			return fmt.Errorf("splice state write: %w", err)
-		}
-		if err := mp.SyK_cookies.Put(ck, slot); err != nil {
-			return fmt.Errorf("splice state write: %w", err)
-		}
-	}
+	// cleanup takes out what this pair put in; on an early return too, so
+	// that an error leaves nothing changed.
 	cleanup := func() {
 		for i := range conns {
 			mp.SyK_pairs.Delete(2*n + uint32(i))
-			mp.SyK_cookies.Delete(cookies[i])
+			if cookies[i] != 0 {
+				mp.SyK_cookies.Delete(cookies[i])
+			}
 		}
 	}
 	for i, c := range conns {
+		ck, err := cookieOf(c)
+		if err != nil {
+			cleanup()
+			return fmt.Errorf("socket cookie: %w", err)
+		}
+		slot := 2*n + uint32(i)
+		if err := mp.SyK_dirs.Put(slot, &kernelspliceSyK_dir{Mode: dirKernel, Label: id}); err != nil {
+			cleanup()
+			return fmt.Errorf("splice state write: %w", err)
+		}
+		if err := mp.SyK_cookies.Put(ck, slot); err != nil {
+			cleanup()
+			return fmt.Errorf("splice state write: %w", err)
+		}
+		cookies[i] = ck
+	}
+	for i, c := range conns {
 		var err error
-		rawConn(c).Control(func(fd uintptr) {
+		if cerr := rawConn(c).Control(func(fd uintptr) {
 			err = mp.SyK_pairs.Update(2*n+uint32(i), uint64(fd), ebpf.UpdateAny)
-		})
+		}); cerr != nil {
+			err = cerr
+		}
 		if err != nil {
 			cleanup()
 			return fmt.Errorf("sockmap insert: %w", err)
@@ -285,7 +296,7 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 			})
 			defer untrack()
 			if err := e.dir1(ctx, src, dst, slot, h.Moved); err != nil {
-				h.Log.Info("splice: connection reset", "dir", i, "error", err)
+				h.Log.Debug("splice: connection reset", "dir", i, "error", err)
 				resetBoth()
 				return
 			}
