@@ -44,6 +44,18 @@ struct {
 	__type(value, struct sy_k_dir);
 } sy_k_dirs SEC(".maps");
 
+/* sy_k_force[slot]: nonzero when userspace has taken the direction over
+ * (data that arrived before the pair entered the sockmap, which no verdict
+ * will see). Only userspace writes it and only the program writes
+ * sy_k_dirs once the pair runs, so neither overwrites what the other
+ * counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SY_K_MAX_PAIRS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sy_k_force SEC(".maps");
+
 /* sy_k_cookies: socket cookie -> slot in sy_k_pairs. Entries are made as
  * pairs start, so they are not preallocated. */
 struct {
@@ -70,7 +82,7 @@ int sy_k_splice(struct __sk_buff *skb)
 	struct bpf_sock *peer;
 	struct sy_k_dir *d;
 	struct sy_k_cfg *cfg;
-	__u32 *slot, pslot, zero = 0, written, backlog, limit;
+	__u32 *slot, *force, pslot, zero = 0, written, backlog, limit;
 	__u32 len = skb->len;
 
 	/* A bare FIN: the socket has recorded it already, and userspace sends
@@ -84,6 +96,9 @@ int sy_k_splice(struct __sk_buff *skb)
 	d = bpf_map_lookup_elem(&sy_k_dirs, slot);
 	if (!d || d->mode != SY_K_KERNEL)
 		return SK_PASS;
+	force = bpf_map_lookup_elem(&sy_k_force, slot);
+	if (force && *force)
+		goto user;
 	cfg = bpf_map_lookup_elem(&sy_k_config, &zero);
 	limit = cfg ? cfg->limit : 0;
 

@@ -249,6 +249,10 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 			return fmt.Errorf("socket cookie: %w", err)
 		}
 		slot := 2*n + uint32(i)
+		if err := mp.SyK_force.Put(slot, uint32(0)); err != nil {
+			cleanup()
+			return fmt.Errorf("splice state write: %w", err)
+		}
 		if err := mp.SyK_dirs.Put(slot, &kernelspliceSyK_dir{Mode: dirKernel, Label: id}); err != nil {
 			cleanup()
 			return fmt.Errorf("splice state write: %w", err)
@@ -329,6 +333,7 @@ func (e *Engine) dir1(ctx context.Context, src, dst *net.TCPConn, slot uint32, m
 	var peek [1]byte
 	var since time.Time
 	drained := false
+	forced := false
 	var userBytes uint64
 	buf := make([]byte, 256<<10)
 	for {
@@ -336,7 +341,7 @@ func (e *Engine) dir1(ctx context.Context, src, dst *net.TCPConn, slot uint32, m
 		if err := mp.SyK_dirs.Lookup(slot, &d); err != nil {
 			return err
 		}
-		if d.Mode == dirUser {
+		if forced || d.Mode == dirUser {
 			if !drained {
 				if err := waitDrained(dst, e.redirected(slot), ctx.Done()); err != nil {
 					return err
@@ -384,13 +389,32 @@ func (e *Engine) dir1(ctx context.Context, src, dst *net.TCPConn, slot uint32, m
 			since = time.Now()
 		}
 		if time.Since(since) > stuckAfter {
-			d.Mode = dirUser
-			if err := mp.SyK_dirs.Update(slot, &d, ebpf.UpdateExist); err != nil {
+			// Take the direction over through sy_k_force, never by
+			// writing sy_k_dirs, which the program updates as it
+			// redirects. Then wait until every program run that may
+			// not have seen the flag has ended, so that the count of
+			// redirected bytes waitDrained reads is final.
+			if err := mp.SyK_force.Update(slot, uint32(1), ebpf.UpdateExist); err != nil {
 				return err
 			}
+			waitProgramRuns()
+			forced = true
 			continue
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitProgramRuns returns once every run of the verdict program under way
+// when it was called has ended: BPF programs run inside an RCU read-side
+// section, and membarrier's global command waits for a grace period
+// (kernel/sched/membarrier.c, MEMBARRIER_CMD_GLOBAL: synchronize_rcu). On
+// nohz_full kernels, which refuse the command, it sleeps far longer than a
+// program run takes.
+func waitProgramRuns() {
+	const membarrierCmdGlobal = 1
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

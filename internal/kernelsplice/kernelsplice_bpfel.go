@@ -42,6 +42,7 @@ const (
 	kernelspliceMapSyK_config  = "sy_k_config"
 	kernelspliceMapSyK_cookies = "sy_k_cookies"
 	kernelspliceMapSyK_dirs    = "sy_k_dirs"
+	kernelspliceMapSyK_force   = "sy_k_force"
 	kernelspliceMapSyK_pairs   = "sy_k_pairs"
 	kernelspliceMapSyK_stats   = "sy_k_stats"
 	kernelspliceProgSyK_splice = "sy_k_splice"
@@ -99,6 +100,7 @@ type kernelspliceMapSpecs struct {
 	SyK_config  *ebpf.MapSpec `ebpf:"sy_k_config"`
 	SyK_cookies *ebpf.MapSpec `ebpf:"sy_k_cookies"`
 	SyK_dirs    *ebpf.MapSpec `ebpf:"sy_k_dirs"`
+	SyK_force   *ebpf.MapSpec `ebpf:"sy_k_force"`
 	SyK_pairs   *ebpf.MapSpec `ebpf:"sy_k_pairs"`
 	SyK_stats   *ebpf.MapSpec `ebpf:"sy_k_stats"`
 }
@@ -132,6 +134,7 @@ type kernelspliceMaps struct {
 	SyK_config  *ebpf.Map `ebpf:"sy_k_config"`
 	SyK_cookies *ebpf.Map `ebpf:"sy_k_cookies"`
 	SyK_dirs    *ebpf.Map `ebpf:"sy_k_dirs"`
+	SyK_force   *ebpf.Map `ebpf:"sy_k_force"`
 	SyK_pairs   *ebpf.Map `ebpf:"sy_k_pairs"`
 	SyK_stats   *ebpf.Map `ebpf:"sy_k_stats"`
 }
@@ -141,6 +144,7 @@ func (m *kernelspliceMaps) Close() error {
 		m.SyK_config,
 		m.SyK_cookies,
 		m.SyK_dirs,
+		m.SyK_force,
 		m.SyK_pairs,
 		m.SyK_stats,
 	)
