@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"sort"
 	"sync"
@@ -87,8 +88,13 @@ type Manager struct {
 	bpRetiring bool           // bp detached, removed once its sockets are gone
 	ks         *kernelsplice.Engine
 	ksStarting int // StartSplice calls about to use ks
-	closed     bool
-	stopc      chan struct{}
+	// retired is, per label, what bypass's and the kernel engine's
+	// counters had counted when their state was removed, so that a
+	// label's counters never go down (a scraper would take that for a
+	// restart and count everything again).
+	retired map[string]Counters
+	closed  bool
+	stopc   chan struct{}
 }
 
 // Open adopts the policy state pinned in the dispatcher's state directory
@@ -320,6 +326,10 @@ func (m *Manager) removeBypassLocked(bp *bypass.Bypass, announce bool) bool {
 		}
 		return false
 	}
+	m.retireCounters(func(id uint32) (Counters, error) {
+		b, err := bp.Counters(id)
+		return Counters{Bytes: b.Bytes, Messages: b.Messages, Connections: b.Connections, Passed: b.Passed, BusyPoll: b.BusyPoll}, err
+	})
 	bp.Close()
 	m.bp, m.bpRetiring = nil, false
 	if err := bypass.Remove(m.dir); err != nil {
@@ -330,6 +340,46 @@ func (m *Manager) removeBypassLocked(bp *bypass.Bypass, announce bool) bool {
 	return true
 }
 
+// retireCounters adds what read says of each label to m.retired, before
+// the state read reads from is removed. m.mu is held.
+func (m *Manager) retireCounters(read func(id uint32) (Counters, error)) {
+	names, err := m.d.Labels()
+	if err != nil {
+		m.log.Warn("counters of removed policy state not kept", "err", err)
+		return
+	}
+	for _, name := range names {
+		id, ok, err := m.d.LabelID(name)
+		if err != nil || !ok {
+			continue
+		}
+		c, err := read(id)
+		if err != nil {
+			m.log.Warn("counters of removed policy state not kept", "label", name, "err", err)
+			continue
+		}
+		if c == (Counters{}) {
+			continue
+		}
+		if m.retired == nil {
+			m.retired = make(map[string]Counters)
+		}
+		m.retired[name] = m.retired[name].add(c)
+	}
+}
+
+// add returns the sum of a and b.
+func (a Counters) add(b Counters) Counters {
+	return Counters{
+		Bytes:       a.Bytes + b.Bytes,
+		Messages:    a.Messages + b.Messages,
+		Connections: a.Connections + b.Connections,
+		Passed:      a.Passed + b.Passed,
+		BusyPoll:    a.BusyPoll + b.BusyPoll,
+		KernelBytes: a.KernelBytes + b.KernelBytes,
+	}
+}
+
 // kernelIdle removes the kernel engine's state once no splice runs with
 // it and no connection it spliced is left.
 func (m *Manager) kernelIdle() {
@@ -338,6 +388,11 @@ func (m *Manager) kernelIdle() {
 	if m.ks == nil || m.ksStarting > 0 || m.ks.Busy() || m.splices.Kernel() {
 		return
 	}
+	ks := m.ks
+	m.retireCounters(func(id uint32) (Counters, error) {
+		b, n, err := ks.Counters(id)
+		return Counters{Bytes: b, KernelBytes: b, Messages: n}, err
+	})
 	if err := m.ks.Close(); err != nil {
 		m.log.Warn("kernel splice state not removed", "err", err)
 	}
@@ -425,6 +480,7 @@ func (m *Manager) Counters() (map[string]Counters, error) {
 	}
 	m.mu.Lock()
 	bp, ks := m.bp, m.ks
+	retired := maps.Clone(m.retired)
 	m.mu.Unlock()
 	out := make(map[string]Counters)
 	for _, name := range names {
@@ -455,6 +511,7 @@ func (m *Manager) Counters() (map[string]Counters, error) {
 		u := m.splices.Counters(name)
 		c.Bytes += u.Bytes
 		c.Connections += u.Connections
+		c = c.add(retired[name])
 		if c != (Counters{}) {
 			out[name] = c
 		}

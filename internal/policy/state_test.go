@@ -131,12 +131,18 @@ func TestBypassStateGoesAfterItsConnections(t *testing.T) {
 		t.Fatalf("bypassed connection across bypass off: client says %q, want %q", got, want)
 	}
 	h.cmd.Wait()
+	before := e.counters("svc")
 	// Nothing signals the removal: it comes within a retireBypassEvery
 	// tick of the connection's close.
 	testenv.WaitFor(t, 10*retireBypassEvery, "bypass state removed after its connection closed", func() (bool, string) {
 		p := e.pins()
 		return len(p) == 0, fmt.Sprint(p)
 	})
+	// What bypass counted stays counted: a counter that went down would
+	// read as a restart to a scraper.
+	if after := e.counters("svc"); after.Bytes < before.Bytes || after.Connections < before.Connections || before.Bytes == 0 {
+		t.Errorf("counters of svc went from %+v to %+v as bypass state went", before, after)
+	}
 	if got := strings.Count(logs.String(), "bypass off for every label"); got != 2 {
 		t.Errorf("the wait for bypass's connections logged %d times over two retirements, want 2:\n%s", got, logs.String())
 	}
