@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"sort"
 	"sync"
@@ -478,40 +477,26 @@ func (m *Manager) Counters() (map[string]Counters, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	bp, ks := m.bp, m.ks
-	retired := maps.Clone(m.retired)
-	m.mu.Unlock()
-	out := make(map[string]Counters)
+	ids := make(map[string]uint32, len(names))
 	for _, name := range names {
 		id, ok, err := m.d.LabelID(name)
 		if err != nil {
 			return nil, err
 		}
-		if !ok {
-			continue
+		if ok {
+			ids[name] = id
 		}
-		var c Counters
-		if bp != nil {
-			b, err := bp.Counters(id)
-			if err != nil {
-				return nil, fmt.Errorf("counters of %s: %w", name, err)
-			}
-			c = Counters{Bytes: b.Bytes, Messages: b.Messages, Connections: b.Connections, Passed: b.Passed, BusyPoll: b.BusyPoll}
-		}
-		if ks != nil {
-			kb, km, err := ks.Counters(id)
-			if err != nil {
-				return nil, fmt.Errorf("counters of %s: %w", name, err)
-			}
-			c.Bytes += kb
-			c.KernelBytes += kb
-			c.Messages += km
-		}
+	}
+	kernel, err := m.kernelCounters(ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Counters)
+	for name := range ids {
+		c := kernel[name]
 		u := m.splices.Counters(name)
 		c.Bytes += u.Bytes
 		c.Connections += u.Connections
-		c = c.add(retired[name])
 		if c != (Counters{}) {
 			out[name] = c
 		}
@@ -519,30 +504,57 @@ func (m *Manager) Counters() (map[string]Counters, error) {
 	return out, nil
 }
 
+// kernelCounters reads, for each label of ids, what bypass and the kernel
+// engine counted, with what their removed state had counted. It holds m.mu
+// throughout, so that no removal closes their maps while it reads them.
+func (m *Manager) kernelCounters(ids map[string]uint32) (map[string]Counters, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]Counters, len(ids))
+	for name, id := range ids {
+		c := m.retired[name]
+		if m.bp != nil {
+			b, err := m.bp.Counters(id)
+			if err != nil {
+				return nil, fmt.Errorf("counters of %s: %w", name, err)
+			}
+			c = c.add(Counters{Bytes: b.Bytes, Messages: b.Messages, Connections: b.Connections, Passed: b.Passed, BusyPoll: b.BusyPoll})
+		}
+		if m.ks != nil {
+			kb, km, err := m.ks.Counters(id)
+			if err != nil {
+				return nil, fmt.Errorf("counters of %s: %w", name, err)
+			}
+			c = c.add(Counters{Bytes: kb, KernelBytes: kb, Messages: km})
+		}
+		out[name] = c
+	}
+	return out, nil
+}
+
 // Status says, for each label with a policy, what is in force: "bypass",
 // "splice to UPSTREAM (ENGINE...)", or why the policy is not accelerated.
 func (m *Manager) Status() (map[string]string, error) {
-	out := make(map[string]string)
-	m.mu.Lock()
-	bp := m.bp
-	if m.bpRetiring {
-		bp = nil
+	names, err := m.d.Labels()
+	if err != nil {
+		return nil, err
 	}
-	m.mu.Unlock()
-	if bp != nil {
-		names, err := m.d.Labels()
-		if err != nil {
-			return nil, err
+	sort.Strings(names)
+	ids := make(map[string]uint32, len(names))
+	for _, name := range names {
+		if id, ok, err := m.d.LabelID(name); err == nil && ok {
+			ids[name] = id
 		}
-		sort.Strings(names)
+	}
+	out := make(map[string]string)
+	// Under m.mu, so that no removal closes bypass's maps meanwhile.
+	m.mu.Lock()
+	if bp := m.bp; bp != nil && !m.bpRetiring {
 		state := bp.State()
-		for _, name := range names {
-			id, ok, err := m.d.LabelID(name)
-			if err != nil || !ok {
-				continue
-			}
+		for name, id := range ids {
 			on, err := bp.On(id)
 			if err != nil {
+				m.mu.Unlock()
 				return nil, fmt.Errorf("policy %s: %w", name, err)
 			}
 			if on {
@@ -550,6 +562,7 @@ func (m *Manager) Status() (map[string]string, error) {
 			}
 		}
 	}
+	m.mu.Unlock()
 	for name, st := range m.splices.Status() {
 		out[name] = st
 	}
