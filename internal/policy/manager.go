@@ -182,18 +182,20 @@ func (m *Manager) release(label string) error {
 	if running, _ := m.splices.Running(label); running {
 		return nil
 	}
-	m.mu.Lock()
-	bp := m.bp
-	m.mu.Unlock()
-	if bp != nil {
-		id, ok, err := m.d.LabelID(label)
-		if err != nil {
-			return err
+	id, ok, err := m.d.LabelID(label)
+	if err != nil {
+		return err
+	}
+	if ok {
+		// Under m.mu, so that no removal closes bypass's maps meanwhile.
+		var on bool
+		m.mu.Lock()
+		if m.bp != nil {
+			on, err = m.bp.On(id)
 		}
-		if ok {
-			if on, err := bp.On(id); err != nil || on {
-				return err
-			}
+		m.mu.Unlock()
+		if err != nil || on {
+			return err
 		}
 	}
 	return m.d.ReleaseLabel(label)
@@ -210,18 +212,18 @@ func (m *Manager) release(label string) error {
 // bypass is switched on keep the normal path.
 func (m *Manager) SetBypass(label string, on bool) error {
 	if !on {
-		m.mu.Lock()
-		bp := m.bp
-		m.mu.Unlock()
-		if bp != nil {
-			id, ok, err := m.d.LabelID(label)
+		id, ok, err := m.d.LabelID(label)
+		if err != nil {
+			return fmt.Errorf("policy %s: %w", label, err)
+		}
+		if ok {
+			m.mu.Lock()
+			if m.bp != nil {
+				err = m.bp.Set(id, false)
+			}
+			m.mu.Unlock()
 			if err != nil {
 				return fmt.Errorf("policy %s: %w", label, err)
-			}
-			if ok {
-				if err := bp.Set(id, false); err != nil {
-					return fmt.Errorf("policy %s: %w", label, err)
-				}
 			}
 		}
 		if err := m.release(label); err != nil {
