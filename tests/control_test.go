@@ -237,13 +237,22 @@ func TestDaemonAdoptsSettingsFileOf4362dae(t *testing.T) {
 	}
 }
 
-// The CLI of the landed main (4362dae) speaks to this daemon: the wire
-// bytes of its requests still mean what they meant, a new optional field
-// (engine) stays out of them, and what the one upstream parser refuses is
-// refused by the daemon too, whatever the client checked.
+// The CLIs of the landed main and of 4362dae (the last that sends the
+// version-1 Apply) speak to this daemon: the wire bytes of their requests
+// still mean what they meant, a new optional field (engine) stays out of
+// them, and what the one upstream parser refuses is refused by the daemon
+// too, whatever the client checked.
 func TestOldCLIAgainstNewDaemon(t *testing.T) {
 	t.Parallel()
-	old := filepath.Join(buildLanded(t, landedMain), "switchyard")
+	for _, rev := range []string{landedMain, unpackedApplyMain} {
+		t.Run(rev[:7], func(t *testing.T) {
+			t.Parallel()
+			oldCLIAgainstNewDaemon(t, filepath.Join(buildLanded(t, rev), "switchyard"))
+		})
+	}
+}
+
+func oldCLIAgainstNewDaemon(t *testing.T, old string) {
 	w := newWorld(t)
 	run := func(files []*os.File, args ...string) result {
 		t.Helper()
@@ -309,13 +318,13 @@ labels:
 	}
 }
 
-// The CLI of this build applies configs through the landed main's daemon,
+// The CLI of this build applies configs through the daemon of 4362dae,
 // which does not read the packed Apply: a small request (one datagram, which
 // that daemon refuses by its version) and a large one (which it hangs up
 // on) both apply, and a second apply of the large one changes nothing.
 func TestNewCLIAgainstOldDaemon(t *testing.T) {
 	t.Parallel()
-	old := buildLanded(t, landedMain)
+	old := buildLanded(t, unpackedApplyMain)
 	w := newWorldNoDaemon(t)
 	w.d = w.startDaemonBin(filepath.Join(old, "switchyardd"))
 

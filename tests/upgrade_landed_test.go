@@ -18,7 +18,11 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "4362dae5f27c3ab461104b5c4833e726672c21b5"
+const landedMain = "c0a1c49b0b2d322a60714a6a88130c2dca0f9737"
+
+// unpackedApplyMain is the last landed commit whose daemon reads only the
+// version-1 (JSON) Apply: the CLI's fallback to it is tested against it.
+const unpackedApplyMain = "4362dae5f27c3ab461104b5c4833e726672c21b5"
 
 // buildLanded builds switchyard and switchyardd of commit rev from the
 // repository's history, once per run, and returns the directory of the two
@@ -271,9 +275,8 @@ bindings:
 		t.Errorf("the landed config applied again after the upgrade would change:\n%.2000s", out)
 	}
 
-	// The old build pinned every policy map; this one adopts bypass's,
-	// which holds live sockets, and removes the in-kernel splice engine's,
-	// which no label uses.
+	// Bypass's pins, which hold live sockets, are adopted; no in-kernel
+	// splice engine map is left, since no label uses that engine.
 	if got, want := policyPins(t, w.stateDir()), []string{"sy_p_bypass", "sy_p_config", "sy_p_policy", "sy_p_rx", "sy_p_sk", "sy_p_sockops_link", "sy_p_stats"}; !slices.Equal(got, want) {
 		t.Errorf("policy pins after the upgrade: %q, want %q", got, want)
 	}
