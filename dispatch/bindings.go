@@ -30,7 +30,7 @@ func (d *Dispatcher) Bindings() ([]binding.Binding, error) {
 	out := make([]binding.Binding, 0, m.count)
 	for _, gk := range keys {
 		for _, pl := range m.groups[gk].ports {
-			out = append(out, binding.Binding{Label: pl.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports})
+			out = append(out, binding.Binding{Label: pl.label, Protocol: gk.proto, Prefix: gk.prefix(), Ports: pl.ports})
 		}
 	}
 	return out, nil
@@ -42,10 +42,10 @@ func (d *Dispatcher) Bindings() ([]binding.Binding, error) {
 // set), so a listing sorts groups rather than bindings: a third as many,
 // and cheaper to compare.
 func compareDisplay(a, b groupKey) int {
-	if c := a.prefix.Addr().Compare(b.prefix.Addr()); c != 0 {
+	if c := compareAddr(a, b); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(a.prefix.Bits(), b.prefix.Bits()); c != 0 {
+	if c := cmp.Compare(a.bits, b.bits); c != 0 {
 		return c
 	}
 	return cmp.Compare(a.proto, b.proto)
@@ -102,7 +102,7 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 		added = nil
 		u := updates{}
 		for _, b := range bs {
-			gk := groupKey{b.Protocol, b.Prefix}
+			gk := keyOf(b.Protocol, b.Prefix)
 			ps := u.portsOf(m, gk)
 			if i := findPorts(ps, b.Ports); i >= 0 {
 				if ps[i].label == b.Label {
@@ -127,7 +127,7 @@ func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 	return d.changeBindings(func(m *model) (updates, error) {
 		u := updates{}
 		for _, b := range bs {
-			gk := groupKey{b.Protocol, b.Prefix}
+			gk := keyOf(b.Protocol, b.Prefix)
 			ps := u.portsOf(m, gk)
 			i := findPorts(ps, b.Ports)
 			if i < 0 {
@@ -158,15 +158,17 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 	// The next bindings by group: keys[i] has lists[i]. One map lookup a
 	// binding, and a second for each new group; the first pass counts,
 	// so that each group's list is allocated once, at its size.
-	pos := map[groupKey]int32{}
-	var keys []groupKey
-	var counts []int32
+	// Sized for two bindings a group, typical of large sets, so that
+	// neither regrows more than once.
+	pos := make(map[groupKey]int32, len(bs)/2)
+	keys := make([]groupKey, 0, len(bs)/2)
+	counts := make([]int32, 0, len(bs)/2)
 	gi := make([]int32, len(bs))
 	for k, b := range bs {
 		if err := b.Validate(); err != nil {
 			return nil, nil, err
 		}
-		gk := groupKey{b.Protocol, b.Prefix}
+		gk := keyOf(b.Protocol, b.Prefix)
 		i, ok := pos[gk]
 		if !ok {
 			i = int32(len(keys))
@@ -258,10 +260,10 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 	}
 	for _, d := range diffs {
 		for _, pl := range d.added {
-			added = append(added, binding.Binding{Label: pl.label, Protocol: d.gk.proto, Prefix: d.gk.prefix, Ports: pl.ports})
+			added = append(added, binding.Binding{Label: pl.label, Protocol: d.gk.proto, Prefix: d.gk.prefix(), Ports: pl.ports})
 		}
 		for _, pl := range d.removed {
-			removed = append(removed, binding.Binding{Label: pl.label, Protocol: d.gk.proto, Prefix: d.gk.prefix, Ports: pl.ports})
+			removed = append(removed, binding.Binding{Label: pl.label, Protocol: d.gk.proto, Prefix: d.gk.prefix(), Ports: pl.ports})
 		}
 	}
 	return added, removed, nil
@@ -316,8 +318,8 @@ func checkGroup(gk groupKey, ports []portLabel) error {
 		}
 		if n := len(open); n > 0 && open[n-1].ports.Hi < p.ports.Hi {
 			o := open[n-1]
-			a := binding.Binding{Label: o.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: o.ports}
-			b := binding.Binding{Label: p.label, Protocol: gk.proto, Prefix: gk.prefix, Ports: p.ports}
+			a := binding.Binding{Label: o.label, Protocol: gk.proto, Prefix: gk.prefix(), Ports: o.ports}
+			b := binding.Binding{Label: p.label, Protocol: gk.proto, Prefix: gk.prefix(), Ports: p.ports}
 			return fmt.Errorf("%w: %s and %s overlap partially, so which one wins would be ambiguous; make one range contain the other, or split them", ErrConflict, b, a)
 		}
 		open = append(open, p)
@@ -414,10 +416,10 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		}
 		added, removed := diffPorts(old, ps)
 		for _, pl := range removed {
-			delKeys = append(delKeys, bindingMapKey(binding.Key{Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports}))
+			delKeys = append(delKeys, gk.bindingKey(pl.ports))
 		}
 		for _, pl := range added {
-			putKeys = append(putKeys, bindingMapKey(binding.Key{Protocol: gk.proto, Prefix: gk.prefix, Ports: pl.ports}))
+			putKeys = append(putKeys, gk.bindingKey(pl.ports))
 			putVals = append(putVals, m.labels[pl.label])
 		}
 		if len(added)+len(removed) == 0 {
@@ -426,7 +428,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		if len(ps) > 0 {
 			g := &group{ports: slices.Clip(ps)}
 			if err := m.compileGroup(g); err != nil {
-				return fail(fmt.Errorf("%s %s: %w", gk.proto, gk.prefix, err))
+				return fail(fmt.Errorf("%s %s: %w", gk.proto, gk.prefix(), err))
 			}
 			if g.c.useTable() {
 				if c.old != nil && c.old.slot != 0 {

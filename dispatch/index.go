@@ -33,7 +33,11 @@ func compareGroupKeys(a, b groupKey) int {
 	if c := cmp.Compare(a.listIndex(), b.listIndex()); c != 0 {
 		return c
 	}
-	return a.prefix.Compare(b.prefix)
+	// As netip.Prefix.Compare within one family: length, then address.
+	if c := cmp.Compare(a.bits, b.bits); c != 0 {
+		return c
+	}
+	return compareAddr(a, b)
 }
 
 func (m *model) indexAdd(gk groupKey) {

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -13,10 +14,41 @@ import (
 )
 
 // groupKey names the bindings of one protocol and prefix: they share one
-// entry in sy_prefixes.
+// entry in sy_prefixes. It holds the prefix as bytes rather than a
+// netip.Prefix, whose address holds a pointer: the model keeps a key per
+// group (a million at the limit) in maps and slices, and pointer-free ones
+// are smaller, hash faster and are never scanned by the collector.
 type groupKey struct {
-	proto  binding.Protocol
-	prefix netip.Prefix
+	proto binding.Protocol
+	bits  uint8
+	is6   bool
+	addr  [16]byte // netip.Addr.As16
+}
+
+func keyOf(proto binding.Protocol, p netip.Prefix) groupKey {
+	a := p.Addr()
+	return groupKey{proto: proto, bits: uint8(p.Bits()), is6: a.Is6(), addr: a.As16()}
+}
+
+// prefix is the key's prefix, as binding.Validate accepts it.
+func (k groupKey) prefix() netip.Prefix {
+	a := netip.AddrFrom16(k.addr)
+	if !k.is6 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(k.bits))
+}
+
+// compareAddr orders keys by address as netip.Addr.Compare does: IPv4
+// before IPv6, then by value.
+func compareAddr(a, b groupKey) int {
+	if a.is6 != b.is6 {
+		if a.is6 {
+			return 1
+		}
+		return -1
+	}
+	return bytes.Compare(a.addr[:], b.addr[:])
 }
 
 type group struct {
@@ -107,16 +139,22 @@ func famIndex(a netip.Addr) uint8 {
 	return 1
 }
 
-func (k groupKey) listIndex() int { return int(protoIndex(k.proto))*2 + int(famIndex(k.prefix.Addr())) }
+func (k groupKey) famIndex() uint8 {
+	if k.is6 {
+		return 1
+	}
+	return 0
+}
+
+func (k groupKey) listIndex() int { return int(protoIndex(k.proto))*2 + int(k.famIndex()) }
 
 func (k groupKey) mapKey(gen uint32) dispatchSyPrefixKey {
-	a := k.prefix.Addr()
 	return dispatchSyPrefixKey{
 		Gen:    uint8(gen),
 		Proto:  protoIndex(k.proto),
-		Family: famIndex(a),
-		Plen:   uint8(k.prefix.Bits()),
-		Addr:   addrWords(a.As16(), a.Is4()),
+		Family: k.famIndex(),
+		Plen:   k.bits,
+		Addr:   addrWords(k.addr, !k.is6),
 	}
 }
 
@@ -125,16 +163,20 @@ func (k groupKey) bit() uint32 {
 	return filterBit(&mk)
 }
 
-func bindingMapKey(k binding.Key) dispatchSyBindingKey {
-	a := k.Prefix.Addr()
+// bindingKey is bindingMapKey of the binding of ports p in group k.
+func (k groupKey) bindingKey(p binding.Ports) dispatchSyBindingKey {
 	return dispatchSyBindingKey{
-		Proto:  protoIndex(k.Protocol),
-		Family: famIndex(a),
-		Plen:   uint8(k.Prefix.Bits()),
-		Addr:   addrWords(a.As16(), a.Is4()),
-		Lo:     k.Ports.Lo,
-		Hi:     k.Ports.Hi,
+		Proto:  protoIndex(k.proto),
+		Family: k.famIndex(),
+		Plen:   k.bits,
+		Addr:   addrWords(k.addr, !k.is6),
+		Lo:     p.Lo,
+		Hi:     p.Hi,
 	}
+}
+
+func bindingMapKey(k binding.Key) dispatchSyBindingKey {
+	return keyOf(k.Protocol, k.Prefix).bindingKey(k.Ports)
 }
 
 // bindingFromMapKey reads a key of a binding record. It refuses, with
@@ -232,7 +274,7 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		if !ok {
 			return fmt.Errorf("binding %s refers to unknown label id %d", key, id)
 		}
-		gk := groupKey{key.Protocol, key.Prefix}
+		gk := keyOf(key.Protocol, key.Prefix)
 		g := m.groups[gk]
 		if g == nil {
 			g = &group{}
@@ -253,7 +295,7 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		sortPorts(g.ports)
 		g.ports = slices.Clip(g.ports)
 		if err := m.compileGroup(g); err != nil {
-			return nil, false, fmt.Errorf("recorded bindings of %s %s: %w", gk.proto, gk.prefix, err)
+			return nil, false, fmt.Errorf("recorded bindings of %s %s: %w", gk.proto, gk.prefix(), err)
 		}
 		m.addGroupStats(gk, g)
 		if resync {
@@ -313,7 +355,7 @@ func (m *model) addGroupStats(gk groupKey, g *group) {
 		}
 		pr[protoIndex(gk.proto)]++
 	}
-	m.plens[gk.listIndex()][uint8(gk.prefix.Bits())]++
+	m.plens[gk.listIndex()][gk.bits]++
 	m.indexAdd(gk)
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, 1)
@@ -333,7 +375,7 @@ func (m *model) dropGroupStats(gk groupKey, g *group) {
 			}
 		}
 	}
-	li, pl := gk.listIndex(), uint8(gk.prefix.Bits())
+	li, pl := gk.listIndex(), gk.bits
 	if m.plens[li][pl]--; m.plens[li][pl] <= 0 {
 		delete(m.plens[li], pl)
 	}
