@@ -30,27 +30,40 @@ import (
 // veth address as any service binds. The others have switchyard's program
 // with 1, 100,000 and 1,048,576 bindings, one of which sends the veth
 // address's port to a socket bound to 127.0.0.1, so the traffic reaches it
-// only through the program. A round measures each program namespace once
-// (the order rotates) and the plain one before and after each, PACKET_MS a
-// window (default 500), PACKET_ROUNDS times (default 9). The rates are
-// medians over the windows; each ratio is the median over the rounds of the
-// program namespace's rate over the mean of the plain windows either side
-// of it, so that a machine whose load drifts compares neighbours.
+// only through the program. The sockets, receiving threads and veths are
+// the same in every namespace.
 //
-// The load generator is this process, in raw system calls on locked
-// threads. TCP: two clients, each keeping 16 non-blocking connects in
-// flight (epoll) and closing each connection as soon as it is established,
-// with SO_LINGER 0 (a reset, so no TIME_WAIT state limits the rate). A
-// connect not established within packetConnectTimeout is abandoned and
-// counted: a lost SYN then costs one of 32 slots a moment, not a client a
-// whole SYN retransmission timeout (1 s, twice a window), which is what
-// made blocking clients measure the scheduler's luck rather than the
-// receiver. UDP: two senders that use sendmmsg with 64 datagrams a call.
-// The receive side runs in the veth's softirq on the sending CPU, and the
-// receivers (accept4, recvmmsg) on the other. The kernel's own counters of
-// each namespace say what was lost in the windows (SYN retransmissions,
-// accept queue overflows, full receive buffers); they are reported beside
-// the rates.
+// TCP: the clients saturate the server. A round measures each program
+// namespace once (the order rotates) and the plain one before and after
+// each, PACKET_MS a window (default 500), PACKET_ROUNDS times (default 9).
+// The rates are medians over the windows; each ratio is the median over
+// the rounds of the program namespace's rate over the mean of the plain
+// windows either side of it, so that a machine whose load drifts compares
+// neighbours. Two clients each keep 16 non-blocking connects in flight
+// (epoll) and close each connection as soon as it is established, with
+// SO_LINGER 0 (a reset, so no TIME_WAIT state limits the rate). A connect
+// not established within packetConnectTimeout is abandoned and counted: a
+// lost SYN then costs one of 32 slots a moment, not a client a whole SYN
+// retransmission timeout (1 s, twice a window), which is what made
+// blocking clients measure the scheduler's luck rather than the receiver.
+//
+// UDP: saturating senders measured the CPU share the receiving thread got
+// on a shared machine, not the path (the rates followed what the senders
+// managed to send, and the receive buffers overflowed in some namespaces
+// and not others). So one sender is paced (PACKET_UDP_RATE datagrams/s in
+// all, default 100,000, far below what the receivers take) and sends
+// bursts of 64 to the four namespaces in turn: all four are measured at
+// once, under the same load, 3 x PACKET_ROUNDS windows. What is compared is
+// the receiving host's CPU time per datagram: the veth's NAPI thread (the
+// whole receive path, lookup included; see packet_napi_test.go) plus the
+// receiving thread (recvmmsg), both pinned to the last CPU and the sender
+// to the first. Its inverse is datagrams per second of CPU, the rate one
+// CPU can receive at; a ratio is a window's plain cost over the program
+// namespace's, median over the windows.
+//
+// The kernel's own counters of each namespace say what was lost in the
+// windows (SYN retransmissions, accept queue overflows, full receive
+// buffers); they are reported beside the rates.
 
 const (
 	// packetInflight connects per TCP client; packetConnectTimeout is
@@ -61,6 +74,12 @@ const (
 	packetTCPPort = 8080
 	packetUDPPort = 5353
 	packetLabel   = "bench"
+
+	// packetServerIf is the veth end in each server namespace.
+	packetServerIf = "s0"
+	// packetUDPRate is the default datagrams/s of the paced sender
+	// (PACKET_UDP_RATE).
+	packetUDPRate = 100000
 )
 
 // packetServer is one server namespace and its sockets.
@@ -76,19 +95,33 @@ type packetServer struct {
 	recv   atomic.Uint64
 	stop   atomic.Bool
 	wg     sync.WaitGroup
+
+	recvTID atomic.Int64 // the UDP receiving thread
+	napiPID int          // the veth's NAPI thread, for UDP
 }
+
+// udpWindow is what one UDP window measured.
+type udpWindow struct {
+	got, sent     float64 // datagrams/s received and sent
+	napi, recv    float64 // ns of CPU per datagram received: NAPI thread, receiving thread
+	rcvbuf, inErr uint64  // Udp:RcvbufErrors and Udp:InErrors in the window
+}
+
+// cost is the receiving host's CPU time per datagram.
+func (w udpWindow) cost() float64 { return w.napi + w.recv }
 
 func BenchmarkPacketPath(b *testing.B) {
 	testenv.RequireRoot(b)
 	rounds := envInt(b, "PACKET_ROUNDS", 9)
 	window := time.Duration(envInt(b, "PACKET_MS", 500)) * time.Millisecond
+	udpRate := float64(envInt(b, "PACKET_UDP_RATE", packetUDPRate))
 
 	client := testenv.NewNetNS(b)
 	servers := []*packetServer{{name: "plain"}, {name: "bindings=1", n: 1}, {name: "bindings=100000", n: 100000}, {name: "bindings=1048576", n: 1 << 20}}
 	for i, s := range servers {
 		s.ns = testenv.NewNetNS(b)
 		s.addr = netip.AddrFrom4([4]byte{192, 168, byte(10 + i), 1})
-		testenv.NewVethPair(b, client, s.ns, fmt.Sprintf("c%d", i), "s0",
+		testenv.NewVethPair(b, client, s.ns, fmt.Sprintf("c%d", i), packetServerIf,
 			netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(10 + i), 2}), 24), netip.PrefixFrom(s.addr, 24))
 		s.setUp(b)
 	}
@@ -100,48 +133,111 @@ func BenchmarkPacketPath(b *testing.B) {
 			s.close()
 		}
 	})
-
-	results := map[string][]float64{} // "proto/name" -> rate of each window
-	sent := map[string][]float64{}
-	ratios := map[string][]float64{}       // "proto/name" -> ratio to plain of each round
-	lost := map[string]map[string]uint64{} // "proto/name" -> counter -> sum over the windows
 	plain, progs := servers[0], servers[1:]
-	for _, proto := range []binding.Protocol{binding.TCP, binding.UDP} {
-		if proto == binding.UDP {
-			for _, s := range servers {
-				s.target(b, binding.UDP)
-			}
-		}
-		run := func(s *packetServer) float64 {
-			got, tried, l := s.measure(b, client, proto, window)
-			key := proto.String() + "/" + s.name
-			results[key] = append(results[key], got)
-			sent[key] = append(sent[key], tried)
-			if lost[key] == nil {
-				lost[key] = map[string]uint64{}
-			}
-			for k, v := range l {
-				lost[key][k] += v
-			}
-			return got
-		}
-		// Each program namespace's window lies between two of the plain
-		// one's, and its ratio is to their mean: a load that drifts
-		// over a round falls on both sides alike.
-		before := run(plain)
+
+	// interleave measures every program namespace once a round, the
+	// order rotating, each window between two of the plain namespace's,
+	// and returns each program namespace's score over the mean of the
+	// plain windows either side of it, a value a round: a load that
+	// drifts over a round falls on both sides alike. score is higher
+	// for a faster path.
+	interleave := func(score func(s *packetServer) float64) map[string][]float64 {
+		ratios := map[string][]float64{}
+		before := score(plain)
 		for r := range rounds {
 			for j := range progs {
 				s := progs[(j+r)%len(progs)]
-				got := run(s)
-				after := run(plain)
+				got := score(s)
+				after := score(plain)
 				if mean := (before + after) / 2; mean > 0 {
-					key := proto.String() + "/" + s.name
-					ratios[key] = append(ratios[key], got/mean)
+					ratios[s.name] = append(ratios[s.name], got/mean)
 				}
 				before = after
 			}
 		}
+		return ratios
 	}
+
+	// TCP: the clients saturate the receiver; a score is the
+	// connections accepted per second.
+	tcpGot := map[string][]float64{}
+	tcpSent := map[string][]float64{}
+	tcpLost := map[string]map[string]uint64{} // name -> counter -> sum over the windows
+	tcpRatios := interleave(func(s *packetServer) float64 {
+		got, tried, l := s.measureTCP(b, client, window)
+		tcpGot[s.name] = append(tcpGot[s.name], got)
+		tcpSent[s.name] = append(tcpSent[s.name], tried)
+		if tcpLost[s.name] == nil {
+			tcpLost[s.name] = map[string]uint64{}
+		}
+		for k, v := range l {
+			tcpLost[s.name][k] += v
+		}
+		return got
+	})
+
+	// UDP: one sender, paced below what the receivers can take, sends
+	// a burst to each namespace in turn, so that all four are measured
+	// at once under the same load; a score is datagrams per second of
+	// the receiving host's CPU, a ratio is a window's plain cost per
+	// datagram over the program namespace's.
+	dir := b.TempDir()
+	rxCPU := runtime.NumCPU() - 1
+	for i, s := range servers {
+		if err := client.Do(func() error { return ethtoolSet(unix.ETHTOOL_STSO, fmt.Sprintf("c%d", i), false) }); err != nil {
+			b.Fatalf("%s: %v", s.name, err)
+		}
+		s.target(b, binding.UDP)
+		pid, err := threadedNAPI(s.ns, packetServerIf, dir)
+		if err != nil {
+			b.Fatalf("%s: %v", s.name, err)
+		}
+		s.napiPID = pid
+		var set unix.CPUSet
+		set.Set(rxCPU)
+		for _, tid := range []int{pid, int(s.recvTID.Load())} {
+			if err := unix.SchedSetaffinity(tid, &set); err != nil {
+				b.Fatalf("%s: pin thread %d to CPU %d: %v", s.name, tid, rxCPU, err)
+			}
+		}
+		// SCHED_BATCH: the receiver does not preempt the NAPI thread
+		// that wakes it (kernel/sched/fair.c, check_preempt_wakeup_fair),
+		// so it takes each burst whole, however fast the lookup went.
+		if err := unix.SchedSetAttr(int(s.recvTID.Load()), &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}, 0); err != nil {
+			b.Fatalf("%s: receiver to SCHED_BATCH: %v", s.name, err)
+		}
+	}
+	measureUDP(b, client, servers, 200*time.Millisecond, udpRate) // warm-up, not counted
+	// hits counts the program's deliveries to the label, beside the
+	// datagrams received: more than one a datagram would mean the
+	// program runs more than once for each (GRO's socket lookup).
+	hits := func() map[string][2]uint64 {
+		m := map[string][2]uint64{}
+		for _, s := range progs {
+			cs, _, err := s.d.Counters()
+			if err != nil {
+				b.Fatal(err)
+			}
+			m[s.name] = [2]uint64{cs[packetLabel].Hits, s.recv.Load()}
+		}
+		return m
+	}
+	hitsBefore := hits()
+	udp := map[string][]udpWindow{}
+	udpRatios := map[string][]float64{}
+	for range 3 * rounds {
+		ws := measureUDP(b, client, servers, window, udpRate)
+		for i, s := range servers {
+			w := ws[i]
+			b.Logf("udp %s: received %.0f/s of %.0f/s sent, %.0f+%.0f ns/datagram (NAPI+receiver), rcvbuf-errors %d", s.name, w.got, w.sent, w.napi, w.recv, w.rcvbuf)
+			udp[s.name] = append(udp[s.name], ws[i])
+			if s.n > 0 {
+				udpRatios[s.name] = append(udpRatios[s.name], ws[0].cost()/ws[i].cost())
+			}
+		}
+	}
+
+	hitsAfter := hits()
 	for _, s := range servers {
 		if s.d == nil {
 			continue
@@ -155,25 +251,46 @@ func BenchmarkPacketPath(b *testing.B) {
 		}
 	}
 
-	for _, proto := range []string{"tcp", "udp"} {
-		unit, sentUnit := "conns/s", "connects/s"
-		if proto == "udp" {
-			unit, sentUnit = "datagrams/s", "sent/s"
-		}
-		for _, s := range servers {
-			key := proto + "/" + s.name
-			got := results[key]
-			b.Run(key, func(b *testing.B) {
-				b.ReportMetric(median(got), unit)
-				b.ReportMetric(median(sent[key]), sentUnit)
-				for k, v := range lost[key] {
-					b.ReportMetric(float64(v), k)
-				}
-			})
-			if s.n == 0 {
-				continue
+	for _, s := range servers {
+		b.Run("tcp/"+s.name, func(b *testing.B) {
+			b.ReportMetric(median(tcpGot[s.name]), "conns/s")
+			b.ReportMetric(median(tcpSent[s.name]), "connects/s")
+			for k, v := range tcpLost[s.name] {
+				b.ReportMetric(float64(v), k)
 			}
-			b.Run(key+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(ratios[key]), "ratio") })
+		})
+		if s.n > 0 {
+			b.Run("tcp/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(tcpRatios[s.name]), "ratio") })
+		}
+	}
+	for _, s := range servers {
+		ws := udp[s.name]
+		pick := func(f func(udpWindow) float64) float64 {
+			vs := make([]float64, len(ws))
+			for i, w := range ws {
+				vs[i] = f(w)
+			}
+			return median(vs)
+		}
+		var rcvbuf, inErr uint64
+		for _, w := range ws {
+			rcvbuf += w.rcvbuf
+			inErr += w.inErr
+		}
+		b.Run("udp/"+s.name, func(b *testing.B) {
+			b.ReportMetric(pick(func(w udpWindow) float64 { return w.got }), "datagrams/s")
+			b.ReportMetric(pick(func(w udpWindow) float64 { return w.sent }), "sent/s")
+			b.ReportMetric(pick(udpWindow.cost), "ns/datagram")
+			b.ReportMetric(pick(func(w udpWindow) float64 { return w.napi }), "napi-ns/datagram")
+			b.ReportMetric(pick(func(w udpWindow) float64 { return w.recv }), "recv-ns/datagram")
+			b.ReportMetric(pick(func(w udpWindow) float64 { return 1e9 / w.cost() }), "datagrams/cpu-s")
+			b.ReportMetric(float64(rcvbuf), "rcvbuf-errors")
+			b.ReportMetric(float64(inErr), "in-errors")
+		})
+		if s.n > 0 {
+			h, r := hitsAfter[s.name][0]-hitsBefore[s.name][0], hitsAfter[s.name][1]-hitsBefore[s.name][1]
+			b.Run("udp/"+s.name+"/lookups", func(b *testing.B) { b.ReportMetric(float64(h)/float64(r), "hits/datagram") })
+			b.Run("udp/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(udpRatios[s.name]), "ratio") })
 		}
 	}
 }
@@ -294,6 +411,7 @@ func (s *packetServer) startReceivers() {
 	go func() {
 		defer s.wg.Done()
 		runtime.LockOSThread()
+		s.recvTID.Store(int64(unix.Gettid()))
 		const batch = 64
 		bufs := make([][64]byte, batch)
 		iovs := make([]unix.Iovec, batch)
@@ -324,56 +442,118 @@ func (s *packetServer) close() {
 	}
 }
 
-// measure runs the client side against s for window and returns what s
-// received per second, what the clients sent (connects or datagrams) per
-// second, and what was lost in the window: the namespaces' counters of
-// losses that bear on proto, and the connects the clients abandoned.
-func (s *packetServer) measure(b *testing.B, client *testenv.NetNS, proto binding.Protocol, window time.Duration) (got, tried float64, lost map[string]uint64) {
+// measureTCP runs the TCP clients against s for window and returns what s
+// accepted per second, what the clients completed per second, and what was
+// lost in the window: the namespaces' counters of losses (SYN
+// retransmissions, listen queue drops) and the connects the clients
+// abandoned.
+func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window time.Duration) (got, tried float64, lost map[string]uint64) {
 	var stop atomic.Bool
 	var count, abandoned atomic.Uint64
 	var wg sync.WaitGroup
-	errc := make(chan error, 16)
-	workers, work := 2, s.connectLoop
-	counter := &s.accept
-	if proto == binding.UDP {
-		workers, work = 2, s.sendLoop
-		counter = &s.recv
-	}
+	const workers = 2
+	errc := make(chan error, workers)
 	ready := make(chan struct{}, workers)
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- client.Do(func() error { return work(&stop, &count, &abandoned, ready) })
+			errc <- client.Do(func() error { return s.connectLoop(&stop, &count, &abandoned, ready) })
 		}()
 	}
 	for range workers {
 		<-ready
 	}
 	cBefore, sBefore := netCounters(b, client), netCounters(b, s.ns)
-	before, start := counter.Load(), time.Now()
+	before, start := s.accept.Load(), time.Now()
 	count.Store(0)
 	abandoned.Store(0)
 	time.Sleep(window) // the measurement window, not a synchronisation
-	after, elapsed, sentN, abandonedN := counter.Load(), time.Since(start), count.Load(), abandoned.Load()
+	after, elapsed, sentN, abandonedN := s.accept.Load(), time.Since(start), count.Load(), abandoned.Load()
 	cAfter, sAfter := netCounters(b, client), netCounters(b, s.ns)
 	stop.Store(true)
 	wg.Wait()
 	close(errc)
 	for err := range errc {
 		if err != nil {
-			b.Fatalf("%s %s: %v", proto, s.name, err)
+			b.Fatalf("tcp %s: %v", s.name, err)
 		}
 	}
-	lost = map[string]uint64{}
-	if proto == binding.TCP {
-		lost["syn-retrans"] = cAfter["TcpExt:TCPSynRetrans"] - cBefore["TcpExt:TCPSynRetrans"]
-		lost["listen-drops"] = sAfter["TcpExt:ListenDrops"] - sBefore["TcpExt:ListenDrops"]
-		lost["connects-abandoned"] = abandonedN
-	} else {
-		lost["rcvbuf-errors"] = sAfter["Udp:RcvbufErrors"] - sBefore["Udp:RcvbufErrors"]
+	lost = map[string]uint64{
+		"syn-retrans":        cAfter["TcpExt:TCPSynRetrans"] - cBefore["TcpExt:TCPSynRetrans"],
+		"listen-drops":       sAfter["TcpExt:ListenDrops"] - sBefore["TcpExt:ListenDrops"],
+		"connects-abandoned": abandonedN,
 	}
 	return float64(after-before) / elapsed.Seconds(), float64(sentN) / elapsed.Seconds(), lost
+}
+
+// measureUDP runs the paced sender against all servers at once, rate
+// datagrams/s in all, for window and returns what the window measured in
+// each. The CPU times are each namespace's NAPI thread's and receiving
+// thread's, read at the same moments as the counters; what is still
+// queued at either end is a burst or two against thousands of datagrams a
+// window.
+func measureUDP(b *testing.B, client *testenv.NetNS, servers []*packetServer, window time.Duration, rate float64) []udpWindow {
+	var stop atomic.Bool
+	counts := make([]atomic.Uint64, len(servers))
+	errc := make(chan error, 1)
+	ready := make(chan struct{}, 1)
+	go func() {
+		errc <- client.Do(func() error { return sendLoop(servers, &stop, counts, rate, ready) })
+	}()
+	select {
+	case <-ready:
+	case err := <-errc:
+		b.Fatalf("udp: %v", err)
+	}
+	type sample struct {
+		recv, sent, napiCPU, recvCPU uint64
+		net                          map[string]uint64
+	}
+	read := func() []sample {
+		ss := make([]sample, len(servers))
+		for i, s := range servers {
+			n, err := threadCPU(s.napiPID)
+			if err != nil {
+				b.Fatalf("udp %s: NAPI thread: %v", s.name, err)
+			}
+			r, err := threadCPU(int(s.recvTID.Load()))
+			if err != nil {
+				b.Fatalf("udp %s: receiving thread: %v", s.name, err)
+			}
+			ss[i] = sample{recv: s.recv.Load(), sent: counts[i].Load(), napiCPU: n, recvCPU: r, net: netCounters(b, s.ns)}
+		}
+		return ss
+	}
+	before, start := read(), time.Now()
+	time.Sleep(window) // the measurement window, not a synchronisation
+	after, elapsed := read(), time.Since(start)
+	stop.Store(true)
+	if err := <-errc; err != nil {
+		b.Fatalf("udp: %v", err)
+	}
+	ws := make([]udpWindow, len(servers))
+	for i, s := range servers {
+		x, y := before[i], after[i]
+		if y.recv == x.recv {
+			b.Fatalf("udp %s: no datagram received in %v", s.name, elapsed)
+		}
+		if y.napiCPU == x.napiCPU {
+			// Then the datagrams did not come through the thread
+			// measured, and the figures would leave the lookup out.
+			b.Fatalf("udp %s: %d datagrams received, but NAPI thread %d did not run", s.name, y.recv-x.recv, s.napiPID)
+		}
+		n := float64(y.recv - x.recv)
+		ws[i] = udpWindow{
+			got:    n / elapsed.Seconds(),
+			sent:   float64(y.sent-x.sent) / elapsed.Seconds(),
+			napi:   float64(y.napiCPU-x.napiCPU) / n,
+			recv:   float64(y.recvCPU-x.recvCPU) / n,
+			rcvbuf: y.net["Udp:RcvbufErrors"] - x.net["Udp:RcvbufErrors"],
+			inErr:  y.net["Udp:InErrors"] - x.net["Udp:InErrors"],
+		}
+	}
+	return ws
 }
 
 // netCounters reads the SNMP counters of ns (/proc/net/snmp and netstat as
@@ -428,37 +608,54 @@ func (s *packetServer) connectLoop(stop *atomic.Bool, count, abandoned *atomic.U
 			unix.Close(fd)
 		}
 	}()
-	open := func() error {
+	// open starts one connect. It returns false, and no error, when the
+	// client has no local port free: the caller then waits for connects
+	// under way (or for stop) before it tries again.
+	open := func() (bool, error) {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("socket: %w", err)
+			return false, fmt.Errorf("socket: %w", err)
 		}
 		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		switch err := unix.Connect(fd, sa); err {
 		case unix.EINPROGRESS:
+		case nil:
+			// Established at once (the handshake ran in this
+			// call): a connection like any other.
+			unix.Close(fd)
+			count.Add(1)
+			return true, nil
 		case unix.EADDRNOTAVAIL, unix.EAGAIN:
 			// Ports ran out for a moment: load, not failure.
 			unix.Close(fd)
-			return nil
+			return false, nil
 		default:
 			unix.Close(fd)
-			return fmt.Errorf("connect %s:%d: %v", s.addr, packetTCPPort, err)
+			return false, fmt.Errorf("connect %s:%d: %w", s.addr, packetTCPPort, err)
 		}
 		ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}
 		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			unix.Close(fd)
-			return fmt.Errorf("epoll add: %w", err)
+			return false, fmt.Errorf("epoll add: %w", err)
 		}
 		started[fd] = time.Now()
-		return nil
+		return true, nil
 	}
 	events := make([]unix.EpollEvent, packetInflight)
 	lastSweep := time.Now()
 	ready <- struct{}{}
 	for !stop.Load() {
-		for len(started) < packetInflight {
-			if err := open(); err != nil {
+		// At most packetInflight tries a turn, so that connects that
+		// keep completing at once, or ports that stay exhausted, still
+		// let the loop see stop. With nothing in flight, the epoll
+		// wait below sleeps its 10 ms timeout before the next try.
+		for range packetInflight - len(started) {
+			ok, err := open()
+			if err != nil {
 				return err
+			}
+			if !ok {
+				break
 			}
 		}
 		n, err := unix.EpollWait(ep, events, 10)
@@ -495,15 +692,36 @@ func (s *packetServer) connectLoop(stop *atomic.Bool, count, abandoned *atomic.U
 	return nil
 }
 
-// sendLoop sends 32-byte datagrams to s's UDP port, 64 a call, until stop.
-func (s *packetServer) sendLoop(stop *atomic.Bool, count, _ *atomic.Uint64, ready chan<- struct{}) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
+// sendLoop sends 32-byte datagrams to the servers' UDP port at rate
+// datagrams/s in all, in bursts of 64 (one sendmmsg) to each server in
+// turn, until stop, counting what each was sent in counts. Every receiving
+// side sees the same bursts, as large as one call makes them, which
+// spreads its fixed costs (a NAPI wakeup, a receiver wakeup) over the most
+// datagrams, so that the lookup's share is not understated. A sender that
+// falls behind (descheduled) sends at most 10 ms of backlog and skips the
+// rest, so that the receivers never see a flood. The thread runs on CPU 0,
+// away from the receivers, and is put back as it was.
+func sendLoop(servers []*packetServer, stop *atomic.Bool, counts []atomic.Uint64, rate float64, ready chan<- struct{}) error {
+	var old, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return fmt.Errorf("affinity: %w", err)
 	}
-	defer unix.Close(fd)
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: s.addr.As4(), Port: packetUDPPort}); err != nil {
-		return fmt.Errorf("connect: %w", err)
+	set.Set(0)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("affinity: %w", err)
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	fds := make([]int, len(servers))
+	for i, s := range servers {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: s.addr.As4(), Port: packetUDPPort}); err != nil {
+			return fmt.Errorf("connect %s: %w", s.addr, err)
+		}
+		fds[i] = fd
 	}
 	const batch = 64
 	var payload [32]byte
@@ -514,17 +732,36 @@ func (s *packetServer) sendLoop(stop *atomic.Bool, count, _ *atomic.Uint64, read
 		hdrs[i].Hdr.Iov = &iov
 		hdrs[i].Hdr.SetIovlen(1)
 	}
+	maxBacklog := max(uint64(rate/100), batch)
+	start := time.Now()
+	var skipped, sent uint64
+	next := 0 // the server the next burst goes to
 	ready <- struct{}{}
 	for !stop.Load() {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])), batch, 0, 0, 0)
+		due := uint64(time.Since(start).Seconds()*rate) - skipped - sent
+		if due > maxBacklog {
+			skipped += due - maxBacklog
+			due = maxBacklog
+		}
+		if due < batch {
+			// Sleep until the next burst is due.
+			pause := unix.NsecToTimespec(int64(float64(batch-due) / rate * float64(time.Second)))
+			unix.Nanosleep(&pause, nil)
+			continue
+		}
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fds[next]), uintptr(unsafe.Pointer(&hdrs[0])), batch, 0, 0, 0)
 		switch errno {
 		case 0:
-			count.Add(uint64(n))
+			sent += uint64(n)
+			counts[next].Add(uint64(n))
 		case unix.ECONNREFUSED, unix.ENOBUFS, unix.EAGAIN, unix.EINTR:
-			// An ICMP error from an earlier datagram, or a full queue.
+			// An ICMP error from an earlier datagram, or a full
+			// queue: the burst counts as sent and lost.
+			sent += batch
 		default:
-			return fmt.Errorf("sendmmsg: %w", errno)
+			return fmt.Errorf("sendmmsg to %s: %w", servers[next].addr, errno)
 		}
+		next = (next + 1) % len(fds)
 	}
 	return nil
 }
