@@ -302,6 +302,18 @@ func diffPorts(old, nw []portLabel) (added, removed []portLabel) {
 // checkGroup refuses port sets of one (protocol, prefix) that overlap
 // without nesting.
 func checkGroup(gk groupKey, ports []portLabel) error {
+	// Only two ranges can overlap partially: a single port lies inside or
+	// outside any range, and every port holds every range. Most groups
+	// have at most one range, and are done without a copy.
+	ranges := 0
+	for _, p := range ports {
+		if p.ports.Lo != p.ports.Hi && !p.ports.IsAny() {
+			ranges++
+		}
+	}
+	if ranges < 2 {
+		return nil
+	}
 	ps := slices.Clone(ports)
 	slices.SortFunc(ps, func(a, b portLabel) int {
 		if c := cmp.Compare(a.ports.Lo, b.ports.Lo); c != 0 {
@@ -445,19 +457,22 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		}
 		changes = append(changes, c)
 	}
-	// A binding whose label changes is deleted and put under the same
-	// key; put after delete keeps it.
-	for _, c := range changes {
-		if c.old != nil {
-			m.dropGroupStats(c.key, c.old)
-			delete(m.groups, c.key)
-		}
-		if c.new != nil {
-			m.addGroupStats(c.key, c.new)
-			m.groups[c.key] = c.new
+	// The model takes the change while the kernel writes the record
+	// (commit runs this beside that write): both take long at a million
+	// bindings, and neither reads what the other writes.
+	update := func() {
+		for _, c := range changes {
+			if c.old != nil {
+				m.dropGroupStats(c.key, c.old)
+				delete(m.groups, c.key)
+			}
+			if c.new != nil {
+				m.addGroupStats(c.key, c.new)
+				m.groups[c.key] = c.new
+			}
 		}
 	}
-	err = d.commit(m, changes, &recordChange{delKeys: delKeys, putKeys: putKeys, putVals: putVals, settings: settings})
+	err = d.commit(m, changes, &recordChange{delKeys: delKeys, putKeys: putKeys, putVals: putVals, settings: settings}, update)
 	if err != nil {
 		return err
 	}

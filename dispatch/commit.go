@@ -226,9 +226,11 @@ func (d *Dispatcher) waitReaders() {
 // commit makes a change of groups visible atomically and records it, with
 // the settings of rc if any, in the generation of the record not in force,
 // which it then puts in force with one store (see doc.go for the order and
-// what a crash at each point leaves). m already holds the state after the
-// change.
-func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange) (err error) {
+// what a crash at each point leaves). update brings m to the state after
+// the change; commit runs it while the kernel writes that generation, and
+// before anything else reads m. On an error m may or may not have been
+// updated, and is dropped.
+func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, update func()) (err error) {
 	defer func() {
 		if err != nil {
 			// The cache no longer matches the maps. The next operation
@@ -265,7 +267,18 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange) (
 		return err
 	}
 	old, next := c.Gen, c.Gen^1
-	n, err := d.writeRecord(next, rc, "record-next")
+	type written struct {
+		n   uint32
+		err error
+	}
+	done := make(chan written, 1)
+	go func() {
+		n, err := d.writeRecord(next, rc, "record-next")
+		done <- written{n, err}
+	}()
+	update()
+	w := <-done
+	n, err := w.n, w.err
 	if err != nil {
 		return err
 	}

@@ -99,8 +99,8 @@ type model struct {
 	groups  map[groupKey]*group
 	protos  map[string]*[2]int    // per label: bindings of tcp and udp
 	plens   [4]map[uint8]int      // per proto*2+family: groups per prefix length
-	bits    map[uint32]int        // filter bit -> prefix keys that set it
-	words   map[uint32]uint64     // filter word -> its value, kept with bits
+	words   []uint64              // the filter (filterWords words), kept with more
+	more    map[uint32]int        // filter bit -> prefix keys beyond the first that set it
 	ix      map[uint32][]groupKey // index bucket -> its groups, in key order
 	use     [4]portUse            // per proto*2+family: bindings by port set
 	slots   []bool                // table slots in use
@@ -113,8 +113,8 @@ func newModel() *model {
 		names:  map[uint32]string{},
 		kept:   map[string]bool{},
 		groups: map[groupKey]*group{},
-		bits:   map[uint32]int{},
-		words:  map[uint32]uint64{},
+		words:  make([]uint64, filterWords),
+		more:   map[uint32]int{},
 		ix:     map[uint32][]groupKey{},
 		slots:  make([]bool, tablesPerGen),
 	}
@@ -361,8 +361,10 @@ func (m *model) addGroupStats(gk groupKey, g *group) {
 		m.use[gk.listIndex()].add(pl.ports, 1)
 	}
 	b := gk.bit()
-	if m.bits[b]++; m.bits[b] == 1 {
-		m.words[b/64] |= 1 << (b % 64)
+	if w := &m.words[b/64]; *w&(1<<(b%64)) == 0 {
+		*w |= 1 << (b % 64)
+	} else {
+		m.more[b]++
 	}
 }
 
@@ -384,11 +386,14 @@ func (m *model) dropGroupStats(gk groupKey, g *group) {
 		m.use[gk.listIndex()].add(pl.ports, -1)
 	}
 	b := gk.bit()
-	if m.bits[b]--; m.bits[b] <= 0 {
-		delete(m.bits, b)
-		if m.words[b/64] &^= 1 << (b % 64); m.words[b/64] == 0 {
-			delete(m.words, b/64)
+	if n := m.more[b]; n > 0 {
+		if n == 1 {
+			delete(m.more, b)
+		} else {
+			m.more[b] = n - 1
 		}
+	} else {
+		m.words[b/64] &^= 1 << (b % 64)
 	}
 }
 
