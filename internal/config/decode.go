@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"slices"
 	"strconv"
@@ -47,7 +48,7 @@ func parseReader(r io.Reader, file string) (*Config, error) {
 }
 
 func parseReaderLimits(r io.Reader, file string, lim limits) (*Config, error) {
-	data, err := io.ReadAll(io.LimitReader(r, int64(lim.fileSize)+1))
+	data, err := readAll(r, lim.fileSize)
 	if err != nil {
 		if file != "" {
 			return nil, fmt.Errorf("read config %s: %w", file, err)
@@ -59,6 +60,26 @@ func parseReaderLimits(r io.Reader, file string, lim limits) (*Config, error) {
 			ErrTooLarge, lim.fileSize, lim.fileSize>>20, lim.bindings)}
 	}
 	return parseBytesLimits(data, file, true, lim)
+}
+
+// readAll reads r to its end, or to one byte past limit. A file is read
+// into a buffer of its size: io.ReadAll would copy a large one several
+// times over as it grows.
+func readAll(r io.Reader, limit int) ([]byte, error) {
+	lr := io.LimitReader(r, int64(limit)+1)
+	f, ok := r.(interface{ Stat() (fs.FileInfo, error) })
+	if !ok {
+		return io.ReadAll(lr)
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() > int64(limit) {
+		return io.ReadAll(lr)
+	}
+	// Room for a file that grew meanwhile, and for bytes.Buffer's
+	// minimum read, so that it does not grow at the end.
+	b := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead+1))
+	_, err = b.ReadFrom(lr)
+	return b.Bytes(), err
 }
 
 // parseBytes parses a whole config. With fast set, it first tries the line

@@ -2,7 +2,6 @@ package config
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -127,61 +126,80 @@ func checkConflicts(es []entry) []*Error {
 	if len(es) < 2 {
 		return nil
 	}
-	// Sort by protocol and prefix, then by range start ascending and range
-	// end descending so that a range comes before the ranges it contains,
-	// then by position. The fields are packed into integers first: a
-	// million comparisons of netip.Addr take seconds.
-	type sortKey struct {
-		proto, hi, lo, ports uint64
-		i                    int
+	// Group the entries by protocol and prefix, with one map lookup each
+	// and a counting sort into order (positions ascending within a group),
+	// so that only each group's few entries are sorted: a sort of the
+	// whole list took most of the check at a million bindings.
+	type groupKey struct {
+		proto binding.Protocol
+		is6   bool
+		bits  uint8
+		addr  [16]byte
 	}
-	keys := make([]sortKey, len(es))
+	pos := make(map[groupKey]int32, len(es)/2)
+	gi := make([]int32, len(es))
+	var next []int32 // per group: its count, then where its next entry goes
 	for i := range es {
 		b := &es[i].b
-		a := b.Prefix.Addr().As16()
-		k := sortKey{proto: uint64(b.Protocol) << 8, hi: binary.BigEndian.Uint64(a[:8]), lo: binary.BigEndian.Uint64(a[8:]), i: i}
-		if b.Prefix.Addr().Is6() {
-			k.proto |= 1 // IPv4 before IPv6, as netip.Addr.Compare
+		a := b.Prefix.Addr()
+		k := groupKey{b.Protocol, a.Is6(), uint8(b.Prefix.Bits()), a.As16()}
+		g, ok := pos[k]
+		if !ok {
+			g = int32(len(next))
+			pos[k] = g
+			next = append(next, 0)
 		}
-		k.ports = uint64(b.Prefix.Bits())<<32 | uint64(b.Ports.Lo)<<16 | uint64(0xffff-b.Ports.Hi)
-		keys[i] = k
+		gi[i] = g
+		next[g]++
 	}
-	slices.SortFunc(keys, func(x, y sortKey) int {
-		if c := cmp.Compare(x.proto, y.proto); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.hi, y.hi); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.lo, y.lo); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.ports, y.ports); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.i, y.i)
-	})
-	order := make([]int, len(es))
-	for k := range keys {
-		order[k] = keys[k].i
+	pos = nil
+	start := make([]int32, len(next)+1)
+	for g, n := range next {
+		start[g+1] = start[g] + n
+		next[g] = start[g]
 	}
+	order := make([]int32, len(es))
+	for i, g := range gi {
+		order[next[g]] = int32(i)
+		next[g]++
+	}
+	gi, next = nil, nil
 
-	var errs []*Error
-	report := func(later entry, err error) {
-		errs = append(errs, &Error{Line: later.line, Path: "bindings[" + strconv.Itoa(later.index) + "]", Err: err})
+	// A group's entries in order of range start ascending and range end
+	// descending, so that a range comes before the ranges it contains,
+	// then by position.
+	byPorts := func(x, y int32) int {
+		px, py := es[x].b.Ports, es[y].b.Ports
+		if c := cmp.Compare(px.Lo, py.Lo); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(py.Hi, px.Hi); c != 0 {
+			return c
+		}
+		return cmp.Compare(x, y)
 	}
-	// stack holds a chain of nested ranges at the current protocol and
-	// prefix, outermost first. runFirst is the earliest entry with the
-	// current key.
+	type found struct {
+		at  int32 // the entry being checked when the problem showed
+		err *Error
+	}
+	var errs []found
+	// stack holds a chain of nested ranges of the group, outermost
+	// first. runFirst is the earliest entry with the current port set.
 	var stack []entry
-	var runFirst entry
-	for k, oi := range order {
-		cur := es[oi]
-		if k > 0 {
-			prev := es[order[k-1]].b
-			if prev.Protocol != cur.b.Protocol || prev.Prefix != cur.b.Prefix {
-				stack = stack[:0]
-			} else if prev.Ports == cur.b.Ports {
+	for g := range len(start) - 1 {
+		grp := order[start[g]:start[g+1]]
+		if len(grp) < 2 {
+			continue
+		}
+		slices.SortFunc(grp, byPorts)
+		stack = stack[:0]
+		var runFirst entry
+		for k, oi := range grp {
+			cur := es[oi]
+			report := func(later entry, err error) {
+				errs = append(errs, found{oi, &Error{Line: later.line, Path: "bindings[" + strconv.Itoa(later.index) + "]", Err: err}})
+			}
+			if k > 0 && es[grp[k-1]].b.Ports == cur.b.Ports {
 				if runFirst.b.Label == cur.b.Label {
 					report(cur, fmt.Errorf("%w binding: %s repeats %s; remove one of them", ErrDuplicate, cur.b, runFirst.name()))
 				} else {
@@ -189,23 +207,43 @@ func checkConflicts(es []entry) []*Error {
 				}
 				continue
 			}
-		}
-		runFirst = cur
-		for len(stack) > 0 && stack[len(stack)-1].b.Ports.Hi < cur.b.Ports.Lo {
-			stack = stack[:len(stack)-1]
-		}
-		if len(stack) > 0 {
-			if top := stack[len(stack)-1]; binding.Conflict(top.b, cur.b) {
-				x, y := top, cur
-				if x.index > y.index {
-					x, y = y, x
-				}
-				report(y, fmt.Errorf("%w: %s and %s have partially overlapping port ranges at the same protocol and prefix, so neither is more specific; make the ranges disjoint or put one inside the other",
-					ErrConflict, y.b, x.name()))
-				continue
+			runFirst = cur
+			for len(stack) > 0 && stack[len(stack)-1].b.Ports.Hi < cur.b.Ports.Lo {
+				stack = stack[:len(stack)-1]
 			}
+			if len(stack) > 0 {
+				if top := stack[len(stack)-1]; binding.Conflict(top.b, cur.b) {
+					x, y := top, cur
+					if x.index > y.index {
+						x, y = y, x
+					}
+					report(y, fmt.Errorf("%w: %s and %s have partially overlapping port ranges at the same protocol and prefix, so neither is more specific; make the ranges disjoint or put one inside the other",
+						ErrConflict, y.b, x.name()))
+					continue
+				}
+			}
+			stack = append(stack, cur)
 		}
-		stack = append(stack, cur)
 	}
-	return errs
+	// In the order of the entries they were found at by protocol, address,
+	// prefix length, then ports as above: as a sort of the whole list
+	// found them (the caller orders them by line, stably).
+	slices.SortFunc(errs, func(x, y found) int {
+		a, b := es[x.at].b, es[y.at].b
+		if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
+			return c
+		}
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
+			return c
+		}
+		return byPorts(x.at, y.at)
+	})
+	out := make([]*Error, len(errs))
+	for i, f := range errs {
+		out[i] = f.err
+	}
+	return out
 }
