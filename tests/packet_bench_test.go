@@ -3,6 +3,7 @@ package tests
 import (
 	"cmp"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"runtime"
@@ -15,6 +16,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-project/switchyard/dispatch"
@@ -25,13 +29,15 @@ import (
 // The packet-path benchmark (make bench-packet): what the sk_lookup program
 // costs an operator in new TCP connections and UDP datagrams per second.
 //
-// One client namespace is joined by a veth pair to each of four server
-// namespaces. The plain one has no program: its sockets are bound to the
-// veth address as any service binds. The others have switchyard's program
-// with 1, 100,000 and 1,048,576 bindings, one of which sends the veth
-// address's port to a socket bound to 127.0.0.1, so the traffic reaches it
-// only through the program. The sockets, receiving threads and veths are
-// the same in every namespace.
+// One client namespace is joined by a veth pair to each server namespace.
+// The plain one has no program: its sockets are bound to the veth address
+// as any service binds. Three have switchyard's program with 1, 100,000
+// and 1,048,576 bindings, one of which sends the veth address's port to a
+// socket bound to 127.0.0.1, so the traffic reaches it only through the
+// program. Three more, for UDP only, are references (packetRef): an empty
+// program, a program that only assigns the one socket of a sockmap, and no
+// program with the plainly bound socket in a sockmap. The sockets,
+// receiving threads and veths are the same in every namespace.
 //
 // TCP: the clients saturate the server. A round measures each program
 // namespace once (the order rotates) and the plain one before and after
@@ -52,14 +58,15 @@ import (
 // managed to send, and the receive buffers overflowed in some namespaces
 // and not others). So one sender is paced (PACKET_UDP_RATE datagrams/s in
 // all, default 100,000, far below what the receivers take) and sends
-// bursts of 64 to the four namespaces in turn: all four are measured at
+// bursts of 64 to the seven namespaces in turn: all are measured at
 // once, under the same load, 3 x PACKET_ROUNDS windows. What is compared is
 // the receiving host's CPU time per datagram: the veth's NAPI thread (the
 // whole receive path, lookup included; see packet_napi_test.go) plus the
 // receiving thread (recvmmsg), both pinned to the last CPU and the sender
 // to the first. Its inverse is datagrams per second of CPU, the rate one
 // CPU can receive at; a ratio is a window's plain cost over the program
-// namespace's, median over the windows.
+// namespace's, median over the windows (vs_assign_only: the assign-only
+// program's cost over switchyard's, what switchyard's own lookup adds).
 //
 // The kernel's own counters of each namespace say what was lost in the
 // windows (SYN retransmissions, accept queue overflows, full receive
@@ -98,7 +105,28 @@ type packetServer struct {
 
 	recvTID atomic.Int64 // the UDP receiving thread
 	napiPID int          // the veth's NAPI thread, for UDP
+
+	// ref is a reference program in place of switchyard's (n is 0),
+	// measured for UDP only; refs holds what it loaded.
+	ref  packetRef
+	refs []io.Closer
 }
+
+// packetRef names a reference setup of the UDP half, which places
+// switchyard's cost between the kernel's and its own: the hook with a
+// program that does nothing; a program that does only what every
+// sockmap dispatcher must (look up a socket, assign it, release it); and
+// no program, but the plainly bound socket held in a sockmap, which is
+// enough for the kernel to route its receive calls through sockmap's
+// (net/ipv4/udp_bpf.c, udp_bpf_recvmsg).
+type packetRef int
+
+const (
+	refNone   packetRef = iota
+	refEmpty            // returns SK_PASS; the socket is bound to the veth address
+	refAssign           // assigns the one socket of a sockmap, bound to 127.0.0.1
+	refInMap            // no program; the socket, bound to the veth address, is in a sockmap
+)
 
 // udpWindow is what one UDP window measured.
 type udpWindow struct {
@@ -117,7 +145,11 @@ func BenchmarkPacketPath(b *testing.B) {
 	udpRate := float64(envInt(b, "PACKET_UDP_RATE", packetUDPRate))
 
 	client := testenv.NewNetNS(b)
-	servers := []*packetServer{{name: "plain"}, {name: "bindings=1", n: 1}, {name: "bindings=100000", n: 100000}, {name: "bindings=1048576", n: 1 << 20}}
+	servers := []*packetServer{
+		{name: "plain"},
+		{name: "bindings=1", n: 1}, {name: "bindings=100000", n: 100000}, {name: "bindings=1048576", n: 1 << 20},
+		{name: "empty-program", ref: refEmpty}, {name: "assign-only", ref: refAssign}, {name: "plain-in-sockmap", ref: refInMap},
+	}
 	for i, s := range servers {
 		s.ns = testenv.NewNetNS(b)
 		s.addr = netip.AddrFrom4([4]byte{192, 168, byte(10 + i), 1})
@@ -133,7 +165,7 @@ func BenchmarkPacketPath(b *testing.B) {
 			s.close()
 		}
 	})
-	plain, progs := servers[0], servers[1:]
+	plain, progs := servers[0], servers[1:4] // progs: switchyard's
 
 	// interleave measures every program namespace once a round, the
 	// order rotating, each window between two of the plain namespace's,
@@ -225,14 +257,19 @@ func BenchmarkPacketPath(b *testing.B) {
 	hitsBefore := hits()
 	udp := map[string][]udpWindow{}
 	udpRatios := map[string][]float64{}
+	vsAssign := map[string][]float64{} // switchyard's over the assign-only program's
+	assign := slices.IndexFunc(servers, func(s *packetServer) bool { return s.ref == refAssign })
 	for range 3 * rounds {
 		ws := measureUDP(b, client, servers, window, udpRate)
 		for i, s := range servers {
 			w := ws[i]
 			b.Logf("udp %s: received %.0f/s of %.0f/s sent, %.0f+%.0f ns/datagram (NAPI+receiver), rcvbuf-errors %d", s.name, w.got, w.sent, w.napi, w.recv, w.rcvbuf)
 			udp[s.name] = append(udp[s.name], ws[i])
-			if s.n > 0 {
+			if s != plain {
 				udpRatios[s.name] = append(udpRatios[s.name], ws[0].cost()/ws[i].cost())
+			}
+			if s.n > 0 {
+				vsAssign[s.name] = append(vsAssign[s.name], ws[assign].cost()/ws[i].cost())
 			}
 		}
 	}
@@ -251,7 +288,7 @@ func BenchmarkPacketPath(b *testing.B) {
 		}
 	}
 
-	for _, s := range servers {
+	for _, s := range servers[:4] {
 		b.Run("tcp/"+s.name, func(b *testing.B) {
 			b.ReportMetric(median(tcpGot[s.name]), "conns/s")
 			b.ReportMetric(median(tcpSent[s.name]), "connects/s")
@@ -290,6 +327,9 @@ func BenchmarkPacketPath(b *testing.B) {
 		if s.n > 0 {
 			h, r := hitsAfter[s.name][0]-hitsBefore[s.name][0], hitsAfter[s.name][1]-hitsBefore[s.name][1]
 			b.Run("udp/"+s.name+"/lookups", func(b *testing.B) { b.ReportMetric(float64(h)/float64(r), "hits/datagram") })
+			b.Run("udp/"+s.name+"/vs_assign_only", func(b *testing.B) { b.ReportMetric(median(vsAssign[s.name]), "ratio") })
+		}
+		if s != plain {
 			b.Run("udp/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(udpRatios[s.name]), "ratio") })
 		}
 	}
@@ -299,7 +339,7 @@ func BenchmarkPacketPath(b *testing.B) {
 // dispatcher with its bindings (the TCP target among them).
 func (s *packetServer) setUp(b *testing.B) {
 	bindAddr := s.addr
-	if s.n > 0 {
+	if s.n > 0 || s.ref == refAssign {
 		bindAddr = netip.MustParseAddr("127.0.0.1")
 	}
 	if err := s.ns.Do(func() error {
@@ -314,6 +354,12 @@ func (s *packetServer) setUp(b *testing.B) {
 		return err
 	}); err != nil {
 		b.Fatalf("%s: %v", s.name, err)
+	}
+	if s.ref != refNone {
+		if err := s.attachRef(); err != nil {
+			b.Fatalf("%s: %v", s.name, err)
+		}
+		return
 	}
 	if s.n == 0 {
 		return
@@ -336,6 +382,60 @@ func (s *packetServer) setUp(b *testing.B) {
 	if _, err := d.RegisterFD(packetLabel, s.tcp); err != nil {
 		b.Fatalf("%s: %v", s.name, err)
 	}
+}
+
+// attachRef loads s's reference program and attaches it to s's namespace.
+func (s *packetServer) attachRef() error {
+	var m *ebpf.Map
+	if s.ref == refAssign || s.ref == refInMap {
+		var err error
+		if m, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.SockMap, KeySize: 4, ValueSize: 8, MaxEntries: 1}); err != nil {
+			return fmt.Errorf("sockmap: %w", err)
+		}
+		s.refs = append(s.refs, m)
+		if err := m.Update(uint32(0), uint64(s.udp), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("sockmap: %w", err)
+		}
+	}
+	spec := &ebpf.ProgramSpec{Name: "packet_ref", Type: ebpf.SkLookup, AttachType: ebpf.AttachSkLookup, License: "Dual BSD/GPL"}
+	switch s.ref {
+	case refInMap:
+		return nil
+	case refEmpty:
+		spec.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()} // SK_PASS
+	case refAssign:
+		// r6 = ctx; sk = lookup(map, 0); if sk { assign(ctx, sk, 0);
+		// release(sk) }; return SK_PASS.
+		spec.Instructions = asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "pass"),
+			asm.Mov.Reg(asm.R7, asm.R0),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Reg(asm.R2, asm.R7),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnSkAssign.Call(),
+			asm.Mov.Reg(asm.R1, asm.R7),
+			asm.FnSkRelease.Call(),
+			asm.Mov.Imm(asm.R0, 1).WithSymbol("pass"),
+			asm.Return(),
+		}
+	}
+	prog, err := ebpf.NewProgram(spec)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", s.name, err)
+	}
+	s.refs = append(s.refs, prog)
+	l, err := link.AttachNetNs(s.ns.FD(), prog)
+	if err != nil {
+		return fmt.Errorf("attach %s: %w", s.name, err)
+	}
+	s.refs = append(s.refs, l)
+	return nil
 }
 
 func (s *packetServer) targetBinding(proto binding.Protocol) binding.Binding {
@@ -439,6 +539,9 @@ func (s *packetServer) close() {
 	unix.Close(s.udp)
 	if s.d != nil {
 		s.d.Close()
+	}
+	for _, c := range slices.Backward(s.refs) {
+		c.Close()
 	}
 }
 
