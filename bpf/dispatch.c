@@ -20,7 +20,6 @@ int sy_dispatch(struct bpf_sk_lookup *ctx)
 {
 	struct sy_stats *c;
 	struct bpf_sock *sk;
-	__u32 addr[4] = {};
 	__u32 label, slot;
 	__u8 proto, fam;
 	int err;
@@ -32,32 +31,29 @@ int sy_dispatch(struct bpf_sk_lookup *ctx)
 	else
 		return SK_PASS;
 
+	/* Each family inlines its own copy of the lookup, so the IPv4 one
+	 * folds away the three address words IPv4 does not have. */
 	if (ctx->family == AF_INET) {
+		struct sy_query q = { .port = ctx->local_port, .proto = proto, .fam = SY_FAM_V4 };
+
 		fam = SY_FAM_V4;
-		addr[0] = ctx->local_ip4;
+		q.addr[0] = ctx->local_ip4;
 		/* Keep clang from merging this load with the IPv6 one below
 		 * through a computed ctx pointer, which the verifier refuses. */
-		asm volatile("" : "+r"(addr[0]));
+		asm volatile("" : "+r"(q.addr[0]));
+		label = sy_lookup_inline(&q);
 	} else if (ctx->family == AF_INET6) {
+		struct sy_query q = { .port = ctx->local_port, .proto = proto, .fam = SY_FAM_V6 };
+
 		fam = SY_FAM_V6;
-		addr[0] = ctx->local_ip6[0];
-		addr[1] = ctx->local_ip6[1];
-		addr[2] = ctx->local_ip6[2];
-		addr[3] = ctx->local_ip6[3];
-		asm volatile("" : "+r"(addr[0]));
+		q.addr[0] = ctx->local_ip6[0];
+		q.addr[1] = ctx->local_ip6[1];
+		q.addr[2] = ctx->local_ip6[2];
+		q.addr[3] = ctx->local_ip6[3];
+		asm volatile("" : "+r"(q.addr[0]));
+		label = sy_lookup_inline(&q);
 	} else {
 		return SK_PASS;
-	}
-
-	{
-		struct sy_query q = {
-			.addr = { addr[0], addr[1], addr[2], addr[3] },
-			.port = ctx->local_port,
-			.proto = proto,
-			.fam = fam,
-		};
-
-		label = sy_lookup_inline(&q);
 	}
 	if (!label) {
 		c = counters(0);

@@ -45,6 +45,22 @@
  * nothing. */
 #define SY_NOPORT_WORDS (65536 / 64)
 
+/* Addresses no binding covers: per (protocol, family), of either
+ * generation, one bit per address block, set when no binding of that
+ * protocol and family covers any address of the block in the generation
+ * the program reads nor in the one it may read next
+ * (sy_noaddr[(proto*2 + family) * SY_NOADDR_WORDS + block/64]). A change
+ * clears the bits of what it adds before the generation flips, and sets
+ * those of what it removed once no program reads the old generation, so
+ * the program tests a bit before it reads sy_config. An IPv4 block is a
+ * /16, numbered by the address's leading 16 bits; an IPv6 block is every
+ * address whose leading 32 bits hash to the block's number
+ * (sy_noaddr_block). A prefix shorter than the block clears the bits of
+ * every block it covers (IPv6: of each leading 32-bit value it covers,
+ * down to /16; a shorter one clears all). A set bit ends a lookup at once;
+ * a clear one (as a fresh map has them) says nothing. */
+#define SY_NOADDR_WORDS (65536 / 64)
+
 /* Flags of struct sy_ix_bucket. */
 #define SY_IXB_VALID 1    /* written by a build that knows the index */
 #define SY_IXB_OVERFLOW 2 /* a prefix of this bucket is in no slot */

@@ -71,6 +71,13 @@ struct {
 } sy_noport SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * SY_NOADDR_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sy_noaddr SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
 	__uint(max_entries, SY_MAX_LABELS * 4);
 	__type(key, __u32);
@@ -120,6 +127,17 @@ static __always_inline __u32 filter_bit(const struct sy_prefix_key *k)
 	x ^= ((__u64)k->plen << 16) | ((__u64)k->proto << 8) | k->family;
 	x *= 0x9e3779b97f4a7c15ULL;
 	return x >> (64 - SY_FILTER_LOG2);
+}
+
+/* The block of sy_noaddr holding addr (network byte order, IPv4 in
+ * addr[0]) of family fam; dispatch/index.go computes the same function. */
+static __always_inline __u32 sy_noaddr_block(const __u32 addr[4], __u8 fam)
+{
+	__u32 lead = bpf_ntohl(addr[0]);
+
+	if (fam == SY_FAM_V4)
+		return lead >> 16;
+	return (lead * 0x9e3779b1U) >> 16;
 }
 
 /* Whether index slot s holds the prefix of key (kind: 1 + proto*2 + fam). */
@@ -202,49 +220,52 @@ struct sy_query {
 	__u8 fam;
 };
 
-/* The label of the most specific binding for q, or 0 if no binding matches.
- * sy_dispatch inlines it; other programs call sy_lookup. */
-static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
+/* The label of the port of the prefix in index slot s. */
+static __always_inline __u32 ix_label(const struct sy_ix_slot *s, __u16 port)
 {
-	struct sy_prefix_key key = {};
-	const struct sy_cfg *cfg;
-	const struct sy_plen_list *pl;
-	__u32 zero = 0, idx, label = 0, n;
-	__u16 port;
-	__u8 kind;
+	return (port >= s->lo && port <= s->hi) ? s->label : s->any_label;
+}
 
-	if (!q || q->proto > 1 || q->fam > 1)
-		return 0;
-	key.proto = q->proto;
-	key.family = q->fam;
-	port = q->port;
-	kind = 1 + key.proto * 2 + key.family;
-
-	cfg = bpf_map_lookup_elem(&sy_config, &zero);
-	if (!cfg)
-		return 0;
-	key.gen = cfg->gen & 1;
-
-	idx = key.gen * 4 + key.proto * 2 + key.family;
-	{
-		__u32 widx = idx * SY_NOPORT_WORDS + port / 64;
-		const __u64 *w = bpf_map_lookup_elem(&sy_noport, &widx);
-
-		if (w && (*w & (1ULL << (port & 63))))
-			return 0;
+/* The label of port in a prefix entry whose ports resolve without sy_ports
+ * and sy_tables, as most do (one segment at most), or else in any entry
+ * through sy_resolve_port. */
+static __always_inline __u32 resolve_port(const struct sy_prefix_val *v,
+					  const struct sy_prefix_key *key, __u16 port)
+{
+	if (!(v->flags & SY_PV_PORTS) && !v->table && v->nseg <= 1) {
+		if (v->nseg && port >= v->segs[0].lo && port <= v->segs[0].hi)
+			return v->segs[0].label;
+		return v->any_label;
 	}
+	return sy_resolve_port(v, key, port);
+}
+
+/* The label of the most specific binding for q among the prefix lengths of
+ * sy_plens[idx] in generation gen, or 0. */
+static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, __u32 idx)
+{
+	const struct sy_plen_list *pl;
+	struct sy_prefix_key key;
+	__u32 label = 0, n;
+	__u16 port = q->port;
+	__u8 kind = 1 + q->proto * 2 + q->fam;
+
 	pl = bpf_map_lookup_elem(&sy_plens, &idx);
 	if (!pl)
 		return 0;
 	n = pl->count;
 	if (n > SY_MAX_PLENS)
 		n = SY_MAX_PLENS;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.gen = gen;
+	key.proto = q->proto;
+	key.family = q->fam;
 
 	for (__u32 i = 0; i < SY_MAX_PLENS; i++) {
 		const struct sy_ix_bucket *b;
 		const struct sy_prefix_val *v;
+		const __u64 *w;
 		__u32 bit, fidx, bidx;
-		__u64 *word;
 		int plen;
 
 		if (i >= n)
@@ -257,17 +278,17 @@ static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 		key.addr[3] = mask_word(q->addr[3], plen - 96);
 
 		bit = filter_bit(&key);
-		bidx = key.gen * SY_IX_BUCKETS + (bit >> (SY_FILTER_LOG2 - SY_IX_LOG2));
+		bidx = gen * SY_IX_BUCKETS + (bit >> (SY_FILTER_LOG2 - SY_IX_LOG2));
 		b = bpf_map_lookup_elem(&sy_index, &bidx);
 		if (b && (b->flags & SY_IXB_VALID)) {
-			const struct sy_ix_slot *s = 0;
-
-			if (ix_match(&b->slots[0], &key, kind))
-				s = &b->slots[0];
-			else if (ix_match(&b->slots[1], &key, kind))
-				s = &b->slots[1];
-			if (s) {
-				label = (port >= s->lo && port <= s->hi) ? s->label : s->any_label;
+			if (ix_match(&b->slots[0], &key, kind)) {
+				label = ix_label(&b->slots[0], port);
+				if (label)
+					break;
+				continue;
+			}
+			if (ix_match(&b->slots[1], &key, kind)) {
+				label = ix_label(&b->slots[1], port);
 				if (label)
 					break;
 				continue;
@@ -276,20 +297,52 @@ static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 				continue;
 			/* The filter of a generation is written with its
 			 * index, so only a valid bucket vouches for it. */
-			fidx = key.gen * SY_FILTER_WORDS + (bit >> 6);
-			word = bpf_map_lookup_elem(&sy_filter, &fidx);
-			if (!word || !(*word & (1ULL << (bit & 63))))
+			fidx = gen * SY_FILTER_WORDS + (bit >> 6);
+			w = bpf_map_lookup_elem(&sy_filter, &fidx);
+			if (!w || !((*w >> (bit & 63)) & 1))
 				continue;
 		}
 
 		v = bpf_map_lookup_elem(&sy_prefixes, &key);
 		if (!v)
 			continue;
-		label = sy_resolve_port(v, &key, port);
+		label = resolve_port(v, &key, port);
 		if (label)
 			break;
 	}
 	return label;
+}
+
+/* The label of the most specific binding for q, or 0 if no binding matches.
+ * sy_dispatch inlines it; other programs call sy_lookup. The address and
+ * port maps come first: an address miss reads one array element, a port
+ * miss three. */
+static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
+{
+	const struct sy_cfg *cfg;
+	const __u64 *w;
+	__u32 zero = 0, gen, idx, widx, blk;
+	__u16 port;
+
+	if (!q || q->proto > 1 || q->fam > 1)
+		return 0;
+	port = q->port;
+	blk = sy_noaddr_block(q->addr, q->fam);
+	widx = (q->proto * 2 + q->fam) * SY_NOADDR_WORDS + blk / 64;
+	w = bpf_map_lookup_elem(&sy_noaddr, &widx);
+	if (w && ((*w >> (blk & 63)) & 1))
+		return 0;
+
+	cfg = bpf_map_lookup_elem(&sy_config, &zero);
+	if (!cfg)
+		return 0;
+	gen = cfg->gen & 1;
+	idx = gen * 4 + q->proto * 2 + q->fam;
+	widx = idx * SY_NOPORT_WORDS + port / 64;
+	w = bpf_map_lookup_elem(&sy_noport, &widx);
+	if (w && ((*w >> (port & 63)) & 1))
+		return 0;
+	return probe_lengths(q, gen, idx);
 }
 
 /* sy_lookup_inline as a global function, so the verifier checks its loop

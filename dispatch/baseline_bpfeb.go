@@ -16,7 +16,9 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	baselineProgSyBaseline = "sy_baseline"
+	baselineMapFloorSockets = "floor_sockets"
+	baselineProgSyBaseline  = "sy_baseline"
+	baselineProgSyFloor     = "sy_floor"
 )
 
 // loadBaseline returns the embedded CollectionSpec for baseline.
@@ -62,12 +64,14 @@ type baselineSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type baselineProgramSpecs struct {
 	SyBaseline *ebpf.ProgramSpec `ebpf:"sy_baseline"`
+	SyFloor    *ebpf.ProgramSpec `ebpf:"sy_floor"`
 }
 
 // baselineMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type baselineMapSpecs struct {
+	FloorSockets *ebpf.MapSpec `ebpf:"floor_sockets"`
 }
 
 // baselineVariableSpecs contains global variables before they are loaded into the kernel.
@@ -96,10 +100,13 @@ func (o *baselineObjects) Close() error {
 //
 // It can be passed to loadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type baselineMaps struct {
+	FloorSockets *ebpf.Map `ebpf:"floor_sockets"`
 }
 
 func (m *baselineMaps) Close() error {
-	return _BaselineClose()
+	return _BaselineClose(
+		m.FloorSockets,
+	)
 }
 
 // baselineVariables contains all global variables after they have been loaded into the kernel.
@@ -113,11 +120,13 @@ type baselineVariables struct {
 // It can be passed to loadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type baselinePrograms struct {
 	SyBaseline *ebpf.Program `ebpf:"sy_baseline"`
+	SyFloor    *ebpf.Program `ebpf:"sy_floor"`
 }
 
 func (p *baselinePrograms) Close() error {
 	return _BaselineClose(
 		p.SyBaseline,
+		p.SyFloor,
 	)
 }
 

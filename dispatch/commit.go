@@ -152,7 +152,8 @@ func mapName(m *ebpf.Map) string {
 }
 
 // writeLists writes what a change needs beyond the groups in generation gen:
-// the prefix length lists and filter words it touches.
+// the prefix length lists, filter words, index buckets and the port and
+// address maps of the lists it touches.
 // bvals holds the values of buckets, the same in either generation.
 func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, buckets []uint32, bvals []dispatchSyIxBucket) error {
 	keys := make([]uint32, 0, len(lists))
@@ -192,10 +193,66 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	if err := batchPut(d.objs.SyNoport, nkeys, nvals); err != nil {
 		return fmt.Errorf("write port map: %w", err)
 	}
+	if err := d.writeNoaddr(m, gen != m.gen, lists); err != nil {
+		return err
+	}
 	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
 		return fmt.Errorf("write prefix lengths: %w", err)
 	}
 	return nil
+}
+
+// writeNoaddr writes the words of sy_noaddr of lists. Before the flip
+// (while the program may read the generation before the change), a bit
+// stays set only if it is set now and no binding after the change covers
+// its block; after it, the words say what the change leaves.
+func (d *Dispatcher) writeNoaddr(m *model, beforeFlip bool, lists []int) error {
+	if len(lists) == 0 {
+		return nil
+	}
+	var now []uint64
+	if beforeFlip {
+		var err error
+		if now, err = readWords(d.objs.SyNoaddr); err != nil {
+			return fmt.Errorf("read address map: %w", err)
+		}
+	}
+	keys := make([]uint32, 0, len(lists)*noaddrWords)
+	vals := make([]uint64, 0, len(lists)*noaddrWords)
+	for _, li := range lists {
+		base := uint32(li) * noaddrWords
+		for i, w := range m.use[li].noaddr() {
+			if now != nil {
+				w &= now[base+uint32(i)]
+			}
+			keys = append(keys, base+uint32(i))
+			vals = append(vals, w)
+		}
+	}
+	if err := batchPut(d.objs.SyNoaddr, keys, vals); err != nil {
+		return fmt.Errorf("write address map: %w", err)
+	}
+	return nil
+}
+
+// readWords reads an array of uint64 whole.
+func readWords(m *ebpf.Map) ([]uint64, error) {
+	n := int(m.MaxEntries())
+	keys := make([]uint32, n)
+	vals := make([]uint64, n)
+	var cursor ebpf.MapBatchCursor
+	got, err := m.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, err
+	}
+	if got != n {
+		return nil, fmt.Errorf("map %s: read %d of %d entries", mapName(m), got, n)
+	}
+	out := make([]uint64, n)
+	for i, k := range keys {
+		out[k] = vals[i]
+	}
+	return out, nil
 }
 
 func (d *Dispatcher) writeConfig(mut func(*dispatchSyCfg)) error {

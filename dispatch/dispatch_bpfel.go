@@ -128,6 +128,7 @@ const (
 	dispatchMapSyFilter    = "sy_filter"
 	dispatchMapSyIndex     = "sy_index"
 	dispatchMapSyLabels    = "sy_labels"
+	dispatchMapSyNoaddr    = "sy_noaddr"
 	dispatchMapSyNoport    = "sy_noport"
 	dispatchMapSyPlens     = "sy_plens"
 	dispatchMapSyPorts     = "sy_ports"
@@ -192,6 +193,7 @@ type dispatchMapSpecs struct {
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
+	SyNoaddr   *ebpf.MapSpec `ebpf:"sy_noaddr"`
 	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
@@ -232,6 +234,7 @@ type dispatchMaps struct {
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
+	SyNoaddr   *ebpf.Map `ebpf:"sy_noaddr"`
 	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
@@ -248,6 +251,7 @@ func (m *dispatchMaps) Close() error {
 		m.SyFilter,
 		m.SyIndex,
 		m.SyLabels,
+		m.SyNoaddr,
 		m.SyNoport,
 		m.SyPlens,
 		m.SyPorts,

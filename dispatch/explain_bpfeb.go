@@ -148,6 +148,7 @@ const (
 	explainMapSyFilter       = "sy_filter"
 	explainMapSyIndex        = "sy_index"
 	explainMapSyLabels       = "sy_labels"
+	explainMapSyNoaddr       = "sy_noaddr"
 	explainMapSyNoport       = "sy_noport"
 	explainMapSyPlens        = "sy_plens"
 	explainMapSyPorts        = "sy_ports"
@@ -219,6 +220,7 @@ type explainMapSpecs struct {
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
+	SyNoaddr   *ebpf.MapSpec `ebpf:"sy_noaddr"`
 	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
@@ -262,6 +264,7 @@ type explainMaps struct {
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
+	SyNoaddr   *ebpf.Map `ebpf:"sy_noaddr"`
 	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
@@ -278,6 +281,7 @@ func (m *explainMaps) Close() error {
 		m.SyFilter,
 		m.SyIndex,
 		m.SyLabels,
+		m.SyNoaddr,
 		m.SyNoport,
 		m.SyPlens,
 		m.SyPorts,

@@ -2,6 +2,8 @@ package dispatch
 
 import (
 	"cmp"
+	"encoding/binary"
+	"net/netip"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -118,11 +120,14 @@ func (d *Dispatcher) buildIndex(m *model) error {
 const noportWords = 65536 / 64
 
 // portUse counts the bindings of one (protocol, family) by port set, for
-// sy_noport.
+// sy_noport, and its prefixes by the address blocks they cover, for
+// sy_noaddr.
 type portUse struct {
 	any    int
 	single map[uint16]int
 	ranges map[binding.Ports]int
+	blocks *[noaddrBlocks]int32 // prefixes that lie in one block, by block
+	wide   map[netip.Prefix]int // prefixes wider than a block
 }
 
 func (u *portUse) add(p binding.Ports, n int) {
@@ -163,6 +168,91 @@ func (u *portUse) noport() []uint64 {
 	for r := range u.ranges {
 		for p := int(r.Lo); p <= int(r.Hi); p++ {
 			clear(uint16(p))
+		}
+	}
+	return w
+}
+
+// noaddrWords is SY_NOADDR_WORDS; noaddrBlocks the blocks it has bits for.
+const (
+	noaddrWords  = 65536 / 64
+	noaddrBlocks = noaddrWords * 64
+)
+
+// noaddrBlock is the Go twin of sy_noaddr_block in bpf/lookup.h, from the
+// leading 32 bits of an address as a number.
+func noaddrBlock(lead uint32, is4 bool) uint16 {
+	if is4 {
+		return uint16(lead >> 16)
+	}
+	return uint16((lead * 0x9e3779b1) >> 16)
+}
+
+// blockBits is how long a prefix of the family must be to lie in one block
+// of sy_noaddr.
+func blockBits(is4 bool) int {
+	if is4 {
+		return 16
+	}
+	return 32
+}
+
+// leadWord is the leading 32 bits of a as a number.
+func leadWord(a netip.Addr) uint32 {
+	if a.Is4() {
+		b := a.As4()
+		return binary.BigEndian.Uint32(b[:])
+	}
+	b := a.As16()
+	return binary.BigEndian.Uint32(b[:4])
+}
+
+// addPrefix counts n more (or, negative, fewer) groups of prefix p.
+func (u *portUse) addPrefix(p netip.Prefix, n int) {
+	p = p.Masked()
+	a := p.Addr()
+	if p.Bits() < blockBits(a.Is4()) {
+		if u.wide == nil {
+			u.wide = map[netip.Prefix]int{}
+		}
+		if u.wide[p] += n; u.wide[p] <= 0 {
+			delete(u.wide, p)
+		}
+		return
+	}
+	if u.blocks == nil {
+		u.blocks = new([noaddrBlocks]int32)
+	}
+	u.blocks[noaddrBlock(leadWord(a), a.Is4())] += int32(n)
+}
+
+// noaddr is the value of sy_noaddr for u: a bit set for each address block
+// no prefix covers. IPv6 prefixes shorter than /16 cover every block.
+func (u *portUse) noaddr() []uint64 {
+	w := make([]uint64, noaddrWords)
+	for p := range u.wide {
+		if !p.Addr().Is4() && p.Bits() < 16 {
+			return w
+		}
+	}
+	for i := range w {
+		w[i] = ^uint64(0)
+	}
+	clear := func(b uint16) { w[b/64] &^= 1 << (b % 64) }
+	if u.blocks != nil {
+		for b, c := range u.blocks {
+			if c > 0 {
+				clear(uint16(b))
+			}
+		}
+	}
+	for p := range u.wide {
+		a := p.Addr()
+		lead := leadWord(a)
+		// The leading 32-bit values p covers, one block's worth apart.
+		step := uint32(1) << (32 - blockBits(a.Is4()))
+		for i := range uint32(1) << (blockBits(a.Is4()) - p.Bits()) {
+			clear(noaddrBlock(lead+i*step, a.Is4()))
 		}
 	}
 	return w

@@ -1,6 +1,8 @@
 package dispatch
 
 import (
+	"errors"
+	"net/netip"
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -73,5 +75,148 @@ func TestPortUseNoport(t *testing.T) {
 		if x != 0 {
 			t.Fatalf("word %d is %#x with an every-port binding", i, x)
 		}
+	}
+}
+
+// Addresses in blocks no binding of a protocol and family covers end the
+// lookup early (sy_noaddr). Addresses near bound ones, in a block a binding
+// covers, go the full way; a prefix wider than a block serves every block
+// it covers; what a change stops covering falls to the kernel.
+func TestAddressesNoBindingCovers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mustRegister(t, e.d, "web", e.tcpServer("web", "127.0.0.1:0"))
+	mustRegister(t, e.d, "wide", e.tcpServer("wide", "127.0.0.1:0"))
+	mustRegister(t, e.d, "v6", e.tcpServer("v6", "[::1]:0"))
+	mustRegister(t, e.d, "wide6", e.tcpServer("wide6", "[::1]:0"))
+	e.ns.AddLocalRoute(t, netip.MustParsePrefix("2000::/4"))
+	e.bind("web", "tcp", "10.9.0.0/24", "*")
+	e.bind("v6", "tcp", "2001:db8:5::/64", "*")
+	// A UDP binding of every address leaves TCP's blocks alone.
+	e.bind("web", "udp", "0.0.0.0/0", "*")
+	check := func(dst, want string) {
+		t.Helper()
+		label, _, err := e.dialLabel(dst)
+		switch {
+		case want == "" && !isRefused(err):
+			t.Errorf("%s: got %q (%v), want connection refused", dst, label, err)
+		case want != "" && (err != nil || label != want):
+			t.Errorf("%s: got %q (%v), want %q", dst, label, err, want)
+		}
+	}
+	check("10.9.0.7:80", "web")
+	check("10.9.1.7:80", "")  // the same /16, another /24
+	check("10.10.0.7:80", "") // another /16
+	check("[2001:db8:5::7]:80", "v6")
+	check("[2001:db8:6::7]:80", "")
+	check("[2001:db9::7]:80", "")
+
+	e.bind("wide", "tcp", "10.0.0.0/12", "*")
+	e.bind("wide6", "tcp", "2001:db8::/20", "*")
+	check("10.10.0.7:80", "wide")
+	check("10.15.255.1:80", "wide")
+	check("10.16.0.1:80", "")
+	check("10.9.0.7:80", "web")
+	check("[2001:db9::7]:80", "wide6")
+	check("[2001:db8:6::7]:80", "wide6")
+	check("[2001:1db8::7]:80", "")
+
+	for _, b := range []struct{ label, prefix string }{{"wide", "10.0.0.0/12"}, {"wide6", "2001:db8::/20"}} {
+		bb, err := binding.Parse(b.label, "tcp", b.prefix, "*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.d.RemoveBindings(bb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("10.10.0.7:80", "")
+	check("[2001:db9::7]:80", "")
+	check("[2001:db8:5::7]:80", "v6")
+}
+
+func TestPortUseNoaddr(t *testing.T) {
+	var u portUse
+	blockSet := func(w []uint64, a string) bool {
+		ad := netip.MustParseAddr(a)
+		b := noaddrBlock(leadWord(ad), ad.Is4())
+		return w[b/64]&(1<<(b%64)) != 0
+	}
+	for _, a := range []string{"10.1.0.0", "2001:db8::1"} {
+		if !blockSet(u.noaddr(), a) {
+			t.Errorf("%s: not marked as covered by no binding without bindings", a)
+		}
+	}
+	u.addPrefix(netip.MustParsePrefix("10.1.2.3/32"), 1)
+	u.addPrefix(netip.MustParsePrefix("172.16.0.0/14"), 1)
+	u.addPrefix(netip.MustParsePrefix("2001:db8:1::/48"), 1)
+	u.addPrefix(netip.MustParsePrefix("2001:db0::/28"), 1)
+	w := u.noaddr()
+	for _, a := range []string{"10.1.0.0", "10.1.255.255", "172.16.0.1", "172.19.255.255", "2001:db8:1::1", "2001:db8:ffff::1", "2001:db0::1", "2001:dbf:ffff::1"} {
+		if blockSet(w, a) {
+			t.Errorf("%s: marked as covered by no binding", a)
+		}
+	}
+	for _, a := range []string{"10.0.255.255", "10.2.0.0", "172.15.255.255", "172.20.0.0", "11.1.2.3"} {
+		if !blockSet(w, a) {
+			t.Errorf("%s: not marked as covered by no binding", a)
+		}
+	}
+	u.addPrefix(netip.MustParsePrefix("10.1.2.3/32"), -1)
+	if !blockSet(u.noaddr(), "10.1.2.3") {
+		t.Error("10.1.2.3 still covered after its prefix went")
+	}
+	u.addPrefix(netip.MustParsePrefix("2000::/15"), 1)
+	for i, x := range u.noaddr() {
+		if x != 0 {
+			t.Fatalf("word %d is %#x with an IPv6 prefix wider than /16", i, x)
+		}
+	}
+}
+
+// A change keeps clear, until the program no longer reads the generation
+// before it, the sy_noaddr bits of blocks only that generation covers: at
+// the generation flip both what it removes and what it adds are covered.
+func TestNoaddrCoversBothGenerationsAtTheFlip(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.bind("web", "tcp", "10.20.0.0/24", "*")
+	set := func(a string) bool {
+		t.Helper()
+		ad := netip.MustParseAddr(a)
+		b := noaddrBlock(leadWord(ad), true)
+		var w uint64
+		if err := e.d.objs.SyNoaddr.Lookup(uint32(b/64), &w); err != nil { // tcp, IPv4: list 0
+			t.Fatal(err)
+		}
+		return w&(1<<(b%64)) != 0
+	}
+	if set("10.20.0.1") || !set("10.30.0.1") {
+		t.Fatalf("before the change: 10.20/16 marked uncovered %v, 10.30/16 %v; want false, true", set("10.20.0.1"), set("10.30.0.1"))
+	}
+	old, err := binding.Parse("web", "tcp", "10.20.0.0/24", "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nw, err := binding.Parse("web", "tcp", "10.30.0.0/24", "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d.crash = func(point string) bool { return point == "data-next" }
+	if _, _, err := e.d.Replace([]binding.Binding{nw}, nil, false); !errors.Is(err, errCrashPoint) {
+		t.Fatalf("change: %v, want the simulated crash", err)
+	}
+	if set("10.20.0.1") || set("10.30.0.1") {
+		t.Errorf("at the flip: 10.20/16 marked uncovered %v, 10.30/16 %v; want both covered", set("10.20.0.1"), set("10.30.0.1"))
+	}
+	e.d.crash = nil
+	if _, _, err := e.d.Replace([]binding.Binding{old}, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.d.Replace([]binding.Binding{nw}, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	if !set("10.20.0.1") || set("10.30.0.1") {
+		t.Errorf("after the change: 10.20/16 marked uncovered %v, 10.30/16 %v; want true, false", set("10.20.0.1"), set("10.30.0.1"))
 	}
 }

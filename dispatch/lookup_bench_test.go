@@ -139,27 +139,28 @@ func envInt(name string, def int) int {
 
 // BenchmarkLookup measures the sk_lookup program per shape, number of
 // bindings and case, beside the peer-design program filled with the same
-// bindings and sockets and the empty program, all in one process. Each leaf
-// reports ns/lookup (switchyard), peer-ns/lookup (absent where the peer
-// design cannot express the shape) and empty-ns/lookup; a case a shape
+// bindings and sockets, the empty program and, for hits, the floor program
+// (bpf/baseline.c), all in one process. Each leaf reports ns/lookup
+// (switchyard), peer-ns/lookup (absent where the peer design cannot express
+// the shape), empty-ns/lookup and, for hits, floor-ns/lookup; a case a shape
 // cannot have reports 1 not-applicable. The N level reports the kernel
 // memory of the maps (at N=1, what an all but empty namespace pays).
 func BenchmarkLookup(b *testing.B) {
-	empty, err := loadBaselineEmpty()
-	if err != nil {
+	var base baselineObjects
+	if err := loadBaselineObjects(&base, nil); err != nil {
 		b.Fatal(err)
 	}
-	defer empty.Close()
+	defer base.Close()
 	for _, s := range lookupShapes {
 		b.Run(s.name, func(b *testing.B) {
 			for _, n := range []int{1, 1000, 100000, 1 << 20} {
-				b.Run(strconv.Itoa(n), func(b *testing.B) { benchShape(b, s, n, empty) })
+				b.Run(strconv.Itoa(n), func(b *testing.B) { benchShape(b, s, n, &base) })
 			}
 		})
 	}
 }
 
-func benchShape(b *testing.B, s lookupShape, n int, empty *ebpf.Program) {
+func benchShape(b *testing.B, s lookupShape, n int, base *baselineObjects) {
 	e := newEnv(b)
 	bs, target := shapeBindings(s, n)
 	if _, err := e.d.AddBindings(bs...); err != nil {
@@ -186,6 +187,9 @@ func benchShape(b *testing.B, s lookupShape, n int, empty *ebpf.Program) {
 		peer = fillPeer(b, bs, sock)
 		defer peer.Close()
 	}
+	// The floor program steers to the target socket, in its only slot.
+	putSocket(b, base.FloorSockets, 0, sock)
+	defer base.FloorSockets.Delete(uint32(0))
 	reportMemlock(b, e.d, peer)
 
 	cases := []struct {
@@ -210,7 +214,12 @@ func benchShape(b *testing.B, s lookupShape, n int, empty *ebpf.Program) {
 			if c.hit {
 				want = dest.Cookie
 			}
-			progs := []*ebpf.Program{e.d.objs.SyDispatch, empty}
+			progs := []*ebpf.Program{e.d.objs.SyDispatch, base.SyBaseline}
+			// The floor steers, so it is the least a hit costs; a
+			// miss's least is the empty program.
+			if c.hit {
+				progs = append(progs, base.SyFloor)
+			}
 			if peer != nil {
 				progs = append(progs, peer.SyPeer)
 			}
@@ -218,11 +227,17 @@ func benchShape(b *testing.B, s lookupShape, n int, empty *ebpf.Program) {
 			if peer != nil {
 				checkVerdict(b, peer.SyPeer, ctx, want)
 			}
+			if c.hit {
+				checkVerdict(b, base.SyFloor, ctx, want)
+			}
 			med := medianRuns(b, progs, ctx)
 			b.ReportMetric(med[0], "ns/lookup")
 			b.ReportMetric(med[1], "empty-ns/lookup")
+			if c.hit {
+				b.ReportMetric(med[2], "floor-ns/lookup")
+			}
 			if peer != nil {
-				b.ReportMetric(med[2], "peer-ns/lookup")
+				b.ReportMetric(med[len(med)-1], "peer-ns/lookup")
 			}
 		})
 	}
@@ -312,16 +327,23 @@ func fillPeer(b *testing.B, bs []binding.Binding, sock syscall.Conn) *peerObject
 		objs.Close()
 		b.Fatalf("fill peer trie: %v", err)
 	}
+	putSocket(b, objs.PeerSockets, targetSlot, sock)
+	return &objs
+}
+
+// putSocket puts sock in slot of the sockmap m.
+func putSocket(b *testing.B, m *ebpf.Map, slot uint32, sock syscall.Conn) {
+	b.Helper()
 	rc, err := sock.SyscallConn()
 	if err != nil {
 		b.Fatal(err)
 	}
-	rc.Control(func(fd uintptr) { err = objs.PeerSockets.Update(targetSlot, uint64(fd), ebpf.UpdateAny) })
-	if err != nil {
-		objs.Close()
-		b.Fatalf("peer sockmap: %v", err)
+	if cerr := rc.Control(func(fd uintptr) { err = m.Update(slot, uint64(fd), ebpf.UpdateAny) }); cerr != nil {
+		b.Fatal(cerr)
 	}
-	return &objs
+	if err != nil {
+		b.Fatalf("sockmap %s: %v", m, err)
+	}
 }
 
 // reportMemlock reports the kernel memory the dispatch maps (and the peer's)
@@ -361,7 +383,7 @@ func dispatchMemlock(tb testing.TB, d *Dispatcher) (uint64, string) {
 	var total uint64
 	var each []string
 	for _, m := range []*ebpf.Map{d.objs.SyConfig, d.objs.SyPlens, d.objs.SyPrefixes, d.objs.SyPorts, d.objs.SyTables,
-		d.objs.SyFilter, d.objs.SyIndex, d.objs.SySockets, d.objs.SyCounters, d.objs.SyBindings, d.objs.SyLabels,
+		d.objs.SyFilter, d.objs.SyIndex, d.objs.SyNoport, d.objs.SyNoaddr, d.objs.SySockets, d.objs.SyCounters, d.objs.SyBindings, d.objs.SyLabels,
 		d.rec.bindingsB, d.rec.settings, d.rec.commit} {
 		if m == nil {
 			continue
@@ -392,14 +414,4 @@ func mapMemlock(b testing.TB, m *ebpf.Map) uint64 {
 	}
 	b.Fatalf("no memlock in fdinfo of map %s", m)
 	return 0
-}
-
-// loadBaselineEmpty loads the empty sk_lookup program, the floor of every
-// lookup figure.
-func loadBaselineEmpty() (*ebpf.Program, error) {
-	var objs baselineObjects
-	if err := loadBaselineObjects(&objs, nil); err != nil {
-		return nil, err
-	}
-	return objs.SyBaseline, nil
 }

@@ -360,6 +360,7 @@ func (m *model) addGroupStats(gk groupKey, g *group) {
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, 1)
 	}
+	m.use[gk.listIndex()].addPrefix(gk.prefix(), 1)
 	b := gk.bit()
 	if w := &m.words[b/64]; *w&(1<<(b%64)) == 0 {
 		*w |= 1 << (b % 64)
@@ -385,6 +386,7 @@ func (m *model) dropGroupStats(gk groupKey, g *group) {
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, -1)
 	}
+	m.use[gk.listIndex()].addPrefix(gk.prefix(), -1)
 	b := gk.bit()
 	if n := m.more[b]; n > 0 {
 		if n == 1 {

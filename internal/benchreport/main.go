@@ -31,6 +31,7 @@ const (
 	unitLookup    = "ns/lookup"
 	unitPeer      = "peer-ns/lookup"
 	unitEmpty     = "empty-ns/lookup"
+	unitFloor     = "floor-ns/lookup"
 	unitNA        = "not-applicable"
 	unitMemlock   = "MiB-memlock"
 	unitPeerLock  = "peer-MiB-memlock"
@@ -119,8 +120,9 @@ func run(in io.Reader, out io.Writer) error {
 
 // printLookups prints the lookup benchmark: per shape, N and case the
 // nanoseconds of one run of switchyard's program and its ratios to the peer
-// design and to the empty program, all three measured in turns in one
-// process (n/a where the case or the peer design does not exist for the
+// design and to the empty program, and for hits the floor program (the
+// sockmap lookup and assignment every dispatcher does) and the ratio to
+// it, all measured in turns in one process (n/a where the case or the peer design does not exist for the
 // shape); per shape and N the kernel memory of the maps.
 func printLookups(out io.Writer, order []string, med func(name, unit string) (float64, int, bool)) {
 	said := false
@@ -131,7 +133,7 @@ func printLookups(out io.Writer, order []string, med func(name, unit string) (fl
 		}
 		if !said {
 			said = true
-			fmt.Fprintln(out, "# lookup: kernel ns per run (BPF_PROG_TEST_RUN); ratios of switchyard to the peer design and to the empty program, medians of runs in turns in one process")
+			fmt.Fprintln(out, "# lookup: kernel ns per run (BPF_PROG_TEST_RUN); ratios of switchyard to the peer design, the empty program and (hits) the floor program, medians of runs in turns in one process")
 		}
 		key := strings.ToLower(name[:1]) + name[1:] // lookup/SHAPE/N/CASE
 		rest := strings.TrimPrefix(name, lookupPrefix)
@@ -163,6 +165,10 @@ func printLookups(out io.Writer, order []string, med func(name, unit string) (fl
 		}
 		if empty, _, ok := med(name, unitEmpty); ok && empty > 0 {
 			fmt.Fprintf(out, "lookup_vs_empty/%s %.2f ratio\n", rest, sy/empty)
+		}
+		if floor, _, ok := med(name, unitFloor); ok && floor > 0 {
+			fmt.Fprintf(out, "lookup_floor/%s %s ns\n", rest, f(floor))
+			fmt.Fprintf(out, "lookup_vs_floor/%s %.2f ratio\n", rest, sy/floor)
 		}
 	}
 }

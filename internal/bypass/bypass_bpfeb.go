@@ -177,6 +177,7 @@ const (
 	bypassMapSyFilter        = "sy_filter"
 	bypassMapSyIndex         = "sy_index"
 	bypassMapSyLabels        = "sy_labels"
+	bypassMapSyNoaddr        = "sy_noaddr"
 	bypassMapSyNoport        = "sy_noport"
 	bypassMapSyP_bypass      = "sy_p_bypass"
 	bypassMapSyP_config      = "sy_p_config"
@@ -255,6 +256,7 @@ type bypassMapSpecs struct {
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
+	SyNoaddr   *ebpf.MapSpec `ebpf:"sy_noaddr"`
 	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
 	SyP_bypass *ebpf.MapSpec `ebpf:"sy_p_bypass"`
 	SyP_config *ebpf.MapSpec `ebpf:"sy_p_config"`
@@ -301,6 +303,7 @@ type bypassMaps struct {
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
+	SyNoaddr   *ebpf.Map `ebpf:"sy_noaddr"`
 	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
 	SyP_bypass *ebpf.Map `ebpf:"sy_p_bypass"`
 	SyP_config *ebpf.Map `ebpf:"sy_p_config"`
@@ -323,6 +326,7 @@ func (m *bypassMaps) Close() error {
 		m.SyFilter,
 		m.SyIndex,
 		m.SyLabels,
+		m.SyNoaddr,
 		m.SyNoport,
 		m.SyP_bypass,
 		m.SyP_config,
