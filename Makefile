@@ -51,7 +51,7 @@ bench: ## Run the benchmarks COUNT times and print `name value unit` medians and
 	@$(GO) test -run '^$$' -bench 'LookupCLI' -benchtime 10x -count 3 ./tests/ | tee -a /tmp/switchyard-bench.txt >/dev/null
 	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench.txt
 
-bench-packet: ## TCP connections/s and UDP datagrams/s with the program at 1, 100,000 and 1,048,576 bindings vs without (root).
+bench-packet: ## TCP connections/s and UDP CPU per datagram with the program at 1, 100,000 and 1,048,576 bindings vs without (root).
 	@$(GO) test -run '^$$' -bench '^BenchmarkPacketPath$$' -benchtime 1x -count 1 -timeout 30m ./tests/ | tee /tmp/switchyard-bench-packet.txt >/dev/null
 	@$(GO) run ./internal/benchreport < /tmp/switchyard-bench-packet.txt | grep -v ' ns/op$$'
 
