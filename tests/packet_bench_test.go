@@ -68,6 +68,15 @@ import (
 // namespace's, median over the windows (vs_assign_only: the assign-only
 // program's cost over switchyard's, what switchyard's own lookup adds).
 //
+// TCP again, the same way (tcp-cpu): one thread, paced (PACKET_TCP_RATE
+// connections/s in all, default 8,000), starts connects to plain and
+// switchyard's namespaces in turn and resets each once established; the
+// cost of a connection is the server's NAPI thread (the SYN and its
+// lookup, the handshake's ACK, the reset) plus its accepting thread, per
+// connection accepted. The client's veth end runs threaded NAPI too, on
+// the first CPU, so that the client's half of the handshake is not
+// charged to the server.
+//
 // The kernel's own counters of each namespace say what was lost in the
 // windows (SYN retransmissions, accept queue overflows, full receive
 // buffers); they are reported beside the rates.
@@ -85,8 +94,10 @@ const (
 	// packetServerIf is the veth end in each server namespace.
 	packetServerIf = "s0"
 	// packetUDPRate is the default datagrams/s of the paced sender
-	// (PACKET_UDP_RATE).
+	// (PACKET_UDP_RATE); packetTCPRate the connections/s of the paced
+	// TCP client (PACKET_TCP_RATE).
 	packetUDPRate = 100000
+	packetTCPRate = 8000
 )
 
 // packetServer is one server namespace and its sockets.
@@ -103,8 +114,10 @@ type packetServer struct {
 	stop   atomic.Bool
 	wg     sync.WaitGroup
 
-	recvTID atomic.Int64 // the UDP receiving thread
-	napiPID int          // the veth's NAPI thread, for UDP
+	recvTID    atomic.Int64 // the UDP receiving thread
+	acceptTID  atomic.Int64 // the accepting thread
+	napiPID    int          // the server veth's NAPI thread
+	clientNAPI int          // the client veth's NAPI thread
 
 	// ref is a reference program in place of switchyard's (n is 0),
 	// measured for UDP only; refs holds what it loaded.
@@ -137,6 +150,16 @@ type udpWindow struct {
 
 // cost is the receiving host's CPU time per datagram.
 func (w udpWindow) cost() float64 { return w.napi + w.recv }
+
+// tcpWindow is what one paced TCP window measured.
+type tcpWindow struct {
+	got, sent    float64 // connections/s accepted, and established at the client
+	napi, accept float64 // ns of CPU per connection accepted: the server's NAPI thread, the accepting thread
+	abandoned    uint64
+}
+
+// cost is the receiving host's CPU time per connection.
+func (w tcpWindow) cost() float64 { return w.napi + w.accept }
 
 func BenchmarkPacketPath(b *testing.B) {
 	testenv.RequireRoot(b)
@@ -215,8 +238,22 @@ func BenchmarkPacketPath(b *testing.B) {
 	// datagram over the program namespace's.
 	dir := b.TempDir()
 	rxCPU := runtime.NumCPU() - 1
+	pin := func(s *packetServer, tid, cpu int) {
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			b.Fatalf("%s: pin thread %d to CPU %d: %v", s.name, tid, cpu, err)
+		}
+	}
 	for i, s := range servers {
-		if err := client.Do(func() error { return ethtoolSet(unix.ETHTOOL_STSO, fmt.Sprintf("c%d", i), false) }); err != nil {
+		// Both ends in NAPI mode, each end's receive path in a
+		// thread of its own (the TCP cost below needs the client's
+		// out of the server's).
+		cif := fmt.Sprintf("c%d", i)
+		if err := client.Do(func() error { return ethtoolSet(unix.ETHTOOL_STSO, cif, false) }); err != nil {
+			b.Fatalf("%s: %v", s.name, err)
+		}
+		if err := s.ns.Do(func() error { return ethtoolSet(unix.ETHTOOL_STSO, packetServerIf, false) }); err != nil {
 			b.Fatalf("%s: %v", s.name, err)
 		}
 		s.target(b, binding.UDP)
@@ -225,18 +262,21 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.Fatalf("%s: %v", s.name, err)
 		}
 		s.napiPID = pid
-		var set unix.CPUSet
-		set.Set(rxCPU)
-		for _, tid := range []int{pid, int(s.recvTID.Load())} {
-			if err := unix.SchedSetaffinity(tid, &set); err != nil {
-				b.Fatalf("%s: pin thread %d to CPU %d: %v", s.name, tid, rxCPU, err)
-			}
+		if s.clientNAPI, err = threadedNAPI(client, cif, dir); err != nil {
+			b.Fatalf("%s: %v", s.name, err)
 		}
-		// SCHED_BATCH: the receiver does not preempt the NAPI thread
-		// that wakes it (kernel/sched/fair.c, check_preempt_wakeup_fair),
-		// so it takes each burst whole, however fast the lookup went.
-		if err := unix.SchedSetAttr(int(s.recvTID.Load()), &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}, 0); err != nil {
-			b.Fatalf("%s: receiver to SCHED_BATCH: %v", s.name, err)
+		pin(s, s.clientNAPI, 0)
+		for _, tid := range []int{pid, int(s.recvTID.Load()), int(s.acceptTID.Load())} {
+			pin(s, tid, rxCPU)
+		}
+		// SCHED_BATCH: the receivers do not preempt the NAPI thread
+		// that wakes them (kernel/sched/fair.c,
+		// check_preempt_wakeup_fair), so they take each burst whole,
+		// however fast the lookup went.
+		for _, tid := range []int{int(s.recvTID.Load()), int(s.acceptTID.Load())} {
+			if err := unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}, 0); err != nil {
+				b.Fatalf("%s: receiver to SCHED_BATCH: %v", s.name, err)
+			}
 		}
 	}
 	measureUDP(b, client, servers, 200*time.Millisecond, udpRate) // warm-up, not counted
@@ -275,6 +315,28 @@ func BenchmarkPacketPath(b *testing.B) {
 	}
 
 	hitsAfter := hits()
+
+	// TCP again, paced: the receiving host's CPU per connection,
+	// switchyard's namespaces and plain at once.
+	for _, s := range progs {
+		s.target(b, binding.TCP)
+	}
+	tcpServers := servers[:4]
+	tcpRate := float64(envInt(b, "PACKET_TCP_RATE", packetTCPRate))
+	measureTCPCost(b, client, tcpServers, 200*time.Millisecond, tcpRate) // warm-up, not counted
+	tcpCost := map[string][]tcpWindow{}
+	tcpCostRatios := map[string][]float64{}
+	for range 3 * rounds {
+		ws := measureTCPCost(b, client, tcpServers, window, tcpRate)
+		for i, s := range tcpServers {
+			w := ws[i]
+			b.Logf("tcp-cpu %s: accepted %.0f/s of %.0f/s connected, %.0f+%.0f ns/connection (NAPI+accept), %d abandoned", s.name, w.got, w.sent, w.napi, w.accept, w.abandoned)
+			tcpCost[s.name] = append(tcpCost[s.name], w)
+			if s != plain {
+				tcpCostRatios[s.name] = append(tcpCostRatios[s.name], ws[0].cost()/w.cost())
+			}
+		}
+	}
 	for _, s := range servers {
 		if s.d == nil {
 			continue
@@ -298,6 +360,32 @@ func BenchmarkPacketPath(b *testing.B) {
 		})
 		if s.n > 0 {
 			b.Run("tcp/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(tcpRatios[s.name]), "ratio") })
+		}
+	}
+	for _, s := range servers[:4] {
+		ws := tcpCost[s.name]
+		pick := func(f func(tcpWindow) float64) float64 {
+			vs := make([]float64, len(ws))
+			for i, w := range ws {
+				vs[i] = f(w)
+			}
+			return median(vs)
+		}
+		var abandoned uint64
+		for _, w := range ws {
+			abandoned += w.abandoned
+		}
+		b.Run("tcp-cpu/"+s.name, func(b *testing.B) {
+			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.got }), "conns/s")
+			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.sent }), "connects/s")
+			b.ReportMetric(pick(tcpWindow.cost), "ns/conn")
+			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.napi }), "napi-ns/conn")
+			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.accept }), "accept-ns/conn")
+			b.ReportMetric(pick(func(w tcpWindow) float64 { return 1e9 / w.cost() }), "conns/cpu-s")
+			b.ReportMetric(float64(abandoned), "connects-abandoned")
+		})
+		if s != plain {
+			b.Run("tcp-cpu/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(tcpCostRatios[s.name]), "ratio") })
 		}
 	}
 	for _, s := range servers {
@@ -496,6 +584,7 @@ func (s *packetServer) startReceivers() {
 	go func() {
 		defer s.wg.Done()
 		runtime.LockOSThread()
+		s.acceptTID.Store(int64(unix.Gettid()))
 		for !s.stop.Load() {
 			fd, _, err := unix.Accept4(s.tcp, unix.SOCK_CLOEXEC)
 			if err != nil {
@@ -657,6 +746,184 @@ func measureUDP(b *testing.B, client *testenv.NetNS, servers []*packetServer, wi
 		}
 	}
 	return ws
+}
+
+// measureTCPCost runs the paced TCP client against all servers at once,
+// rate connections/s in all, for window and returns what the window
+// measured in each: the server's NAPI thread (SYN with the lookup, the
+// handshake's ACK, the client's reset) and accepting thread, per
+// connection accepted.
+func measureTCPCost(b *testing.B, client *testenv.NetNS, servers []*packetServer, window time.Duration, rate float64) []tcpWindow {
+	var stop atomic.Bool
+	counts := make([]atomic.Uint64, len(servers))
+	abandoned := make([]atomic.Uint64, len(servers))
+	errc := make(chan error, 1)
+	ready := make(chan struct{}, 1)
+	go func() {
+		errc <- client.Do(func() error { return pacedConnectLoop(servers, &stop, counts, abandoned, rate, ready) })
+	}()
+	select {
+	case <-ready:
+	case err := <-errc:
+		b.Fatalf("tcp: %v", err)
+	}
+	type sample struct{ accepted, sent, abandoned, napiCPU, acceptCPU uint64 }
+	read := func() []sample {
+		ss := make([]sample, len(servers))
+		for i, s := range servers {
+			n, err := threadCPU(s.napiPID)
+			if err != nil {
+				b.Fatalf("tcp %s: NAPI thread: %v", s.name, err)
+			}
+			a, err := threadCPU(int(s.acceptTID.Load()))
+			if err != nil {
+				b.Fatalf("tcp %s: accepting thread: %v", s.name, err)
+			}
+			ss[i] = sample{s.accept.Load(), counts[i].Load(), abandoned[i].Load(), n, a}
+		}
+		return ss
+	}
+	before, start := read(), time.Now()
+	time.Sleep(window) // the measurement window, not a synchronisation
+	after, elapsed := read(), time.Since(start)
+	stop.Store(true)
+	if err := <-errc; err != nil {
+		b.Fatalf("tcp: %v", err)
+	}
+	ws := make([]tcpWindow, len(servers))
+	for i, s := range servers {
+		x, y := before[i], after[i]
+		if y.accepted == x.accepted {
+			b.Fatalf("tcp %s: no connection accepted in %v", s.name, elapsed)
+		}
+		n := float64(y.accepted - x.accepted)
+		ws[i] = tcpWindow{
+			got:       n / elapsed.Seconds(),
+			sent:      float64(y.sent-x.sent) / elapsed.Seconds(),
+			napi:      float64(y.napiCPU-x.napiCPU) / n,
+			accept:    float64(y.acceptCPU-x.acceptCPU) / n,
+			abandoned: y.abandoned - x.abandoned,
+		}
+	}
+	return ws
+}
+
+// pacedConnectLoop starts non-blocking connects to the servers in turn,
+// rate a second in all, and resets each connection as soon as it is
+// established, counting it in counts, until stop. A connect older than
+// packetConnectTimeout is closed and counted in abandoned. At most
+// packetInflight connects a server are under way; a client that falls
+// behind skips what is more than 10 ms late. The thread runs on CPU 0 and
+// is put back as it was.
+func pacedConnectLoop(servers []*packetServer, stop *atomic.Bool, counts, abandoned []atomic.Uint64, rate float64, ready chan<- struct{}) error {
+	var old, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return fmt.Errorf("affinity: %w", err)
+	}
+	set.Set(0)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("affinity: %w", err)
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	defer unix.Close(ep)
+	type attempt struct {
+		server int
+		start  time.Time
+	}
+	started := map[int]attempt{} // fd -> its connect
+	inflight := make([]int, len(servers))
+	defer func() {
+		for fd := range started {
+			unix.Close(fd)
+		}
+	}()
+	end := func(fd int) attempt {
+		a := started[fd]
+		unix.Close(fd) // established: a reset; else the attempt ends
+		delete(started, fd)
+		inflight[a.server]--
+		return a
+	}
+	maxBacklog := max(uint64(rate/100), 1)
+	var skipped, opened uint64
+	next := 0
+	events := make([]unix.EpollEvent, 64)
+	start, lastSweep := time.Now(), time.Now()
+	ready <- struct{}{}
+	for !stop.Load() {
+		due := uint64(time.Since(start).Seconds()*rate) - skipped - opened
+		if due > maxBacklog {
+			skipped += due - maxBacklog
+			due = maxBacklog
+		}
+		for ; due > 0; due-- {
+			i := next
+			if inflight[i] >= packetInflight {
+				break // that server is behind: wait for its connects
+			}
+			next = (next + 1) % len(servers)
+			opened++
+			s := servers[i]
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("socket: %w", err)
+			}
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			switch err := unix.Connect(fd, &unix.SockaddrInet4{Addr: s.addr.As4(), Port: packetTCPPort}); err {
+			case unix.EINPROGRESS:
+			case nil:
+				unix.Close(fd)
+				counts[i].Add(1)
+				continue
+			case unix.EADDRNOTAVAIL, unix.EAGAIN:
+				unix.Close(fd) // no local port free for a moment
+				continue
+			default:
+				unix.Close(fd)
+				return fmt.Errorf("connect %s:%d: %w", s.addr, packetTCPPort, err)
+			}
+			ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}
+			if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("epoll add: %w", err)
+			}
+			started[fd] = attempt{i, time.Now()}
+			inflight[i]++
+		}
+		n, err := unix.EpollWait(ep, events, 1)
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("epoll wait: %w", err)
+		}
+		for _, ev := range events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			a := end(fd)
+			switch {
+			case err != nil:
+				return fmt.Errorf("SO_ERROR: %w", err)
+			case soErr == 0:
+				counts[a.server].Add(1)
+			case unix.Errno(soErr) == unix.ETIMEDOUT:
+				abandoned[a.server].Add(1)
+			default:
+				return fmt.Errorf("connect %s:%d: %w", servers[a.server].addr, packetTCPPort, unix.Errno(soErr))
+			}
+		}
+		if now := time.Now(); now.Sub(lastSweep) > packetConnectTimeout/4 {
+			lastSweep = now
+			for fd, a := range started {
+				if now.Sub(a.start) > packetConnectTimeout {
+					end(fd)
+					abandoned[a.server].Add(1)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // netCounters reads the SNMP counters of ns (/proc/net/snmp and netstat as
