@@ -99,8 +99,9 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 		}
 	}
 	err = d.changeBindings(func(m *model) (updates, error) {
-		added = nil
-		u := updates{}
+		// Sized for a group each, as most large additions are.
+		added = make([]binding.Binding, 0, len(bs))
+		u := make(updates, len(bs))
 		for _, b := range bs {
 			gk := keyOf(b.Protocol, b.Prefix)
 			ps := u.portsOf(m, gk)
@@ -125,7 +126,7 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 // the given label, or nothing changes and the error wraps ErrNotFound.
 func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 	return d.changeBindings(func(m *model) (updates, error) {
-		u := updates{}
+		u := make(updates, len(bs))
 		for _, b := range bs {
 			gk := keyOf(b.Protocol, b.Prefix)
 			ps := u.portsOf(m, gk)
