@@ -210,8 +210,10 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 		if pos == nil {
 			return nil, errors.New("replace: the change was computed twice")
 		}
-		diffs = diffs[:0]
-		u := updates{}
+		// At least the groups the set grows by change: sized for those.
+		n := max(len(keys)-len(m.groups), 0)
+		diffs = make([]groupDiff, 0, n)
+		u := make(updates, n)
 		diff := func(gk groupKey, old, nw []portLabel) {
 			a, r := diffPorts(old, nw)
 			if len(a)+len(r) > 0 {

@@ -63,6 +63,13 @@ type genWriter struct {
 	tableVals  []dispatchSyTable
 }
 
+// reset empties w, keeping its arrays.
+func (w *genWriter) reset() {
+	w.prefixKeys, w.prefixVals, w.prefixDel = w.prefixKeys[:0], w.prefixVals[:0], w.prefixDel[:0]
+	w.portKeys, w.portVals, w.portDel = w.portKeys[:0], w.portVals[:0], w.portDel[:0]
+	w.tableKeys, w.tableVals = w.tableKeys[:0], w.tableVals[:0]
+}
+
 func (w *genWriter) group(gen uint32, c groupChange) {
 	mk := c.key.mapKey(gen)
 	var oldPorts, newPorts map[uint16]uint32
@@ -416,11 +423,14 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 	for i, b := range buckets {
 		bvals[i] = m.indexBucket(b)
 	}
+	// One writer serves both generations: at a million bindings its
+	// batches take tens of MB.
+	w := genWriter{
+		prefixKeys: make([]dispatchSyPrefixKey, 0, len(changes)),
+		prefixVals: make([]dispatchSyPrefixVal, 0, len(changes)),
+	}
 	for _, gen := range []uint32{next, m.gen} {
-		w := genWriter{
-			prefixKeys: make([]dispatchSyPrefixKey, 0, len(changes)),
-			prefixVals: make([]dispatchSyPrefixVal, 0, len(changes)),
-		}
+		w.reset()
 		for _, c := range changes {
 			w.group(gen, c)
 		}
