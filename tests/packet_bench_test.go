@@ -141,25 +141,16 @@ const (
 	refInMap            // no program; the socket, bound to the veth address, is in a sockmap
 )
 
-// udpWindow is what one UDP window measured.
-type udpWindow struct {
-	got, sent     float64 // datagrams/s received and sent
-	napi, recv    float64 // ns of CPU per datagram received: NAPI thread, receiving thread
-	rcvbuf, inErr uint64  // Udp:RcvbufErrors and Udp:InErrors in the window
+// cpuWindow is what one paced window measured in one namespace. A unit is
+// a datagram, or a connection.
+type cpuWindow struct {
+	got, sent  float64           // units a second received (accepted), and sent (established at the client)
+	napi, recv float64           // ns of CPU per unit received: the NAPI thread, the receiving (accepting) thread
+	lost       map[string]uint64 // what the window lost, by counter
 }
 
-// cost is the receiving host's CPU time per datagram.
-func (w udpWindow) cost() float64 { return w.napi + w.recv }
-
-// tcpWindow is what one paced TCP window measured.
-type tcpWindow struct {
-	got, sent    float64 // connections/s accepted, and established at the client
-	napi, accept float64 // ns of CPU per connection accepted: the server's NAPI thread, the accepting thread
-	abandoned    uint64
-}
-
-// cost is the receiving host's CPU time per connection.
-func (w tcpWindow) cost() float64 { return w.napi + w.accept }
+// cost is the receiving host's CPU time per unit.
+func (w cpuWindow) cost() float64 { return w.napi + w.recv }
 
 func BenchmarkPacketPath(b *testing.B) {
 	testenv.RequireRoot(b)
@@ -279,7 +270,7 @@ func BenchmarkPacketPath(b *testing.B) {
 			}
 		}
 	}
-	measureUDP(b, client, servers, 200*time.Millisecond, udpRate) // warm-up, not counted
+	measureCPU(b, client, servers, binding.UDP, 200*time.Millisecond, udpRate) // warm-up, not counted
 	// hits counts the program's deliveries to the label, beside the
 	// datagrams received: more than one a datagram would mean the
 	// program runs more than once for each (GRO's socket lookup).
@@ -295,24 +286,8 @@ func BenchmarkPacketPath(b *testing.B) {
 		return m
 	}
 	hitsBefore := hits()
-	udp := map[string][]udpWindow{}
-	udpRatios := map[string][]float64{}
-	vsAssign := map[string][]float64{} // switchyard's over the assign-only program's
 	assign := slices.IndexFunc(servers, func(s *packetServer) bool { return s.ref == refAssign })
-	for range 3 * rounds {
-		ws := measureUDP(b, client, servers, window, udpRate)
-		for i, s := range servers {
-			w := ws[i]
-			b.Logf("udp %s: received %.0f/s of %.0f/s sent, %.0f+%.0f ns/datagram (NAPI+receiver), rcvbuf-errors %d", s.name, w.got, w.sent, w.napi, w.recv, w.rcvbuf)
-			udp[s.name] = append(udp[s.name], ws[i])
-			if s != plain {
-				udpRatios[s.name] = append(udpRatios[s.name], ws[0].cost()/ws[i].cost())
-			}
-			if s.n > 0 {
-				vsAssign[s.name] = append(vsAssign[s.name], ws[assign].cost()/ws[i].cost())
-			}
-		}
-	}
+	udp, udpRatios, vsAssign := cpuRounds(b, client, servers, binding.UDP, 3*rounds, window, udpRate, assign)
 
 	hitsAfter := hits()
 
@@ -323,20 +298,8 @@ func BenchmarkPacketPath(b *testing.B) {
 	}
 	tcpServers := servers[:4]
 	tcpRate := float64(envInt(b, "PACKET_TCP_RATE", packetTCPRate))
-	measureTCPCost(b, client, tcpServers, 200*time.Millisecond, tcpRate) // warm-up, not counted
-	tcpCost := map[string][]tcpWindow{}
-	tcpCostRatios := map[string][]float64{}
-	for range 3 * rounds {
-		ws := measureTCPCost(b, client, tcpServers, window, tcpRate)
-		for i, s := range tcpServers {
-			w := ws[i]
-			b.Logf("tcp-cpu %s: accepted %.0f/s of %.0f/s connected, %.0f+%.0f ns/connection (NAPI+accept), %d abandoned", s.name, w.got, w.sent, w.napi, w.accept, w.abandoned)
-			tcpCost[s.name] = append(tcpCost[s.name], w)
-			if s != plain {
-				tcpCostRatios[s.name] = append(tcpCostRatios[s.name], ws[0].cost()/w.cost())
-			}
-		}
-	}
+	measureCPU(b, client, tcpServers, binding.TCP, 200*time.Millisecond, tcpRate) // warm-up, not counted
+	tcpCost, tcpCostRatios, _ := cpuRounds(b, client, tcpServers, binding.TCP, 3*rounds, window, tcpRate, -1)
 	for _, s := range servers {
 		if s.d == nil {
 			continue
@@ -362,56 +325,14 @@ func BenchmarkPacketPath(b *testing.B) {
 			b.Run("tcp/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(tcpRatios[s.name]), "ratio") })
 		}
 	}
-	for _, s := range servers[:4] {
-		ws := tcpCost[s.name]
-		pick := func(f func(tcpWindow) float64) float64 {
-			vs := make([]float64, len(ws))
-			for i, w := range ws {
-				vs[i] = f(w)
-			}
-			return median(vs)
-		}
-		var abandoned uint64
-		for _, w := range ws {
-			abandoned += w.abandoned
-		}
-		b.Run("tcp-cpu/"+s.name, func(b *testing.B) {
-			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.got }), "conns/s")
-			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.sent }), "connects/s")
-			b.ReportMetric(pick(tcpWindow.cost), "ns/conn")
-			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.napi }), "napi-ns/conn")
-			b.ReportMetric(pick(func(w tcpWindow) float64 { return w.accept }), "accept-ns/conn")
-			b.ReportMetric(pick(func(w tcpWindow) float64 { return 1e9 / w.cost() }), "conns/cpu-s")
-			b.ReportMetric(float64(abandoned), "connects-abandoned")
-		})
+	for _, s := range tcpServers {
+		reportCPU(b, "tcp-cpu/"+s.name, "conn", tcpCost[s.name])
 		if s != plain {
 			b.Run("tcp-cpu/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(tcpCostRatios[s.name]), "ratio") })
 		}
 	}
 	for _, s := range servers {
-		ws := udp[s.name]
-		pick := func(f func(udpWindow) float64) float64 {
-			vs := make([]float64, len(ws))
-			for i, w := range ws {
-				vs[i] = f(w)
-			}
-			return median(vs)
-		}
-		var rcvbuf, inErr uint64
-		for _, w := range ws {
-			rcvbuf += w.rcvbuf
-			inErr += w.inErr
-		}
-		b.Run("udp/"+s.name, func(b *testing.B) {
-			b.ReportMetric(pick(func(w udpWindow) float64 { return w.got }), "datagrams/s")
-			b.ReportMetric(pick(func(w udpWindow) float64 { return w.sent }), "sent/s")
-			b.ReportMetric(pick(udpWindow.cost), "ns/datagram")
-			b.ReportMetric(pick(func(w udpWindow) float64 { return w.napi }), "napi-ns/datagram")
-			b.ReportMetric(pick(func(w udpWindow) float64 { return w.recv }), "recv-ns/datagram")
-			b.ReportMetric(pick(func(w udpWindow) float64 { return 1e9 / w.cost() }), "datagrams/cpu-s")
-			b.ReportMetric(float64(rcvbuf), "rcvbuf-errors")
-			b.ReportMetric(float64(inErr), "in-errors")
-		})
+		reportCPU(b, "udp/"+s.name, "datagram", udp[s.name])
 		if s.n > 0 {
 			h, r := hitsAfter[s.name][0]-hitsBefore[s.name][0], hitsAfter[s.name][1]-hitsBefore[s.name][1]
 			b.Run("udp/"+s.name+"/lookups", func(b *testing.B) { b.ReportMetric(float64(h)/float64(r), "hits/datagram") })
@@ -641,7 +562,7 @@ func (s *packetServer) close() {
 // abandoned.
 func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window time.Duration) (got, tried float64, lost map[string]uint64) {
 	var stop atomic.Bool
-	var count, abandoned atomic.Uint64
+	count, abandoned := make([]atomic.Uint64, 1), make([]atomic.Uint64, 1)
 	var wg sync.WaitGroup
 	const workers = 2
 	errc := make(chan error, workers)
@@ -650,7 +571,7 @@ func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window ti
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- client.Do(func() error { return s.connectLoop(&stop, &count, &abandoned, ready) })
+			errc <- client.Do(func() error { return connectLoop([]*packetServer{s}, &stop, count, abandoned, 0, ready) })
 		}()
 	}
 	for range workers {
@@ -658,10 +579,10 @@ func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window ti
 	}
 	cBefore, sBefore := netCounters(b, client), netCounters(b, s.ns)
 	before, start := s.accept.Load(), time.Now()
-	count.Store(0)
-	abandoned.Store(0)
+	count[0].Store(0)
+	abandoned[0].Store(0)
 	time.Sleep(window) // the measurement window, not a synchronisation
-	after, elapsed, sentN, abandonedN := s.accept.Load(), time.Since(start), count.Load(), abandoned.Load()
+	after, elapsed, sentN, abandonedN := s.accept.Load(), time.Since(start), count[0].Load(), abandoned[0].Load()
 	cAfter, sAfter := netCounters(b, client), netCounters(b, s.ns)
 	stop.Store(true)
 	wg.Wait()
@@ -679,107 +600,104 @@ func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window ti
 	return float64(after-before) / elapsed.Seconds(), float64(sentN) / elapsed.Seconds(), lost
 }
 
-// measureUDP runs the paced sender against all servers at once, rate
-// datagrams/s in all, for window and returns what the window measured in
-// each. The CPU times are each namespace's NAPI thread's and receiving
-// thread's, read at the same moments as the counters; what is still
-// queued at either end is a burst or two against thousands of datagrams a
-// window.
-func measureUDP(b *testing.B, client *testenv.NetNS, servers []*packetServer, window time.Duration, rate float64) []udpWindow {
-	var stop atomic.Bool
-	counts := make([]atomic.Uint64, len(servers))
-	errc := make(chan error, 1)
-	ready := make(chan struct{}, 1)
-	go func() {
-		errc <- client.Do(func() error { return sendLoop(servers, &stop, counts, rate, ready) })
-	}()
-	select {
-	case <-ready:
-	case err := <-errc:
-		b.Fatalf("udp: %v", err)
-	}
-	type sample struct {
-		recv, sent, napiCPU, recvCPU uint64
-		net                          map[string]uint64
-	}
-	read := func() []sample {
-		ss := make([]sample, len(servers))
+// cpuRounds measures proto's cost in servers (servers[0] is plain) over
+// windows paced windows and returns each namespace's windows, its ratios to
+// plain (plain's cost over its own, window by window) and, if ref is a
+// server's index, each switchyard namespace's ratios to that server.
+func cpuRounds(b *testing.B, client *testenv.NetNS, servers []*packetServer, proto binding.Protocol, windows int, window time.Duration, rate float64, ref int) (ws map[string][]cpuWindow, vsPlain, vsRef map[string][]float64) {
+	ws, vsPlain, vsRef = map[string][]cpuWindow{}, map[string][]float64{}, map[string][]float64{}
+	for range windows {
+		round := measureCPU(b, client, servers, proto, window, rate)
 		for i, s := range servers {
-			n, err := threadCPU(s.napiPID)
-			if err != nil {
-				b.Fatalf("udp %s: NAPI thread: %v", s.name, err)
+			w := round[i]
+			b.Logf("%s %s: received %.0f/s of %.0f/s sent, %.0f+%.0f ns each (NAPI+receiver), lost %v", proto, s.name, w.got, w.sent, w.napi, w.recv, w.lost)
+			ws[s.name] = append(ws[s.name], w)
+			if i > 0 {
+				vsPlain[s.name] = append(vsPlain[s.name], round[0].cost()/w.cost())
 			}
-			r, err := threadCPU(int(s.recvTID.Load()))
-			if err != nil {
-				b.Fatalf("udp %s: receiving thread: %v", s.name, err)
+			if ref >= 0 && s.n > 0 {
+				vsRef[s.name] = append(vsRef[s.name], round[ref].cost()/w.cost())
 			}
-			ss[i] = sample{recv: s.recv.Load(), sent: counts[i].Load(), napiCPU: n, recvCPU: r, net: netCounters(b, s.ns)}
-		}
-		return ss
-	}
-	before, start := read(), time.Now()
-	time.Sleep(window) // the measurement window, not a synchronisation
-	after, elapsed := read(), time.Since(start)
-	stop.Store(true)
-	if err := <-errc; err != nil {
-		b.Fatalf("udp: %v", err)
-	}
-	ws := make([]udpWindow, len(servers))
-	for i, s := range servers {
-		x, y := before[i], after[i]
-		if y.recv == x.recv {
-			b.Fatalf("udp %s: no datagram received in %v", s.name, elapsed)
-		}
-		if y.napiCPU == x.napiCPU {
-			// Then the datagrams did not come through the thread
-			// measured, and the figures would leave the lookup out.
-			b.Fatalf("udp %s: %d datagrams received, but NAPI thread %d did not run", s.name, y.recv-x.recv, s.napiPID)
-		}
-		n := float64(y.recv - x.recv)
-		ws[i] = udpWindow{
-			got:    n / elapsed.Seconds(),
-			sent:   float64(y.sent-x.sent) / elapsed.Seconds(),
-			napi:   float64(y.napiCPU-x.napiCPU) / n,
-			recv:   float64(y.recvCPU-x.recvCPU) / n,
-			rcvbuf: y.net["Udp:RcvbufErrors"] - x.net["Udp:RcvbufErrors"],
-			inErr:  y.net["Udp:InErrors"] - x.net["Udp:InErrors"],
 		}
 	}
-	return ws
+	return ws, vsPlain, vsRef
 }
 
-// measureTCPCost runs the paced TCP client against all servers at once,
-// rate connections/s in all, for window and returns what the window
-// measured in each: the server's NAPI thread (SYN with the lookup, the
-// handshake's ACK, the client's reset) and accepting thread, per
-// connection accepted.
-func measureTCPCost(b *testing.B, client *testenv.NetNS, servers []*packetServer, window time.Duration, rate float64) []tcpWindow {
+// reportCPU prints the medians over ws as name's metrics, per unit.
+func reportCPU(b *testing.B, name, unit string, ws []cpuWindow) {
+	pick := func(f func(cpuWindow) float64) float64 {
+		vs := make([]float64, len(ws))
+		for i, w := range ws {
+			vs[i] = f(w)
+		}
+		return median(vs)
+	}
+	lost := map[string]uint64{}
+	for _, w := range ws {
+		for k, v := range w.lost {
+			lost[k] += v
+		}
+	}
+	b.Run(name, func(b *testing.B) {
+		b.ReportMetric(pick(func(w cpuWindow) float64 { return w.got }), unit+"s/s")
+		b.ReportMetric(pick(func(w cpuWindow) float64 { return w.sent }), "sent/s")
+		b.ReportMetric(pick(cpuWindow.cost), "ns/"+unit)
+		b.ReportMetric(pick(func(w cpuWindow) float64 { return w.napi }), "napi-ns/"+unit)
+		b.ReportMetric(pick(func(w cpuWindow) float64 { return w.recv }), "recv-ns/"+unit)
+		b.ReportMetric(pick(func(w cpuWindow) float64 { return 1e9 / w.cost() }), unit+"s/cpu-s")
+		for k, v := range lost {
+			b.ReportMetric(float64(v), k)
+		}
+	})
+}
+
+// measureCPU runs the paced client of proto against all servers at once,
+// rate in all (datagrams or connections a second), for window and returns
+// what the window measured in each. The CPU times are each namespace's NAPI
+// thread's (UDP: the whole receive path; TCP: the SYN and its lookup, the
+// handshake's ACK, the reset) and its receiving or accepting thread's,
+// read at the same moments as the counters; what is still under way at
+// either end is a burst or two against thousands a window.
+func measureCPU(b *testing.B, client *testenv.NetNS, servers []*packetServer, proto binding.Protocol, window time.Duration, rate float64) []cpuWindow {
 	var stop atomic.Bool
 	counts := make([]atomic.Uint64, len(servers))
 	abandoned := make([]atomic.Uint64, len(servers))
+	loop := sendLoop
+	if proto == binding.TCP {
+		loop = connectLoop
+	}
 	errc := make(chan error, 1)
 	ready := make(chan struct{}, 1)
 	go func() {
-		errc <- client.Do(func() error { return pacedConnectLoop(servers, &stop, counts, abandoned, rate, ready) })
+		errc <- client.Do(func() error {
+			return onCPU(0, func() error { return loop(servers, &stop, counts, abandoned, rate, ready) })
+		})
 	}()
 	select {
 	case <-ready:
 	case err := <-errc:
-		b.Fatalf("tcp: %v", err)
+		b.Fatalf("%s: %v", proto, err)
 	}
-	type sample struct{ accepted, sent, abandoned, napiCPU, acceptCPU uint64 }
+	type sample struct {
+		got, sent, abandoned, napiCPU, recvCPU uint64
+		net                                    map[string]uint64
+	}
 	read := func() []sample {
 		ss := make([]sample, len(servers))
 		for i, s := range servers {
+			got, tid := &s.recv, &s.recvTID
+			if proto == binding.TCP {
+				got, tid = &s.accept, &s.acceptTID
+			}
 			n, err := threadCPU(s.napiPID)
 			if err != nil {
-				b.Fatalf("tcp %s: NAPI thread: %v", s.name, err)
+				b.Fatalf("%s %s: NAPI thread: %v", proto, s.name, err)
 			}
-			a, err := threadCPU(int(s.acceptTID.Load()))
+			r, err := threadCPU(int(tid.Load()))
 			if err != nil {
-				b.Fatalf("tcp %s: accepting thread: %v", s.name, err)
+				b.Fatalf("%s %s: receiving thread: %v", proto, s.name, err)
 			}
-			ss[i] = sample{s.accept.Load(), counts[i].Load(), abandoned[i].Load(), n, a}
+			ss[i] = sample{got.Load(), counts[i].Load(), abandoned[i].Load(), n, r, netCounters(b, s.ns)}
 		}
 		return ss
 	}
@@ -788,43 +706,68 @@ func measureTCPCost(b *testing.B, client *testenv.NetNS, servers []*packetServer
 	after, elapsed := read(), time.Since(start)
 	stop.Store(true)
 	if err := <-errc; err != nil {
-		b.Fatalf("tcp: %v", err)
+		b.Fatalf("%s: %v", proto, err)
 	}
-	ws := make([]tcpWindow, len(servers))
+	ws := make([]cpuWindow, len(servers))
 	for i, s := range servers {
 		x, y := before[i], after[i]
-		if y.accepted == x.accepted {
-			b.Fatalf("tcp %s: no connection accepted in %v", s.name, elapsed)
+		if y.got == x.got {
+			b.Fatalf("%s %s: nothing received in %v", proto, s.name, elapsed)
 		}
-		n := float64(y.accepted - x.accepted)
-		ws[i] = tcpWindow{
-			got:       n / elapsed.Seconds(),
-			sent:      float64(y.sent-x.sent) / elapsed.Seconds(),
-			napi:      float64(y.napiCPU-x.napiCPU) / n,
-			accept:    float64(y.acceptCPU-x.acceptCPU) / n,
-			abandoned: y.abandoned - x.abandoned,
+		if y.napiCPU == x.napiCPU {
+			// Then the traffic did not come through the thread
+			// measured, and the figures would leave the lookup out.
+			b.Fatalf("%s %s: %d received, but NAPI thread %d did not run", proto, s.name, y.got-x.got, s.napiPID)
+		}
+		n := float64(y.got - x.got)
+		ws[i] = cpuWindow{
+			got:  n / elapsed.Seconds(),
+			sent: float64(y.sent-x.sent) / elapsed.Seconds(),
+			napi: float64(y.napiCPU-x.napiCPU) / n,
+			recv: float64(y.recvCPU-x.recvCPU) / n,
+		}
+		if proto == binding.TCP {
+			ws[i].lost = map[string]uint64{
+				"connects-abandoned": y.abandoned - x.abandoned,
+				"listen-drops":       y.net["TcpExt:ListenDrops"] - x.net["TcpExt:ListenDrops"],
+			}
+		} else {
+			ws[i].lost = map[string]uint64{
+				"rcvbuf-errors": y.net["Udp:RcvbufErrors"] - x.net["Udp:RcvbufErrors"],
+				"in-errors":     y.net["Udp:InErrors"] - x.net["Udp:InErrors"],
+			}
 		}
 	}
 	return ws
 }
 
-// pacedConnectLoop starts non-blocking connects to the servers in turn,
-// rate a second in all, and resets each connection as soon as it is
-// established, counting it in counts, until stop. A connect older than
-// packetConnectTimeout is closed and counted in abandoned. At most
-// packetInflight connects a server are under way; a client that falls
-// behind skips what is more than 10 ms late. The thread runs on CPU 0 and
-// is put back as it was.
-func pacedConnectLoop(servers []*packetServer, stop *atomic.Bool, counts, abandoned []atomic.Uint64, rate float64, ready chan<- struct{}) error {
+// onCPU runs fn on the calling thread pinned to cpu, and puts the
+// thread's affinity back afterwards (netns.Run's threads go back to the
+// pool).
+func onCPU(cpu int, fn func() error) error {
 	var old, set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &old); err != nil {
 		return fmt.Errorf("affinity: %w", err)
 	}
-	set.Set(0)
+	set.Set(cpu)
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
 		return fmt.Errorf("affinity: %w", err)
 	}
 	defer unix.SchedSetaffinity(0, &old)
+	return fn()
+}
+
+// connectLoop starts non-blocking connects to the servers' TCP port in
+// turn, rate a second in all, and resets each connection as soon as it is
+// established (SO_LINGER 0: no TIME_WAIT state limits the rate), counting
+// it in counts, until stop. A connect older than packetConnectTimeout is
+// closed and counted in abandoned. At most packetInflight connects a
+// server are under way; with rate 0 the loop keeps that many in flight,
+// else a client that falls behind skips what is more than 10 ms late. A
+// connect that completes at once counts like any other; one refused for
+// want of a local port is skipped (load, not failure). The loop sees stop
+// at least every millisecond.
+func connectLoop(servers []*packetServer, stop *atomic.Bool, counts, abandoned []atomic.Uint64, rate float64, ready chan<- struct{}) error {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("epoll: %w", err)
@@ -855,10 +798,13 @@ func pacedConnectLoop(servers []*packetServer, stop *atomic.Bool, counts, abando
 	start, lastSweep := time.Now(), time.Now()
 	ready <- struct{}{}
 	for !stop.Load() {
-		due := uint64(time.Since(start).Seconds()*rate) - skipped - opened
-		if due > maxBacklog {
-			skipped += due - maxBacklog
-			due = maxBacklog
+		due := uint64(packetInflight * len(servers)) // unpaced: up to the cap
+		if rate > 0 {
+			due = uint64(time.Since(start).Seconds()*rate) - skipped - opened
+			if due > maxBacklog {
+				skipped += due - maxBacklog
+				due = maxBacklog
+			}
 		}
 		for ; due > 0; due-- {
 			i := next
@@ -961,107 +907,6 @@ func netCounters(b *testing.B, ns *testenv.NetNS) map[string]uint64 {
 	return out
 }
 
-// connectLoop keeps packetInflight non-blocking connects to s's TCP port in
-// flight and resets each connection as soon as it is established, counting
-// them, until stop. A connect older than packetConnectTimeout is closed
-// and counted in abandoned.
-func (s *packetServer) connectLoop(stop *atomic.Bool, count, abandoned *atomic.Uint64, ready chan<- struct{}) error {
-	sa := &unix.SockaddrInet4{Addr: s.addr.As4(), Port: packetTCPPort}
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("epoll: %w", err)
-	}
-	defer unix.Close(ep)
-	started := map[int]time.Time{} // fd -> when its connect began
-	defer func() {
-		for fd := range started {
-			unix.Close(fd)
-		}
-	}()
-	// open starts one connect. It returns false, and no error, when the
-	// client has no local port free: the caller then waits for connects
-	// under way (or for stop) before it tries again.
-	open := func() (bool, error) {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return false, fmt.Errorf("socket: %w", err)
-		}
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-		switch err := unix.Connect(fd, sa); err {
-		case unix.EINPROGRESS:
-		case nil:
-			// Established at once (the handshake ran in this
-			// call): a connection like any other.
-			unix.Close(fd)
-			count.Add(1)
-			return true, nil
-		case unix.EADDRNOTAVAIL, unix.EAGAIN:
-			// Ports ran out for a moment: load, not failure.
-			unix.Close(fd)
-			return false, nil
-		default:
-			unix.Close(fd)
-			return false, fmt.Errorf("connect %s:%d: %w", s.addr, packetTCPPort, err)
-		}
-		ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			unix.Close(fd)
-			return false, fmt.Errorf("epoll add: %w", err)
-		}
-		started[fd] = time.Now()
-		return true, nil
-	}
-	events := make([]unix.EpollEvent, packetInflight)
-	lastSweep := time.Now()
-	ready <- struct{}{}
-	for !stop.Load() {
-		// At most packetInflight tries a turn, so that connects that
-		// keep completing at once, or ports that stay exhausted, still
-		// let the loop see stop. With nothing in flight, the epoll
-		// wait below sleeps its 10 ms timeout before the next try.
-		for range packetInflight - len(started) {
-			ok, err := open()
-			if err != nil {
-				return err
-			}
-			if !ok {
-				break
-			}
-		}
-		n, err := unix.EpollWait(ep, events, 10)
-		if err != nil && err != unix.EINTR {
-			return fmt.Errorf("epoll wait: %w", err)
-		}
-		for _, ev := range events[:max(n, 0)] {
-			fd := int(ev.Fd)
-			soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-			unix.Close(fd) // established: a reset; else the attempt ends
-			delete(started, fd)
-			switch {
-			case err != nil:
-				return fmt.Errorf("SO_ERROR: %w", err)
-			case soErr == 0:
-				count.Add(1)
-			case unix.Errno(soErr) == unix.ETIMEDOUT:
-				abandoned.Add(1)
-			default:
-				return fmt.Errorf("connect %s:%d: %v", s.addr, packetTCPPort, unix.Errno(soErr))
-			}
-		}
-		if now := time.Now(); now.Sub(lastSweep) > packetConnectTimeout/4 {
-			lastSweep = now
-			for fd, t := range started {
-				if now.Sub(t) > packetConnectTimeout {
-					unix.Close(fd)
-					delete(started, fd)
-					abandoned.Add(1)
-				}
-			}
-		}
-	}
-	return nil
-}
-
 // sendLoop sends 32-byte datagrams to the servers' UDP port at rate
 // datagrams/s in all, in bursts of 64 (one sendmmsg) to each server in
 // turn, until stop, counting what each was sent in counts. Every receiving
@@ -1069,18 +914,9 @@ func (s *packetServer) connectLoop(stop *atomic.Bool, count, abandoned *atomic.U
 // spreads its fixed costs (a NAPI wakeup, a receiver wakeup) over the most
 // datagrams, so that the lookup's share is not understated. A sender that
 // falls behind (descheduled) sends at most 10 ms of backlog and skips the
-// rest, so that the receivers never see a flood. The thread runs on CPU 0,
-// away from the receivers, and is put back as it was.
-func sendLoop(servers []*packetServer, stop *atomic.Bool, counts []atomic.Uint64, rate float64, ready chan<- struct{}) error {
-	var old, set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		return fmt.Errorf("affinity: %w", err)
-	}
-	set.Set(0)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("affinity: %w", err)
-	}
-	defer unix.SchedSetaffinity(0, &old)
+// rest, so that the receivers never see a flood. abandoned is not used
+// (a datagram is not abandoned; what is lost, the kernel counts).
+func sendLoop(servers []*packetServer, stop *atomic.Bool, counts, _ []atomic.Uint64, rate float64, ready chan<- struct{}) error {
 	fds := make([]int, len(servers))
 	for i, s := range servers {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
