@@ -199,43 +199,45 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 	for _, ps := range lists {
 		sortPorts(ps)
 	}
-	// The groups that change, with what each adds and removes; listed in
-	// display order once the change is made.
-	type groupDiff struct {
-		gk             groupKey
-		added, removed []portLabel
-	}
-	var diffs []groupDiff
+	// The groups that change, as the change leaves them; listed in
+	// display order once the change is made, each with what it adds and
+	// removes.
+	var changes []groupChange
 	edit := func(m *model) (updates, error) {
 		if pos == nil {
 			return nil, errors.New("replace: the change was computed twice")
 		}
 		// At least the groups the set grows by change: sized for those.
-		n := max(len(keys)-len(m.groups), 0)
-		diffs = make([]groupDiff, 0, n)
-		u := make(updates, n)
-		diff := func(gk groupKey, old, nw []portLabel) {
-			a, r := diffPorts(old, nw)
-			if len(a)+len(r) > 0 {
-				u[gk] = nw
-				diffs = append(diffs, groupDiff{gk, a, r})
-			}
-		}
+		u := make(updates, max(len(keys)-len(m.groups), 0))
 		for i, gk := range keys {
 			var old []portLabel
 			if g := m.groups[gk]; g != nil {
 				old = g.ports
 			}
-			diff(gk, old, lists[i])
+			if !slices.Equal(old, lists[i]) {
+				u[gk] = lists[i]
+			}
 		}
-		for gk, g := range m.groups {
+		for gk := range m.groups {
 			if _, ok := pos[gk]; !ok {
-				diff(gk, g.ports, nil)
+				u[gk] = nil
 			}
 		}
 		// u holds what the change needs; the grouping (tens of MiB at a
 		// million bindings) is garbage from here on. edit runs once.
 		pos, keys, lists = nil, nil, nil
+		if dryRun {
+			// Nothing is applied: what would change is what u says.
+			changes = make([]groupChange, 0, len(u))
+			for gk, ps := range u {
+				c := groupChange{key: gk, old: m.groups[gk]}
+				if len(ps) > 0 {
+					sortPorts(ps)
+					c.new = &group{ports: ps}
+				}
+				changes = append(changes, c)
+			}
+		}
 		return u, nil
 	}
 	if dryRun {
@@ -244,16 +246,38 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 			return err
 		})
 	} else {
-		err = d.change(edit, settings)
+		err = d.exclusive(func(m *model) error {
+			var err error
+			changes, err = d.apply(m, edit, settings)
+			return err
+		})
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	slices.SortFunc(diffs, func(a, b groupDiff) int { return compareDisplay(a.gk, b.gk) })
+	added, removed = listChanges(changes)
+	return added, removed, nil
+}
+
+// listChanges lists what changes add and remove, in binding.Compare's
+// order. It sorts changes.
+func listChanges(changes []groupChange) (added, removed []binding.Binding) {
+	slices.SortFunc(changes, func(a, b groupChange) int { return compareDisplay(a.key, b.key) })
+	ports := func(g *group) []portLabel {
+		if g == nil {
+			return nil
+		}
+		return g.ports
+	}
 	na, nr := 0, 0
-	for _, d := range diffs {
-		na += len(d.added)
-		nr += len(d.removed)
+	for _, c := range changes {
+		walkDiff(ports(c.old), ports(c.new), func(_ portLabel, add bool) {
+			if add {
+				na++
+			} else {
+				nr++
+			}
+		})
 	}
 	if na > 0 {
 		added = make([]binding.Binding, 0, na)
@@ -261,15 +285,42 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 	if nr > 0 {
 		removed = make([]binding.Binding, 0, nr)
 	}
-	for _, d := range diffs {
-		for _, pl := range d.added {
-			added = append(added, binding.Binding{Label: pl.label, Protocol: d.gk.proto, Prefix: d.gk.prefix(), Ports: pl.ports})
-		}
-		for _, pl := range d.removed {
-			removed = append(removed, binding.Binding{Label: pl.label, Protocol: d.gk.proto, Prefix: d.gk.prefix(), Ports: pl.ports})
+	for _, c := range changes {
+		prefix := c.key.prefix()
+		walkDiff(ports(c.old), ports(c.new), func(pl portLabel, add bool) {
+			b := binding.Binding{Label: pl.label, Protocol: c.key.proto, Prefix: prefix, Ports: pl.ports}
+			if add {
+				added = append(added, b)
+			} else {
+				removed = append(removed, b)
+			}
+		})
+	}
+	return added, removed
+}
+
+// walkDiff calls fn, in port order, for each binding of nw that old does
+// not hold (add) and each of old that nw does not (not add); both lists
+// are sorted. A binding whose label changes is removed and added.
+func walkDiff(old, nw []portLabel, fn func(pl portLabel, add bool)) {
+	i, j := 0, 0
+	for i < len(old) || j < len(nw) {
+		switch {
+		case j == len(nw) || (i < len(old) && comparePorts(old[i].ports, nw[j].ports) < 0):
+			fn(old[i], false)
+			i++
+		case i == len(old) || comparePorts(old[i].ports, nw[j].ports) > 0:
+			fn(nw[j], true)
+			j++
+		default:
+			if old[i].label != nw[j].label {
+				fn(old[i], false)
+				fn(nw[j], true)
+			}
+			i++
+			j++
 		}
 	}
-	return added, removed, nil
 }
 
 // diffPorts compares two sorted binding lists of one group. What it
@@ -281,24 +332,13 @@ func diffPorts(old, nw []portLabel) (added, removed []portLabel) {
 	case len(nw) == 0:
 		return nil, old
 	}
-	i, j := 0, 0
-	for i < len(old) || j < len(nw) {
-		switch {
-		case j == len(nw) || (i < len(old) && comparePorts(old[i].ports, nw[j].ports) < 0):
-			removed = append(removed, old[i])
-			i++
-		case i == len(old) || comparePorts(old[i].ports, nw[j].ports) > 0:
-			added = append(added, nw[j])
-			j++
-		default:
-			if old[i].label != nw[j].label {
-				removed = append(removed, old[i])
-				added = append(added, nw[j])
-			}
-			i++
-			j++
+	walkDiff(old, nw, func(pl portLabel, add bool) {
+		if add {
+			added = append(added, pl)
+		} else {
+			removed = append(removed, pl)
 		}
-	}
+	})
 	return added, removed
 }
 
@@ -351,7 +391,10 @@ func (d *Dispatcher) changeBindings(edit func(m *model) (updates, error)) error 
 // visible and recorded atomically. edit returns the next bindings of the
 // groups it changes (nil: no change).
 func (d *Dispatcher) change(edit func(m *model) (updates, error), settings []byte) error {
-	return d.exclusive(func(m *model) error { return d.apply(m, edit, settings) })
+	return d.exclusive(func(m *model) error {
+		_, err := d.apply(m, edit, settings)
+		return err
+	})
 }
 
 // SetSettings records settings, an opaque blob of the caller's, in one
@@ -377,11 +420,12 @@ func (d *Dispatcher) Settings() (settings []byte, ok bool, err error) {
 	return settings, ok, err
 }
 
-// apply carries out change under the lock.
-func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), settings []byte) error {
+// apply carries out change under the lock, and returns the groups whose
+// bindings it changed.
+func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), settings []byte) ([]groupChange, error) {
 	u, err := edit(m)
 	if err != nil || (len(u) == 0 && settings == nil) {
-		return err
+		return nil, err
 	}
 	count := m.count
 	var newLabels []string
@@ -393,7 +437,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		}
 		count += len(ps)
 		if err := checkGroup(gk, ps); err != nil {
-			return err
+			return nil, err
 		}
 		for _, pl := range ps {
 			if _, ok := m.labels[pl.label]; !ok && !seen[pl.label] {
@@ -403,10 +447,10 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		}
 	}
 	if count > maxBindings {
-		return fmt.Errorf("%w: %d bindings, at most %d", ErrCapacity, count, maxBindings)
+		return nil, fmt.Errorf("%w: %d bindings, at most %d", ErrCapacity, count, maxBindings)
 	}
 	if err := d.allocLabels(m, newLabels); err != nil {
-		return err
+		return nil, err
 	}
 
 	changes := make([]groupChange, 0, len(u))
@@ -443,7 +487,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		if len(ps) > 0 {
 			g := &group{ports: slices.Clip(ps)}
 			if err := m.compileGroup(g); err != nil {
-				return fail(fmt.Errorf("%s %s: %w", gk.proto, gk.prefix(), err))
+				return nil, fail(fmt.Errorf("%s %s: %w", gk.proto, gk.prefix(), err))
 			}
 			if g.c.useTable() {
 				if c.old != nil && c.old.slot != 0 {
@@ -451,7 +495,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 				} else {
 					s, err := m.allocSlot()
 					if err != nil {
-						return fail(err)
+						return nil, fail(err)
 					}
 					g.slot = s
 				}
@@ -477,9 +521,12 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	}
 	err = d.commit(m, changes, &recordChange{delKeys: delKeys, putKeys: putKeys, putVals: putVals, settings: settings}, update)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return d.gcLabels(m)
+	if err := d.gcLabels(m); err != nil {
+		return nil, err
+	}
+	return changes, nil
 }
 
 // BindingCounts returns how many bindings each label has, without listing

@@ -35,14 +35,25 @@ func TestReplaceListsInOrder(t *testing.T) {
 	if !slices.Equal(added, want) || len(removed) != 0 {
 		t.Fatalf("first replace: %d added (in order: %v), %d removed", len(added), slices.Equal(added, want), len(removed))
 	}
-	// Every binding gets another label: each is removed and added.
+	// Every binding gets another label: each is removed and added. A dry
+	// run reports the same, and changes nothing.
 	second := set(7)
+	wantAdded := slices.Clone(second[:3000])
+	binding.Sort(wantAdded)
+	added, removed, err = e.d.ReplaceBindings(second[:3000], true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(added, wantAdded) || !slices.Equal(removed, want) {
+		t.Fatalf("dry run of the second replace: added in order %v, removed in order %v", slices.Equal(added, wantAdded), slices.Equal(removed, want))
+	}
+	if got, err := e.d.Bindings(); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("after a dry run Bindings lists %d (%v), not the %d applied before", len(got), err, len(want))
+	}
 	added, removed, err = e.d.ReplaceBindings(second[:3000], false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantAdded := slices.Clone(second[:3000])
-	binding.Sort(wantAdded)
 	if !slices.Equal(added, wantAdded) || !slices.Equal(removed, want) {
 		t.Fatalf("second replace: added in order %v, removed in order %v", slices.Equal(added, wantAdded), slices.Equal(removed, want))
 	}
