@@ -499,13 +499,17 @@ func rawSocket(typ int, addr netip.Addr, port int) (int, error) {
 }
 
 // startReceivers runs an accepting and a receiving thread, counting what
-// arrives until close.
+// arrives until close, and returns once both threads' ids are known.
 func (s *packetServer) startReceivers() {
 	s.wg.Add(2)
+	var started sync.WaitGroup // until both threads' ids are known
+	started.Add(2)
+	defer started.Wait()
 	go func() {
 		defer s.wg.Done()
 		runtime.LockOSThread()
 		s.acceptTID.Store(int64(unix.Gettid()))
+		started.Done()
 		for !s.stop.Load() {
 			fd, _, err := unix.Accept4(s.tcp, unix.SOCK_CLOEXEC)
 			if err != nil {
@@ -522,6 +526,7 @@ func (s *packetServer) startReceivers() {
 		defer s.wg.Done()
 		runtime.LockOSThread()
 		s.recvTID.Store(int64(unix.Gettid()))
+		started.Done()
 		const batch = 64
 		bufs := make([][64]byte, batch)
 		iovs := make([]unix.Iovec, batch)
@@ -950,8 +955,9 @@ func sendLoop(servers []*packetServer, stop *atomic.Bool, counts, _ []atomic.Uin
 			due = maxBacklog
 		}
 		if due < batch {
-			// Sleep until the next burst is due.
-			pause := unix.NsecToTimespec(int64(float64(batch-due) / rate * float64(time.Second)))
+			// Sleep until the next burst is due, or 1 ms, so that
+			// stop is seen whatever the rate.
+			pause := unix.NsecToTimespec(min(int64(float64(batch-due)/rate*float64(time.Second)), int64(time.Millisecond)))
 			unix.Nanosleep(&pause, nil)
 			continue
 		}

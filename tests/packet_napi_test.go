@@ -14,23 +14,24 @@ import (
 	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
-// The UDP half of the packet-path benchmark counts the CPU time the
-// receiving host spends per datagram. A veth normally hands a datagram to
-// the receiving namespace in the sender's own system call (netif_rx, then
-// the softirq when the sender re-enables bottom halves), so that time is
-// mixed with the sender's. With GRO on, the receiving veth polls its ring
+// The paced half of the packet-path benchmark (udp, tcp-cpu) counts the
+// CPU time the receiving host spends per datagram or connection. A veth
+// normally hands a packet to the receiving namespace in the sender's own
+// system call (netif_rx, then the softirq when the sender re-enables
+// bottom halves), so that time is mixed with the sender's. With GRO on, the receiving veth polls its ring
 // with NAPI (drivers/net/veth.c, veth_set_features), and with threaded
 // NAPI that poll runs in a kernel thread of its own, napi/IFNAME-ID
 // (net/core/dev.c, napi_kthread_create). That thread's run time is then
-// exactly the receive path up to the socket's queue: IP, the UDP socket
-// lookup with the sk_lookup program, the queueing and the wakeup.
+// exactly the receive path up to the socket's queue: IP, the socket lookup
+// with the sk_lookup program, the queueing and the wakeup (for TCP, also
+// the replies the handshake sends, up to the client veth's ring).
 //
 // A veth takes the NAPI path only for packets it may aggregate
 // (veth_skb_is_eligible_for_gro): with TSO on at the sending end, that is
 // only with UDP GRO forwarding or fraglist GRO at the receiving end, and
-// those would merge datagrams so that one lookup served many. So the
-// client's end has TSO off instead, and the receiving end has only plain
-// GRO, which leaves datagrams to a socket without UDP_GRO unmerged
+// those would merge datagrams so that one lookup served many. So both ends
+// have TSO off instead (the server's replies to a TCP client go the other
+// way), and the receiving end has only plain GRO, which leaves datagrams to a socket without UDP_GRO unmerged
 // (net/ipv4/udp_offload.c, udp_gro_receive): one lookup per datagram, as
 // without NAPI.
 
@@ -38,6 +39,7 @@ import (
 // and returns the pid of the NAPI thread that this started: the one thread
 // named after ifname that was not there before. The caller must not run
 // it for two namespaces at once.
+//
 // "threaded" is set through sysfs, which shows the devices of the namespace
 // that mounted it, so it runs on a thread of its own that enters ns and a
 // private mount namespace, mounts sysfs on dir and then ends, taking both
