@@ -209,18 +209,22 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 		}
 		// At least the groups the set grows by change: sized for those.
 		u := make(updates, max(len(keys)-len(m.groups), 0))
+		kept := 0 // groups of m that the new set has too
 		for i, gk := range keys {
 			var old []portLabel
 			if g := m.groups[gk]; g != nil {
 				old = g.ports
+				kept++
 			}
 			if !slices.Equal(old, lists[i]) {
 				u[gk] = lists[i]
 			}
 		}
-		for gk := range m.groups {
-			if _, ok := pos[gk]; !ok {
-				u[gk] = nil
+		if kept < len(m.groups) {
+			for gk := range m.groups {
+				if _, ok := pos[gk]; !ok {
+					u[gk] = nil
+				}
 			}
 		}
 		// u holds what the change needs; the grouping (tens of MiB at a
