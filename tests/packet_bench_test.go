@@ -579,8 +579,23 @@ func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window ti
 			errc <- client.Do(func() error { return connectLoop([]*packetServer{s}, &stop, count, abandoned, 0, ready) })
 		}()
 	}
+	// Stopped and waited for on every way out, b.Fatal's included, so
+	// that no client keeps connecting into namespaces being removed.
+	halted := false
+	halt := func() {
+		if !halted {
+			halted = true
+			stop.Store(true)
+			wg.Wait()
+		}
+	}
+	defer halt()
 	for range workers {
-		<-ready
+		select {
+		case <-ready:
+		case err := <-errc: // a client that failed before it started
+			b.Fatalf("tcp %s: %v", s.name, err)
+		}
 	}
 	cBefore, sBefore := netCounters(b, client), netCounters(b, s.ns)
 	before, start := s.accept.Load(), time.Now()
@@ -589,8 +604,7 @@ func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window ti
 	time.Sleep(window) // the measurement window, not a synchronisation
 	after, elapsed, sentN, abandonedN := s.accept.Load(), time.Since(start), count[0].Load(), abandoned[0].Load()
 	cAfter, sAfter := netCounters(b, client), netCounters(b, s.ns)
-	stop.Store(true)
-	wg.Wait()
+	halt()
 	close(errc)
 	for err := range errc {
 		if err != nil {
@@ -678,9 +692,24 @@ func measureCPU(b *testing.B, client *testenv.NetNS, servers []*packetServer, pr
 			return onCPU(0, func() error { return loop(servers, &stop, counts, abandoned, rate, ready) })
 		})
 	}()
+	// halt stops the client and returns its error; deferred too, so
+	// that a b.Fatal mid-window does not leave it sending into
+	// namespaces being removed.
+	running := true
+	var loopErr error
+	halt := func() error {
+		if running {
+			running = false
+			stop.Store(true)
+			loopErr = <-errc
+		}
+		return loopErr
+	}
+	defer halt()
 	select {
 	case <-ready:
 	case err := <-errc:
+		running = false
 		b.Fatalf("%s: %v", proto, err)
 	}
 	type sample struct {
@@ -709,8 +738,7 @@ func measureCPU(b *testing.B, client *testenv.NetNS, servers []*packetServer, pr
 	before, start := read(), time.Now()
 	time.Sleep(window) // the measurement window, not a synchronisation
 	after, elapsed := read(), time.Since(start)
-	stop.Store(true)
-	if err := <-errc; err != nil {
+	if err := halt(); err != nil {
 		b.Fatalf("%s: %v", proto, err)
 	}
 	ws := make([]cpuWindow, len(servers))
@@ -1000,4 +1028,37 @@ func envInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s=%q: want a positive number", name, v)
 	}
 	return n
+}
+
+// A paced window that fails half-way (here: the NAPI thread it reads is
+// not there) stops its client before it returns: no socket of the sender
+// is left open in the client namespace, sending into namespaces that the
+// benchmark's cleanup is about to remove.
+func TestPacketWindowFailureStopsTheClient(t *testing.T) {
+	testenv.RequireRoot(t)
+	t.Parallel()
+	client, srv := testenv.NewNetNS(t), testenv.NewNetNS(t)
+	testenv.NewVethPair(t, client, srv, "c0", packetServerIf,
+		netip.MustParsePrefix("192.168.10.2/24"), netip.MustParsePrefix("192.168.10.1/24"))
+	s := &packetServer{name: "broken", ns: srv, addr: netip.MustParseAddr("192.168.10.1"), napiPID: -1}
+	res := testing.Benchmark(func(b *testing.B) {
+		measureCPU(b, client, []*packetServer{s}, binding.UDP, time.Millisecond, 1000)
+	})
+	if res.N != 0 {
+		t.Fatalf("the window measured %d runs with no NAPI thread to read, want a failure", res.N)
+	}
+	var open []string
+	if err := client.Do(func() error {
+		data, err := os.ReadFile("/proc/thread-self/net/udp")
+		if err != nil {
+			return err
+		}
+		open = strings.Split(strings.TrimSpace(string(data)), "\n")[1:] // after the header
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(open) != 0 {
+		t.Errorf("after the failed window, the client namespace still has %d UDP sockets open: %q", len(open), open)
+	}
 }
