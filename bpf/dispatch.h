@@ -36,7 +36,7 @@
  * sy_prefixes; the index only saves reading it. */
 #define SY_IX_LOG2 16
 #define SY_IX_BUCKETS (1 << SY_IX_LOG2)
-#define SY_IX_WAYS 2
+#define SY_IX_WAYS 4
 
 /* Ports no binding serves: per generation and (protocol, family), one bit
  * per port, set when no binding of that protocol and family covers the port
@@ -62,8 +62,14 @@
 #define SY_NOADDR_WORDS (65536 / 64)
 
 /* Flags of struct sy_ix_bucket. */
-#define SY_IXB_VALID 1    /* written by a build that knows the index */
+#define SY_IXB_VALID 1    /* written by a build that knows an index */
 #define SY_IXB_OVERFLOW 2 /* a prefix of this bucket is in no slot */
+/* Written by a build of this index (four ways, this filter_bit): the
+ * program trusts only buckets that have it, and the filter with them. A
+ * bucket of an older build (migrated, SY_IXB_VALID only) says nothing until
+ * Open rebuilds the index, which it does when the active generation's
+ * first bucket lacks it. */
+#define SY_IXB_THIS 4
 
 /* Flags of struct sy_prefix_val. */
 #define SY_PV_PORTS 1 /* single ports of this prefix live in sy_ports */

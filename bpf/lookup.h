@@ -126,6 +126,11 @@ static __always_inline __u32 filter_bit(const struct sy_prefix_key *k)
 	x ^= y * 0xff51afd7ed558ccdULL;
 	x ^= ((__u64)k->plen << 16) | ((__u64)k->proto << 8) | k->family;
 	x *= 0x9e3779b97f4a7c15ULL;
+	/* Fold the high bits, which the multiply mixed, into the low ones,
+	 * then mix again: addresses that differ only in their low bytes
+	 * (which IPv6 words hold high, loaded little-endian) spread. */
+	x ^= x >> 29;
+	x *= 0xbf58476d1ce4e5b9ULL;
 	return x >> (64 - SY_FILTER_LOG2);
 }
 
@@ -280,15 +285,17 @@ static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, 
 		bit = filter_bit(&key);
 		bidx = gen * SY_IX_BUCKETS + (bit >> (SY_FILTER_LOG2 - SY_IX_LOG2));
 		b = bpf_map_lookup_elem(&sy_index, &bidx);
-		if (b && (b->flags & SY_IXB_VALID)) {
-			if (ix_match(&b->slots[0], &key, kind)) {
-				label = ix_label(&b->slots[0], port);
-				if (label)
+		if (b && (b->flags & SY_IXB_THIS)) {
+			const struct sy_ix_slot *s = 0;
+
+			for (int k = 0; k < SY_IX_WAYS; k++) {
+				if (ix_match(&b->slots[k], &key, kind)) {
+					s = &b->slots[k];
 					break;
-				continue;
+				}
 			}
-			if (ix_match(&b->slots[1], &key, kind)) {
-				label = ix_label(&b->slots[1], port);
+			if (s) {
+				label = ix_label(s, port);
 				if (label)
 					break;
 				continue;

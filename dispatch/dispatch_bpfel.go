@@ -38,7 +38,7 @@ type dispatchSyIxBucket struct {
 	_     structs.HostLayout
 	Flags uint32
 	Pad   uint32
-	Slots [2]dispatchSyIxSlot
+	Slots [4]dispatchSyIxSlot
 }
 
 type dispatchSyIxSlot struct {

@@ -14,6 +14,8 @@ func filterBit(k *dispatchSyPrefixKey) uint32 {
 	x ^= y * 0xff51afd7ed558ccd
 	x ^= uint64(k.Plen)<<16 | uint64(k.Proto)<<8 | uint64(k.Family)
 	x *= 0x9e3779b97f4a7c15
+	x ^= x >> 29
+	x *= 0xbf58476d1ce4e5b9
 	return uint32(x >> (64 - filterLog2))
 }
 

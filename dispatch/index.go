@@ -17,11 +17,14 @@ import (
 // like a filter word.
 
 const (
-	ixLog2      = 16 // SY_IX_LOG2
-	ixBuckets   = 1 << ixLog2
-	ixWays      = len(dispatchSyIxBucket{}.Slots) // SY_IX_WAYS
-	ixbValid    = 1                               // SY_IXB_VALID
-	ixbOverflow = 2                               // SY_IXB_OVERFLOW
+	ixLog2    = 16 // SY_IX_LOG2
+	ixBuckets = 1 << ixLog2
+	ixWays    = len(dispatchSyIxBucket{}.Slots) // SY_IX_WAYS
+	ixbValid  = 1                               // SY_IXB_VALID
+	ixbThis   = 4                               // SY_IXB_THIS
+	// ixbThisBuild marks a bucket this build wrote.
+	ixbThisBuild = ixbValid | ixbThis
+	ixbOverflow  = 2 // SY_IXB_OVERFLOW
 )
 
 // bucket is the index bucket of the key, within one generation.
@@ -66,7 +69,7 @@ func (m *model) indexDrop(gk groupKey) {
 // bucket in key order take the slots; if any group is left out, the bucket
 // says so, and the program looks such prefixes up in sy_prefixes.
 func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
-	v := dispatchSyIxBucket{Flags: ixbValid}
+	v := dispatchSyIxBucket{Flags: ixbThisBuild}
 	n := 0
 	for _, gk := range m.ix[b] {
 		g := m.groups[gk]
@@ -99,7 +102,7 @@ func initIndex(m *ebpf.Map) error {
 	vals := make([]dispatchSyIxBucket, 2*ixBuckets)
 	for i := range keys {
 		keys[i] = uint32(i)
-		vals[i].Flags = ixbValid
+		vals[i].Flags = ixbThisBuild
 	}
 	return batchPut(m, keys, vals)
 }

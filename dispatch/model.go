@@ -326,7 +326,7 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 	// A build with another index or filter left the state (create writes
 	// an empty index valid): build them.
 	var b dispatchSyIxBucket
-	if err := d.objs.SyIndex.Lookup(m.gen*ixBuckets, &b); err == nil && b.Flags&ixbValid != 0 {
+	if err := d.objs.SyIndex.Lookup(m.gen*ixBuckets, &b); err == nil && b.Flags&ixbThisBuild == ixbThisBuild {
 		m.indexOK = true
 	}
 	return m, resync || m.rec.State == commitBegun || !m.indexOK, nil

@@ -38,7 +38,7 @@ type bypassSyIxBucket struct {
 	_     structs.HostLayout
 	Flags uint32
 	Pad   uint32
-	Slots [2]struct {
+	Slots [4]struct {
 		_        structs.HostLayout
 		Addr     [4]uint32
 		Plen     uint8
