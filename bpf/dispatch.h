@@ -38,11 +38,14 @@
 #define SY_IX_BUCKETS (1 << SY_IX_LOG2)
 #define SY_IX_WAYS 4
 
-/* Ports no binding serves: per generation and (protocol, family), one bit
- * per port, set when no binding of that protocol and family covers the port
- * (sy_noport[(gen*4 + proto*2 + family) * SY_NOPORT_WORDS + port/64]). A
- * set bit ends a lookup at once; a clear one (as a fresh map has them) says
- * nothing. */
+/* Ports no binding serves: per (protocol, family), one bit per port, set
+ * when no binding of that protocol and family covers the port in the
+ * generation the program reads nor in the one it may read next
+ * (sy_noports[(proto*2 + family) * SY_NOPORT_WORDS + port/64]), kept like
+ * sy_noaddr's bits (below). A set bit ends a lookup at once; a clear one
+ * (as a fresh map has them) says nothing. It replaces sy_noport, one map
+ * per generation, of earlier builds, which this build neither reads nor
+ * writes. */
 #define SY_NOPORT_WORDS (65536 / 64)
 
 /* Addresses no binding covers: per (protocol, family), of either

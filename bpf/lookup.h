@@ -65,10 +65,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 8 * SY_NOPORT_WORDS);
+	__uint(max_entries, 4 * SY_NOPORT_WORDS);
 	__type(key, __u32);
 	__type(value, __u64);
-} sy_noport SEC(".maps");
+} sy_noports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -322,8 +322,8 @@ static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, 
 
 /* The label of the most specific binding for q, or 0 if no binding matches.
  * sy_dispatch inlines it; other programs call sy_lookup. The address and
- * port maps come first: an address miss reads one array element, a port
- * miss three. */
+ * port maps, which hold for either generation, come first: an address miss
+ * reads one array element, a port miss two. */
 static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 {
 	const struct sy_cfg *cfg;
@@ -339,16 +339,16 @@ static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 	w = bpf_map_lookup_elem(&sy_noaddr, &widx);
 	if (w && ((*w >> (blk & 63)) & 1))
 		return 0;
+	widx = (q->proto * 2 + q->fam) * SY_NOPORT_WORDS + port / 64;
+	w = bpf_map_lookup_elem(&sy_noports, &widx);
+	if (w && ((*w >> (port & 63)) & 1))
+		return 0;
 
 	cfg = bpf_map_lookup_elem(&sy_config, &zero);
 	if (!cfg)
 		return 0;
 	gen = cfg->gen & 1;
 	idx = gen * 4 + q->proto * 2 + q->fam;
-	widx = idx * SY_NOPORT_WORDS + port / 64;
-	w = bpf_map_lookup_elem(&sy_noport, &widx);
-	if (w && ((*w >> (port & 63)) & 1))
-		return 0;
 	return probe_lengths(q, gen, idx);
 }
 

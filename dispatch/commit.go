@@ -188,20 +188,12 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	if err := batchPut(d.objs.SyIndex, bkeys, bvals); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
-	nkeys := make([]uint32, 0, len(lists)*noportWords)
-	nvals := make([]uint64, 0, len(lists)*noportWords)
-	for _, li := range lists {
-		base := (gen*4 + uint32(li)) * noportWords
-		for i, w := range m.use[li].noport() {
-			nkeys = append(nkeys, base+uint32(i))
-			nvals = append(nvals, w)
-		}
-	}
-	if err := batchPut(d.objs.SyNoport, nkeys, nvals); err != nil {
+	before := gen != m.gen
+	if err := d.writeEither(d.objs.SyNoports, before, lists, func(li int) []uint64 { return m.use[li].noport() }); err != nil {
 		return fmt.Errorf("write port map: %w", err)
 	}
-	if err := d.writeNoaddr(m, gen != m.gen, lists); err != nil {
-		return err
+	if err := d.writeEither(d.objs.SyNoaddr, before, lists, func(li int) []uint64 { return m.use[li].noaddr() }); err != nil {
+		return fmt.Errorf("write address map: %w", err)
 	}
 	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
 		return fmt.Errorf("write prefix lengths: %w", err)
@@ -209,26 +201,29 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	return nil
 }
 
-// writeNoaddr writes the words of sy_noaddr of lists. Before the flip
-// (while the program may read the generation before the change), a bit
-// stays set only if it is set now and no binding after the change covers
-// its block; after it, the words say what the change leaves.
-func (d *Dispatcher) writeNoaddr(m *model, beforeFlip bool, lists []int) error {
+// writeEither writes the words of lists in mp, sy_noports or sy_noaddr,
+// which hold for either generation the program may read (words gives a
+// list's words after the change). Before the flip (while the program may
+// read the generation before the change) a bit stays set only if it is set
+// now and the change leaves it set; after it, the words say what the
+// change leaves.
+func (d *Dispatcher) writeEither(mp *ebpf.Map, beforeFlip bool, lists []int, words func(li int) []uint64) error {
 	if len(lists) == 0 {
 		return nil
 	}
 	var now []uint64
 	if beforeFlip {
 		var err error
-		if now, err = readWords(d.objs.SyNoaddr); err != nil {
-			return fmt.Errorf("read address map: %w", err)
+		if now, err = readWords(mp); err != nil {
+			return err
 		}
 	}
-	keys := make([]uint32, 0, len(lists)*noaddrWords)
-	vals := make([]uint64, 0, len(lists)*noaddrWords)
+	n := int(mp.MaxEntries()) / 4
+	keys := make([]uint32, 0, len(lists)*n)
+	vals := make([]uint64, 0, len(lists)*n)
 	for _, li := range lists {
-		base := uint32(li) * noaddrWords
-		for i, w := range m.use[li].noaddr() {
+		base := uint32(li * n)
+		for i, w := range words(li) {
 			if now != nil {
 				w &= now[base+uint32(i)]
 			}
@@ -236,10 +231,7 @@ func (d *Dispatcher) writeNoaddr(m *model, beforeFlip bool, lists []int) error {
 			vals = append(vals, w)
 		}
 	}
-	if err := batchPut(d.objs.SyNoaddr, keys, vals); err != nil {
-		return fmt.Errorf("write address map: %w", err)
-	}
-	return nil
+	return batchPut(mp, keys, vals)
 }
 
 // readWords reads an array of uint64 whole.

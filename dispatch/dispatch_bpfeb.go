@@ -129,7 +129,7 @@ const (
 	dispatchMapSyIndex     = "sy_index"
 	dispatchMapSyLabels    = "sy_labels"
 	dispatchMapSyNoaddr    = "sy_noaddr"
-	dispatchMapSyNoport    = "sy_noport"
+	dispatchMapSyNoports   = "sy_noports"
 	dispatchMapSyPlens     = "sy_plens"
 	dispatchMapSyPorts     = "sy_ports"
 	dispatchMapSyPrefixes  = "sy_prefixes"
@@ -194,7 +194,7 @@ type dispatchMapSpecs struct {
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
 	SyNoaddr   *ebpf.MapSpec `ebpf:"sy_noaddr"`
-	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
+	SyNoports  *ebpf.MapSpec `ebpf:"sy_noports"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.MapSpec `ebpf:"sy_prefixes"`
@@ -235,7 +235,7 @@ type dispatchMaps struct {
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
 	SyNoaddr   *ebpf.Map `ebpf:"sy_noaddr"`
-	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
+	SyNoports  *ebpf.Map `ebpf:"sy_noports"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.Map `ebpf:"sy_prefixes"`
@@ -252,7 +252,7 @@ func (m *dispatchMaps) Close() error {
 		m.SyIndex,
 		m.SyLabels,
 		m.SyNoaddr,
-		m.SyNoport,
+		m.SyNoports,
 		m.SyPlens,
 		m.SyPorts,
 		m.SyPrefixes,

@@ -149,7 +149,7 @@ const (
 	explainMapSyIndex        = "sy_index"
 	explainMapSyLabels       = "sy_labels"
 	explainMapSyNoaddr       = "sy_noaddr"
-	explainMapSyNoport       = "sy_noport"
+	explainMapSyNoports      = "sy_noports"
 	explainMapSyPlens        = "sy_plens"
 	explainMapSyPorts        = "sy_ports"
 	explainMapSyPrefixes     = "sy_prefixes"
@@ -221,7 +221,7 @@ type explainMapSpecs struct {
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
 	SyNoaddr   *ebpf.MapSpec `ebpf:"sy_noaddr"`
-	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
+	SyNoports  *ebpf.MapSpec `ebpf:"sy_noports"`
 	SyPlens    *ebpf.MapSpec `ebpf:"sy_plens"`
 	SyPorts    *ebpf.MapSpec `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.MapSpec `ebpf:"sy_prefixes"`
@@ -265,7 +265,7 @@ type explainMaps struct {
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
 	SyNoaddr   *ebpf.Map `ebpf:"sy_noaddr"`
-	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
+	SyNoports  *ebpf.Map `ebpf:"sy_noports"`
 	SyPlens    *ebpf.Map `ebpf:"sy_plens"`
 	SyPorts    *ebpf.Map `ebpf:"sy_ports"`
 	SyPrefixes *ebpf.Map `ebpf:"sy_prefixes"`
@@ -282,7 +282,7 @@ func (m *explainMaps) Close() error {
 		m.SyIndex,
 		m.SyLabels,
 		m.SyNoaddr,
-		m.SyNoport,
+		m.SyNoports,
 		m.SyPlens,
 		m.SyPorts,
 		m.SyPrefixes,

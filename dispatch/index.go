@@ -123,7 +123,7 @@ func (d *Dispatcher) buildIndex(m *model) error {
 const noportWords = 65536 / 64
 
 // portUse counts the bindings of one (protocol, family) by port set, for
-// sy_noport, and its prefixes by the address blocks they cover, for
+// sy_noports, and its prefixes by the address blocks they cover, for
 // sy_noaddr.
 type portUse struct {
 	any    int
@@ -154,7 +154,7 @@ func (u *portUse) add(p binding.Ports, n int) {
 	}
 }
 
-// noport is the value of sy_noport for u: a bit set for each port no
+// noport is the value of sy_noports for u: a bit set for each port no
 // binding covers.
 func (u *portUse) noport() []uint64 {
 	w := make([]uint64, noportWords)

@@ -5,11 +5,13 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
 // Ports that no binding of a protocol and family serves end the lookup
-// early (sy_noport); the map follows every change, so what one change
+// early (sy_noports); the map follows every change, so what one change
 // serves is served and what it stops serving falls to the kernel.
 func TestPortsNoBindingServes(t *testing.T) {
 	t.Parallel()
@@ -175,30 +177,35 @@ func TestPortUseNoaddr(t *testing.T) {
 }
 
 // A change keeps clear, until the program no longer reads the generation
-// before it, the sy_noaddr bits of blocks only that generation covers: at
-// the generation flip both what it removes and what it adds are covered.
-func TestNoaddrCoversBothGenerationsAtTheFlip(t *testing.T) {
+// before it, the sy_noaddr and sy_noports bits of blocks and ports only that
+// generation covers: at the generation flip both what it removes and what
+// it adds are covered.
+func TestNoMapsCoverBothGenerationsAtTheFlip(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.bind("web", "tcp", "10.20.0.0/24", "*")
-	set := func(a string) bool {
+	e.bind("web", "tcp", "10.20.0.0/24", "80")
+	bit := func(m *ebpf.Map, b uint16) bool { // tcp, IPv4: list 0
 		t.Helper()
-		ad := netip.MustParseAddr(a)
-		b := noaddrBlock(leadWord(ad), true)
 		var w uint64
-		if err := e.d.objs.SyNoaddr.Lookup(uint32(b/64), &w); err != nil { // tcp, IPv4: list 0
+		if err := m.Lookup(uint32(b/64), &w); err != nil {
 			t.Fatal(err)
 		}
 		return w&(1<<(b%64)) != 0
 	}
-	if set("10.20.0.1") || !set("10.30.0.1") {
-		t.Fatalf("before the change: 10.20/16 marked uncovered %v, 10.30/16 %v; want false, true", set("10.20.0.1"), set("10.30.0.1"))
+	block := func(a string) uint16 { return noaddrBlock(leadWord(netip.MustParseAddr(a)), true) }
+	state := func() [4]bool {
+		return [4]bool{bit(e.d.objs.SyNoaddr, block("10.20.0.1")), bit(e.d.objs.SyNoaddr, block("10.30.0.1")),
+			bit(e.d.objs.SyNoports, 80), bit(e.d.objs.SyNoports, 81)}
 	}
-	old, err := binding.Parse("web", "tcp", "10.20.0.0/24", "*")
+	const what = "uncovered: 10.20/16, 10.30/16, port 80, port 81"
+	if got, want := state(), [4]bool{false, true, false, true}; got != want {
+		t.Fatalf("before the change: %s %v, want %v", what, got, want)
+	}
+	old, err := binding.Parse("web", "tcp", "10.20.0.0/24", "80")
 	if err != nil {
 		t.Fatal(err)
 	}
-	nw, err := binding.Parse("web", "tcp", "10.30.0.0/24", "*")
+	nw, err := binding.Parse("web", "tcp", "10.30.0.0/24", "81")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,8 +213,8 @@ func TestNoaddrCoversBothGenerationsAtTheFlip(t *testing.T) {
 	if _, _, err := e.d.Replace([]binding.Binding{nw}, nil, false); !errors.Is(err, errCrashPoint) {
 		t.Fatalf("change: %v, want the simulated crash", err)
 	}
-	if set("10.20.0.1") || set("10.30.0.1") {
-		t.Errorf("at the flip: 10.20/16 marked uncovered %v, 10.30/16 %v; want both covered", set("10.20.0.1"), set("10.30.0.1"))
+	if got, want := state(), [4]bool{}; got != want {
+		t.Errorf("at the flip: %s %v, want %v", what, got, want)
 	}
 	e.d.crash = nil
 	if _, _, err := e.d.Replace([]binding.Binding{old}, nil, false); err != nil {
@@ -216,7 +223,7 @@ func TestNoaddrCoversBothGenerationsAtTheFlip(t *testing.T) {
 	if _, _, err := e.d.Replace([]binding.Binding{nw}, nil, false); err != nil {
 		t.Fatal(err)
 	}
-	if !set("10.20.0.1") || set("10.30.0.1") {
-		t.Errorf("after the change: 10.20/16 marked uncovered %v, 10.30/16 %v; want true, false", set("10.20.0.1"), set("10.30.0.1"))
+	if got, want := state(), [4]bool{true, false, true, false}; got != want {
+		t.Errorf("after the change: %s %v, want %v", what, got, want)
 	}
 }

@@ -178,7 +178,7 @@ const (
 	bypassMapSyIndex         = "sy_index"
 	bypassMapSyLabels        = "sy_labels"
 	bypassMapSyNoaddr        = "sy_noaddr"
-	bypassMapSyNoport        = "sy_noport"
+	bypassMapSyNoports       = "sy_noports"
 	bypassMapSyP_bypass      = "sy_p_bypass"
 	bypassMapSyP_config      = "sy_p_config"
 	bypassMapSyP_policy      = "sy_p_policy"
@@ -257,7 +257,7 @@ type bypassMapSpecs struct {
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
 	SyLabels   *ebpf.MapSpec `ebpf:"sy_labels"`
 	SyNoaddr   *ebpf.MapSpec `ebpf:"sy_noaddr"`
-	SyNoport   *ebpf.MapSpec `ebpf:"sy_noport"`
+	SyNoports  *ebpf.MapSpec `ebpf:"sy_noports"`
 	SyP_bypass *ebpf.MapSpec `ebpf:"sy_p_bypass"`
 	SyP_config *ebpf.MapSpec `ebpf:"sy_p_config"`
 	SyP_policy *ebpf.MapSpec `ebpf:"sy_p_policy"`
@@ -304,7 +304,7 @@ type bypassMaps struct {
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
 	SyLabels   *ebpf.Map `ebpf:"sy_labels"`
 	SyNoaddr   *ebpf.Map `ebpf:"sy_noaddr"`
-	SyNoport   *ebpf.Map `ebpf:"sy_noport"`
+	SyNoports  *ebpf.Map `ebpf:"sy_noports"`
 	SyP_bypass *ebpf.Map `ebpf:"sy_p_bypass"`
 	SyP_config *ebpf.Map `ebpf:"sy_p_config"`
 	SyP_policy *ebpf.Map `ebpf:"sy_p_policy"`
@@ -327,7 +327,7 @@ func (m *bypassMaps) Close() error {
 		m.SyIndex,
 		m.SyLabels,
 		m.SyNoaddr,
-		m.SyNoport,
+		m.SyNoports,
 		m.SyP_bypass,
 		m.SyP_config,
 		m.SyP_policy,
