@@ -188,12 +188,8 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	if err := batchPut(d.objs.SyIndex, bkeys, bvals); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
-	before := gen != m.gen
-	if err := d.writeEither(d.objs.SyNoports, before, lists, func(li int) []uint64 { return m.use[li].noport() }); err != nil {
-		return fmt.Errorf("write port map: %w", err)
-	}
-	if err := d.writeEither(d.objs.SyNoaddr, before, lists, func(li int) []uint64 { return m.use[li].noaddr() }); err != nil {
-		return fmt.Errorf("write address map: %w", err)
+	if err := d.writeWords(m, gen != m.gen, lists); err != nil {
+		return err
 	}
 	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
 		return fmt.Errorf("write prefix lengths: %w", err)
@@ -232,6 +228,34 @@ func (d *Dispatcher) writeEither(mp *ebpf.Map, beforeFlip bool, lists []int, wor
 		}
 	}
 	return batchPut(mp, keys, vals)
+}
+
+// clearWords clears every word of sy_noports and sy_noaddr: a clear bit
+// says nothing, so the program then looks every address and port up.
+func (d *Dispatcher) clearWords() error {
+	for _, mp := range []*ebpf.Map{d.objs.SyNoports, d.objs.SyNoaddr} {
+		n := int(mp.MaxEntries())
+		keys := make([]uint32, n)
+		for i := range keys {
+			keys[i] = uint32(i)
+		}
+		if err := batchPut(mp, keys, make([]uint64, n)); err != nil {
+			return fmt.Errorf("clear %s: %w", mapName(mp), err)
+		}
+	}
+	return nil
+}
+
+// writeWords writes the words of lists in sy_noports and sy_noaddr from m,
+// as writeEither says.
+func (d *Dispatcher) writeWords(m *model, beforeFlip bool, lists []int) error {
+	if err := d.writeEither(d.objs.SyNoports, beforeFlip, lists, func(li int) []uint64 { return m.use[li].noport() }); err != nil {
+		return fmt.Errorf("write port map: %w", err)
+	}
+	if err := d.writeEither(d.objs.SyNoaddr, beforeFlip, lists, func(li int) []uint64 { return m.use[li].noaddr() }); err != nil {
+		return fmt.Errorf("write address map: %w", err)
+	}
+	return nil
 }
 
 // readWords reads an array of uint64 whole.

@@ -129,8 +129,8 @@ type portUse struct {
 	any    int
 	single map[uint16]int
 	ranges map[binding.Ports]int
-	blocks *[noaddrBlocks]int32 // prefixes that lie in one block, by block
-	wide   map[netip.Prefix]int // prefixes wider than a block
+	blocks *[noaddrBlocks]int32 // prefixes that cover each block
+	all    int                  // IPv6 prefixes shorter than /16, which cover every block
 }
 
 func (u *portUse) add(p binding.Ports, n int) {
@@ -210,52 +210,41 @@ func leadWord(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:4])
 }
 
-// addPrefix counts n more (or, negative, fewer) groups of prefix p.
+// addPrefix counts n more (or, negative, fewer) groups of prefix p. A
+// prefix wider than a block is counted in every block it covers, once
+// here, so that noaddr is one pass over the blocks whatever the prefixes.
 func (u *portUse) addPrefix(p netip.Prefix, n int) {
 	p = p.Masked()
 	a := p.Addr()
-	if p.Bits() < blockBits(a.Is4()) {
-		if u.wide == nil {
-			u.wide = map[netip.Prefix]int{}
-		}
-		if u.wide[p] += n; u.wide[p] <= 0 {
-			delete(u.wide, p)
-		}
+	if !a.Is4() && p.Bits() < 16 {
+		u.all += n
 		return
 	}
 	if u.blocks == nil {
 		u.blocks = new([noaddrBlocks]int32)
 	}
-	u.blocks[noaddrBlock(leadWord(a), a.Is4())] += int32(n)
+	lead := leadWord(a)
+	if p.Bits() >= blockBits(a.Is4()) {
+		u.blocks[noaddrBlock(lead, a.Is4())] += int32(n)
+		return
+	}
+	// The leading 32-bit values p covers, one block's worth apart.
+	step := uint32(1) << (32 - blockBits(a.Is4()))
+	for i := range uint32(1) << (blockBits(a.Is4()) - p.Bits()) {
+		u.blocks[noaddrBlock(lead+i*step, a.Is4())] += int32(n)
+	}
 }
 
 // noaddr is the value of sy_noaddr for u: a bit set for each address block
 // no prefix covers. IPv6 prefixes shorter than /16 cover every block.
 func (u *portUse) noaddr() []uint64 {
 	w := make([]uint64, noaddrWords)
-	for p := range u.wide {
-		if !p.Addr().Is4() && p.Bits() < 16 {
-			return w
-		}
+	if u.all > 0 {
+		return w
 	}
-	for i := range w {
-		w[i] = ^uint64(0)
-	}
-	clear := func(b uint16) { w[b/64] &^= 1 << (b % 64) }
-	if u.blocks != nil {
-		for b, c := range u.blocks {
-			if c > 0 {
-				clear(uint16(b))
-			}
-		}
-	}
-	for p := range u.wide {
-		a := p.Addr()
-		lead := leadWord(a)
-		// The leading 32-bit values p covers, one block's worth apart.
-		step := uint32(1) << (32 - blockBits(a.Is4()))
-		for i := range uint32(1) << (blockBits(a.Is4()) - p.Bits()) {
-			clear(noaddrBlock(lead+i*step, a.Is4()))
+	for b := range noaddrBlocks {
+		if u.blocks == nil || u.blocks[b] <= 0 {
+			w[b/64] |= 1 << (b % 64)
 		}
 	}
 	return w

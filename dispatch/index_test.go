@@ -174,6 +174,21 @@ func TestPortUseNoaddr(t *testing.T) {
 			t.Fatalf("word %d is %#x with an IPv6 prefix wider than /16", i, x)
 		}
 	}
+	// Wide prefixes go as they came: their blocks are free again, the
+	// narrower prefixes' blocks are still covered.
+	u.addPrefix(netip.MustParsePrefix("2000::/15"), -1)
+	u.addPrefix(netip.MustParsePrefix("172.16.0.0/14"), -1)
+	w = u.noaddr()
+	for _, a := range []string{"2001:db8:1::1", "2001:db0::1", "2001:dbf:ffff::1"} {
+		if blockSet(w, a) {
+			t.Errorf("%s: marked as covered by no binding after wider prefixes went", a)
+		}
+	}
+	for _, a := range []string{"2000::1", "172.16.0.1", "172.19.255.255"} {
+		if !blockSet(w, a) {
+			t.Errorf("%s: still covered after the prefixes covering it went", a)
+		}
+	}
 }
 
 // A change keeps clear, until the program no longer reads the generation
@@ -225,5 +240,50 @@ func TestNoMapsCoverBothGenerationsAtTheFlip(t *testing.T) {
 	}
 	if got, want := state(), [4]bool{true, false, true, false}; got != want {
 		t.Errorf("after the change: %s %v, want %v", what, got, want)
+	}
+}
+
+// A build that does not know sy_noaddr and sy_noports (c0a1c49) changes
+// bindings without clearing their bits: what this build set before such a
+// build bound an address or port must not refuse it when this build opens
+// the state again, and the words say what the bindings leave afterwards.
+func TestOpenRewritesWordsAnOlderBuildLeft(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mustRegister(t, e.d, "web", e.tcpServer("web", "127.0.0.1:0"))
+	e.bind("web", "tcp", "10.50.0.0/24", "80")
+	// What an older build leaves: every bit set, as if nothing were bound.
+	for _, m := range []*ebpf.Map{e.d.objs.SyNoports, e.d.objs.SyNoaddr} {
+		n := int(m.MaxEntries())
+		keys, vals := make([]uint32, n), make([]uint64, n)
+		for i := range keys {
+			keys[i], vals[i] = uint32(i), ^uint64(0)
+		}
+		if err := batchPut(m, keys, vals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := e.dialLabel("10.50.0.7:80"); !isRefused(err) {
+		t.Fatalf("with every bit set, 10.50.0.7:80: %v, want connection refused (the bits are not read?)", err)
+	}
+	e.d.Close()
+	e.d = e.open()
+	if label, _, err := e.dialLabel("10.50.0.7:80"); err != nil || label != "web" {
+		t.Fatalf("after Open, 10.50.0.7:80: got %q (%v), want web", label, err)
+	}
+	tcp4 := 0 // proto*2 + family
+	bit := func(m *ebpf.Map, i int) bool {
+		var w uint64
+		if err := m.Lookup(uint32(tcp4*int(m.MaxEntries())/4+i/64), &w); err != nil {
+			t.Fatal(err)
+		}
+		return w&(1<<(i%64)) != 0
+	}
+	if !bit(e.d.objs.SyNoports, 81) || bit(e.d.objs.SyNoports, 80) {
+		t.Errorf("after Open, port bits 80 %v and 81 %v, want clear and set", bit(e.d.objs.SyNoports, 80), bit(e.d.objs.SyNoports, 81))
+	}
+	b50, b60 := int(noaddrBlock(10<<24|50<<16, true)), int(noaddrBlock(10<<24|60<<16, true))
+	if bit(e.d.objs.SyNoaddr, b50) || !bit(e.d.objs.SyNoaddr, b60) {
+		t.Errorf("after Open, address bits of 10.50/16 %v and 10.60/16 %v, want clear and set", bit(e.d.objs.SyNoaddr, b50), bit(e.d.objs.SyNoaddr, b60))
 	}
 }

@@ -162,11 +162,28 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 	if err := d.load(); err != nil {
 		return nil, err
 	}
+	// Builds that do not know sy_noports and sy_noaddr (c0a1c49 and
+	// older) change bindings without clearing their bits, so a bit this
+	// build set before such a build ran may now refuse what it bound.
+	// Clear bits say nothing: the maps are cleared before this build's
+	// program is attached, and written from the bindings once read.
+	if !opts.ReadOnly {
+		if err := d.clearWords(); err != nil {
+			return nil, err
+		}
+	}
 	if err := d.attach(); err != nil {
 		return nil, err
 	}
-	if _, err := d.refresh(repairWrite); err != nil {
+	m, err := d.refresh(repairWrite)
+	if err != nil {
 		return nil, err
+	}
+	if !opts.ReadOnly {
+		// The set in force, with no change under way.
+		if err := d.writeWords(m, false, []int{0, 1, 2, 3}); err != nil {
+			return nil, err
+		}
 	}
 	return d, nil
 }
