@@ -165,13 +165,9 @@ func Open(netnsPath string, opts Options) (_ *Dispatcher, err error) {
 	// Builds that do not know sy_noports and sy_noaddr (c0a1c49 and
 	// older) change bindings without clearing their bits, so a bit this
 	// build set before such a build ran may now refuse what it bound.
-	// Clear bits say nothing: the maps are cleared before this build's
-	// program is attached, and written from the bindings once read.
-	if !opts.ReadOnly {
-		if err := d.clearWords(); err != nil {
-			return nil, err
-		}
-	}
+	// Clear bits say nothing: attach clears the maps before this build's
+	// program replaces another's, and they are written from the bindings
+	// once read.
 	if err := d.attach(); err != nil {
 		return nil, err
 	}
@@ -453,6 +449,9 @@ func (d *Dispatcher) attach() error {
 		if cfg.Prog == progHash() && len(d.migrated) == 0 {
 			return nil
 		}
+		if err := d.clearWords(); err != nil {
+			return err
+		}
 		if err := l.Update(d.objs.SyDispatch); err != nil {
 			return fmt.Errorf("replace program: %w", err)
 		}
@@ -486,6 +485,9 @@ func (d *Dispatcher) pinMigrated() error {
 }
 
 func (d *Dispatcher) attachNew(pin string) error {
+	if err := d.clearWords(); err != nil {
+		return err
+	}
 	l, err := link.AttachNetNs(d.ns.FD(), d.objs.SyDispatch)
 	if err != nil {
 		return fmt.Errorf("attach sk_lookup: %w", err)
