@@ -98,6 +98,19 @@ func (e *env) dialLabel(addr string) (label, local string, err error) {
 
 func isRefused(err error) bool { return errors.Is(err, unix.ECONNREFUSED) }
 
+// checkDial dials dst and fails the test unless label want's server
+// accepts it, or, with want "", the connection is refused.
+func (e *env) checkDial(dst, want string) {
+	e.t.Helper()
+	label, _, err := e.dialLabel(dst)
+	switch {
+	case want == "" && !isRefused(err):
+		e.t.Errorf("%s: got %q (%v), want connection refused", dst, label, err)
+	case want != "" && (err != nil || label != want):
+		e.t.Errorf("%s: got %q (%v), want %q", dst, label, err, want)
+	}
+}
+
 // udpServer reports each datagram it receives with the original
 // destination address.
 type datagram struct {
