@@ -207,10 +207,12 @@ func (d *Dispatcher) writeEither(mp *ebpf.Map, beforeFlip bool, lists []int, wor
 	if len(lists) == 0 {
 		return nil
 	}
-	var now []uint64
+	// An array map holds every key, and a key it did not return reads
+	// as 0 here, which only clears bits: the safe side.
+	var now map[uint32]uint64
 	if beforeFlip {
 		var err error
-		if now, err = readWords(mp); err != nil {
+		if now, err = readAll[uint32, uint64](mp); err != nil {
 			return err
 		}
 	}
@@ -256,26 +258,6 @@ func (d *Dispatcher) writeWords(m *model, beforeFlip bool, lists []int) error {
 		return fmt.Errorf("write address map: %w", err)
 	}
 	return nil
-}
-
-// readWords reads an array of uint64 whole.
-func readWords(m *ebpf.Map) ([]uint64, error) {
-	n := int(m.MaxEntries())
-	keys := make([]uint32, n)
-	vals := make([]uint64, n)
-	var cursor ebpf.MapBatchCursor
-	got, err := m.BatchLookup(&cursor, keys, vals, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, err
-	}
-	if got != n {
-		return nil, fmt.Errorf("map %s: read %d of %d entries", mapName(m), got, n)
-	}
-	out := make([]uint64, n)
-	for i, k := range keys {
-		out[k] = vals[i]
-	}
-	return out, nil
 }
 
 func (d *Dispatcher) writeConfig(mut func(*dispatchSyCfg)) error {
