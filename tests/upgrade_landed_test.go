@@ -18,7 +18,7 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "c0a1c49b0b2d322a60714a6a88130c2dca0f9737"
+const landedMain = "7011c5891f0733213c11e56b785d422b8914de53"
 
 // unpackedApplyMain is the last landed commit whose daemon reads only the
 // version-1 (JSON) Apply: the CLI's fallback to it is tested against it.
