@@ -19,6 +19,15 @@ import (
 // not have, as the control protocol refuses them everywhere.
 type List []Binding
 
+// All yields a pointer to each binding of l, in order.
+func (l List) All(yield func(*Binding) bool) {
+	for i := range l {
+		if !yield(&l[i]) {
+			return
+		}
+	}
+}
+
 // MarshalJSON implements json.Marshaler.
 func (l List) MarshalJSON() ([]byte, error) {
 	if l == nil {

@@ -47,33 +47,49 @@ var errPacked = errors.New("packed bindings")
 
 // AppendPacked appends the packed form of bs to dst.
 func AppendPacked(dst []byte, bs []Binding) []byte {
+	if bs == nil {
+		return AppendPackedSeq(dst, -1, nil)
+	}
+	return AppendPackedSeq(dst, len(bs), List(bs).All)
+}
+
+// AppendPackedSeq appends the packed form of the n bindings that all
+// yields, in its order, to dst; n < 0 writes a nil list. all is called
+// twice (labels first, then the bindings) and must yield the same
+// bindings both times: a sender can so encode a list it never holds
+// whole.
+func AppendPackedSeq(dst []byte, n int, all func(yield func(*Binding) bool)) []byte {
 	index := make(map[string]uint64)
 	var labels []string
-	for i := range bs {
-		if _, ok := index[bs[i].Label]; !ok {
-			index[bs[i].Label] = uint64(len(labels))
-			labels = append(labels, bs[i].Label)
+	if n > 0 {
+		for b := range all {
+			if _, ok := index[b.Label]; !ok {
+				index[b.Label] = uint64(len(labels))
+				labels = append(labels, b.Label)
+			}
 		}
 	}
 	size := 2 * binary.MaxVarintLen64
 	for _, l := range labels {
 		size += binary.MaxVarintLen64 + len(l)
 	}
-	size += len(bs) * (1 + 1 + 16 + binary.MaxVarintLen32 + 4)
+	size += max(n, 0) * (1 + 1 + 16 + binary.MaxVarintLen32 + 4)
 	dst = growBytes(dst, size)
 	dst = binary.AppendUvarint(dst, uint64(len(labels)))
 	for _, l := range labels {
 		dst = binary.AppendUvarint(dst, uint64(len(l)))
 		dst = append(dst, l...)
 	}
-	if bs == nil {
+	if n < 0 {
 		return binary.AppendUvarint(dst, 0)
 	}
 	dst = binary.AppendUvarint(dst, 1)
-	dst = binary.AppendUvarint(dst, uint64(len(bs)))
-	last, lastIndex := "", uint64(0)
-	for i := range bs {
-		b := &bs[i]
+	dst = binary.AppendUvarint(dst, uint64(n))
+	if n == 0 {
+		return dst
+	}
+	last, lastIndex, first := "", uint64(0), true
+	for b := range all {
 		var kind byte
 		if b.Protocol == UDP {
 			kind |= packedUDP
@@ -97,8 +113,8 @@ func AppendPacked(dst []byte, bs []Binding) []byte {
 			a16 := a.As16()
 			dst = append(dst, a16[:]...)
 		}
-		if b.Label != last || i == 0 {
-			last, lastIndex = b.Label, index[b.Label]
+		if b.Label != last || first {
+			last, lastIndex, first = b.Label, index[b.Label], false
 		}
 		dst = binary.AppendUvarint(dst, lastIndex)
 		switch kind & packedPortMask {
@@ -128,73 +144,159 @@ func growBytes(b []byte, n int) []byte {
 // validate the bindings (a label's bytes, a prefix's host bits, a port
 // range's order): the caller does, as it does for bindings read from JSON.
 func ReadPacked(b []byte) (List, []byte, error) {
-	r := packedReader{b: b}
+	s, err := startPacked(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.isNil {
+		return nil, s.r.b, nil
+	}
+	out := make(List, s.n)
+	for i := range out {
+		if err := s.next(i, &out[i]); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, s.r.b, nil
+}
+
+// Packed is a list of bindings kept in its packed form, as CutPacked
+// found it well formed: a receiver reads the bindings one at a time and
+// never holds them all (a million take 64 MB as a List, 12 MB packed).
+type Packed struct {
+	b     []byte
+	n     int
+	isNil bool
+}
+
+// CutPacked checks the packed list at the start of b as ReadPacked
+// does, without decoding it into a List, and returns it and what follows
+// it. check, if not nil, is called with each binding in order; its error
+// stops the read and is returned. The Packed refers to b.
+func CutPacked(b []byte, check func(i int, b *Binding) error) (Packed, []byte, error) {
+	s, err := startPacked(b)
+	if err != nil {
+		return Packed{}, nil, err
+	}
+	if s.isNil {
+		return Packed{isNil: true}, s.r.b, nil
+	}
+	var x Binding
+	for i := range s.n {
+		if err := s.next(i, &x); err != nil {
+			return Packed{}, nil, err
+		}
+		if check != nil {
+			if err := check(i, &x); err != nil {
+				return Packed{}, nil, err
+			}
+		}
+	}
+	return Packed{b: b[:len(b)-len(s.r.b)], n: s.n}, s.r.b, nil
+}
+
+// Len is the number of bindings of p.
+func (p Packed) Len() int { return p.n }
+
+// IsNil reports whether p is a nil list.
+func (p Packed) IsNil() bool { return p.isNil }
+
+// All yields the bindings of p in order. The *Binding it yields is
+// reused: copy what is kept.
+func (p Packed) All(yield func(*Binding) bool) {
+	if p.isNil || p.n == 0 {
+		return
+	}
+	s, err := startPacked(p.b)
+	if err != nil {
+		panic("binding: packed list changed after CutPacked: " + err.Error())
+	}
+	var x Binding
+	for i := range s.n {
+		if err := s.next(i, &x); err != nil {
+			panic("binding: packed list changed after CutPacked: " + err.Error())
+		}
+		if !yield(&x) {
+			return
+		}
+	}
+}
+
+// packedScan reads the bindings of one packed list, one at a time.
+type packedScan struct {
+	r      packedReader
+	labels []string
+	n      int
+	isNil  bool
+}
+
+// startPacked reads a packed list's labels and count.
+func startPacked(b []byte) (*packedScan, error) {
+	s := &packedScan{r: packedReader{b: b}}
+	r := &s.r
 	nl := r.count(2)
 	if nl > MaxPacked {
 		// A list names no more labels than it has bindings.
 		r.fail("%d labels, at most %d", nl, MaxPacked)
 	}
-	labels := make([]string, 0, min(nl, 1<<16))
+	s.labels = make([]string, 0, min(nl, 1<<16))
 	for range nl {
 		n := r.uvarint()
 		if r.err == nil && (n > MaxLabelLen || n == 0) {
 			r.fail("label of %d bytes", n)
 		}
 		if r.err != nil {
-			return nil, nil, r.err
+			return s, r.err
 		}
-		labels = append(labels, string(r.bytes(int(n))))
+		s.labels = append(s.labels, string(r.bytes(int(n))))
 	}
 	if r.uvarint() == 0 && r.err == nil {
-		return nil, r.b, nil
+		s.isNil = true
+		return s, nil
 	}
-	nb := r.count(packedMinBinding)
-	if r.err == nil && nb > MaxPacked {
-		r.fail("%d bindings, at most %d", nb, MaxPacked)
+	s.n = r.count(packedMinBinding)
+	if r.err == nil && s.n > MaxPacked {
+		r.fail("%d bindings, at most %d", s.n, MaxPacked)
 	}
-	if r.err != nil {
-		return nil, nil, r.err
+	return s, r.err
+}
+
+// next reads the i-th binding into x.
+func (s *packedScan) next(i int, x *Binding) error {
+	r := &s.r
+	kind, bits := r.byte(), r.byte()
+	if kind&^(packedUDP|packedIPv6|packedPortMask) != 0 || kind&packedPortMask == packedPortMask {
+		r.fail("binding %d: kind %#x", i, kind)
 	}
-	out := make(List, nb)
-	for i := range out {
-		x := &out[i]
-		kind, bits := r.byte(), r.byte()
-		if kind&^(packedUDP|packedIPv6|packedPortMask) != 0 || kind&packedPortMask == packedPortMask {
-			r.fail("binding %d: kind %#x", i, kind)
-		}
-		x.Protocol = TCP
-		if kind&packedUDP != 0 {
-			x.Protocol = UDP
-		}
-		var a netip.Addr
-		if kind&packedIPv6 != 0 {
-			a = netip.AddrFrom16([16]byte(r.bytes(16)))
-		} else {
-			a = netip.AddrFrom4([4]byte(r.bytes(4)))
-		}
-		if int(bits) > a.BitLen() {
-			r.fail("binding %d: prefix length %d", i, bits)
-		}
-		x.Prefix = netip.PrefixFrom(a, int(bits))
-		if li := r.uvarint(); li < uint64(len(labels)) {
-			x.Label = labels[li]
-		} else {
-			r.fail("binding %d: label %d of %d", i, li, len(labels))
-		}
-		switch kind & packedPortMask {
-		case 0:
-			x.Ports = AnyPort
-		case packedOnePort:
-			p := r.uint16()
-			x.Ports = Ports{p, p}
-		case packedRange:
-			x.Ports = Ports{r.uint16(), r.uint16()}
-		}
-		if r.err != nil {
-			return nil, nil, r.err
-		}
+	x.Protocol = TCP
+	if kind&packedUDP != 0 {
+		x.Protocol = UDP
 	}
-	return out, r.b, nil
+	var a netip.Addr
+	if kind&packedIPv6 != 0 {
+		a = netip.AddrFrom16([16]byte(r.bytes(16)))
+	} else {
+		a = netip.AddrFrom4([4]byte(r.bytes(4)))
+	}
+	if int(bits) > a.BitLen() {
+		r.fail("binding %d: prefix length %d", i, bits)
+	}
+	x.Prefix = netip.PrefixFrom(a, int(bits))
+	if li := r.uvarint(); li < uint64(len(s.labels)) {
+		x.Label = s.labels[li]
+	} else {
+		r.fail("binding %d: label %d of %d", i, li, len(s.labels))
+	}
+	switch kind & packedPortMask {
+	case 0:
+		x.Ports = AnyPort
+	case packedOnePort:
+		p := r.uint16()
+		x.Ports = Ports{p, p}
+	case packedRange:
+		x.Ports = Ports{r.uint16(), r.uint16()}
+	}
+	return r.err
 }
 
 // packedReader reads b from the front; the first error sticks, and reads

@@ -34,6 +34,47 @@ func TestPacked(t *testing.T) {
 	}
 }
 
+// TestPackedSeq: a list encoded from a sequence is the list encoded whole,
+// and CutPacked yields it back, stopping its check at the first error.
+func TestPackedSeq(t *testing.T) {
+	l := append(listSample(), Binding{Label: "dns", Protocol: UDP, Prefix: netip.MustParsePrefix("2001:db8::/64"), Ports: Ports{53, 53}})
+	whole := AppendPacked(nil, l)
+	seq := AppendPackedSeq(nil, len(l), func(yield func(*Binding) bool) {
+		for i := range l {
+			if !yield(&l[i]) {
+				return
+			}
+		}
+	})
+	if string(seq) != string(whole) {
+		t.Fatalf("from a sequence %x, whole %x", seq, whole)
+	}
+	if string(AppendPackedSeq(nil, -1, nil)) != string(AppendPacked(nil, nil)) {
+		t.Errorf("a nil list encodes differently from a sequence")
+	}
+	p, rest, err := CutPacked(append(whole, "tail"...), nil)
+	if err != nil || string(rest) != "tail" || p.Len() != len(l) {
+		t.Fatalf("CutPacked: %d bindings, rest %q, err %v", p.Len(), rest, err)
+	}
+	var got List
+	for b := range p.All {
+		got = append(got, *b)
+	}
+	if !reflect.DeepEqual(got, l) {
+		t.Errorf("yields %v, want %v", got, l)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if _, _, err := CutPacked(whole, func(i int, b *Binding) error {
+		if n++; i == 1 {
+			return stop
+		}
+		return nil
+	}); err != stop || n != 2 {
+		t.Errorf("check stopped after %d bindings with %v, want 2 and its error", n, err)
+	}
+}
+
 // TestPackedRefuses: malformed input is refused with an error that says
 // what is wrong, never a panic or a huge allocation.
 func TestPackedRefuses(t *testing.T) {
@@ -75,11 +116,27 @@ func FuzzPacked(f *testing.F) {
 	f.Add([]byte{0x01, 0x01, 'a', 0x01, 0x01, 0x08, 0x20, 10, 0, 0, 1, 0x00, 0x1f, 0x40, 0x23, 0x27})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		l, rest, err := ReadPacked(in)
+		// CutPacked accepts what ReadPacked accepts, and yields the same
+		// bindings.
+		p, prest, perr := CutPacked(in, nil)
+		if (perr == nil) != (err == nil) {
+			t.Fatalf("ReadPacked says %v, CutPacked %v", err, perr)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error %v does not wrap ErrInvalid", err)
 			}
 			return
+		}
+		if len(prest) != len(rest) || p.IsNil() != (l == nil) || p.Len() != len(l) {
+			t.Fatalf("CutPacked: %d bindings (nil %v), rest %d; ReadPacked: %d (nil %v), rest %d", p.Len(), p.IsNil(), len(prest), len(l), l == nil, len(rest))
+		}
+		var cut List
+		for b := range p.All {
+			cut = append(cut, *b)
+		}
+		if len(l) > 0 && !reflect.DeepEqual(cut, l) {
+			t.Fatalf("CutPacked yields %v, ReadPacked %v", cut, l)
 		}
 		if len(rest) > len(in) {
 			t.Fatalf("rest longer than the input")

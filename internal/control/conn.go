@@ -37,6 +37,7 @@ type Conn struct {
 	oob    []byte
 	rerr   error // sticky: the read side is out of step
 	rlimit int   // SetRequestLimit
+	packed bool  // KeepPacked
 	wmu    sync.Mutex
 	werr   error // sticky: the write side is out of step
 }
@@ -126,6 +127,17 @@ func (c *Conn) SetRequestLimit(n int) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	c.rlimit = n
+}
+
+// KeepPacked makes Recv keep the binding list of an Apply request of
+// protocol version 2 or later in its packed form (Config.AllBindings reads
+// it; Config.Bindings stays nil), checked and validated as ever: a server
+// so never holds a million bindings as a list (64 MB) besides the 12 MB
+// that carry them.
+func (c *Conn) KeepPacked() {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.packed = true
 }
 
 // Send writes one message, attaching fds (only requests of OpRegister take
@@ -227,7 +239,7 @@ func (c *Conn) Recv() (Message, []*os.File, error) {
 // had been consumed, or all of them had.
 func (c *Conn) recv() (m Message, fds []int, inStep bool, err error) {
 	defer c.putBuf()
-	a := assembler{limit: c.rlimit}
+	a := assembler{limit: c.rlimit, keepPacked: c.packed}
 	for {
 		n, flags, got, err := c.recvDatagram()
 		fds = append(fds, got...)

@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"reflect"
 	"slices"
 	"testing"
 )
@@ -71,11 +72,28 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b []byte, nfds uint8) {
 		ds := fuzzSplit(a, b)
 		req, err := DecodeRequest(ds, int(nfds))
+		// The daemon keeps Apply's bindings packed: it accepts and
+		// refuses the same, and yields the same bindings.
+		kept, kerr := decodeKept(ds, int(nfds))
+		if (kerr == nil) != (err == nil) {
+			t.Fatalf("decoded %v, kept packed %v", err, kerr)
+		}
+		if kerr != nil {
+			if _, ok := kerr.(*Error); !ok {
+				t.Fatalf("error of type %T: %v", kerr, kerr)
+			}
+		}
 		if err != nil {
 			if _, ok := err.(*Error); !ok {
 				t.Fatalf("error of type %T: %v", err, err)
 			}
 			return
+		}
+		if ar, ok := req.Body.(*ApplyRequest); ok {
+			kc := kept.Body.(*ApplyRequest).Config
+			if got := collect(kc.AllBindings); kc.NumBindings() != len(ar.Config.Bindings) || len(got) != len(ar.Config.Bindings) || (len(got) > 0 && !reflect.DeepEqual(got, ar.Config.Bindings)) {
+				t.Fatalf("kept packed: %d bindings %v, decoded %v", kc.NumBindings(), got, ar.Config.Bindings)
+			}
 		}
 		// Whatever is accepted must encode again, and stay the same
 		// through another round.

@@ -175,6 +175,28 @@ type SetPolicyResponse struct{}
 type Config struct {
 	Bindings binding.List     `json:"bindings"`
 	Labels   []settings.Named `json:"labels,omitempty"`
+	// packed holds the bindings instead of Bindings in a request
+	// received with Conn.KeepPacked; they were validated as it arrived.
+	packed *binding.Packed
+}
+
+// NumBindings is the number of bindings of c.
+func (c *Config) NumBindings() int {
+	if c.packed != nil {
+		return c.packed.Len()
+	}
+	return len(c.Bindings)
+}
+
+// AllBindings yields the bindings of c in order, from Bindings or, in a
+// request received with Conn.KeepPacked, from their packed form; then the
+// *Binding it yields is reused.
+func (c *Config) AllBindings(yield func(*binding.Binding) bool) {
+	if c.packed != nil {
+		c.packed.All(yield)
+		return
+	}
+	c.Bindings.All(yield)
 }
 
 // ApplyRequest makes the daemon's bindings and label settings equal to
@@ -196,11 +218,33 @@ type Diff struct {
 	AddBindings    binding.List  `json:"add_bindings,omitempty"`
 	RemoveBindings binding.List  `json:"remove_bindings,omitempty"`
 	Labels         []LabelChange `json:"labels,omitempty"`
+	// add and remove, when set (SetBindings), stand for AddBindings and
+	// RemoveBindings when the reply is encoded.
+	add, remove *bindingSeq
+}
+
+// bindingSeq is a list of bindings that a sender encodes without holding
+// it: n bindings that all yields, the same each time it is called.
+type bindingSeq struct {
+	n   int
+	all func(yield func(*binding.Binding) bool)
+}
+
+// SetBindings makes the reply list the nadd bindings that add yields as
+// AddBindings and the nremove that remove yields as RemoveBindings, encoded
+// as they are sent rather than held as lists (a million bindings take 64
+// MB as a List). Each function may be called several times and must
+// yield the same bindings each time, in order; the *Binding may be
+// reused.
+func (d *Diff) SetBindings(nadd int, add func(yield func(*binding.Binding) bool), nremove int, remove func(yield func(*binding.Binding) bool)) {
+	d.AddBindings, d.RemoveBindings = nil, nil
+	d.add, d.remove = &bindingSeq{nadd, add}, &bindingSeq{nremove, remove}
 }
 
 // Empty reports whether d changes nothing.
 func (d Diff) Empty() bool {
-	return len(d.AddBindings) == 0 && len(d.RemoveBindings) == 0 && len(d.Labels) == 0
+	return len(d.AddBindings) == 0 && len(d.RemoveBindings) == 0 && len(d.Labels) == 0 &&
+		(d.add == nil || d.add.n == 0) && (d.remove == nil || d.remove.n == 0)
 }
 
 // LabelChange is a change of one label's settings. Old is nil for a label

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/settings"
 )
 
@@ -104,5 +105,85 @@ func TestPackedRefuses(t *testing.T) {
 	bind := `{"binding":{"label":"a","protocol":"tcp","prefix":"10.0.0.0/8","ports":"80"}}`
 	if _, err := DecodeRequest([][]byte{datagram(PackedVersion, OpBind, 0, len(bind), bind)}, 0); err != nil {
 		t.Errorf("version 2 bind: %v", err)
+	}
+}
+
+// decodeKept is DecodeRequest as a Conn with KeepPacked decodes.
+func decodeKept(ds [][]byte, nfds int) (*Request, error) {
+	a, err := assemble(ds)
+	if err != nil {
+		return nil, err
+	}
+	if a.isReply() {
+		return nil, invalidf("a reply")
+	}
+	return decodeRequest(a.first.version, a.first.op, a.buf, nfds, true)
+}
+
+// collect lists what a sequence of bindings yields.
+func collect(all func(yield func(*binding.Binding) bool)) binding.List {
+	var out binding.List
+	for b := range all {
+		out = append(out, *b)
+	}
+	return out
+}
+
+// TestKeepPacked: an Apply request decoded with its bindings kept packed
+// yields the bindings sent, refuses an invalid one as the list would, and
+// a version 1 request is unaffected; a reply whose lists are sequences
+// (Diff.SetBindings) is the same bytes as one with the lists, in both
+// versions.
+func TestKeepPacked(t *testing.T) {
+	bs := manyBindings(5000)
+	req := &ApplyRequest{Config: Config{Bindings: bs}}
+	for _, v := range []uint16{1, PackedVersion} {
+		ds, err := EncodeRequest(&Request{Version: v, Body: req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := decodeKept(ds, 0)
+		if err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+		c := got.Body.(*ApplyRequest).Config
+		if c.NumBindings() != len(bs) || !reflect.DeepEqual(collect(c.AllBindings), binding.List(bs)) {
+			t.Fatalf("version %d: %d bindings kept, changed: %v", v, c.NumBindings(), !reflect.DeepEqual(collect(c.AllBindings), binding.List(bs)))
+		}
+		if (c.Bindings == nil) != (v == PackedVersion) {
+			t.Errorf("version %d: Bindings holds %d bindings", v, len(c.Bindings))
+		}
+	}
+	bad := "\x01\x01a\x01\x02\x00\x20\x0a\x00\x00\x01\x00\x00\x18\x0a\x00\x00\x01\x00"
+	j := `{"config":{"bindings":null}}`
+	payload := "\x00\x00\x00" + string(rune(len(j))) + j + bad
+	_, err := decodeKept([][]byte{datagram(PackedVersion, OpApply, 0, len(payload), payload)}, 0)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "binding 2: ") || !strings.Contains(err.Error(), "host bits") {
+		t.Errorf("kept request with an invalid second binding: %v, want invalid naming binding 2 and its host bits", err)
+	}
+
+	for _, v := range []uint16{1, PackedVersion} {
+		whole := &ApplyResponse{Applied: true, Diff: Diff{AddBindings: bs[:3000], RemoveBindings: bs[3000:]}}
+		seq := &ApplyResponse{Applied: true}
+		seq.Diff.SetBindings(3000, binding.List(bs[:3000]).All, 2000, binding.List(bs[3000:]).All)
+		want, err := EncodeReply(&Reply{Version: v, Op: OpApply, Body: whole})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := EncodeReply(&Reply{Version: v, Op: OpApply, Body: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("version %d: reply from sequences differs from the one from lists", v)
+		}
+		if seq.Diff.AddBindings != nil || seq.Diff.Empty() {
+			t.Errorf("version %d: encoding changed the reply's lists, or it reads as empty", v)
+		}
+	}
+	empty := &ApplyResponse{}
+	empty.Diff.SetBindings(0, nil, 0, nil)
+	if !empty.Diff.Empty() {
+		t.Errorf("a diff of no bindings is not empty")
 	}
 }

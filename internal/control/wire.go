@@ -123,6 +123,8 @@ type assembler struct {
 	// limit, if positive and lower than the protocol's limit, caps the
 	// payload of requests.
 	limit int
+	// keepPacked: see Conn.KeepPacked.
+	keepPacked bool
 }
 
 // add takes the next datagram of a message. It reports done once the
@@ -180,10 +182,12 @@ func (a *assembler) decode(nfds int) (Message, error) {
 		}
 		return decodeReply(a.first.version, a.first.op, a.buf)
 	}
-	return decodeRequest(a.first.version, a.first.op, a.buf, nfds)
+	return decodeRequest(a.first.version, a.first.op, a.buf, nfds, a.keepPacked)
 }
 
-func decodeRequest(version uint16, op Op, payload []byte, nfds int) (*Request, error) {
+// decodeRequest decodes a request; keep says to keep binding lists packed
+// (Conn.KeepPacked).
+func decodeRequest(version uint16, op Op, payload []byte, nfds int, keep bool) (*Request, error) {
 	if lo, hi := op.fdRange(); nfds < lo || nfds > hi {
 		if hi == 0 {
 			return nil, invalidf("control message: %s request carries %d file descriptors; it takes none", op, nfds)
@@ -191,7 +195,7 @@ func decodeRequest(version uint16, op Op, payload []byte, nfds int) (*Request, e
 		return nil, invalidf("control message: %s request carries %d file descriptors; it takes %d to %d", op, nfds, lo, hi)
 	}
 	body := newRequestBody(op)
-	if err := decodePayload(version, op, payload, body); err != nil {
+	if err := decodePayload(version, op, payload, body, keep); err != nil {
 		return nil, invalidf("control message: %s request: %v", op, err)
 	}
 	if err := body.Validate(); err != nil {
@@ -243,7 +247,7 @@ func decodeReply(version uint16, op Op, payload []byte) (*Reply, error) {
 	if op != 0 {
 		w.Result.body = newResponseBody(op)
 	}
-	if err := decodePayload(version, op, payload, &w); err != nil {
+	if err := decodePayload(version, op, payload, &w, false); err != nil {
 		return nil, invalidf("control message: %s reply: %v", op, err)
 	}
 	switch {
@@ -300,16 +304,44 @@ func (r *ApplyResponse) packedLists() []*binding.List {
 	return []*binding.List{&r.Diff.AddBindings, &r.Diff.RemoveBindings}
 }
 
+// seqBody is a body whose binding lists may be given as sequences
+// (Diff.SetBindings), in the order of packedLists; nil where not.
+type seqBody interface {
+	seqs() []*bindingSeq
+}
+
+func (r *ApplyResponse) seqs() []*bindingSeq { return []*bindingSeq{r.Diff.add, r.Diff.remove} }
+
 func packedOp(version uint16, op Op) bool { return version >= PackedVersion && op == OpApply }
 
 // encodePayload encodes v, whose body (nil for none) may have packed lists.
 func encodePayload(version uint16, op Op, v, body any) ([]byte, error) {
 	if !packedOp(version, op) {
+		if sb, ok := body.(seqBody); ok {
+			// JSON (a client of protocol version 1) needs the lists.
+			lists := body.(packedBody).packedLists()
+			for i, sq := range sb.seqs() {
+				if sq == nil || sq.n == 0 {
+					continue
+				}
+				saved := *lists[i]
+				l := make(binding.List, 0, sq.n)
+				for b := range sq.all {
+					l = append(l, *b)
+				}
+				*lists[i] = l
+				defer func() { *lists[i] = saved }()
+			}
+		}
 		return json.Marshal(v)
 	}
 	var lists []*binding.List
+	var seqs []*bindingSeq
 	if pb, ok := body.(packedBody); ok {
 		lists = pb.packedLists()
+	}
+	if sb, ok := body.(seqBody); ok {
+		seqs = sb.seqs()
 	}
 	saved := make([]binding.List, len(lists))
 	for i, l := range lists {
@@ -328,14 +360,19 @@ func encodePayload(version uint16, op Op, v, body any) ([]byte, error) {
 	out := make([]byte, 4, 4+len(j)+64)
 	binary.BigEndian.PutUint32(out, uint32(len(j)))
 	out = append(out, j...)
-	for _, l := range saved {
+	for i, l := range saved {
+		if i < len(seqs) && seqs[i] != nil {
+			out = binding.AppendPackedSeq(out, seqs[i].n, seqs[i].all)
+			continue
+		}
 		out = binding.AppendPacked(out, l)
 	}
 	return out, nil
 }
 
-// decodePayload decodes a payload into v, a body or a *replyIn.
-func decodePayload(version uint16, op Op, payload []byte, v any) error {
+// decodePayload decodes a payload into v, a body or a *replyIn; keep
+// keeps the binding list of a request packed (Conn.KeepPacked).
+func decodePayload(version uint16, op Op, payload []byte, v any, keep bool) error {
 	if !packedOp(version, op) {
 		return decodeJSON(payload, v)
 	}
@@ -357,7 +394,21 @@ func decodePayload(version uint16, op Op, payload []byte, v any) error {
 			body = w.Result.body
 		}
 	}
-	if pb, ok := body.(packedBody); ok {
+	if ar, ok := body.(*ApplyRequest); ok && keep {
+		if ar.Config.Bindings != nil {
+			return errors.New("packed payload: a binding list is in the JSON part")
+		}
+		p, r, err := binding.CutPacked(rest, func(i int, b *binding.Binding) error {
+			if err := b.Validate(); err != nil {
+				return fmt.Errorf("binding %d: %w", i+1, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		ar.Config.packed, rest = &p, r
+	} else if pb, ok := body.(packedBody); ok {
 		for _, l := range pb.packedLists() {
 			if *l != nil {
 				return errors.New("packed payload: a binding list is in the JSON part")
@@ -529,7 +580,7 @@ func DecodeRequest(datagrams [][]byte, nfds int) (*Request, error) {
 	if a.isReply() {
 		return nil, invalidf("control message: got a %s reply where a request was expected", a.first.op)
 	}
-	return decodeRequest(a.first.version, a.first.op, a.buf, nfds)
+	return decodeRequest(a.first.version, a.first.op, a.buf, nfds, false)
 }
 
 // DecodeReply decodes the datagrams of one reply, like DecodeRequest.
