@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
+	"runtime"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -13,6 +15,10 @@ import (
 
 // maxBindings is what sy_bindings holds.
 const maxBindings = 1 << 20
+
+// largeChange is the number of changed groups from which a change's
+// garbage is worth a collection.
+const largeChange = 1 << 16
 
 // Bindings returns every binding, sorted.
 func (d *Dispatcher) Bindings() ([]binding.Binding, error) {
@@ -156,18 +162,45 @@ func (d *Dispatcher) ReplaceBindings(bs []binding.Binding, dryRun bool) (added, 
 // A restarted process finds both of before or both of after (see
 // Settings).
 func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool) (added, removed []binding.Binding, err error) {
+	diff, err := d.ReplaceSeq(len(bs), binding.List(bs).All, settings, dryRun)
+	if err != nil {
+		return nil, nil, err
+	}
+	na, nr := diff.Len()
+	if na > 0 {
+		added = make([]binding.Binding, 0, na)
+		for b := range diff.Added {
+			added = append(added, *b)
+		}
+	}
+	if nr > 0 {
+		removed = make([]binding.Binding, 0, nr)
+		for b := range diff.Removed {
+			removed = append(removed, *b)
+		}
+	}
+	return added, removed, nil
+}
+
+// ReplaceSeq is Replace for the n bindings that all yields, and returns
+// the difference as a Diff rather than as lists: at a million bindings
+// neither the request nor the reply need then be held as a list of
+// bindings (64 MB each). It calls all twice, and it must yield the same
+// bindings both times; the *Binding it yields may be reused.
+func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) bool), settings []byte, dryRun bool) (*Diff, error) {
 	// The next bindings by group: keys[i] has lists[i]. One map lookup a
 	// binding, and a second for each new group; the first pass counts,
 	// so that each group's list is allocated once, at its size.
 	// Sized for two bindings a group, typical of large sets, so that
 	// neither regrows more than once.
-	pos := make(map[groupKey]int32, len(bs)/2)
-	keys := make([]groupKey, 0, len(bs)/2)
-	counts := make([]int32, 0, len(bs)/2)
-	gi := make([]int32, len(bs))
-	for k, b := range bs {
-		if err := b.Validate(); err != nil {
-			return nil, nil, err
+	pos := make(map[groupKey]int32, n/2)
+	keys := make([]groupKey, 0, n/2)
+	counts := make([]int32, 0, n/2)
+	gi := make([]int32, 0, n)
+	var err error
+	for b := range all {
+		if err = b.Validate(); err != nil {
+			break
 		}
 		gk := keyOf(b.Protocol, b.Prefix)
 		i, ok := pos[gk]
@@ -177,25 +210,39 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 			keys = append(keys, gk)
 			counts = append(counts, 0)
 		}
-		gi[k] = i
+		gi = append(gi, i)
 		counts[i]++
+	}
+	if err != nil {
+		return nil, err
 	}
 	lists := make([][]portLabel, len(keys))
 	for i, n := range counts {
 		lists[i] = make([]portLabel, 0, n)
 	}
 	counts = nil
-	for k, b := range bs {
+	k := 0
+	for b := range all {
+		if k == len(gi) {
+			err = errors.New("replace: the bindings changed while they were read")
+			break
+		}
 		i := gi[k]
+		k++
 		ps := lists[i]
 		if j := findPorts(ps, b.Ports); j >= 0 {
 			if ps[j].label != b.Label {
-				return nil, nil, fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), ps[j].label, b.Label)
+				err = fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), ps[j].label, b.Label)
+				break
 			}
 			continue
 		}
 		lists[i] = append(ps, portLabel{b.Ports, b.Label})
 	}
+	if err != nil {
+		return nil, err
+	}
+	gi = nil
 	for _, ps := range lists {
 		sortPorts(ps)
 	}
@@ -257,50 +304,70 @@ func (d *Dispatcher) Replace(bs []binding.Binding, settings []byte, dryRun bool)
 		})
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	added, removed = listChanges(changes)
-	return added, removed, nil
+	return newDiff(changes), nil
 }
 
-// listChanges lists what changes add and remove, in binding.Compare's
-// order. It sorts changes.
-func listChanges(changes []groupChange) (added, removed []binding.Binding) {
+// Diff is what a change of bindings adds and removes, listed on demand in
+// binding.Compare's order. It refers to groups of the model, whose port
+// lists no change edits in place, so it stays valid after later changes.
+type Diff struct {
+	changes       []groupChange // in display order
+	nAdd, nRemove int
+}
+
+// newDiff sorts changes into display order and counts what they add and
+// remove.
+func newDiff(changes []groupChange) *Diff {
 	slices.SortFunc(changes, func(a, b groupChange) int { return compareDisplay(a.key, b.key) })
-	ports := func(g *group) []portLabel {
-		if g == nil {
-			return nil
+	d := &Diff{changes: changes}
+	for _, c := range changes {
+		walkDiff(c.old.portList(), c.new.portList(), func(_ portLabel, add bool) {
+			if add {
+				d.nAdd++
+			} else {
+				d.nRemove++
+			}
+		})
+	}
+	return d
+}
+
+// Len returns how many bindings d adds and removes.
+func (d *Diff) Len() (added, removed int) { return d.nAdd, d.nRemove }
+
+// Added yields the bindings d adds, in binding.Compare's order. The
+// *Binding it yields is reused.
+func (d *Diff) Added(yield func(*binding.Binding) bool) { d.each(true, yield) }
+
+// Removed yields the bindings d removes, as Added does.
+func (d *Diff) Removed(yield func(*binding.Binding) bool) { d.each(false, yield) }
+
+func (d *Diff) each(add bool, yield func(*binding.Binding) bool) {
+	var b binding.Binding
+	for _, c := range d.changes {
+		stop := false
+		b.Protocol, b.Prefix = c.key.proto, c.key.prefix()
+		walkDiff(c.old.portList(), c.new.portList(), func(pl portLabel, a bool) {
+			if a != add || stop {
+				return
+			}
+			b.Label, b.Ports = pl.label, pl.ports
+			stop = !yield(&b)
+		})
+		if stop {
+			return
 		}
-		return g.ports
 	}
-	na, nr := 0, 0
-	for _, c := range changes {
-		walkDiff(ports(c.old), ports(c.new), func(_ portLabel, add bool) {
-			if add {
-				na++
-			} else {
-				nr++
-			}
-		})
+}
+
+// portList is g's bindings; none for a nil group.
+func (g *group) portList() []portLabel {
+	if g == nil {
+		return nil
 	}
-	if na > 0 {
-		added = make([]binding.Binding, 0, na)
-	}
-	if nr > 0 {
-		removed = make([]binding.Binding, 0, nr)
-	}
-	for _, c := range changes {
-		prefix := c.key.prefix()
-		walkDiff(ports(c.old), ports(c.new), func(pl portLabel, add bool) {
-			b := binding.Binding{Label: pl.label, Protocol: c.key.proto, Prefix: prefix, Ports: pl.ports}
-			if add {
-				added = append(added, b)
-			} else {
-				removed = append(removed, b)
-			}
-		})
-	}
-	return added, removed
+	return g.ports
 }
 
 // walkDiff calls fn, in port order, for each binding of nw that old does
@@ -325,25 +392,6 @@ func walkDiff(old, nw []portLabel, fn func(pl portLabel, add bool)) {
 			j++
 		}
 	}
-}
-
-// diffPorts compares two sorted binding lists of one group. What it
-// returns may share the arrays of old and nw.
-func diffPorts(old, nw []portLabel) (added, removed []portLabel) {
-	switch {
-	case len(old) == 0:
-		return nw, nil
-	case len(nw) == 0:
-		return nil, old
-	}
-	walkDiff(old, nw, func(pl portLabel, add bool) {
-		if add {
-			added = append(added, pl)
-		} else {
-			removed = append(removed, pl)
-		}
-	})
-	return added, removed
 }
 
 // checkGroup refuses port sets of one (protocol, prefix) that overlap
@@ -431,6 +479,15 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	if err != nil || (len(u) == 0 && settings == nil) {
 		return nil, err
 	}
+	if len(u) >= largeChange {
+		// What the edit read a large change from (at a million
+		// bindings, Replace's grouping: 50 MB) is garbage now, and the
+		// change allocates about as much again. A collection here lets
+		// that reuse this memory rather than add to it, whatever the
+		// caller's collector settings (the daemon turns it off during a
+		// large apply).
+		runtime.GC()
+	}
 	count := m.count
 	var newLabels []string
 	seen := map[string]bool{}
@@ -464,28 +521,9 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		d.cache = nil
 		return err
 	}
-	var delKeys []dispatchSyBindingKey
-	n := 0
-	for _, ps := range u {
-		n += len(ps)
-	}
-	putKeys := make([]dispatchSyBindingKey, 0, n)
-	putVals := make([]uint32, 0, n)
 	for gk, ps := range u {
 		c := groupChange{key: gk, old: m.groups[gk]}
-		var old []portLabel
-		if c.old != nil {
-			old = c.old.ports
-		}
-		added, removed := diffPorts(old, ps)
-		for _, pl := range removed {
-			delKeys = append(delKeys, gk.bindingKey(pl.ports))
-		}
-		for _, pl := range added {
-			putKeys = append(putKeys, gk.bindingKey(pl.ports))
-			putVals = append(putVals, m.labels[pl.label])
-		}
-		if len(added)+len(removed) == 0 {
+		if slices.Equal(c.old.portList(), ps) {
 			continue
 		}
 		if len(ps) > 0 {
@@ -512,6 +550,19 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	// (commit runs this beside that write): both take long at a million
 	// bindings, and neither reads what the other writes.
 	update := func() {
+		grow := 0
+		for _, c := range changes {
+			if c.old == nil {
+				grow++
+			}
+		}
+		if grow > len(m.groups) {
+			// Sized once rather than doubled again and again (at a
+			// million bindings the growing map left 20 MB of garbage).
+			groups := make(map[groupKey]*group, len(m.groups)+grow)
+			maps.Copy(groups, m.groups)
+			m.groups = groups
+		}
 		for _, c := range changes {
 			if c.old != nil {
 				m.dropGroupStats(c.key, c.old)
@@ -523,7 +574,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 			}
 		}
 	}
-	err = d.commit(m, changes, &recordChange{delKeys: delKeys, putKeys: putKeys, putVals: putVals, settings: settings}, update)
+	err = d.commit(m, changes, &recordChange{changes: changes, ids: m.labels, settings: settings}, update)
 	if err != nil {
 		return nil, err
 	}

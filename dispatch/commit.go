@@ -63,6 +63,14 @@ type genWriter struct {
 	tableVals  []dispatchSyTable
 }
 
+// Bounds of one batch of a genWriter's write: a change of any size is
+// written in batches of a few MiB (a million bindings' prefix entries
+// alone took 30 MB as one batch).
+const (
+	batchEntries = 1 << 14 // prefix or port entries
+	batchTables  = 256     // port tables, 2 KiB each
+)
+
 // reset empties w, keeping its arrays.
 func (w *genWriter) reset() {
 	w.prefixKeys, w.prefixVals, w.prefixDel = w.prefixKeys[:0], w.prefixVals[:0], w.prefixDel[:0]
@@ -70,7 +78,51 @@ func (w *genWriter) reset() {
 	w.tableKeys, w.tableVals = w.tableKeys[:0], w.tableVals[:0]
 }
 
+// full reports whether w holds a batch.
+func (w *genWriter) full() bool {
+	return len(w.prefixKeys)+len(w.prefixDel) >= batchEntries || len(w.portKeys)+len(w.portDel) >= batchEntries ||
+		len(w.tableKeys) >= batchTables
+}
+
+// write writes changes to generation gen. With prune (see rewrite) it
+// collects every write first, as prune needs them all; otherwise it writes
+// in bounded batches, every deletion before any put, so that the
+// generation holds no more entries than flush allows.
+func (w *genWriter) write(d *Dispatcher, gen uint32, changes []groupChange, prune func(gen uint32, w *genWriter)) error {
+	w.reset()
+	if prune != nil {
+		for _, c := range changes {
+			w.group(gen, c)
+		}
+		prune(gen, w)
+		return w.flush(d)
+	}
+	for _, part := range []func(gen uint32, c groupChange){w.deletions, w.puts} {
+		for _, c := range changes {
+			part(gen, c)
+			if w.full() {
+				if err := w.flush(d); err != nil {
+					return err
+				}
+				w.reset()
+			}
+		}
+		if err := w.flush(d); err != nil {
+			return err
+		}
+		w.reset()
+	}
+	return nil
+}
+
+// group adds the writes of one change.
 func (w *genWriter) group(gen uint32, c groupChange) {
+	w.deletions(gen, c)
+	w.puts(gen, c)
+}
+
+// deletions adds the deletions of one change.
+func (w *genWriter) deletions(gen uint32, c groupChange) {
 	mk := c.key.mapKey(gen)
 	var oldPorts, newPorts map[uint16]uint32
 	if c.old != nil {
@@ -80,19 +132,31 @@ func (w *genWriter) group(gen uint32, c groupChange) {
 		w.prefixDel = append(w.prefixDel, mk)
 	} else {
 		newPorts = c.new.c.ports
-		if c.new.c.useTable() {
-			w.tableKeys = append(w.tableKeys, gen*tablesPerGen+c.new.slot)
-			w.tableVals = append(w.tableVals, *c.new.table())
-		}
-		w.prefixKeys = append(w.prefixKeys, mk)
-		w.prefixVals = append(w.prefixVals, c.new.val(gen))
 	}
 	for p := range oldPorts {
 		if _, ok := newPorts[p]; !ok {
 			w.portDel = append(w.portDel, dispatchSyPortKey{Prefix: mk, Port: p})
 		}
 	}
-	for p, l := range newPorts {
+}
+
+// puts adds the puts of one change.
+func (w *genWriter) puts(gen uint32, c groupChange) {
+	if c.new == nil {
+		return
+	}
+	mk := c.key.mapKey(gen)
+	var oldPorts map[uint16]uint32
+	if c.old != nil {
+		oldPorts = c.old.c.ports
+	}
+	if c.new.c.useTable() {
+		w.tableKeys = append(w.tableKeys, gen*tablesPerGen+c.new.slot)
+		w.tableVals = append(w.tableVals, *c.new.table())
+	}
+	w.prefixKeys = append(w.prefixKeys, mk)
+	w.prefixVals = append(w.prefixVals, c.new.val(gen))
+	for p, l := range c.new.c.ports {
 		if ol, ok := oldPorts[p]; ok && ol == l {
 			continue
 		}
@@ -421,21 +485,10 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 	for i, b := range buckets {
 		bvals[i] = m.indexBucket(b)
 	}
-	// One writer serves both generations: at a million bindings its
-	// batches take tens of MB.
-	w := genWriter{
-		prefixKeys: make([]dispatchSyPrefixKey, 0, len(changes)),
-		prefixVals: make([]dispatchSyPrefixVal, 0, len(changes)),
-	}
+	// One writer serves both generations.
+	var w genWriter
 	for _, gen := range []uint32{next, m.gen} {
-		w.reset()
-		for _, c := range changes {
-			w.group(gen, c)
-		}
-		if prune != nil {
-			prune(gen, &w)
-		}
-		if err := w.flush(d); err != nil {
+		if err := w.write(d, gen, changes, prune); err != nil {
 			return err
 		}
 		if err := d.writeLists(m, gen, lists, words, buckets, bvals); err != nil {

@@ -264,21 +264,72 @@ func (d *Dispatcher) writeSettings(gen uint32, blob []byte) (uint32, error) {
 	return uint32(len(blob)) + 1, nil
 }
 
-// recordChange is what one change writes to a generation of the record.
+// recordChange is what one change writes to a generation of the record:
+// the bindings that changes add and remove, with label ids from ids, and
+// delKeys, putKeys and putVals besides.
 type recordChange struct {
+	changes          []groupChange
+	ids              map[string]uint32 // label ids of what changes add
 	delKeys, putKeys []dispatchSyBindingKey
 	putVals          []uint32
 	settings         []byte // nil: unchanged
 }
 
 // writeRecord writes rc to generation gen; point names it for crashPoint.
+// The keys of changes are written in bounded batches (at a million
+// bindings they took 32 MB as one), every deletion before any put. It
+// reads rc.ids, which nothing writes while a change is committed.
 func (d *Dispatcher) writeRecord(gen uint32, rc *recordChange, point string) (settingsLen uint32, err error) {
 	m := d.bindingsOf(gen)
+	var keys []dispatchSyBindingKey
+	var vals []uint32
+	if len(rc.changes) > 0 {
+		keys = make([]dispatchSyBindingKey, 0, batchEntries)
+		vals = make([]uint32, 0, batchEntries)
+	}
+	put := func(add bool) error {
+		var err error
+		flush := func() {
+			if add {
+				err = batchPut(m, keys, vals)
+			} else {
+				err = batchDelete(m, keys)
+			}
+			keys, vals = keys[:0], vals[:0]
+		}
+		for _, c := range rc.changes {
+			walkDiff(c.old.portList(), c.new.portList(), func(pl portLabel, a bool) {
+				if a != add || err != nil {
+					return
+				}
+				keys = append(keys, c.key.bindingKey(pl.ports))
+				if add {
+					vals = append(vals, rc.ids[pl.label])
+				}
+				if len(keys) == cap(keys) {
+					flush()
+				}
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if len(keys) > 0 {
+			flush()
+		}
+		return err
+	}
+	if err := put(false); err != nil {
+		return 0, fmt.Errorf("record bindings: %w", err)
+	}
 	if err := batchDelete(m, rc.delKeys); err != nil {
 		return 0, fmt.Errorf("record bindings: %w", err)
 	}
 	if err := d.crashPoint(point + "-deleted"); err != nil {
 		return 0, err
+	}
+	if err := put(true); err != nil {
+		return 0, fmt.Errorf("record bindings: %w", err)
 	}
 	if err := batchPut(m, rc.putKeys, rc.putVals); err != nil {
 		return 0, fmt.Errorf("record bindings: %w", err)

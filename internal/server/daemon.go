@@ -20,7 +20,6 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/switchyard-project/switchyard/dispatch"
-	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/control"
 	"github.com/switchyard-project/switchyard/internal/netns"
@@ -369,15 +368,19 @@ func (s *Server) reload(path string) error {
 	}
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
-	var bs *[]binding.Binding
+	var bs *bindingSource
 	if cfg.Bindings != nil {
-		bs = &cfg.Bindings
+		bs = listSource(cfg.Bindings)
 	}
-	added, removed, err := s.transact(bs, next, principals)
+	diff, err := s.transact(bs, next, principals)
 	if err != nil {
 		return err
 	}
-	s.log.Info("reloaded config", "file", path, "added_bindings", len(added), "removed_bindings", len(removed))
+	var added, removed int
+	if diff != nil {
+		added, removed = diff.Len()
+	}
+	s.log.Info("reloaded config", "file", path, "added_bindings", added, "removed_bindings", removed)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/switchyard-project/switchyard/dispatch"
 	"github.com/switchyard-project/switchyard/internal/binding"
 	"github.com/switchyard-project/switchyard/internal/config"
 	"github.com/switchyard-project/switchyard/internal/settings"
@@ -65,38 +66,48 @@ func (s *Server) rollback(done []enforced) {
 	}
 }
 
-// transact makes next the label settings and, unless bindings is nil, *bindings the
-// binding set, as one transaction (see above). The caller holds txMu;
-// principals are next's resolved grants.
-func (s *Server) transact(bindings *[]binding.Binding, next map[string]settings.Label, principals map[string]config.Principals) (added, removed []binding.Binding, err error) {
+// bindingSource is a binding set to apply: the n bindings that all
+// yields, the same each time it is called (dispatch.Dispatcher.ReplaceSeq).
+type bindingSource struct {
+	n   int
+	all func(yield func(*binding.Binding) bool)
+}
+
+// listSource is the bindings of bs.
+func listSource(bs []binding.Binding) *bindingSource {
+	return &bindingSource{len(bs), binding.List(bs).All}
+}
+
+// transact makes next the label settings and, unless bindings is nil,
+// bindings the binding set, as one transaction (see above), and returns
+// what changed of the bindings (nil if bindings is nil). The caller holds
+// txMu; principals are next's resolved grants.
+func (s *Server) transact(bindings *bindingSource, next map[string]settings.Label, principals map[string]config.Principals) (*dispatch.Diff, error) {
 	blob, err := settings.EncodeState(next)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cur := s.labelsNow()
 	done, err := s.enforceAll(cur, next)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer s.snaps.changed()
+	var diff *dispatch.Diff
 	if bindings != nil {
-		// The caller's list is dead once Replace has grouped it: let
-		// the collector take it then (a million bindings are 64 MiB).
-		bs := *bindings
-		*bindings = nil
-		added, removed, err = s.d.Replace(bs, blob, false)
+		diff, err = s.d.ReplaceSeq(bindings.n, bindings.all, blob, false)
 	} else {
 		err = s.d.SetSettings(blob)
 	}
 	if err != nil {
 		s.rollback(done)
-		return nil, nil, err
+		return nil, err
 	}
 	s.mu.Lock()
 	s.labels, s.principals = next, principals
 	s.mu.Unlock()
 	s.mirror()
-	return added, removed, nil
+	return diff, nil
 }
 
 // labelsNow is the settings in force; the caller holds txMu, so they do
