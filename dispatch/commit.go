@@ -234,7 +234,7 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 		vals = append(vals, m.plenList(li))
 	}
 	// Filter words are written whole, bits set and cleared at once, then
-	// the lists. No lookup reads gen meanwhile (see writeGenerations), so
+	// the lists. No lookup reads gen meanwhile (see writeDataGen), so
 	// the order is not seen by the program.
 	fkeys := make([]uint32, 0, len(words))
 	fvals := make([]uint64, 0, len(words))
@@ -356,6 +356,14 @@ func (d *Dispatcher) waitReaders() {
 // the change; commit runs it while the kernel writes that generation, and
 // before anything else reads m. On an error m may or may not have been
 // updated, and is dropped.
+//
+// The record and the data path are written side by side, twice: the
+// record's next generation beside the model's update and then the data
+// path's next generation (read by nothing until the flip), and after the
+// flip the record's old generation beside the data path's old one. Each
+// pair is joined before the next step, so a step that fails or crashes
+// has the other of its pair finished or stopped by the time commit
+// returns.
 func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, update func()) (err error) {
 	defer func() {
 		if err != nil {
@@ -393,19 +401,20 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		return err
 	}
 	old, next := c.Gen, c.Gen^1
-	type written struct {
-		n   uint32
-		err error
-	}
-	done := make(chan written, 1)
-	go func() {
-		n, err := d.writeRecord(next, rc, "record-next")
-		done <- written{n, err}
-	}()
+	// Before the commit point: the record's next generation beside the
+	// model's update and the data path's next generation. A failure of
+	// either leaves {old, begun}, the old set in force; the next operation
+	// rewrites the data path from it (see readModel).
+	joinRecord := d.goWriteRecord(next, rc, "record-next")
 	update()
-	w := <-done
-	n, err := w.n, w.err
-	if err != nil {
+	lists, words, buckets := touched(changes)
+	dc := newDataChange(m, changes, lists, words, buckets, nil)
+	derr := d.writeDataGen(m, dc, m.gen^1)
+	if derr == nil {
+		derr = d.crashPoint("data-next-written")
+	}
+	n, rerr := joinRecord()
+	if err := errors.Join(rerr, derr); err != nil {
 		return err
 	}
 	if err := d.crashPoint("record-next"); err != nil {
@@ -422,41 +431,40 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	if err := d.crashPoint("flipped"); err != nil {
 		return err
 	}
-	listSet := map[int]bool{}
-	wordSet := map[uint32]bool{}
-	bucketSet := map[uint32]bool{}
-	for _, c := range changes {
-		listSet[c.key.listIndex()] = true
-		wordSet[c.key.bit()/64] = true
-		bucketSet[c.key.bucket()] = true
-	}
-	lists := slices.Collect(maps.Keys(listSet))
-	words := slices.Collect(maps.Keys(wordSet))
-	buckets := slices.Collect(maps.Keys(bucketSet))
-	if err := d.writeGenerations(m, changes, lists, words, buckets, nil); err != nil {
-		// The data path cannot hold the change: put the old
-		// generation, still whole, back in force. The next operation
-		// makes the data path equal to it again. (A simulated crash
-		// stops here, as a real one would.)
-		if errors.Is(err, errCrashPoint) {
-			return err
-		}
+	if err := d.flipData(m); err != nil {
+		// The program still reads the old data generation, and the
+		// record's old generation is still whole: put it back in force.
+		// The next operation makes the data path equal to it again.
 		c.Gen, c.State = old, commitBegun
 		if werr := d.writeCommit(c); werr != nil {
 			return errors.Join(err, werr)
 		}
 		return err
 	}
-	if err := d.crashPoint("data-path"); err != nil {
+	if err := d.crashPoint("data-next"); err != nil {
 		return err
 	}
+	d.waitReaders()
+	// After the flip: the record's old generation beside the data path's
+	// old one. The new set is in force from here on; a failure leaves it
+	// so, and the next operation finishes the change as after a crash.
+	joinRecord = d.goWriteRecord(old, rc, "record-old")
+	derr = d.writeDataGen(m, dc, m.gen)
+	if derr == nil {
+		derr = d.crashPoint("data-path")
+	}
+	n, rerr = joinRecord()
+	if err := errors.Join(derr, rerr); err != nil {
+		if errors.Is(err, errCrashPoint) {
+			return err
+		}
+		return fmt.Errorf("the change is in force but was not finished (the next change finishes it): %w", err)
+	}
+	m.gen = next
 	for _, c := range changes {
 		if c.old != nil && c.old.slot != 0 && (c.new == nil || c.new.slot != c.old.slot) {
 			m.slots[c.old.slot] = false
 		}
-	}
-	if n, err = d.writeRecord(old, rc, "record-old"); err != nil {
-		return err
 	}
 	if err := d.crashPoint("record-old"); err != nil {
 		return err
@@ -474,37 +482,108 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial })
 }
 
+// goWriteRecord starts writeRecord(gen, rc, point) and returns a function
+// that waits for it and returns what it returned. Every path of the caller
+// calls that function before it returns, so no write outlives the change.
+func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string) func() (uint32, error) {
+	type written struct {
+		n   uint32
+		err error
+	}
+	done := make(chan written, 1)
+	go func() {
+		n, err := d.writeRecord(gen, rc, point)
+		done <- written{n, err}
+	}()
+	return func() (uint32, error) {
+		w := <-done
+		return w.n, w.err
+	}
+}
+
+// dataChange is a change of groups as the data path's two generations are
+// written with it: the groups, the prefix length lists, filter words and
+// index buckets it touches, and the buckets' values, which read the model
+// after the change.
+type dataChange struct {
+	changes []groupChange
+	lists   []int
+	words   []uint32
+	buckets []uint32
+	bvals   []dispatchSyIxBucket
+	prune   func(gen uint32, w *genWriter)
+	w       genWriter // serves both generations
+
+}
+
+// touched lists the prefix length lists, filter words and index buckets
+// that changes touch.
+func touched(changes []groupChange) (lists []int, words, buckets []uint32) {
+	listSet := map[int]bool{}
+	wordSet := map[uint32]bool{}
+	bucketSet := map[uint32]bool{}
+	for _, c := range changes {
+		listSet[c.key.listIndex()] = true
+		wordSet[c.key.bit()/64] = true
+		bucketSet[c.key.bucket()] = true
+	}
+	return slices.Collect(maps.Keys(listSet)), slices.Collect(maps.Keys(wordSet)), slices.Collect(maps.Keys(bucketSet))
+}
+
+// newDataChange prepares the writes of changes and of lists, words and
+// buckets; m must be the model after the change. With prune, each
+// generation's writes are first edited by it.
+func newDataChange(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) *dataChange {
+	dc := &dataChange{changes: changes, lists: lists, words: words, buckets: buckets, prune: prune}
+	// A bucket's value reads every group in it: compute it once for both
+	// generations.
+	dc.bvals = make([]dispatchSyIxBucket, len(buckets))
+	for i, b := range buckets {
+		dc.bvals[i] = m.indexBucket(b)
+	}
+	return dc
+}
+
+// writeDataGen writes dc to the data path's generation gen, which no
+// program reads meanwhile: before the flip the one m.gen does not name,
+// after it (and waitReaders) the one it names until the change ends.
+func (d *Dispatcher) writeDataGen(m *model, dc *dataChange, gen uint32) error {
+	if err := dc.w.write(d, gen, dc.changes, dc.prune); err != nil {
+		return err
+	}
+	if err := d.crashPoint("data-groups"); err != nil {
+		return err
+	}
+	return d.writeLists(m, gen, dc.lists, dc.words, dc.buckets, dc.bvals)
+}
+
+// flipData switches the program to the data generation m.gen does not
+// name, which holds the change. m.gen names the old one until both are
+// written.
+func (d *Dispatcher) flipData(m *model) error {
+	next := m.gen ^ 1
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next })
+}
+
 // writeGenerations writes changes to the inactive generation, switches to
 // it, waits until no program reads the other, and writes that one too. With
 // prune, each generation's writes are first edited by it.
 func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) error {
-	next := m.gen ^ 1
-	// A bucket's value reads every group in it: compute it once for both
-	// generations.
-	bvals := make([]dispatchSyIxBucket, len(buckets))
-	for i, b := range buckets {
-		bvals[i] = m.indexBucket(b)
+	dc := newDataChange(m, changes, lists, words, buckets, prune)
+	if err := d.writeDataGen(m, dc, m.gen^1); err != nil {
+		return err
 	}
-	// One writer serves both generations.
-	var w genWriter
-	for _, gen := range []uint32{next, m.gen} {
-		if err := w.write(d, gen, changes, prune); err != nil {
-			return err
-		}
-		if err := d.writeLists(m, gen, lists, words, buckets, bvals); err != nil {
-			return err
-		}
-		if gen == next {
-			if err := d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next }); err != nil {
-				return err
-			}
-			if err := d.crashPoint("data-next"); err != nil {
-				return err
-			}
-			d.waitReaders()
-		}
+	if err := d.flipData(m); err != nil {
+		return err
 	}
-	m.gen = next
+	if err := d.crashPoint("data-next"); err != nil {
+		return err
+	}
+	d.waitReaders()
+	if err := d.writeDataGen(m, dc, m.gen); err != nil {
+		return err
+	}
+	m.gen ^= 1
 	return nil
 }
 

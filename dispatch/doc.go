@@ -29,26 +29,42 @@
 // inside one. A change from set A (generation g) to set B writes, in order:
 //
 //  1. sy_commit = {g, begun}; then sy_config.dirty = 1.
-//  2. B's delta and settings into generation g^1 (which held A).
+//  2. B's delta and settings into generation g^1 (which held A), and
+//     beside it B into the data generation the program does not read.
 //  3. sy_commit = {g^1, flipped}: the commit point, one store.
-//  4. The data path: B into the data generation not read, the program
-//     switched to it, then B into the other (see commit.go).
-//  5. B's delta into generation g, then sy_commit = {g^1, idle}; then
-//     sy_config.dirty = 0.
+//  4. The program switched to the data generation holding B; once no
+//     program can read the other (see commit.go), B into it, and beside
+//     it B's delta into generation g.
+//  5. sy_commit = {g^1, idle}; then sy_config.dirty = 0.
+//
+// The two writes of step 2, and the two of step 4, are independent of each
+// other: they run side by side, and each pair is joined before the next
+// step, so a crash may stop either of a pair anywhere, and which set is in
+// force depends on neither.
 //
 // A crash before 3 leaves generation g whole and in force, holding A, and
-// the data path untouched (it still serves A): recovery checks the data
-// path as after a clean stop, marks generation g^1 stale, and logs that the
-// old set is in force. A crash from 3 on leaves generation g^1 whole and in
-// force, holding B (step 2 completed before 3 was written), and the data
-// path anywhere between A and B: recovery rewrites the data path from
-// generation g^1, entry by entry where it differs, and logs that the new set
-// is in force. If the data path cannot hold B (step 4 fails), one store puts
-// {g, begun} back, and A is in force as before 3. Recovery itself writes
-// only the data path toward the generation in force and then the commit
-// state, so a crash during it leaves what it found. A stale generation is
-// made equal to the one in force (only entries that differ are written)
-// before the next change begins; until then nothing reads it. A read-only
+// the program reading the data generation that holds A, untouched (the
+// address and port words it reads for either generation have only lost
+// bits, and a clear bit says nothing); the other data generation may hold
+// part of B. Recovery (dirty is set)
+// rewrites the data path from generation g, entry by entry where it
+// differs, the generation the program does not read first, so that the
+// program only ever reads A and the next change builds on A alone; it
+// marks generation g^1 stale and logs that the old set is in force. A
+// crash from 3 on leaves generation g^1 whole and in force, holding B
+// (step 2 completed before 3 was written), and the data path anywhere
+// between A and B: recovery rewrites the data path from generation g^1 in
+// the same way, and logs that the new set is in force. If the data path
+// cannot hold B (step 2 fails), the change stops at {g, begun}, and A is in
+// force as after a crash before 3; if the program cannot be switched, one
+// store puts {g, begun} back (generation g is still whole), with the same
+// result. A failure in step 4 leaves B in force and the change unfinished,
+// as a crash there would, and the next operation finishes it. Recovery
+// itself writes only the data path toward the generation in force and
+// then the commit state, so a crash during it leaves what it found. A
+// stale generation of the record is made equal to the one in force (only
+// entries that differ are written) before the next change begins; until
+// then nothing reads it. A read-only
 // dispatcher reads the generation in force and writes nothing. State of a
 // build without generations has no sy_commit: sy_bindings is the record,
 // and the first writable Open adds the other maps and a sy_commit of

@@ -287,10 +287,12 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 		return nil, false, err
 	}
 
-	// A change interrupted before its commit point (commitBegun) wrote
-	// nothing to the data path, which is checked below as after a clean
-	// stop; any other interruption may have left it anywhere.
-	resync := m.rec.State == commitFlipped || (cfg.Dirty != 0 && m.rec.State != commitBegun)
+	// A change interrupted once it marked the data path dirty may have
+	// left it anywhere: before its commit point (commitBegun) the
+	// generation the program does not read holds some of the change, which
+	// the next change would build on. Otherwise the data path is checked
+	// below as after a clean stop.
+	resync := m.rec.State == commitFlipped || cfg.Dirty != 0
 	for gk, g := range m.groups {
 		sortPorts(g.ports)
 		g.ports = slices.Clip(g.ports)

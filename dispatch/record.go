@@ -416,7 +416,13 @@ func eachBinding(m *ebpf.Map, fn func(k *dispatchSyBindingKey, id uint32) error)
 // would, by setting d.crash to return errCrashPoint there. Normal builds
 // never stop.
 func (d *Dispatcher) crashPoint(name string) error {
-	if d.crash == nil || !d.crash(name) {
+	if d.crash == nil {
+		return nil
+	}
+	d.crashMu.Lock()
+	stop := d.crash(name)
+	d.crashMu.Unlock()
+	if !stop {
 		return nil
 	}
 	return fmt.Errorf("%w at %s", errCrashPoint, name)

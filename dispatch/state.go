@@ -62,6 +62,7 @@ type Dispatcher struct {
 	objs     dispatchObjects
 	rec      record
 	crash    func(point string) bool // see crashPoint
+	crashMu  sync.Mutex              // a change calls crash from two goroutines
 	link     link.Link
 
 	// migrated holds maps made to this build's layout during Open; they
