@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,9 +40,14 @@ func Load(path string) (*Config, error) {
 // boundaries without files of a hundred megabytes.
 type limits struct {
 	fileSize, bindings int
+	// A large bindings list is read on several CPUs: scanned in at most
+	// parts parts of partBytes bytes or more, and built in parts of
+	// partItems entries or more. Zero: in one part.
+	parts, partBytes, partItems int
 }
 
-var defaultLimits = limits{fileSize: MaxFileSize, bindings: MaxBindings}
+var defaultLimits = limits{fileSize: MaxFileSize, bindings: MaxBindings,
+	parts: runtime.GOMAXPROCS(0), partBytes: 1 << 20, partItems: 1 << 14}
 
 func parseReader(r io.Reader, file string) (*Config, error) {
 	return parseReaderLimits(r, file, defaultLimits)
@@ -90,9 +96,9 @@ func parseBytes(data []byte, file string, fast bool) (*Config, error) {
 }
 
 func parseBytesLimits(data []byte, file string, fast bool, lim limits) (*Config, error) {
-	d := &decoder{file: file, maxBindings: lim.bindings}
+	d := &decoder{file: file, maxBindings: lim.bindings, lim: lim}
 	if fast {
-		if fb, ok := scanBindings(data); ok {
+		if fb, ok := scanBindingsParts(data, lim); ok {
 			d.pre = fb
 			data = fb.rest
 		}
@@ -172,6 +178,7 @@ type decoder struct {
 	pre *fastBindings
 	// maxBindings is the most bindings accepted (MaxBindings).
 	maxBindings int
+	lim         limits
 }
 
 func (d *decoder) fail(line int, path string, err error) {
@@ -313,18 +320,41 @@ func (d *decoder) bindings(k, n *yaml.Node) {
 }
 
 // buildBindings parses the raw bindings and checks them against each other.
+// A long list is parsed in parts side by side (d.lim), with the same
+// result and errors, in the same order, as in one.
 func (d *decoder) buildBindings() {
 	if len(d.raws) == 0 {
 		return
 	}
-	es := make([]entry, 0, len(d.raws))
-	for _, r := range d.raws {
-		b, err := binding.Parse(r.label, r.protocol, r.prefix, r.ports)
-		if err != nil {
-			d.fail(r.line, "bindings["+strconv.Itoa(r.index)+"]", err)
-			continue
+	es := make([]entry, len(d.raws))
+	n := 1
+	if d.lim.partItems > 0 {
+		n = min(max(d.lim.parts, 1), len(d.raws)/d.lim.partItems)
+	}
+	n = max(n, 1)
+	errs := make([][]*Error, n)
+	parallel(n, func(p int) {
+		lo, hi := p*len(d.raws)/n, (p+1)*len(d.raws)/n
+		for i := lo; i < hi; i++ {
+			r := &d.raws[i]
+			b, err := binding.Parse(r.label, r.protocol, r.prefix, r.ports)
+			if err != nil {
+				errs[p] = append(errs[p], &Error{Line: r.line, Path: "bindings[" + strconv.Itoa(r.index) + "]", Err: err})
+				es[i].index = -1
+				continue
+			}
+			es[i] = entry{b: b, index: r.index, line: r.line}
 		}
-		es = append(es, entry{b: b, index: r.index, line: r.line})
+	})
+	bad := 0
+	for _, part := range errs {
+		for _, e := range part {
+			d.fail(e.Line, e.Path, e.Err)
+			bad++
+		}
+	}
+	if bad > 0 {
+		es = slices.DeleteFunc(es, func(e entry) bool { return e.index < 0 })
 	}
 	for _, e := range checkConflicts(es) {
 		e.File = d.file

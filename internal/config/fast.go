@@ -1,6 +1,9 @@
 package config
 
-import "bytes"
+import (
+	"bytes"
+	"sync"
+)
 
 // The YAML parser is about ten times slower than the scanner here (figures
 // in doc.go, "Speed"). Almost all of a large config file is its
@@ -26,6 +29,17 @@ type fastBindings struct {
 
 // scanBindings tries the fast path on data.
 func scanBindings(data []byte) (*fastBindings, bool) {
+	return scanBindingsParts(data, defaultLimits)
+}
+
+// scanBindingsParts is scanBindings, with a large bindings section cut into
+// parts at entries that start a line (lim.partBytes, lim.parts) and the
+// parts scanned side by side. A part is read exactly as the whole section
+// would read those lines, as each begins with an entry at the section's
+// indentation, where one scan would start an entry too, and knows its first
+// line number and entry index; the parts are then joined in order, up to
+// the part that found the end of the section.
+func scanBindingsParts(data []byte, lim limits) (*fastBindings, bool) {
 	s := scanner{data: data}
 
 	// Prefix: only lines that cannot open a multi-line construct.
@@ -47,85 +61,64 @@ func scanBindings(data []byte) (*fastBindings, bool) {
 	}
 	fb := &fastBindings{keyLine: s.line}
 	start := s.pos
-	// One entry per line is the common case; this is an upper bound for
-	// flow items and avoids regrowing the slice.
-	fb.raws = make([]rawBinding, 0, min(bytes.Count(data[start:], []byte{'\n'})+1, MaxBindings+1))
-
+	// The section's first line that is not blank or a comment opens its
+	// first entry and sets the indentation of every entry.
 	indent := -1
-	var item *rawBinding
-	var have uint8 // bit per field of item
-	finish := func() bool {
-		if item == nil {
-			return true
-		}
-		if have != 0xf {
-			return false
-		}
-		fb.raws = append(fb.raws, *item)
-		item = nil
-		// Past MaxBindings the decoder reports the count; the file size
-		// limit bounds the list.
-		return true
-	}
-	end := len(data)
-	for {
-		lineStart := s.pos
-		l, ok := s.next()
+	for t := (scanner{data: data, pos: start}); ; {
+		l, ok := t.next()
 		if !ok {
-			break
-		}
-		if !printableASCII(l) {
 			return nil, false
 		}
 		if isBlankOrComment(l) {
 			continue
 		}
-		ind := leadingSpaces(l)
-		isItem := len(l) >= ind+2 && l[ind] == '-' && l[ind+1] == ' '
-		if ind == 0 && !(isItem && indent <= 0) {
-			// The next top-level key ends the section.
-			if !isTopKey(l) {
-				return nil, false
-			}
-			end = lineStart
-			break
-		}
-		if indent < 0 {
-			if !isItem {
-				return nil, false
-			}
-			indent = ind
-		}
-		switch {
-		case isItem && ind == indent:
-			if !finish() {
-				return nil, false
-			}
-			body := l[ind+2:]
-			item = &rawBinding{index: len(fb.raws), line: s.line}
-			have = 0
-			if len(body) > 0 && body[0] == '{' {
-				if !parseFlowItem(body, item) {
-					return nil, false
-				}
-				have = 0xf
-				if !finish() {
-					return nil, false
-				}
-				continue
-			}
-			if !parseBlockField(body, item, &have) {
-				return nil, false
-			}
-		case item != nil && ind == indent+2:
-			if !parseBlockField(l[ind:], item, &have) {
-				return nil, false
-			}
-		default:
+		indent = leadingSpaces(l)
+		if !opensEntry(l, indent) {
 			return nil, false
 		}
+		break
 	}
-	if !finish() || len(fb.raws) == 0 {
+	cuts := append([]int{start}, cutPoints(data, start, indent, lim)...)
+	parts := make([]scanPart, len(cuts))
+	line := fb.keyLine
+	for i, at := range cuts {
+		to := len(data)
+		if i+1 < len(cuts) {
+			to = cuts[i+1]
+		}
+		n := bytes.Count(data[at:to], []byte{'\n'})
+		parts[i] = scanPart{data: data[:to], pos: at, line: line, indent: indent, lines: min(n+1, MaxBindings+1)}
+		line += n
+	}
+	// One entry per line is the common case; this is an upper bound for
+	// flow items and avoids regrowing the slice, which the other parts'
+	// entries are appended to.
+	parts[0].lines = min(line-fb.keyLine+1, MaxBindings+1)
+	parallel(len(parts), func(i int) { parts[i].scan() })
+
+	end := len(data)
+	for i := range parts {
+		p := &parts[i]
+		if !p.ok {
+			return nil, false
+		}
+		if i == 0 {
+			fb.raws = p.raws
+		} else {
+			n := len(fb.raws)
+			for _, r := range p.raws {
+				r.index += n
+				fb.raws = append(fb.raws, r)
+			}
+		}
+		// Past MaxBindings the decoder reports the count; the file
+		// size limit bounds the list.
+		if p.end >= 0 {
+			end = p.end
+			break
+		}
+	}
+	if len(fb.raws) == 0 {
 		return nil, false
 	}
 
@@ -139,6 +132,158 @@ func scanBindings(data []byte) (*fastBindings, bool) {
 	}
 	fb.rest = append(rest, data[end:]...)
 	return fb, true
+}
+
+// cutPoints returns where the bindings section from start is cut into
+// parts: at most lim.parts parts of about lim.partBytes bytes or more, each
+// after the first starting at a line that opens an entry at indentation
+// indent, in order.
+func cutPoints(data []byte, start, indent int, lim limits) []int {
+	size := len(data) - start
+	if lim.partBytes <= 0 || size < 2*lim.partBytes {
+		return nil
+	}
+	n := min(max(lim.parts, 1), size/lim.partBytes)
+	var cuts []int
+	prev := start
+	for k := 1; k < n; k++ {
+		at := lineAt(data, max(start+k*size/n, prev+1))
+		for at < len(data) && !opensEntry(data[at:], indent) {
+			at = lineAt(data, at+1)
+		}
+		if at >= len(data) {
+			break
+		}
+		cuts = append(cuts, at)
+		prev = at
+	}
+	return cuts
+}
+
+// lineAt returns the start of the first line of data that starts at or
+// after at, or len(data).
+func lineAt(data []byte, at int) int {
+	if at >= len(data) {
+		return len(data)
+	}
+	if at > 0 && data[at-1] != '\n' {
+		i := bytes.IndexByte(data[at:], '\n')
+		if i < 0 {
+			return len(data)
+		}
+		at += i + 1
+	}
+	return at
+}
+
+// opensEntry reports whether the line at the start of l opens an entry at
+// indentation indent: indent spaces, then "- ".
+func opensEntry(l []byte, indent int) bool {
+	return len(l) >= indent+2 && leadingSpaces(l[:indent]) == indent && l[indent] == '-' && l[indent+1] == ' '
+}
+
+// scanPart scans the entries of one part of the bindings section: the
+// lines of data from pos, the first of them line+1, to the end of data or
+// to the first top-level key (end; -1 if none).
+type scanPart struct {
+	data   []byte
+	pos    int
+	line   int
+	indent int
+	lines  int // capacity for raws
+
+	raws []rawBinding
+	end  int
+	ok   bool
+}
+
+func (p *scanPart) scan() {
+	s := scanner{data: p.data, pos: p.pos, line: p.line}
+	p.raws = make([]rawBinding, 0, p.lines)
+	p.end = -1
+	indent := p.indent
+	var item *rawBinding
+	var have uint8 // bit per field of item
+	finish := func() bool {
+		if item == nil {
+			return true
+		}
+		if have != 0xf {
+			return false
+		}
+		p.raws = append(p.raws, *item)
+		item = nil
+		return true
+	}
+	for {
+		lineStart := s.pos
+		l, ok := s.next()
+		if !ok {
+			break
+		}
+		if !printableASCII(l) {
+			return
+		}
+		if isBlankOrComment(l) {
+			continue
+		}
+		ind := leadingSpaces(l)
+		isItem := len(l) >= ind+2 && l[ind] == '-' && l[ind+1] == ' '
+		if ind == 0 && !(isItem && indent == 0) {
+			// The next top-level key ends the section.
+			if !isTopKey(l) {
+				return
+			}
+			p.end = lineStart
+			break
+		}
+		switch {
+		case isItem && ind == indent:
+			if !finish() {
+				return
+			}
+			body := l[ind+2:]
+			item = &rawBinding{index: len(p.raws), line: s.line}
+			have = 0
+			if len(body) > 0 && body[0] == '{' {
+				if !parseFlowItem(body, item) {
+					return
+				}
+				have = 0xf
+				if !finish() {
+					return
+				}
+				continue
+			}
+			if !parseBlockField(body, item, &have) {
+				return
+			}
+		case item != nil && ind == indent+2:
+			if !parseBlockField(l[ind:], item, &have) {
+				return
+			}
+		default:
+			return
+		}
+	}
+	p.ok = finish()
+}
+
+// parallel calls fn(0), ..., fn(n-1), each but the first on a goroutine of
+// its own, and returns when all have returned.
+func parallel(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	for i := 1; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(i)
+		}()
+	}
+	if n > 0 {
+		fn(0)
+	}
+	wg.Wait()
 }
 
 type scanner struct {

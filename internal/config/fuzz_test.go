@@ -9,9 +9,11 @@ import (
 
 // FuzzParse checks that Parse never panics, that every error is an invalid
 // config error, that the fast scanner and the YAML-only path agree
-// exactly, and that every accepted config is valid and survives
-// Marshal/Parse unchanged.
+// exactly, and so does the fast scanner reading the bindings in parts as
+// small as they can be, and that every accepted config is valid and
+// survives Marshal/Parse unchanged.
 func FuzzParse(f *testing.F) {
+	f.Add([]byte(generate(40, true)))
 	f.Add([]byte(example))
 	f.Add([]byte(generate(20, false)))
 	f.Add([]byte(generate(5, true)))
@@ -38,6 +40,10 @@ func FuzzParse(f *testing.F) {
 		if (ferr == nil) != (serr == nil) || (ferr != nil && ferr.Error() != serr.Error()) {
 			_, took := scanBindings(data)
 			t.Fatalf("fast path (taken: %v) and YAML-only path disagree on %q:\n fast: %v\n slow: %v", took, data, ferr, serr)
+		}
+		parts, perr := parseBytesLimits(data, "", true, partLimits)
+		if (ferr == nil) != (perr == nil) || (ferr != nil && ferr.Error() != perr.Error()) || !reflect.DeepEqual(fast, parts) {
+			t.Fatalf("the fast path in one part and in parts disagree on %q:\n one: %v %+v\n parts: %v %+v", data, ferr, fast, perr, parts)
 		}
 		if ferr != nil {
 			if !errors.Is(ferr, ErrInvalid) {
@@ -74,3 +80,6 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// partLimits cuts any bindings list into three parts where it can.
+var partLimits = limits{fileSize: MaxFileSize, bindings: MaxBindings, parts: 3, partBytes: 1, partItems: 1}
