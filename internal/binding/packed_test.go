@@ -49,6 +49,10 @@ func TestPackedSeq(t *testing.T) {
 	if string(seq) != string(whole) {
 		t.Fatalf("from a sequence %x, whole %x", seq, whole)
 	}
+	// The first pass sizes the output: it grows once, to its size.
+	if cap(seq) != len(seq) {
+		t.Errorf("%d bytes written in a buffer of %d", len(seq), cap(seq))
+	}
 	if string(AppendPackedSeq(nil, -1, nil)) != string(AppendPacked(nil, nil)) {
 		t.Errorf("a nil list encodes differently from a sequence")
 	}

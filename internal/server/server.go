@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -674,11 +675,10 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
 	if n >= 10000 {
-		// Start from a heap without the garbage of what came before
-		// (the last apply's reply, the request's assembly): below, the
-		// collector stays off while the apply allocates, and what is
-		// garbage now would add to its peak (by 50 MB at a million).
-		runtime.GC()
+		// Below, the collector stays off while the apply allocates:
+		// garbage left from before (other requests since the last
+		// collection) would add to its peak.
+		collectGarbage(32 << 20)
 	}
 	if n >= 10000 && debug.SetMemoryLimit(-1) < math.MaxInt64 {
 		// The heap of a large apply only grows until it is done: with
@@ -705,6 +705,16 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	res := &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{Labels: changes}}
 	res.Diff.SetBindings(added, diff.Added, removed, diff.Removed)
 	return res, nil
+}
+
+// collectGarbage runs the collector if more than min bytes were allocated
+// since it last ran, some of which may be garbage.
+func collectGarbage(min uint64) {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	if s[1].Value.Kind() == metrics.KindUint64 && s[1].Value.Uint64() > s[0].Value.Uint64()+min {
+		runtime.GC()
+	}
 }
 
 // labelChanges lists the labels whose settings differ between cur and
