@@ -29,14 +29,21 @@
 #define SY_FILTER_WORDS (1 << (SY_FILTER_LOG2 - 6))
 
 /* The prefix index: per generation, SY_IX_BUCKETS buckets of SY_IX_WAYS
- * slots, the bucket chosen by the top bits of a prefix key's filter bit. A
- * slot holds a prefix whose ports resolve with one segment and an
- * every-port label, which is most prefixes, so the lookup of such a prefix
- * reads one array element and no hash map. Every prefix also lives in
- * sy_prefixes; the index only saves reading it. */
-#define SY_IX_LOG2 16
-#define SY_IX_BUCKETS (1 << SY_IX_LOG2)
-#define SY_IX_WAYS 4
+ * slots. A slot holds a prefix whose ports resolve with one segment and an
+ * every-port label and whose address has no bits past the first 64 (every
+ * IPv4 prefix, IPv6 ones up to /64 and a few longer), which is most
+ * prefixes, so the lookup of such a prefix reads one array element (two
+ * when it lives in its second bucket) and no hash map. A prefix's first
+ * bucket comes from the top bits of its filter hash (ix_first), its second
+ * from the hash mixed once more (ix_second). The writer fills a bucket
+ * with the first SY_IX_WAYS indexable prefixes whose first bucket it is (in
+ * key order), then with prefixes that did not fit in their first bucket
+ * and whose second bucket it is, while slots are left. Every prefix also
+ * lives in sy_prefixes; the index only saves reading it. 196,608 buckets of
+ * 7 slots hold 1,376,256 prefixes per generation: at 1,048,576 prefixes
+ * about 2% fit in neither bucket (48 MiB for both generations). */
+#define SY_IX_BUCKETS (3 << 16)
+#define SY_IX_WAYS 7
 
 /* Ports no binding serves: per (protocol, family), one bit per port, set
  * when no binding of that protocol and family covers the port in the
@@ -64,15 +71,18 @@
  * a clear one (as a fresh map has them) says nothing. */
 #define SY_NOADDR_WORDS (65536 / 64)
 
-/* Flags of struct sy_ix_bucket. */
+/* Flags of struct sy_ix_bucket. A prefix "of" a bucket is one whose first
+ * bucket it is. */
 #define SY_IXB_VALID 1    /* written by a build that knows an index */
 #define SY_IXB_OVERFLOW 2 /* a prefix of this bucket is in no slot */
-/* Written by a build of this index (four ways, this filter_bit): the
- * program trusts only buckets that have it, and the filter with them. A
- * bucket of an older build (migrated, SY_IXB_VALID only) says nothing until
- * Open rebuilds the index, which it does when the active generation's
- * first bucket lacks it. */
+/* Written by a build of this index (this layout, ix_first, ix_second,
+ * filter_bit): the program trusts only buckets that have it, and the filter
+ * with them. A map of an older layout is replaced by an empty one when the
+ * state is opened (an empty bucket says nothing), and Open rebuilds the
+ * index when the active generation's first bucket lacks it. */
 #define SY_IXB_THIS 4
+/* A prefix of this bucket lives in its second bucket. */
+#define SY_IXB_SECOND 8
 
 /* Flags of struct sy_prefix_val. */
 #define SY_PV_PORTS 1 /* single ports of this prefix live in sy_ports */
@@ -140,27 +150,29 @@ struct sy_table {
 	struct sy_seg segs[SY_TABLE_SEGS];
 };
 
-/* A prefix in the index. Ports in [lo, hi] resolve to label (none when
- * lo > hi), the others to any_label; 0 means no binding. */
-struct sy_ix_slot {
-	__u32 addr[4];  /* as in struct sy_prefix_key */
-	__u8 plen;
-	__u8 kind;      /* 0: empty; else 1 + proto*2 + family */
-	__u16 lo;
-	__u16 hi;
-	__u16 _pad;
-	__u32 label;
-	__u32 any_label;
-};
-
-/* Value of sy_index. A bucket without SY_IXB_VALID (as a fresh map has
- * them) says nothing: the program then reads sy_filter and sy_prefixes. A
- * valid bucket without SY_IXB_OVERFLOW proves a prefix that is in no slot
- * has no binding. */
+/* Value of sy_index: SY_IX_WAYS slots, each a prefix, stored field by field
+ * so that a slot that does not hold the prefix sought costs one aligned
+ * load, and 7 slots fit 128 bytes. Slot k holds the prefix of kind kind[k]
+ * (0: empty; else 1 + proto*2 + family) and length plen[k] whose
+ * struct sy_prefix_key has addr[0] addr0[k], addr[1] addr1[k] and addr[2],
+ * addr[3] 0. Its ports in [lo[k], hi[k]] resolve to label[k] (none when
+ * lo > hi), the others to any_label[k]; 0 means no binding. Label ids are
+ * below SY_MAX_LABELS (lookup.h), so 16 bits hold them.
+ *
+ * A bucket without SY_IXB_THIS (as a fresh map has them) says nothing: the
+ * program then reads sy_prefixes. A bucket with it and without
+ * SY_IXB_OVERFLOW proves that a prefix of the bucket that is in neither of
+ * its buckets has no binding. */
 struct sy_ix_bucket {
-	__u32 flags;
-	__u32 _pad;
-	struct sy_ix_slot slots[SY_IX_WAYS];
+	__u16 flags;
+	__u8 plen[SY_IX_WAYS];
+	__u8 kind[SY_IX_WAYS];
+	__u32 addr0[SY_IX_WAYS];
+	__u32 addr1[SY_IX_WAYS];
+	__u16 lo[SY_IX_WAYS];
+	__u16 hi[SY_IX_WAYS];
+	__u16 label[SY_IX_WAYS];
+	__u16 any_label[SY_IX_WAYS];
 };
 
 /* Per-label counters, per CPU. Index 0 counts lookups that matched nothing. */

@@ -116,9 +116,9 @@ static __always_inline __u32 mask_word(__u32 word, int bits)
 	return word & bpf_htonl(~0U << (32 - bits));
 }
 
-/* The bit of sy_filter for a prefix key; dispatch/filter.go computes the
- * same function. */
-static __always_inline __u32 filter_bit(const struct sy_prefix_key *k)
+/* The hash of a prefix key that sy_filter and sy_index use; dispatch/filter.go
+ * computes the same function. */
+static __always_inline __u64 ix_hash(const struct sy_prefix_key *k)
 {
 	__u64 x = ((__u64)k->addr[0] << 32) | k->addr[1];
 	__u64 y = ((__u64)k->addr[2] << 32) | k->addr[3];
@@ -131,7 +131,27 @@ static __always_inline __u32 filter_bit(const struct sy_prefix_key *k)
 	 * (which IPv6 words hold high, loaded little-endian) spread. */
 	x ^= x >> 29;
 	x *= 0xbf58476d1ce4e5b9ULL;
-	return x >> (64 - SY_FILTER_LOG2);
+	return x;
+}
+
+/* The bit of sy_filter for a prefix key of hash h. */
+static __always_inline __u32 filter_bit(__u64 h)
+{
+	return h >> (64 - SY_FILTER_LOG2);
+}
+
+/* The first index bucket (within a generation) of a prefix key of hash h:
+ * its filter bit scaled to the buckets. */
+static __always_inline __u32 ix_first(__u64 h)
+{
+	return ((__u64)filter_bit(h) * SY_IX_BUCKETS) >> SY_FILTER_LOG2;
+}
+
+/* The second index bucket of a prefix key of hash h: the hash mixed once
+ * more, so it does not follow the first. */
+static __always_inline __u32 ix_second(__u64 h)
+{
+	return ((((h * 0x94d049bb133111ebULL) >> (64 - SY_FILTER_LOG2))) * SY_IX_BUCKETS) >> SY_FILTER_LOG2;
 }
 
 /* The block of sy_noaddr holding addr (network byte order, IPv4 in
@@ -143,14 +163,6 @@ static __always_inline __u32 sy_noaddr_block(const __u32 addr[4], __u8 fam)
 	if (fam == SY_FAM_V4)
 		return lead >> 16;
 	return (lead * 0x9e3779b1U) >> 16;
-}
-
-/* Whether index slot s holds the prefix of key (kind: 1 + proto*2 + fam). */
-static __always_inline int ix_match(const struct sy_ix_slot *s, const struct sy_prefix_key *key, __u8 kind)
-{
-	return s->kind == kind && s->plen == key->plen &&
-	       s->addr[0] == key->addr[0] && s->addr[1] == key->addr[1] &&
-	       s->addr[2] == key->addr[2] && s->addr[3] == key->addr[3];
 }
 
 /* Finds the segment holding port among n sorted, disjoint segments. */
@@ -225,10 +237,29 @@ struct sy_query {
 	__u8 fam;
 };
 
-/* The label of the port of the prefix in index slot s. */
-static __always_inline __u32 ix_label(const struct sy_ix_slot *s, __u16 port)
+/* The label of port in the slot of bucket b that holds the prefix of key
+ * (kind: 1 + proto*2 + fam; addr[2] and addr[3] 0), or -1 if no slot does. */
+static __always_inline int ix_probe(const struct sy_ix_bucket *b, const struct sy_prefix_key *key,
+				    __u8 kind, __u16 port)
 {
-	return (port >= s->lo && port <= s->hi) ? s->label : s->any_label;
+	for (int k = 0; k < SY_IX_WAYS; k++) {
+		if (b->addr0[k] != key->addr[0])
+			continue;
+		if (b->addr1[k] != key->addr[1] || b->plen[k] != key->plen || b->kind[k] != kind)
+			continue;
+		return (port >= b->lo[k] && port <= b->hi[k]) ? b->label[k] : b->any_label[k];
+	}
+	return -1;
+}
+
+/* ix_probe as a global function, for second buckets, so that the verifier
+ * checks that scan once rather than at every prefix length. */
+__noinline int sy_ix_probe(const struct sy_ix_bucket *b, const struct sy_prefix_key *key,
+			   __u32 kind, __u32 port)
+{
+	if (!b || !key)
+		return -1;
+	return ix_probe(b, key, kind, port);
 }
 
 /* The label of port in a prefix entry whose ports resolve without sy_ports
@@ -271,6 +302,7 @@ static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, 
 		const struct sy_prefix_val *v;
 		const __u64 *w;
 		__u32 bit, fidx, bidx;
+		__u64 h;
 		int plen;
 
 		if (i >= n)
@@ -282,25 +314,33 @@ static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, 
 		key.addr[2] = mask_word(q->addr[2], plen - 64);
 		key.addr[3] = mask_word(q->addr[3], plen - 96);
 
-		bit = filter_bit(&key);
-		bidx = gen * SY_IX_BUCKETS + (bit >> (SY_FILTER_LOG2 - SY_IX_LOG2));
+		h = ix_hash(&key);
+		bit = filter_bit(h);
+		bidx = gen * SY_IX_BUCKETS + ix_first(h);
 		b = bpf_map_lookup_elem(&sy_index, &bidx);
 		if (b && (b->flags & SY_IXB_THIS)) {
-			const struct sy_ix_slot *s = 0;
+			__u16 flags = b->flags;
+			int r = -1;
 
-			for (int k = 0; k < SY_IX_WAYS; k++) {
-				if (ix_match(&b->slots[k], &key, kind)) {
-					s = &b->slots[k];
-					break;
+			/* A slot holds only keys of 64 bits or less. */
+			if (!(key.addr[2] | key.addr[3])) {
+				r = ix_probe(b, &key, kind, port);
+				if (r < 0 && (flags & SY_IXB_SECOND)) {
+					bidx = gen * SY_IX_BUCKETS + ix_second(h);
+					b = bpf_map_lookup_elem(&sy_index, &bidx);
+					/* Written with the first bucket, so it
+					 * has SY_IXB_THIS too. */
+					if (b)
+						r = sy_ix_probe(b, &key, kind, port);
 				}
 			}
-			if (s) {
-				label = ix_label(s, port);
+			if (r >= 0) {
+				label = r;
 				if (label)
 					break;
 				continue;
 			}
-			if (!(b->flags & SY_IXB_OVERFLOW))
+			if (!(flags & SY_IXB_OVERFLOW))
 				continue;
 			/* The filter of a generation is written with its
 			 * index, so only a valid bucket vouches for it. */

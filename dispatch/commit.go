@@ -407,7 +407,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	// rewrites the data path from it (see readModel).
 	joinRecord := d.goWriteRecord(next, rc, "record-next")
 	update()
-	lists, words, buckets := touched(changes)
+	lists, words, buckets := touched(m, changes)
 	dc := newDataChange(m, changes, lists, words, buckets, nil)
 	derr := d.writeDataGen(m, dc, m.gen^1)
 	if derr == nil {
@@ -517,17 +517,15 @@ type dataChange struct {
 }
 
 // touched lists the prefix length lists, filter words and index buckets
-// that changes touch.
-func touched(changes []groupChange) (lists []int, words, buckets []uint32) {
+// that changes touch; m must be the model after the change.
+func touched(m *model, changes []groupChange) (lists []int, words, buckets []uint32) {
 	listSet := map[int]bool{}
 	wordSet := map[uint32]bool{}
-	bucketSet := map[uint32]bool{}
 	for _, c := range changes {
 		listSet[c.key.listIndex()] = true
 		wordSet[c.key.bit()/64] = true
-		bucketSet[c.key.bucket()] = true
 	}
-	return slices.Collect(maps.Keys(listSet)), slices.Collect(maps.Keys(wordSet)), slices.Collect(maps.Keys(bucketSet))
+	return slices.Collect(maps.Keys(listSet)), slices.Collect(maps.Keys(wordSet)), m.indexDirty(changes)
 }
 
 // newDataChange prepares the writes of changes and of lists, words and

@@ -35,22 +35,16 @@ type dispatchSyCfg struct {
 }
 
 type dispatchSyIxBucket struct {
-	_     structs.HostLayout
-	Flags uint32
-	Pad   uint32
-	Slots [4]dispatchSyIxSlot
-}
-
-type dispatchSyIxSlot struct {
 	_        structs.HostLayout
-	Addr     [4]uint32
-	Plen     uint8
-	Kind     uint8
-	Lo       uint16
-	Hi       uint16
-	Pad      uint16
-	Label    uint32
-	AnyLabel uint32
+	Flags    uint16
+	Plen     [7]uint8
+	Kind     [7]uint8
+	Addr0    [7]uint32
+	Addr1    [7]uint32
+	Lo       [7]uint16
+	Hi       [7]uint16
+	Label    [7]uint16
+	AnyLabel [7]uint16
 }
 
 type dispatchSyLabelKey struct {

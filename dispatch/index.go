@@ -3,6 +3,7 @@ package dispatch
 import (
 	"cmp"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -13,22 +14,57 @@ import (
 
 // The prefix index (sy_index, see bpf/dispatch.h) lets the program resolve
 // most prefixes from one array element instead of a filter word and a hash
-// lookup. A bucket is written whole from the groups whose keys fall in it,
-// like a filter word.
+// lookup. Each prefix has a first and a second bucket. What a bucket holds
+// is a function of the set of prefixes alone, not of the order they came
+// in, so a model rebuilt from the records (Open) agrees with the buckets an
+// earlier process wrote: a bucket takes the first ixWays indexable prefixes
+// of its own (whose first bucket it is) in key order, then, while slots are
+// left, the prefixes whose second bucket it is and that did not fit in
+// their first, in key order. A bucket is written whole.
 
 const (
-	ixLog2    = 16 // SY_IX_LOG2
-	ixBuckets = 1 << ixLog2
-	ixWays    = len(dispatchSyIxBucket{}.Slots) // SY_IX_WAYS
-	ixbValid  = 1                               // SY_IXB_VALID
-	ixbThis   = 4                               // SY_IXB_THIS
+	ixBuckets = 3 << 16                        // SY_IX_BUCKETS
+	ixWays    = len(dispatchSyIxBucket{}.Kind) // SY_IX_WAYS
+	ixbValid  = 1                              // SY_IXB_VALID
+	ixbThis   = 4                              // SY_IXB_THIS
 	// ixbThisBuild marks a bucket this build wrote.
 	ixbThisBuild = ixbValid | ixbThis
 	ixbOverflow  = 2 // SY_IXB_OVERFLOW
+	ixbSecond    = 8 // SY_IXB_SECOND
 )
 
-// bucket is the index bucket of the key, within one generation.
-func (k groupKey) bucket() uint32 { return k.bit() >> (filterLog2 - ixLog2) }
+// A slot holds label ids in 16 bits: this fails to compile if they grow.
+const _ = uint16(maxLabels - 1)
+
+// ixEntry is a prefix in the list of its first bucket.
+type ixEntry struct {
+	gk groupKey
+	ok bool // it can take a slot
+}
+
+func (k groupKey) hash() uint64 {
+	mk := k.mapKey(0)
+	return ixHash(&mk)
+}
+
+// ixFirst and ixSecond are the Go twins of ix_first and ix_second in
+// bpf/lookup.h.
+func ixFirst(h uint64) uint32 { return uint32(uint64(hashBit(h)) * ixBuckets >> filterLog2) }
+func ixSecond(h uint64) uint32 {
+	return uint32(uint64(hashBit(h*0x94d049bb133111eb)) * ixBuckets >> filterLog2)
+}
+
+// bucket is the first index bucket of the key, within one generation.
+func (k groupKey) bucket() uint32 { return ixFirst(k.hash()) }
+
+// second is the second index bucket of the key.
+func (k groupKey) second() uint32 { return ixSecond(k.hash()) }
+
+// short reports whether the key's address has no bits past the first 64,
+// which a slot holds.
+func (k groupKey) short() bool {
+	return !k.is6 || [8]byte(k.addr[8:]) == [8]byte{}
+}
 
 // indexable reports whether the program can resolve the ports of c from an
 // index slot: at most one segment and no exact-port entries.
@@ -45,54 +81,208 @@ func compareGroupKeys(a, b groupKey) int {
 	return compareAddr(a, b)
 }
 
-func (m *model) indexAdd(gk groupKey) {
-	b := gk.bucket()
-	ks := m.ix[b]
-	i, _ := slices.BinarySearchFunc(ks, gk, compareGroupKeys)
-	m.ix[b] = slices.Insert(ks, i, gk)
+func compareEntry(e ixEntry, gk groupKey) int { return compareGroupKeys(e.gk, gk) }
+
+func (m *model) indexAdd(gk groupKey, g *group) {
+	h := gk.hash()
+	b := ixFirst(h)
+	ok := g.c.indexable() && gk.short()
+	es := m.ix[b]
+	i, _ := slices.BinarySearchFunc(es, gk, compareEntry)
+	m.ix[b] = slices.Insert(es, i, ixEntry{gk, ok})
+	if ok {
+		b2 := ixSecond(h)
+		ks := m.ix2[b2]
+		i, _ := slices.BinarySearchFunc(ks, gk, compareGroupKeys)
+		m.ix2[b2] = slices.Insert(ks, i, gk)
+	}
 }
 
 func (m *model) indexDrop(gk groupKey) {
-	b := gk.bucket()
-	ks := m.ix[b]
+	h := gk.hash()
+	b := ixFirst(h)
+	es := m.ix[b]
+	if i, ok := slices.BinarySearchFunc(es, gk, compareEntry); ok {
+		es = slices.Delete(es, i, i+1)
+	}
+	if len(es) == 0 {
+		delete(m.ix, b)
+	} else {
+		m.ix[b] = es
+	}
+	b2 := ixSecond(h)
+	ks := m.ix2[b2]
 	if i, ok := slices.BinarySearchFunc(ks, gk, compareGroupKeys); ok {
 		ks = slices.Delete(ks, i, i+1)
+		if len(ks) == 0 {
+			delete(m.ix2, b2)
+		} else {
+			m.ix2[b2] = ks
+		}
 	}
-	if len(ks) == 0 {
-		delete(m.ix, b)
-		return
-	}
-	m.ix[b] = ks
 }
 
-// indexBucket is the value of bucket b: the first indexable groups of the
-// bucket in key order take the slots; if any group is left out, the bucket
-// says so, and the program looks such prefixes up in sy_prefixes.
+// spilled reports whether gk, which can take a slot, is in no slot of its
+// first bucket b: ixWays of the bucket's indexable prefixes come before it.
+func (m *model) spilled(gk groupKey, b uint32) bool {
+	n := 0
+	for _, e := range m.ix[b] {
+		if e.gk == gk {
+			return n >= ixWays
+		}
+		if e.ok {
+			n++
+		}
+	}
+	return false
+}
+
+// room is how many slots of bucket b its own prefixes leave.
+func (m *model) room(b uint32) int {
+	n := ixWays
+	for _, e := range m.ix[b] {
+		if e.ok {
+			if n--; n == 0 {
+				return 0
+			}
+		}
+	}
+	return n
+}
+
+// spillers calls f with each prefix whose second bucket is b and that is in
+// no slot of its first, in key order, while f returns true.
+func (m *model) spillers(b uint32, f func(gk groupKey) bool) {
+	for _, gk := range m.ix2[b] {
+		if m.spilled(gk, gk.bucket()) && !f(gk) {
+			return
+		}
+	}
+}
+
+// fits reports whether gk, spilled from its first bucket, takes a slot of
+// its second.
+func (m *model) fits(gk groupKey) bool {
+	b := gk.second()
+	room := m.room(b)
+	if room == 0 {
+		return false
+	}
+	fit := false
+	m.spillers(b, func(s groupKey) bool {
+		if s == gk {
+			fit = true
+			return false
+		}
+		room--
+		return room > 0
+	})
+	return fit
+}
+
+// ixSlot is one slot of a bucket, which dispatchSyIxBucket stores field by
+// field.
+type ixSlot struct {
+	addr0, addr1            uint32
+	plen, kind              uint8
+	lo, hi, label, anyLabel uint16
+}
+
+func (v *dispatchSyIxBucket) set(k int, s ixSlot) {
+	v.Addr0[k], v.Addr1[k], v.Plen[k], v.Kind[k] = s.addr0, s.addr1, s.plen, s.kind
+	v.Lo[k], v.Hi[k], v.Label[k], v.AnyLabel[k] = s.lo, s.hi, s.label, s.anyLabel
+}
+
+func (v *dispatchSyIxBucket) get(k int) ixSlot {
+	return ixSlot{v.Addr0[k], v.Addr1[k], v.Plen[k], v.Kind[k], v.Lo[k], v.Hi[k], v.Label[k], v.AnyLabel[k]}
+}
+
+// slot is the slot of group gk.
+func (m *model) slot(gk groupKey) ixSlot {
+	g := m.groups[gk]
+	mk := gk.mapKey(0)
+	s := ixSlot{
+		addr0:    mk.Addr[0],
+		addr1:    mk.Addr[1],
+		plen:     mk.Plen,
+		kind:     1 + mk.Proto*2 + mk.Family,
+		lo:       1,
+		anyLabel: uint16(g.c.anyLabel),
+	}
+	if len(g.c.segs) == 1 {
+		sg := g.c.segs[0]
+		s.lo, s.hi, s.label = sg.lo, sg.hi, uint16(sg.label)
+	}
+	return s
+}
+
+// indexBucket is the value of bucket b. A prefix of its own that is in
+// neither of its buckets makes it say so, and the program looks such
+// prefixes up in sy_prefixes.
 func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
 	v := dispatchSyIxBucket{Flags: ixbThisBuild}
 	n := 0
-	for _, gk := range m.ix[b] {
-		g := m.groups[gk]
-		if n == ixWays || !g.c.indexable() {
+	for _, e := range m.ix[b] {
+		switch {
+		case !e.ok:
 			v.Flags |= ixbOverflow
-			continue
+		case n < ixWays:
+			v.set(n, m.slot(e.gk))
+			n++
+		default:
+			v.Flags |= ixbSecond
+			if !m.fits(e.gk) {
+				v.Flags |= ixbOverflow
+			}
 		}
-		mk := gk.mapKey(0)
-		s := dispatchSyIxSlot{
-			Addr:     mk.Addr,
-			Plen:     mk.Plen,
-			Kind:     1 + mk.Proto*2 + mk.Family,
-			Lo:       1,
-			AnyLabel: g.c.anyLabel,
-		}
-		if len(g.c.segs) == 1 {
-			sg := g.c.segs[0]
-			s.Lo, s.Hi, s.Label = sg.lo, sg.hi, sg.label
-		}
-		v.Slots[n] = s
-		n++
+	}
+	if n < ixWays {
+		m.spillers(b, func(gk groupKey) bool {
+			v.set(n, m.slot(gk))
+			n++
+			return n < ixWays
+		})
 	}
 	return v
+}
+
+// indexDirty is the buckets whose value changes may have changed, from the
+// model after them: the first and second bucket of each changed prefix;
+// the second buckets of the prefixes that may have moved in or out of the
+// slots of a changed first bucket (with c changes in it, those ranked
+// ixWays-c or later among its indexable prefixes); and the first buckets of
+// the spilled prefixes of every second bucket whose room or spilled
+// prefixes may have changed, whose overflow flag may have.
+func (m *model) indexDirty(changes []groupChange) []uint32 {
+	set := map[uint32]struct{}{}
+	perFirst := map[uint32]int{}
+	addSecond := func(b uint32) {
+		set[b] = struct{}{}
+		m.spillers(b, func(gk groupKey) bool {
+			set[gk.bucket()] = struct{}{}
+			return true
+		})
+	}
+	for _, c := range changes {
+		h := c.key.hash()
+		perFirst[ixFirst(h)]++
+		addSecond(ixSecond(h))
+	}
+	for b, n := range perFirst {
+		// Its room for others' prefixes may have changed.
+		addSecond(b)
+		r := 0
+		for _, e := range m.ix[b] {
+			if !e.ok {
+				continue
+			}
+			if r >= ixWays-n {
+				addSecond(e.gk.second())
+			}
+			r++
+		}
+	}
+	return slices.Collect(maps.Keys(set))
 }
 
 // initIndex marks every bucket of a new, empty state's index valid and

@@ -19,6 +19,12 @@ import (
 // space, so a changed sockmap is refused, as is any key change or shrinking
 // value, with ErrIncompatible. Counters incremented between the copy and the
 // swap are lost; bindings cannot change meanwhile, as the state lock is held.
+// A map of derived data (rebuilt) is not copied: the new map starts empty,
+// which the program reads as saying nothing, and Open rebuilds it.
+
+// rebuilt names the maps whose entries are derived from others and which
+// Open rebuilds when it finds them empty: the prefix index (index.go).
+var rebuilt = map[string]bool{"sy_index": true}
 
 // incompatible lists the pinned maps that do not fit spec.
 func incompatible(dir string, spec *ebpf.CollectionSpec) (map[string]*ebpf.Map, error) {
@@ -67,7 +73,7 @@ func migrateMaps(spec *ebpf.CollectionSpec, old map[string]*ebpf.Map) (map[strin
 			return fail(fmt.Errorf("map %s changed type from %s to %s: %w", name, om.Type(), ms.Type, ErrIncompatible))
 		case om.KeySize() != ms.KeySize:
 			return fail(fmt.Errorf("map %s changed key size: %w", name, ErrIncompatible))
-		case om.ValueSize() > ms.ValueSize:
+		case om.ValueSize() > ms.ValueSize && !rebuilt[name]:
 			return fail(fmt.Errorf("map %s has smaller values in this build: %w", name, ErrIncompatible))
 		case ms.Type == ebpf.SockMap || ms.Type == ebpf.SockHash:
 			return fail(fmt.Errorf("map %s holds sockets, which cannot be copied: %w; register the sockets again after removing the state", name, ErrIncompatible))
@@ -79,6 +85,9 @@ func migrateMaps(spec *ebpf.CollectionSpec, old map[string]*ebpf.Map) (map[strin
 			return fail(fmt.Errorf("create map %s: %w", name, err))
 		}
 		fresh[name] = nm
+		if rebuilt[name] {
+			continue
+		}
 		if err := copyEntries(om, nm, ms); err != nil {
 			return fail(fmt.Errorf("migrate map %s: %w", name, err))
 		}

@@ -101,7 +101,8 @@ type model struct {
 	plens   [4]map[uint8]int      // per proto*2+family: groups per prefix length
 	words   []uint64              // the filter (filterWords words), kept with more
 	more    map[uint32]int        // filter bit -> prefix keys beyond the first that set it
-	ix      map[uint32][]groupKey // index bucket -> its groups, in key order
+	ix      map[uint32][]ixEntry  // index bucket -> the groups it is first for, in key order
+	ix2     map[uint32][]groupKey // index bucket -> the indexable groups it is second for, in key order
 	use     [4]portUse            // per proto*2+family: bindings by port set
 	slots   []bool                // table slots in use
 }
@@ -115,7 +116,8 @@ func newModel() *model {
 		groups: map[groupKey]*group{},
 		words:  make([]uint64, filterWords),
 		more:   map[uint32]int{},
-		ix:     map[uint32][]groupKey{},
+		ix:     map[uint32][]ixEntry{},
+		ix2:    map[uint32][]groupKey{},
 		slots:  make([]bool, tablesPerGen),
 	}
 	for i := range m.plens {
@@ -358,7 +360,7 @@ func (m *model) addGroupStats(gk groupKey, g *group) {
 		pr[protoIndex(gk.proto)]++
 	}
 	m.plens[gk.listIndex()][gk.bits]++
-	m.indexAdd(gk)
+	m.indexAdd(gk, g)
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, 1)
 	}
