@@ -3,7 +3,12 @@ package dispatch
 import (
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
@@ -182,4 +187,87 @@ func findSlot(b dispatchSyIxBucket, mk dispatchSyPrefixKey) (ixSlot, bool) {
 		}
 	}
 	return ixSlot{}, false
+}
+
+// An index pinned by a build of another layout (7011c58's: 65,536 buckets
+// of four 36-byte slots per generation, whose flags this build's program
+// must not trust) is replaced by an empty one rather than copied: a
+// read-only reader answers from the records, and the next writable Open
+// rebuilds the index, which the program then reads, dispatching throughout.
+func TestIndexOfAnotherLayoutIsRebuilt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mustRegister(t, e.d, "web", e.tcpServer("web", "127.0.0.1:0"))
+	mustRegister(t, e.d, "host", e.tcpServer("host", "127.0.0.1:0"))
+	e.bind("web", "tcp", "10.1.0.0/24", "*")
+	e.bind("host", "tcp", "10.2.0.5", "443")
+	want, err := e.d.Bindings()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Every bucket of the old layout says "valid, this build's, no
+	// overflow" with empty slots: read as this build's, it would refuse
+	// every binding.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 152, MaxEntries: 2 << 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	keys := make([]uint32, old.MaxEntries())
+	vals := make([][152]byte, old.MaxEntries())
+	for i := range keys {
+		keys[i] = uint32(i)
+		vals[i][0] = ixbThisBuild
+	}
+	if err := batchPut(old, keys, vals); err != nil {
+		t.Fatal(err)
+	}
+	pin := filepath.Join(e.d.Dir(), "sy_index")
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+	e.d.Close()
+
+	ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open read-only: %v", err)
+	}
+	if got, err := ro.Bindings(); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("read-only bindings: %v %v, want %v", got, err, want)
+	}
+	ro.Close()
+
+	e.d = e.open()
+	m, err := ebpf.LoadPinnedMap(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.ValueSize() != 128 || m.MaxEntries() != 2*ixBuckets {
+		t.Fatalf("pinned index after open: %d-byte values, %d entries; want this build's layout", m.ValueSize(), m.MaxEntries())
+	}
+	var cfg dispatchSyCfg
+	if err := e.d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		proto  binding.Protocol
+		prefix string
+	}{{binding.TCP, "10.1.0.0/24"}, {binding.TCP, "10.2.0.5/32"}} {
+		gk := keyOf(p.proto, netip.MustParsePrefix(p.prefix))
+		var b dispatchSyIxBucket
+		if err := m.Lookup(cfg.Gen*ixBuckets+gk.bucket(), &b); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := findSlot(b, gk.mapKey(0)); !ok || b.Flags&ixbThisBuild != ixbThisBuild {
+			t.Fatalf("%s is not in its bucket of the rebuilt index: %+v", p.prefix, b)
+		}
+	}
+	e.checkDial("10.1.0.7:80", "web")
+	e.checkDial("10.2.0.5:443", "host")
+	e.checkDial("10.2.0.5:444", "")
 }
