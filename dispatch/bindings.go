@@ -579,7 +579,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 		return nil, err
 	}
 	if err := d.gcLabels(m); err != nil {
-		return nil, err
+		return nil, unfinished(err)
 	}
 	return changes, nil
 }

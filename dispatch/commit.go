@@ -455,10 +455,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	}
 	n, rerr = joinRecord()
 	if err := errors.Join(derr, rerr); err != nil {
-		if errors.Is(err, errCrashPoint) {
-			return err
-		}
-		return fmt.Errorf("the change is in force but was not finished (the next change finishes it): %w", err)
+		return unfinished(err)
 	}
 	m.gen = next
 	for _, c := range changes {
@@ -474,12 +471,23 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	}
 	c.State = commitIdle
 	if err := d.writeCommit(c); err != nil {
-		return err
+		return unfinished(err)
 	}
 	if err := d.crashPoint("idle"); err != nil {
 		return err
 	}
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial })
+	return unfinished(d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial }))
+}
+
+// unfinished marks err, from a step of a change after the program reads its
+// generation, with ErrUnfinished: the change is in force, for traffic and
+// for a restarted process, whatever failed after. A simulated crash stays
+// as it is, as a real one would.
+func unfinished(err error) error {
+	if err == nil || errors.Is(err, errCrashPoint) {
+		return err
+	}
+	return fmt.Errorf("%w (the next change finishes it): %w", ErrUnfinished, err)
 }
 
 // goWriteRecord starts writeRecord(gen, rc, point) and returns a function

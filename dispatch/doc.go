@@ -59,7 +59,8 @@
 // force as after a crash before 3; if the program cannot be switched, one
 // store puts {g, begun} back (generation g is still whole), with the same
 // result. A failure in step 4 leaves B in force and the change unfinished,
-// as a crash there would, and the next operation finishes it. Recovery
+// as a crash there would, and the next operation finishes it; the change
+// returns ErrUnfinished, so that its caller keeps what goes with B. Recovery
 // itself writes only the data path toward the generation in force and
 // then the commit state, so a crash during it leaves what it found. A
 // stale generation of the record is made equal to the one in force (only

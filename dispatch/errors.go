@@ -18,4 +18,8 @@ var (
 	// ErrIncompatible: pinned state was made by a build whose layout this
 	// build cannot migrate.
 	ErrIncompatible = errors.New("incompatible pinned state")
+	// ErrUnfinished: a change is in force (traffic follows it, and a
+	// restarted process finds it) but a write after its commit point
+	// failed; the next operation finishes it.
+	ErrUnfinished = errors.New("the change is in force but was not finished")
 )

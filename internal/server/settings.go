@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -23,8 +24,9 @@ import (
 // interleave: the policies that change are put in force first, label by
 // label; if one fails, those put in force are set back, in reverse, and
 // nothing else changes; then the bindings and settings are committed at
-// once (a failure sets the policies back too); last, the settings in memory
-// are replaced.
+// once (a failure sets the policies back too, unless the dispatcher says
+// the change is in force anyway: dispatch.ErrUnfinished); last, the
+// settings in memory are replaced.
 
 // policyOf is a label's policy in m (none if absent).
 func policyOf(m map[string]settings.Label, label string) settings.Policy {
@@ -99,14 +101,22 @@ func (s *Server) transact(bindings *bindingSource, next map[string]settings.Labe
 	} else {
 		err = s.d.SetSettings(blob)
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, dispatch.ErrUnfinished) {
 		s.rollback(done)
 		return nil, err
 	}
+	// From here on next is in force: the bindings and the settings the
+	// record holds, which a restarted daemon puts in force, also when
+	// the dispatcher failed to finish the change (ErrUnfinished); its
+	// policies stay, and the caller reports the error.
 	s.mu.Lock()
 	s.labels, s.principals = next, principals
 	s.mu.Unlock()
 	s.mirror()
+	if err != nil {
+		s.log.Error("a change is in force but was not finished; the next change finishes it", "err", err)
+		return nil, err
+	}
 	return diff, nil
 }
 
