@@ -358,9 +358,10 @@ func (d *Dispatcher) waitReaders() {
 // updated, and is dropped.
 //
 // The record and the data path are written side by side, twice: the
-// record's next generation beside the model's update and then the data
-// path's next generation (read by nothing until the flip), and after the
-// flip the record's old generation beside the data path's old one. Each
+// record's next generation and then the groups of the data path's next
+// generation (read by nothing until the flip) beside the model's update
+// and then the rest of that data generation, and after the flip the
+// record's old generation beside the data path's old one. Each
 // pair is joined before the next step, so a step that fails or crashes
 // has the other of its pair finished or stopped by the time commit
 // returns.
@@ -401,15 +402,19 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		return err
 	}
 	old, next := c.Gen, c.Gen^1
-	// Before the commit point: the record's next generation beside the
-	// model's update and the data path's next generation. A failure of
-	// either leaves {old, begun}, the old set in force; the next operation
-	// rewrites the data path from it (see readModel).
-	joinRecord := d.goWriteRecord(next, rc, "record-next")
+	// Before the commit point: the record's next generation, then the
+	// groups of the data path's next generation, beside the model's update
+	// and then the rest of the data path's next generation, which reads
+	// the model after the change. A failure of either leaves {old, begun},
+	// the old set in force; the next operation rewrites the data path from
+	// it (see readModel).
+	dataNext := m.gen ^ 1
+	dc := &dataChange{changes: changes}
+	joinRecord := d.goWriteRecord(next, rc, "record-next", func() error { return d.writeDataGroups(dc, dataNext) })
 	update()
-	lists, words, buckets := touched(m, changes)
-	dc := newDataChange(m, changes, lists, words, buckets, nil)
-	derr := d.writeDataGen(m, dc, m.gen^1)
+	dc.lists, dc.words, dc.buckets = touched(m, changes)
+	dc.bucketValues(m)
+	derr := d.writeDataLists(m, dc, dataNext)
 	if derr == nil {
 		derr = d.crashPoint("data-next-written")
 	}
@@ -448,7 +453,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	// After the flip: the record's old generation beside the data path's
 	// old one. The new set is in force from here on; a failure leaves it
 	// so, and the next operation finishes the change as after a crash.
-	joinRecord = d.goWriteRecord(old, rc, "record-old")
+	joinRecord = d.goWriteRecord(old, rc, "record-old", nil)
 	derr = d.writeDataGen(m, dc, m.gen)
 	if derr == nil {
 		derr = d.crashPoint("data-path")
@@ -490,10 +495,11 @@ func unfinished(err error) error {
 	return fmt.Errorf("%w (the next change finishes it): %w", ErrUnfinished, err)
 }
 
-// goWriteRecord starts writeRecord(gen, rc, point) and returns a function
-// that waits for it and returns what it returned. Every path of the caller
-// calls that function before it returns, so no write outlives the change.
-func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string) func() (uint32, error) {
+// goWriteRecord starts writeRecord(gen, rc, point) and then, if it
+// succeeded and then is not nil, then(), and returns a function that waits
+// for them and returns what they returned. Every path of the caller calls
+// that function before it returns, so no write outlives the change.
+func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string, then func() error) func() (uint32, error) {
 	type written struct {
 		n   uint32
 		err error
@@ -501,6 +507,9 @@ func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string) f
 	done := make(chan written, 1)
 	go func() {
 		n, err := d.writeRecord(gen, rc, point)
+		if err == nil && then != nil {
+			err = then()
+		}
 		done <- written{n, err}
 	}()
 	return func() (uint32, error) {
@@ -521,7 +530,6 @@ type dataChange struct {
 	bvals   []dispatchSyIxBucket
 	prune   func(gen uint32, w *genWriter)
 	w       genWriter // serves both generations
-
 }
 
 // touched lists the prefix length lists, filter words and index buckets
@@ -541,25 +549,42 @@ func touched(m *model, changes []groupChange) (lists []int, words, buckets []uin
 // generation's writes are first edited by it.
 func newDataChange(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) *dataChange {
 	dc := &dataChange{changes: changes, lists: lists, words: words, buckets: buckets, prune: prune}
-	// A bucket's value reads every group in it: compute it once for both
-	// generations.
-	dc.bvals = make([]dispatchSyIxBucket, len(buckets))
-	for i, b := range buckets {
+	dc.bucketValues(m)
+	return dc
+}
+
+// bucketValues computes the values of dc's buckets from m, the model after
+// the change. A bucket's value reads every group in it: it is computed
+// once for both generations.
+func (dc *dataChange) bucketValues(m *model) {
+	dc.bvals = make([]dispatchSyIxBucket, len(dc.buckets))
+	for i, b := range dc.buckets {
 		dc.bvals[i] = m.indexBucket(b)
 	}
-	return dc
 }
 
 // writeDataGen writes dc to the data path's generation gen, which no
 // program reads meanwhile: before the flip the one m.gen does not name,
 // after it (and waitReaders) the one it names until the change ends.
 func (d *Dispatcher) writeDataGen(m *model, dc *dataChange, gen uint32) error {
+	if err := d.writeDataGroups(dc, gen); err != nil {
+		return err
+	}
+	return d.writeDataLists(m, dc, gen)
+}
+
+// writeDataGroups writes the groups of dc to the data path's generation
+// gen; they read only dc.
+func (d *Dispatcher) writeDataGroups(dc *dataChange, gen uint32) error {
 	if err := dc.w.write(d, gen, dc.changes, dc.prune); err != nil {
 		return err
 	}
-	if err := d.crashPoint("data-groups"); err != nil {
-		return err
-	}
+	return d.crashPoint("data-groups")
+}
+
+// writeDataLists writes what dc needs beyond its groups to the data path's
+// generation gen, from m, the model after the change.
+func (d *Dispatcher) writeDataLists(m *model, dc *dataChange, gen uint32) error {
 	return d.writeLists(m, gen, dc.lists, dc.words, dc.buckets, dc.bvals)
 }
 
