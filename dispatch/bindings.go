@@ -242,7 +242,7 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 	if err != nil {
 		return nil, err
 	}
-	gi = nil
+	gi, all = nil, nil // read whole: the caller's bindings may go
 	for _, ps := range lists {
 		sortPorts(ps)
 	}
@@ -572,6 +572,13 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 				m.addGroupStats(c.key, c.new)
 				m.groups[c.key] = c.new
 			}
+		}
+		if len(changes) >= largeChange {
+			// The edit's updates and what the model's counts and index
+			// outgrew are garbage now (50 MB at a million), and the data
+			// path's writes allocate as much again: let them reuse it.
+			// The kernel writes the record meanwhile.
+			runtime.GC()
 		}
 	}
 	err = d.commit(m, changes, &recordChange{changes: changes, ids: m.labels, settings: settings}, update)

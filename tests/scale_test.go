@@ -28,7 +28,11 @@ func TestApplyMillionBindings(t *testing.T) {
 
 	start := time.Now()
 	out := w.slowCLI("apply", "-f", file)
-	t.Logf("first apply: %v, daemon peak rss %.1f MiB", time.Since(start), float64(vmHWM(t, w.d.cmd.Process.Pid))/(1<<20))
+	peak := float64(vmHWM(t, w.d.cmd.Process.Pid)) / (1 << 20)
+	t.Logf("first apply: %v, daemon peak rss %.1f MiB", time.Since(start), peak)
+	if peak > maxApplyRSS {
+		t.Errorf("the daemon's resident memory peaked at %.1f MiB during the first apply; the target is at most %d MiB", peak, maxApplyRSS)
+	}
 	if n := strings.Count(out, "\n+ "); n != scaleBindings-1 || !strings.HasPrefix(out, "+ ") {
 		t.Fatalf("first apply printed %d added bindings, want %d; output begins:\n%.300s", n+1, scaleBindings, out)
 	}
@@ -64,8 +68,16 @@ func TestApplyMillionBindings(t *testing.T) {
 	if out := w.mustCLI("bind", "x", "tcp", "192.0.2.1", "80"); out != "bound x tcp 192.0.2.1/32 80\n" {
 		t.Errorf("bind after unbind printed %q", out)
 	}
-	t.Logf("daemon peak rss %.1f MiB", float64(vmHWM(t, w.d.cmd.Process.Pid))/(1<<20))
+	peak = float64(vmHWM(t, w.d.cmd.Process.Pid)) / (1 << 20)
+	t.Logf("daemon peak rss %.1f MiB", peak)
+	if peak > maxApplyRSS {
+		t.Errorf("the daemon's resident memory peaked at %.1f MiB (second apply, listing, bind); the target is at most %d MiB", peak, maxApplyRSS)
+	}
 }
+
+// maxApplyRSS is the target for the daemon's resident memory, in MiB,
+// during and after an apply of 1,048,576 bindings (issue 9).
+const maxApplyRSS = 256
 
 // bindingsJSON is what `switchyard bindings -o json` prints for bs.
 func bindingsJSON(bs []binding.Binding) string {

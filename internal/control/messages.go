@@ -188,6 +188,21 @@ func (c *Config) NumBindings() int {
 	return len(c.Bindings)
 }
 
+// TakeBindings returns the number of bindings of c and a function that
+// yields them as AllBindings does, and leaves c without them: once the
+// caller drops the function, their memory can go (at a million, the 12 MB
+// of a request received with Conn.KeepPacked).
+func (c *Config) TakeBindings() (n int, all func(yield func(*binding.Binding) bool)) {
+	n = c.NumBindings()
+	if p := c.packed; p != nil {
+		c.packed = nil
+		return n, p.All
+	}
+	l := c.Bindings
+	c.Bindings = nil
+	return n, l.All
+}
+
 // AllBindings yields the bindings of c in order, from Bindings or, in a
 // request received with Conn.KeepPacked, from their packed form; then the
 // *Binding it yields is reused.

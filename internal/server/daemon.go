@@ -395,12 +395,13 @@ func bindingCount(d *dispatch.Dispatcher) (int, error) {
 }
 
 // softMemoryLimit is the floor of the Go runtime's soft memory limit. An
-// apply of 1,048,576 bindings holds about 350 MiB live at its peak (the
-// request, the new model, the diff and the reply; the daemon settles at
-// about 120 MiB after it), and a limit below the live heap makes the
-// collector run without pause: that doubled the apply's CPU time and saved
-// almost nothing at the peak. Below the limit the collector runs at its
-// usual pace (GOGC).
+// apply of 1,048,576 bindings takes a heap of about 200 MiB at its peak
+// (the models before and after, the changed groups and what the change
+// left as garbage; the collector is off meanwhile, see Server.apply), and
+// the daemon settles at about 145 MiB resident after it. A limit below
+// what an apply needs makes the collector run without pause: that doubled
+// the apply's CPU time and saved almost nothing at the peak. Below the
+// limit the collector runs at its usual pace (GOGC).
 const softMemoryLimit = 384 << 20
 
 // setMemoryLimit sets the soft memory limit from the live heap and returns

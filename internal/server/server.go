@@ -666,10 +666,11 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	// The request's bindings stay packed as they arrived (12 MB at a
 	// million; see serveConn), and the reply lists the diff from the
 	// changed groups as it is encoded: neither is held as a list.
-	n := r.Config.NumBindings()
+	// The apply takes them from the request, so that they go once read.
+	n, all := r.Config.TakeBindings()
 	if n >= 10000 {
-		// Hand back the garbage of a large apply even when its reply is
-		// small ("no changes"); writeReply does so after a large one.
+		// Hand back the garbage of a large apply, before its reply is
+		// encoded; writeReply does so again after a large reply.
 		defer debug.FreeOSMemory()
 	}
 	s.txMu.Lock()
@@ -693,9 +694,9 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	changes := labelChanges(s.labelsNow(), next)
 	var diff *dispatch.Diff
 	if r.DryRun {
-		diff, err = s.d.ReplaceSeq(n, r.Config.AllBindings, nil, true)
+		diff, err = s.d.ReplaceSeq(n, all, nil, true)
 	} else {
-		diff, err = s.transact(&bindingSource{n, r.Config.AllBindings}, next, principals)
+		diff, err = s.transact(&bindingSource{n, all}, next, principals)
 	}
 	if err != nil {
 		return nil, err
