@@ -221,10 +221,10 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 		lists[i] = make([]portLabel, 0, n)
 	}
 	counts = nil
-	k := 0
+	k, more := 0, false
 	for b := range all {
 		if k == len(gi) {
-			err = errors.New("replace: the bindings changed while they were read")
+			more = true
 			break
 		}
 		i := gi[k]
@@ -238,6 +238,10 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 			continue
 		}
 		lists[i] = append(ps, portLabel{b.Ports, b.Label})
+	}
+	if err == nil && (more || k != len(gi)) {
+		// all yielded another number of bindings than the first time.
+		err = errors.New("replace: the bindings changed while they were read")
 	}
 	if err != nil {
 		return nil, err

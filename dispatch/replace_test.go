@@ -95,3 +95,32 @@ func TestReplaceInBatches(t *testing.T) {
 		t.Errorf("record generations hold %d and %d bindings (equal: %v), want %d each", len(r0), len(r1), maps.Equal(r0, r1), len(after))
 	}
 }
+
+// ReplaceSeq reads its bindings twice; a sequence that yields another
+// number of them the second time is refused, and nothing changes.
+func TestReplaceSeqChangedSource(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	bs := []binding.Binding{testenv.ScaleBinding(0, 0), testenv.ScaleBinding(1, 0), testenv.ScaleBinding(2, 0)}
+	for _, second := range []int{1, 3} {
+		calls := 0
+		all := func(yield func(*binding.Binding) bool) {
+			calls++
+			n := len(bs) - 1
+			if calls == 2 {
+				n = second
+			}
+			for i := range n {
+				if !yield(&bs[i]) {
+					return
+				}
+			}
+		}
+		if _, err := e.d.ReplaceSeq(2, all, nil, false); err == nil || err.Error() != "replace: the bindings changed while they were read" {
+			t.Errorf("second read of %d bindings after 2: %v", second, err)
+		}
+	}
+	if got, err := e.d.Bindings(); err != nil || len(got) != 0 {
+		t.Errorf("after the refusals: %d bindings, %v; want none", len(got), err)
+	}
+}
