@@ -3,7 +3,7 @@ package dispatch
 import (
 	"cmp"
 	"encoding/binary"
-	"maps"
+	"math/bits"
 	"net/netip"
 	"slices"
 
@@ -40,6 +40,13 @@ const _ = uint16(maxLabels - 1)
 type ixEntry struct {
 	gk groupKey
 	ok bool // it can take a slot
+}
+
+// ix2Entry is a prefix that can take a slot in the list of its second
+// bucket.
+type ix2Entry struct {
+	gk    groupKey
+	first uint32 // its first bucket
 }
 
 func (k groupKey) hash() uint64 {
@@ -83,50 +90,60 @@ func compareGroupKeys(a, b groupKey) int {
 
 func compareEntry(e ixEntry, gk groupKey) int { return compareGroupKeys(e.gk, gk) }
 
+func compareEntry2(e ix2Entry, gk groupKey) int { return compareGroupKeys(e.gk, gk) }
+
+// The lists of the buckets are slices indexed by bucket, made at the first
+// prefix: a map of them cost AddBindings more in lookups than the whole
+// index's writes.
 func (m *model) indexAdd(gk groupKey, g *group) {
+	if m.ix == nil {
+		m.ix = make([][]ixEntry, ixBuckets)
+		m.ix2 = make([][]ix2Entry, ixBuckets)
+	}
 	h := gk.hash()
-	b := ixFirst(h)
+	b, b2 := ixFirst(h), ixSecond(h)
 	ok := g.c.indexable() && gk.short()
 	es := m.ix[b]
 	i, _ := slices.BinarySearchFunc(es, gk, compareEntry)
 	m.ix[b] = slices.Insert(es, i, ixEntry{gk, ok})
 	if ok {
-		b2 := ixSecond(h)
 		ks := m.ix2[b2]
-		i, _ := slices.BinarySearchFunc(ks, gk, compareGroupKeys)
-		m.ix2[b2] = slices.Insert(ks, i, gk)
+		i, _ := slices.BinarySearchFunc(ks, gk, compareEntry2)
+		m.ix2[b2] = slices.Insert(ks, i, ix2Entry{gk, b})
 	}
 }
 
 func (m *model) indexDrop(gk groupKey) {
+	if m.ix == nil {
+		return
+	}
 	h := gk.hash()
-	b := ixFirst(h)
-	es := m.ix[b]
-	if i, ok := slices.BinarySearchFunc(es, gk, compareEntry); ok {
-		es = slices.Delete(es, i, i+1)
+	b, b2 := ixFirst(h), ixSecond(h)
+	if i, ok := slices.BinarySearchFunc(m.ix[b], gk, compareEntry); ok {
+		m.ix[b] = slices.Delete(m.ix[b], i, i+1)
 	}
-	if len(es) == 0 {
-		delete(m.ix, b)
-	} else {
-		m.ix[b] = es
+	if i, ok := slices.BinarySearchFunc(m.ix2[b2], gk, compareEntry2); ok {
+		m.ix2[b2] = slices.Delete(m.ix2[b2], i, i+1)
 	}
-	b2 := ixSecond(h)
-	ks := m.ix2[b2]
-	if i, ok := slices.BinarySearchFunc(ks, gk, compareGroupKeys); ok {
-		ks = slices.Delete(ks, i, i+1)
-		if len(ks) == 0 {
-			delete(m.ix2, b2)
-		} else {
-			m.ix2[b2] = ks
-		}
+}
+
+// list is the list of bucket b.
+func (m *model) list(b uint32) []ixEntry {
+	if m.ix == nil {
+		return nil
 	}
+	return m.ix[b]
 }
 
 // spilled reports whether gk, which can take a slot, is in no slot of its
 // first bucket b: ixWays of the bucket's indexable prefixes come before it.
 func (m *model) spilled(gk groupKey, b uint32) bool {
+	es := m.ix[b]
+	if len(es) <= ixWays {
+		return false
+	}
 	n := 0
-	for _, e := range m.ix[b] {
+	for _, e := range es {
 		if e.gk == gk {
 			return n >= ixWays
 		}
@@ -140,7 +157,7 @@ func (m *model) spilled(gk groupKey, b uint32) bool {
 // room is how many slots of bucket b its own prefixes leave.
 func (m *model) room(b uint32) int {
 	n := ixWays
-	for _, e := range m.ix[b] {
+	for _, e := range m.list(b) {
 		if e.ok {
 			if n--; n == 0 {
 				return 0
@@ -153,17 +170,19 @@ func (m *model) room(b uint32) int {
 // spillers calls f with each prefix whose second bucket is b and that is in
 // no slot of its first, in key order, while f returns true.
 func (m *model) spillers(b uint32, f func(gk groupKey) bool) {
-	for _, gk := range m.ix2[b] {
-		if m.spilled(gk, gk.bucket()) && !f(gk) {
+	if m.ix2 == nil {
+		return
+	}
+	for _, e := range m.ix2[b] {
+		if m.spilled(e.gk, e.first) && !f(e.gk) {
 			return
 		}
 	}
 }
 
 // fits reports whether gk, spilled from its first bucket, takes a slot of
-// its second.
-func (m *model) fits(gk groupKey) bool {
-	b := gk.second()
+// its second, b.
+func (m *model) fits(gk groupKey, b uint32) bool {
 	room := m.room(b)
 	if room == 0 {
 		return false
@@ -222,7 +241,7 @@ func (m *model) slot(gk groupKey) ixSlot {
 func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
 	v := dispatchSyIxBucket{Flags: ixbThisBuild}
 	n := 0
-	for _, e := range m.ix[b] {
+	for _, e := range m.list(b) {
 		switch {
 		case !e.ok:
 			v.Flags |= ixbOverflow
@@ -231,7 +250,7 @@ func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
 			n++
 		default:
 			v.Flags |= ixbSecond
-			if !m.fits(e.gk) {
+			if !m.fits(e.gk, e.gk.second()) {
 				v.Flags |= ixbOverflow
 			}
 		}
@@ -254,25 +273,33 @@ func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
 // the spilled prefixes of every second bucket whose room or spilled
 // prefixes may have changed, whose overflow flag may have.
 func (m *model) indexDirty(changes []groupChange) []uint32 {
-	set := map[uint32]struct{}{}
-	perFirst := map[uint32]int{}
+	// A bit per bucket: a change of 100,000 prefixes names some 300,000
+	// buckets, which a map takes long to gather.
+	set := make([]uint64, ixBuckets/64)
+	add := func(b uint32) { set[b/64] |= 1 << (b % 64) }
+	perFirst := make([]int32, ixBuckets) // changes per first bucket
+	var firsts []uint32
 	addSecond := func(b uint32) {
-		set[b] = struct{}{}
+		add(b)
 		m.spillers(b, func(gk groupKey) bool {
-			set[gk.bucket()] = struct{}{}
+			add(gk.bucket())
 			return true
 		})
 	}
 	for _, c := range changes {
 		h := c.key.hash()
+		if b := ixFirst(h); perFirst[b] == 0 {
+			firsts = append(firsts, b)
+		}
 		perFirst[ixFirst(h)]++
 		addSecond(ixSecond(h))
 	}
-	for b, n := range perFirst {
+	for _, b := range firsts {
+		n := int(perFirst[b])
 		// Its room for others' prefixes may have changed.
 		addSecond(b)
 		r := 0
-		for _, e := range m.ix[b] {
+		for _, e := range m.list(b) {
 			if !e.ok {
 				continue
 			}
@@ -282,7 +309,13 @@ func (m *model) indexDirty(changes []groupChange) []uint32 {
 			r++
 		}
 	}
-	return slices.Collect(maps.Keys(set))
+	var out []uint32
+	for i, w := range set {
+		for ; w != 0; w &= w - 1 {
+			out = append(out, uint32(i*64+bits.TrailingZeros64(w)))
+		}
+	}
+	return out
 }
 
 // initIndex marks every bucket of a new, empty state's index valid and

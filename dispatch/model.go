@@ -97,14 +97,14 @@ type model struct {
 	names   map[uint32]string
 	kept    map[string]bool // labels kept without bindings or sockets
 	groups  map[groupKey]*group
-	protos  map[string]*[2]int    // per label: bindings of tcp and udp
-	plens   [4]map[uint8]int      // per proto*2+family: groups per prefix length
-	words   []uint64              // the filter (filterWords words), kept with more
-	more    map[uint32]int        // filter bit -> prefix keys beyond the first that set it
-	ix      map[uint32][]ixEntry  // index bucket -> the groups it is first for, in key order
-	ix2     map[uint32][]groupKey // index bucket -> the indexable groups it is second for, in key order
-	use     [4]portUse            // per proto*2+family: bindings by port set
-	slots   []bool                // table slots in use
+	protos  map[string]*[2]int // per label: bindings of tcp and udp
+	plens   [4]map[uint8]int   // per proto*2+family: groups per prefix length
+	words   []uint64           // the filter (filterWords words), kept with more
+	more    map[uint32]int     // filter bit -> prefix keys beyond the first that set it
+	ix      [][]ixEntry        // index bucket -> the groups it is first for, in key order
+	ix2     [][]ix2Entry       // index bucket -> the indexable groups it is second for, in key order
+	use     [4]portUse         // per proto*2+family: bindings by port set
+	slots   []bool             // table slots in use
 }
 
 func newModel() *model {
@@ -116,8 +116,6 @@ func newModel() *model {
 		groups: map[groupKey]*group{},
 		words:  make([]uint64, filterWords),
 		more:   map[uint32]int{},
-		ix:     map[uint32][]ixEntry{},
-		ix2:    map[uint32][]groupKey{},
 		slots:  make([]bool, tablesPerGen),
 	}
 	for i := range m.plens {
