@@ -47,7 +47,10 @@
 // the kind of code that goes wrong on untrusted input; the one exception is
 // Apply from version 2 on, whose binding lists (up to 1,048,576 bindings)
 // travel packed after the JSON object (binding.ReadPacked, fuzzed), and are
-// then validated like any other. Magic and version sit
+// then validated like any other. A server may keep such a list packed as
+// it arrived (Conn.KeepPacked, Config.TakeBindings), and answer with a
+// diff it encodes as it sends it (Diff.SetBindings), so that it never
+// holds a million bindings as a list. Magic and version sit
 // at fixed offsets forever, so any two releases can tell each other which
 // versions they speak.
 //
