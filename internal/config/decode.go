@@ -47,7 +47,7 @@ type limits struct {
 }
 
 var defaultLimits = limits{fileSize: MaxFileSize, bindings: MaxBindings,
-	parts: runtime.GOMAXPROCS(0), partBytes: 1 << 20, partItems: 1 << 14}
+	parts: min(runtime.GOMAXPROCS(0), 8), partBytes: 1 << 20, partItems: 1 << 14}
 
 func parseReader(r io.Reader, file string) (*Config, error) {
 	return parseReaderLimits(r, file, defaultLimits)

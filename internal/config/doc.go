@@ -72,8 +72,9 @@
 // reads the rest of the file. Files outside that subset are read entirely by
 // the YAML parser, with the same result, about ten times slower. A bindings
 // list of more than 2 MiB is scanned, and one of more than 32,768 entries
-// parsed, in parts on every CPU (one part each), with the same result and
-// errors as in one part. FuzzParse checks that the three ways agree. Measured with `go test -bench Parse10k
+// parsed, in parts on every CPU (one part each, at most 8), with the same
+// result and errors as in one part. FuzzParse checks that the three ways
+// agree. Measured with `go test -bench Parse10k
 // -benchtime 20x -count 5 ./internal/config` (medians of 5, on a shared
 // 2-core VM at load average 4.2): 10,000 bindings (0.7 MB) parse in 27 ms
 // (25 MB/s, BenchmarkParse10k) through the scanner and in 264 ms (2.7 MB/s,

@@ -87,7 +87,10 @@ func scanBindingsParts(data []byte, lim limits) (*fastBindings, bool) {
 			to = cuts[i+1]
 		}
 		n := bytes.Count(data[at:to], []byte{'\n'})
-		parts[i] = scanPart{data: data[:to], pos: at, line: line, indent: indent, lines: min(n+1, MaxBindings+1)}
+		// The other parts' entries are appended to the first's: their
+		// own room is bounded by their share of the limit, so that a
+		// file of blank lines or comments costs little on many CPUs.
+		parts[i] = scanPart{data: data[:to], pos: at, line: line, indent: indent, lines: min(n+1, MaxBindings/len(cuts)+1)}
 		line += n
 	}
 	// One entry per line is the common case; this is an upper bound for
