@@ -138,17 +138,19 @@ func (m *model) list(b uint32) []ixEntry {
 // spilled reports whether gk, which can take a slot, is in no slot of its
 // first bucket b: ixWays of the bucket's indexable prefixes come before it.
 func (m *model) spilled(gk groupKey, b uint32) bool {
+	// Found in the list and counted up to ixWays only, so that a bucket
+	// crowded on purpose costs its spilled prefixes no scan of it each.
 	es := m.ix[b]
-	if len(es) <= ixWays {
+	i, ok := slices.BinarySearchFunc(es, gk, compareEntry)
+	if !ok || i < ixWays {
 		return false
 	}
 	n := 0
-	for _, e := range es {
-		if e.gk == gk {
-			return n >= ixWays
-		}
+	for _, e := range es[:i] {
 		if e.ok {
-			n++
+			if n++; n == ixWays {
+				return true
+			}
 		}
 	}
 	return false
