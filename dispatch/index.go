@@ -141,6 +141,9 @@ func (m *model) spilled(gk groupKey, b uint32) bool {
 	// Found in the list and counted up to ixWays only, so that a bucket
 	// crowded on purpose costs its spilled prefixes no scan of it each.
 	es := m.ix[b]
+	if len(es) <= ixWays {
+		return false
+	}
 	i, ok := slices.BinarySearchFunc(es, gk, compareEntry)
 	if !ok || i < ixWays {
 		return false
