@@ -567,16 +567,7 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 			maps.Copy(groups, m.groups)
 			m.groups = groups
 		}
-		for _, c := range changes {
-			if c.old != nil {
-				m.dropGroupStats(c.key, c.old)
-				delete(m.groups, c.key)
-			}
-			if c.new != nil {
-				m.addGroupStats(c.key, c.new)
-				m.groups[c.key] = c.new
-			}
-		}
+		m.applyChanges(changes)
 		if len(changes) >= largeChange {
 			// The edit's updates and what the model's counts and index
 			// outgrew are garbage now (50 MB at a million), and the data

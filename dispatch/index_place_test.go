@@ -120,16 +120,7 @@ func TestIndexPlacement(t *testing.T) {
 			}
 			changes = append(changes, c)
 		}
-		for _, c := range changes {
-			if c.old != nil {
-				m.dropGroupStats(c.key, c.old)
-				delete(m.groups, c.key)
-			}
-			if c.new != nil {
-				m.addGroupStats(c.key, c.new)
-				m.groups[c.key] = c.new
-			}
-		}
+		m.applyChanges(changes)
 		for _, b := range m.indexDirty(changes) {
 			kernel[b] = m.indexBucket(b)
 		}

@@ -552,3 +552,17 @@ func portKeysOfGen(m *ebpf.Map, gen uint32) ([]dispatchSyPortKey, error) {
 	}
 	return out, it.Err()
 }
+
+// applyChanges puts changes into m's groups and their statistics.
+func (m *model) applyChanges(changes []groupChange) {
+	for _, c := range changes {
+		if c.old != nil {
+			m.dropGroupStats(c.key, c.old)
+			delete(m.groups, c.key)
+		}
+		if c.new != nil {
+			m.addGroupStats(c.key, c.new)
+			m.groups[c.key] = c.new
+		}
+	}
+}
