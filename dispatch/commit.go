@@ -657,15 +657,7 @@ func (d *Dispatcher) rewrite(m *model) error {
 		}
 		changes = append(changes, groupChange{key: gk, new: g})
 	}
-	allLists := []int{0, 1, 2, 3}
-	allWords := make([]uint32, filterWords)
-	for i := range allWords {
-		allWords[i] = uint32(i)
-	}
-	allBuckets := make([]uint32, ixBuckets)
-	for i := range allBuckets {
-		allBuckets[i] = uint32(i)
-	}
+	allLists, allWords, allBuckets := allDerived()
 	// Nothing reads a generation while it is written. What it holds
 	// already is read once, so that only entries that differ from m are
 	// written or deleted: after an interrupted change that is the change.

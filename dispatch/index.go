@@ -338,13 +338,38 @@ func initIndex(m *ebpf.Map) error {
 // buildIndex writes this build's index and filter into state a build with
 // another (or none) left, through the generation switch like any change: the
 // program ignores the buckets until they are valid. The dirty mark makes a
-// crash meanwhile repaired by the next Open.
+// crash meanwhile repaired by the next Open. The caller has found the data
+// path whole (m.dataOK, no change interrupted), so only what is derived from
+// the groups (prefix length lists, filter words, index buckets) is written:
+// at a million bindings reading and rewriting the prefix entries took
+// hundreds of MiB for nothing.
 func (d *Dispatcher) buildIndex(m *model) error {
 	d.log.Info("building the prefix index of this build", "dir", d.dir)
 	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
 		return err
 	}
-	return d.rewrite(m)
+	if !m.dataOK || m.rec.State == commitBegun {
+		return d.rewrite(m) // not reached: refresh recovers such state first
+	}
+	lists, words, buckets := allDerived()
+	if err := d.writeGenerations(m, nil, lists, words, buckets, nil); err != nil {
+		return err
+	}
+	m.indexOK = true
+	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
+}
+
+// allDerived names every prefix length list, filter word and index bucket.
+func allDerived() (lists []int, words, buckets []uint32) {
+	words = make([]uint32, filterWords)
+	for i := range words {
+		words[i] = uint32(i)
+	}
+	buckets = make([]uint32, ixBuckets)
+	for i := range buckets {
+		buckets[i] = uint32(i)
+	}
+	return []int{0, 1, 2, 3}, words, buckets
 }
 
 // noportWords is SY_NOPORT_WORDS.
