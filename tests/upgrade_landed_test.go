@@ -309,3 +309,32 @@ bindings:
 	long.send(t, 1<<20)
 	long.finish(t)
 }
+
+// The daemon of landed main with 1,048,576 bindings is stopped and this
+// build started on its state: it rebuilds what its layout needs within the
+// daemon's memory target, and the same file applied again changes nothing.
+func TestUpgradeMillionFromLandedMain(t *testing.T) {
+	t.Parallel()
+	old := buildLanded(t, landedMain)
+	oldCLI, oldDaemon := filepath.Join(old, "switchyard"), filepath.Join(old, "switchyardd")
+	w := newWorldNoDaemon(t)
+	w.d = w.startDaemonBin(oldDaemon)
+	file := filepath.Join(w.dir, "million.yaml")
+	writeScaleConfig(t, file, scaleBindings, 0)
+	if out, err := exec.Command(oldCLI, "--control", w.control, "apply", "-f", file).CombinedOutput(); err != nil {
+		t.Fatalf("landed switchyard apply: %v: %.500s", err, out)
+	}
+	if st := w.d.stop(t, syscall.SIGTERM); st.ExitCode() != 0 {
+		t.Fatalf("the old daemon's SIGTERM: exit %v", st)
+	}
+	start := time.Now()
+	w.d = w.startDaemon()
+	peak := float64(vmHWM(t, w.d.cmd.Process.Pid)) / (1 << 20)
+	t.Logf("this build ready on the landed state in %v, peak rss %.1f MiB", time.Since(start).Round(time.Millisecond), peak)
+	if peak > maxApplyRSS {
+		t.Errorf("the daemon's resident memory peaked at %.1f MiB taking over the landed state of %d bindings; the target is at most %d MiB", peak, scaleBindings, maxApplyRSS)
+	}
+	if out := w.slowCLI("apply", "-f", file); out != "no changes\n" {
+		t.Errorf("the same file applied after the upgrade printed %.300q, want \"no changes\\n\"", out)
+	}
+}
