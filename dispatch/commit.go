@@ -560,8 +560,8 @@ func newDataChange(m *model, changes []groupChange, lists []int, words, buckets 
 // once for both generations.
 //
 // A large change's buckets are computed in parts side by side: at a million
-// bindings they take a fifth of a second of the caller's, and the record's
-// goroutine has finished by then. indexBucket only reads m.
+// bindings they take a fifth of a second of the caller's, which the record's
+// goroutine may still share. indexBucket only reads m.
 func (dc *dataChange) bucketValues(m *model) {
 	dc.bvals = make([]dispatchSyIxBucket, len(dc.buckets))
 	parts := 1
