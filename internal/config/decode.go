@@ -118,6 +118,9 @@ func parseBytesLimits(data []byte, file string, fast bool, lim limits) (*Config,
 // decodeYAML parses exactly one YAML document; an empty input gives a zero
 // node.
 func decodeYAML(data []byte) (*yaml.Node, error) {
+	if problem := readerProblem(data); problem != "" {
+		return nil, &Error{Err: fmt.Errorf("%w: %s", ErrSyntax, problem)}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var root yaml.Node
 	if err := dec.Decode(&root); err != nil {
@@ -135,6 +138,64 @@ func decodeYAML(data []byte) (*yaml.Node, error) {
 	default:
 		return nil, &Error{Line: next.Line, Err: fmt.Errorf("%w: a second YAML document starts here; a config is one document, so remove the --- separator", ErrSyntax)}
 	}
+}
+
+// readerProblem returns what the YAML parser's reader says of the first
+// character of data that it refuses (a byte that is not UTF-8, or a control
+// character), in its words, or "" if there is none. The reader decodes the
+// text in blocks of 512 bytes ahead of the parser, so whether it reports
+// such a character or a syntax error a few lines before it depended on
+// where the blocks fell: on whether the scanner's bindings were blanked out
+// of the text or not. Looked for first, such a character is the error
+// either way. Text with a UTF-16 byte order mark is left to the parser
+// (the scanner never takes it).
+func readerProblem(data []byte) string {
+	if len(data) >= 2 && (data[0] == 0xff && data[1] == 0xfe || data[0] == 0xfe && data[1] == 0xff) {
+		return ""
+	}
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	for i := 0; i < len(data); {
+		c := data[i]
+		if c < 0x80 {
+			if c >= 0x20 && c <= 0x7e || c == '\n' || c == '\t' || c == '\r' {
+				i++
+				continue
+			}
+			return "control characters are not allowed"
+		}
+		var w int
+		var v rune
+		switch {
+		case c&0xe0 == 0xc0:
+			w, v = 2, rune(c&0x1f)
+		case c&0xf0 == 0xe0:
+			w, v = 3, rune(c&0x0f)
+		case c&0xf8 == 0xf0:
+			w, v = 4, rune(c&0x07)
+		default:
+			return "invalid leading UTF-8 octet"
+		}
+		if w > len(data)-i {
+			return "incomplete UTF-8 octet sequence"
+		}
+		for k := 1; k < w; k++ {
+			o := data[i+k]
+			if o&0xc0 != 0x80 {
+				return "invalid trailing UTF-8 octet"
+			}
+			v = v<<6 + rune(o&0x3f)
+		}
+		switch {
+		case w == 2 && v < 0x80, w == 3 && v < 0x800, w == 4 && v < 0x10000:
+			return "invalid length of a UTF-8 sequence"
+		case v >= 0xd800 && v <= 0xdfff, v > 0x10ffff:
+			return "invalid Unicode character"
+		case !(v == 0x85 || v >= 0xa0 && v <= 0xd7ff || v >= 0xe000 && v <= 0xfffd || v >= 0x10000):
+			return "control characters are not allowed"
+		}
+		i += w
+	}
+	return ""
 }
 
 func syntaxError(err error) *Error {
