@@ -253,7 +253,7 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 	// The groups that change, as the change leaves them; listed in
 	// display order once the change is made, each with what it adds and
 	// removes.
-	var changes []groupChange
+	var diff *Diff
 	edit := func(m *model) (updates, error) {
 		if pos == nil {
 			return nil, errors.New("replace: the change was computed twice")
@@ -283,7 +283,7 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 		pos, keys, lists = nil, nil, nil
 		if dryRun {
 			// Nothing is applied: what would change is what u says.
-			changes = make([]groupChange, 0, len(u))
+			changes := make([]groupChange, 0, len(u))
 			for gk, ps := range u {
 				c := groupChange{key: gk, old: m.groups[gk]}
 				if len(ps) > 0 {
@@ -292,6 +292,7 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 				}
 				changes = append(changes, c)
 			}
+			diff = newDiff(changes)
 		}
 		return u, nil
 	}
@@ -303,29 +304,37 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 	} else {
 		err = d.exclusive(func(m *model) error {
 			var err error
-			changes, err = d.apply(m, edit, settings)
+			diff, err = d.apply(m, edit, settings)
 			return err
 		})
 	}
 	if err != nil {
 		return nil, err
 	}
-	return newDiff(changes), nil
+	if diff == nil {
+		diff = newDiff(nil)
+	}
+	return diff, nil
 }
 
 // Diff is what a change of bindings adds and removes, listed on demand in
 // binding.Compare's order. It refers to groups of the model, whose port
 // lists no change edits in place, so it stays valid after later changes.
 type Diff struct {
-	changes       []groupChange // in display order
+	changes       []groupChange
+	order         []int32 // changes' indices in display order
 	nAdd, nRemove int
 }
 
-// newDiff sorts changes into display order and counts what they add and
-// remove.
+// newDiff puts changes in display order and counts what they add and
+// remove. It only reads changes, which the rest of their commit may read
+// meanwhile (see Dispatcher.exclusive).
 func newDiff(changes []groupChange) *Diff {
-	slices.SortFunc(changes, func(a, b groupChange) int { return compareDisplay(a.key, b.key) })
-	d := &Diff{changes: changes}
+	d := &Diff{changes: changes, order: make([]int32, len(changes))}
+	for i := range d.order {
+		d.order[i] = int32(i)
+	}
+	slices.SortFunc(d.order, func(a, b int32) int { return compareDisplay(changes[a].key, changes[b].key) })
 	for _, c := range changes {
 		walkDiff(c.old.portList(), c.new.portList(), func(_ portLabel, add bool) {
 			if add {
@@ -350,7 +359,8 @@ func (d *Diff) Removed(yield func(*binding.Binding) bool) { d.each(false, yield)
 
 func (d *Diff) each(add bool, yield func(*binding.Binding) bool) {
 	var b binding.Binding
-	for _, c := range d.changes {
+	for _, i := range d.order {
+		c := &d.changes[i]
 		stop := false
 		b.Protocol, b.Prefix = c.key.proto, c.key.prefix()
 		walkDiff(c.old.portList(), c.new.portList(), func(pl portLabel, a bool) {
@@ -476,9 +486,10 @@ func (d *Dispatcher) Settings() (settings []byte, ok bool, err error) {
 	return settings, ok, err
 }
 
-// apply carries out change under the lock, and returns the groups whose
-// bindings it changed.
-func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), settings []byte) ([]groupChange, error) {
+// apply carries out change under the lock, and returns what it changed of
+// the bindings (nil if nothing). A large change returns at its commit
+// point, in force, and leaves the rest of it to d.rest (see exclusive).
+func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), settings []byte) (*Diff, error) {
 	u, err := edit(m)
 	if err != nil || (len(u) == 0 && settings == nil) {
 		return nil, err
@@ -552,7 +563,10 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	}
 	// The model takes the change while the kernel writes the record
 	// (commit runs this beside that write): both take long at a million
-	// bindings, and neither reads what the other writes.
+	// bindings, and neither reads what the other writes. So does the
+	// sort of the diff into display order, which waited for the record
+	// otherwise.
+	var diff *Diff
 	update := func() {
 		grow := 0
 		for _, c := range changes {
@@ -575,15 +589,28 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 			// The kernel writes the record meanwhile.
 			runtime.GC()
 		}
+		diff = newDiff(changes)
 	}
-	err = d.commit(m, changes, &recordChange{changes: changes, ids: m.labels, settings: settings}, update)
+	rest, err := d.commit(m, changes, &recordChange{changes: changes, ids: m.labels, settings: settings}, update)
 	if err != nil {
 		return nil, err
 	}
-	if err := d.gcLabels(m); err != nil {
-		return nil, unfinished(err)
+	finish := func() error {
+		if err := rest(); err != nil {
+			return err
+		}
+		return unfinished(d.gcLabels(m))
 	}
-	return changes, nil
+	if len(changes) >= largeChange {
+		// The change is in force and recorded: the caller need not wait
+		// for the old generations (a second at a million bindings).
+		d.rest = finish
+		return diff, nil
+	}
+	if err := finish(); err != nil {
+		return nil, err
+	}
+	return diff, nil
 }
 
 // BindingCounts returns how many bindings each label has, without listing

@@ -359,15 +359,19 @@ func (d *Dispatcher) waitReaders() {
 // before anything else reads m. On an error m may or may not have been
 // updated, and is dropped.
 //
+// commit returns at the commit point, with the change in force, and
+// returns the rest of the change, step 4 of doc.go: the caller runs it,
+// still holding the locks, before any other operation. Its error is
+// ErrUnfinished (or a simulated crash): the change stays in force.
+//
 // The record and the data path are written side by side, twice: the
 // record's next generation and then the groups of the data path's next
 // generation (read by nothing until the flip) beside the model's update
-// and then the rest of that data generation, and after the flip the
-// record's old generation beside the data path's old one. Each
-// pair is joined before the next step, so a step that fails or crashes
-// has the other of its pair finished or stopped by the time commit
-// returns.
-func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, update func()) (err error) {
+// and then the rest of that data generation, and in rest the record's old
+// generation beside the data path's old one. Each pair is joined before
+// the next step, so a step that fails or crashes has the other of its
+// pair finished or stopped by the time commit (or rest) returns.
+func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, update func()) (rest func() error, err error) {
 	defer func() {
 		if err != nil {
 			// The cache no longer matches the maps. The next operation
@@ -378,30 +382,30 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	}()
 	c, err := d.readCommit()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c.State == commitSync {
 		// The other generation holds what an interrupted change or an
 		// older build left: make it whole first.
 		if c, err = d.syncRecord(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if c.State != commitIdle {
-		return fmt.Errorf("state %s: %w: the record is mid-change (state %d)", d.dir, errBadRecord, c.State)
+		return nil, fmt.Errorf("state %s: %w: the record is mid-change (state %d)", d.dir, errBadRecord, c.State)
 	}
 	c.State = commitBegun
 	if err := d.writeCommit(c); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.crashPoint("begun"); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.crashPoint("dirty"); err != nil {
-		return err
+		return nil, err
 	}
 	old, next := c.Gen, c.Gen^1
 	// Before the commit point: the record's next generation, then the
@@ -422,10 +426,10 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	}
 	n, rerr := joinRecord()
 	if err := errors.Join(rerr, derr); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.crashPoint("record-next"); err != nil {
-		return err
+		return nil, err
 	}
 	// The commit point.
 	c.Gen, c.State = next, commitFlipped
@@ -433,10 +437,10 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		c.Settings[next] = n
 	}
 	if err := d.writeCommit(c); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.crashPoint("flipped"); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.flipData(m); err != nil {
 		// The program still reads the old data generation, and the
@@ -444,46 +448,53 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		// The next operation makes the data path equal to it again.
 		c.Gen, c.State = old, commitBegun
 		if werr := d.writeCommit(c); werr != nil {
-			return errors.Join(err, werr)
+			return nil, errors.Join(err, werr)
 		}
-		return err
+		return nil, err
 	}
 	if err := d.crashPoint("data-next"); err != nil {
-		return err
+		return nil, err
 	}
-	d.waitReaders()
-	// After the flip: the record's old generation beside the data path's
-	// old one. The new set is in force from here on; a failure leaves it
-	// so, and the next operation finishes the change as after a crash.
-	joinRecord = d.goWriteRecord(old, rc, "record-old", nil)
-	derr = d.writeDataGen(m, dc, m.gen)
-	if derr == nil {
-		derr = d.crashPoint("data-path")
-	}
-	n, rerr = joinRecord()
-	if err := errors.Join(derr, rerr); err != nil {
-		return unfinished(err)
-	}
-	m.gen = next
-	for _, c := range changes {
-		if c.old != nil && c.old.slot != 0 && (c.new == nil || c.new.slot != c.old.slot) {
-			m.slots[c.old.slot] = false
+	return func() (err error) {
+		defer func() {
+			if err != nil {
+				d.cache = nil
+			}
+		}()
+		d.waitReaders()
+		// The record's old generation beside the data path's old one.
+		// The new set is in force from here on; a failure leaves it so,
+		// and the next operation finishes the change as after a crash.
+		joinRecord := d.goWriteRecord(old, rc, "record-old", nil)
+		derr := d.writeDataGen(m, dc, m.gen)
+		if derr == nil {
+			derr = d.crashPoint("data-path")
 		}
-	}
-	if err := d.crashPoint("record-old"); err != nil {
-		return err
-	}
-	if rc.settings != nil {
-		c.Settings[old] = n
-	}
-	c.State = commitIdle
-	if err := d.writeCommit(c); err != nil {
-		return unfinished(err)
-	}
-	if err := d.crashPoint("idle"); err != nil {
-		return err
-	}
-	return unfinished(d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial }))
+		n, rerr := joinRecord()
+		if err := errors.Join(derr, rerr); err != nil {
+			return unfinished(err)
+		}
+		m.gen = next
+		for _, c := range changes {
+			if c.old != nil && c.old.slot != 0 && (c.new == nil || c.new.slot != c.old.slot) {
+				m.slots[c.old.slot] = false
+			}
+		}
+		if err := d.crashPoint("record-old"); err != nil {
+			return err
+		}
+		if rc.settings != nil {
+			c.Settings[old] = n
+		}
+		c.State = commitIdle
+		if err := d.writeCommit(c); err != nil {
+			return unfinished(err)
+		}
+		if err := d.crashPoint("idle"); err != nil {
+			return err
+		}
+		return unfinished(d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial }))
+	}, nil
 }
 
 // unfinished marks err, from a step of a change after the program reads its

@@ -37,6 +37,11 @@
 //     it B's delta into generation g.
 //  5. sy_commit = {g^1, idle}; then sy_config.dirty = 0.
 //
+// A change of many groups returns to its caller after step 4's switch of
+// the program: B is in force and recorded. Steps 4 and 5 go on under the
+// same locks, so that the next operation, of this process or another,
+// begins after them (Close waits for them too).
+//
 // The two writes of step 2, and the two of step 4, are independent of each
 // other: they run side by side, and each pair is joined before the next
 // step, so a crash may stop either of a pair anywhere, and which set is in

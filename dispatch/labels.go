@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -105,23 +106,47 @@ func (d *Dispatcher) Labels() ([]string, error) {
 
 // exclusive runs fn, which changes the state, with a current model under the
 // exclusive lock, repairing the state first if needed. A read-only
-// dispatcher refuses.
+// dispatcher refuses. If fn leaves d.rest (a large change, returned at its
+// commit point), exclusive returns at once and runs it, holding the locks
+// until it is done.
 func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 	if d.readOnly {
 		return fmt.Errorf("state %s: %w", d.dir, errReadOnly)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	unlock, err := d.lock(unix.LOCK_EX)
 	if err != nil {
+		d.mu.Unlock()
 		return err
 	}
-	defer unlock()
 	m, err := d.refresh(repairWrite)
-	if err != nil {
+	if err == nil {
+		err = fn(m)
+	}
+	rest := d.rest
+	if rest == nil {
+		unlock()
+		d.mu.Unlock()
 		return err
 	}
-	return fn(m)
+	// fn made a large change and returned at its commit point: the
+	// change is in force, and its caller goes on while the rest of it
+	// is done here, still under both locks, before any other operation
+	// of this process or another. A failure there leaves the change in
+	// force, unfinished, and the next operation finishes it.
+	d.rest = nil
+	go func() {
+		defer d.mu.Unlock()
+		defer unlock()
+		if err := rest(); err != nil {
+			d.log.Error("a change in force was not finished; the next operation finishes it", "err", err)
+		}
+		// The change's garbage (batches of a million writes) outlived
+		// the caller's own collection: hand it back now that it is
+		// done, rather than keep it resident until the next change.
+		debug.FreeOSMemory()
+	}()
+	return err
 }
 
 // view runs fn, which only reads, with a current model under the shared

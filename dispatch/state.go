@@ -71,6 +71,9 @@ type Dispatcher struct {
 
 	mu    sync.Mutex // guards the cache below, within this process
 	cache *model
+	// rest is what a change that returned at its commit point left to
+	// do (see exclusive); set and taken under mu.
+	rest func() error
 }
 
 // progHash identifies the program this build carries. The compatibility
@@ -223,6 +226,14 @@ func (d *Dispatcher) NetNSCookie() uint64 { return d.nsCookie }
 // Close releases the dispatcher's handles. The pinned state, and with it
 // dispatching, stays in place.
 func (d *Dispatcher) Close() error {
+	// Wait for the rest of a change that returned at its commit point.
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.close()
+	return nil
+}
+
+func (d *Dispatcher) close() {
 	closeAll(d.migrated)
 	if d.link != nil {
 		d.link.Close()
@@ -235,7 +246,6 @@ func (d *Dispatcher) Close() error {
 	if d.ns != nil {
 		d.ns.Close()
 	}
-	return nil
 }
 
 // Remove detaches the program and deletes the pinned state: dispatching in
@@ -244,6 +254,8 @@ func (d *Dispatcher) Remove() error {
 	if d.readOnly {
 		return fmt.Errorf("remove state %s: %w", d.dir, errReadOnly)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	unlock, err := d.lock(unix.LOCK_EX)
 	if err != nil {
 		return err
@@ -256,7 +268,7 @@ func (d *Dispatcher) Remove() error {
 	}
 	// Delete under the lock; closing the directory releases it.
 	err = os.RemoveAll(d.dir)
-	d.Close()
+	d.close()
 	if err != nil {
 		return fmt.Errorf("remove state: %w", err)
 	}

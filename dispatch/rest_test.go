@@ -1,0 +1,102 @@
+package dispatch
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
+)
+
+// A change of many groups returns at its commit point with the new set in
+// force. The rest of it, the old generations, is done before the next
+// operation and before Close returns, so that the state it leaves is
+// idle and clean; a crash in that rest leaves the new set in force, and a
+// restart recovers it.
+func TestLargeChangeReturnsAtCommitPoint(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for _, l := range []string{"a", "b"} {
+		mustRegister(t, e.d, l, e.tcpServer(l, "127.0.0.1:0"))
+	}
+	probe := netip.MustParsePrefix("10.1.0.0/24")
+	set := func(label string) []binding.Binding {
+		// Every group changes between the two labels' sets, a large
+		// change (the filler has 3 groups in 8 bindings).
+		bs := nestedFiller(largeChange*8/3+8, []binding.Binding{{Protocol: binding.TCP, Prefix: probe, Ports: binding.AnyPort}})
+		for i := range bs {
+			bs[i].Label = label
+		}
+		binding.Sort(bs)
+		return bs
+	}
+	// state reads the commit state and the data path's dirty mark as a
+	// restarted process would find them, without repairing anything.
+	state := func() (commitVal, uint32) {
+		t.Helper()
+		ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ro.Close()
+		c, err := ro.readCommit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg dispatchSyCfg
+		if err := ro.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return c, cfg.Dirty
+	}
+
+	d := e.d
+	for i, label := range []string{"a", "b"} {
+		want := set(label)
+		if _, _, err := d.Replace(want, []byte(label), false); err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+		if got, _, err := e.dialLabel("10.1.0.7:80"); err != nil || got != label {
+			t.Fatalf("change %d: the probe reached %q (%v) when the change returned, want %q", i, got, err, label)
+		}
+		if bs, err := d.Bindings(); err != nil || !slices.Equal(bs, want) {
+			t.Fatalf("change %d: the next operation lists %d bindings (%v), want %d", i, len(bs), err, len(want))
+		}
+		d.Close()
+		if c, dirty := state(); c.State != commitIdle || dirty != 0 {
+			t.Fatalf("change %d: after Close the state is %d, dirty %d; want idle and clean", i, c.State, dirty)
+		}
+		d = e.open()
+	}
+
+	// A crash in the rest of a change: the change returned, in force.
+	d.crash = func(point string) bool { return point == "record-old" }
+	want := set("a")
+	if _, _, err := d.Replace(want, []byte("a"), false); err != nil {
+		t.Fatalf("change with a crash after its commit point: %v", err)
+	}
+	d.Close()
+	if c, dirty := state(); c.State != commitFlipped || dirty != 1 {
+		t.Fatalf("after a crash in the rest the state is %d, dirty %d; want flipped and dirty", c.State, dirty)
+	}
+	d = e.open()
+	if bs, err := d.Bindings(); err != nil || !slices.Equal(bs, want) {
+		t.Fatalf("restarted after the crash: %d bindings (%v), want the new %d", len(bs), err, len(want))
+	}
+	if got, _, err := e.dialLabel("10.1.0.7:80"); err != nil || got != "a" {
+		t.Fatalf("restarted after the crash: the probe reached %q (%v), want a", got, err)
+	}
+	// The recovery rewrote the data path; the record's old generation
+	// is made whole by the next change.
+	if _, dirty := state(); dirty != 0 {
+		t.Fatal("the data path is still marked dirty after the restart's recovery")
+	}
+	want = set("b")
+	if _, _, err := d.Replace(want, []byte("b"), false); err != nil {
+		t.Fatalf("change after the recovery: %v", err)
+	}
+	d.Close()
+	if c, dirty := state(); c.State != commitIdle || dirty != 0 {
+		t.Fatalf("after the change that followed the recovery the state is %d, dirty %d; want idle and clean", c.State, dirty)
+	}
+}
