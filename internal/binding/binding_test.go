@@ -137,6 +137,35 @@ func TestParsePrefix(t *testing.T) {
 	}
 }
 
+// ParsePrefix's fast path for IPv4 reads what the general one reads, the
+// same way, and leaves the rest to it.
+func TestParsePrefixIPv4FastPath(t *testing.T) {
+	t.Parallel()
+	octets := []string{"0", "1", "9", "10", "99", "100", "255", "256", "300", "999", "1000", "00", "01", "010", "0255", "", "-1", "+1", "1a", " 1"}
+	lens := []string{"", "/0", "/1", "/8", "/24", "/32", "/33", "/00", "/08", "/032", "/", "/-1", "/+8", "/ 8", "/1 ", "/128"}
+	n, fast := 0, 0
+	for _, a := range octets {
+		for _, b := range octets[:8] {
+			for _, l := range lens {
+				for _, s := range []string{a + ".0.0." + b + l, "1." + a + "." + b + ".1" + l, a + "." + b + l, a + ".1.2.3.4" + l} {
+					want, werr := parsePrefix(s)
+					got, err := ParsePrefix(s)
+					if got != want || (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() {
+						t.Errorf("ParsePrefix(%q) = %v, %v; without the fast path %v, %v", s, got, err, want, werr)
+					}
+					if _, ok := parseIPv4Prefix(s); ok {
+						fast++
+					}
+					n++
+				}
+			}
+		}
+	}
+	if fast == 0 || fast == n {
+		t.Fatalf("the fast path took %d of %d inputs", fast, n)
+	}
+}
+
 func TestValidateLabel(t *testing.T) {
 	t.Parallel()
 	for _, ok := range []string{"a", "web", "dns-public", "x.y_z-1@host", "A9", strings.Repeat("l", MaxLabelLen)} {
@@ -263,6 +292,11 @@ func FuzzParse(f *testing.F) {
 	f.Add("a", "tcp", "::ffff:1.2.3.4", "1-65535")
 	f.Add("a", "udp", "0.0.0.0/0", "00001-00002")
 	f.Fuzz(func(t *testing.T, label, proto, prefix, ports string) {
+		fast, ferr := ParsePrefix(prefix)
+		slow, serr := parsePrefix(prefix)
+		if fast != slow || (ferr == nil) != (serr == nil) || ferr != nil && ferr.Error() != serr.Error() {
+			t.Fatalf("ParsePrefix(%q) = %v, %v; without its fast path %v, %v", prefix, fast, ferr, slow, serr)
+		}
 		b, err := Parse(label, proto, prefix, ports)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
