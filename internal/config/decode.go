@@ -235,8 +235,10 @@ type decoder struct {
 	errs []*Error
 	cfg  Config
 	raws []rawBinding
-	// pre holds bindings read by the fast scanner, if it was used.
-	pre *fastBindings
+	// pre holds bindings read by the fast scanner, if it was used;
+	// scanned says that they are the config's bindings.
+	pre     *fastBindings
+	scanned bool
 	// maxBindings is the most bindings accepted (MaxBindings).
 	maxBindings int
 	lim         limits
@@ -295,10 +297,10 @@ func (d *decoder) document(root *yaml.Node) {
 				d.version(v)
 			case "bindings":
 				if d.pre != nil && k.Line == d.pre.keyLine && isNull(v) {
-					if n := len(d.pre.raws); n > d.maxBindings {
+					if n := len(d.pre.bs); n > d.maxBindings {
 						d.failf(k.Line, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, n, d.maxBindings)
 					} else {
-						d.raws = d.pre.raws
+						d.scanned = true
 					}
 				} else {
 					d.bindings(k, v)
@@ -380,52 +382,85 @@ func (d *decoder) bindings(k, n *yaml.Node) {
 	}
 }
 
-// buildBindings parses the raw bindings and checks them against each other.
-// A long list is parsed in parts side by side (d.lim), with the same
-// result and errors, in the same order, as in one.
+// buildBindings parses the raw bindings, or takes those the scanner
+// parsed, and checks them against each other. A long list of raw bindings
+// is parsed in parts side by side (d.lim), with the same result and
+// errors, in the same order, as in one.
 func (d *decoder) buildBindings() {
-	if len(d.raws) == 0 {
+	var l list
+	var bad []badEntry
+	switch {
+	case d.scanned:
+		l.bs, l.line, bad = d.pre.bs, d.pre.lines, d.pre.bad
+	case len(d.raws) > 0:
+		l.bs = make([]binding.Binding, len(d.raws))
+		l.line = make([]int32, len(d.raws))
+		n := 1
+		if d.lim.partItems > 0 {
+			n = min(max(d.lim.parts, 1), len(d.raws)/d.lim.partItems)
+		}
+		n = max(n, 1)
+		bads := make([][]badEntry, n)
+		parallel(n, func(p int) {
+			lo, hi := p*len(d.raws)/n, (p+1)*len(d.raws)/n
+			for i := lo; i < hi; i++ {
+				r := &d.raws[i]
+				l.line[i] = int32(r.line)
+				b, err := binding.Parse(r.label, r.protocol, r.prefix, r.ports)
+				if err != nil {
+					bads[p] = append(bads[p], badEntry{index: i, line: r.line, err: err})
+					continue
+				}
+				l.bs[i] = b
+			}
+		})
+		bad = slices.Concat(bads...)
+		// Entries the YAML decoder refused are not in d.raws.
+		if len(d.raws) > 0 && d.raws[len(d.raws)-1].index != len(d.raws)-1 {
+			l.index = make([]int32, len(d.raws))
+			for i, r := range d.raws {
+				l.index[i] = int32(r.index)
+			}
+		}
+	default:
 		return
 	}
-	es := make([]entry, len(d.raws))
-	n := 1
-	if d.lim.partItems > 0 {
-		n = min(max(d.lim.parts, 1), len(d.raws)/d.lim.partItems)
+	for _, e := range bad {
+		index := e.index
+		if l.index != nil {
+			index = int(l.index[e.index])
+		}
+		d.fail(e.line, "bindings["+strconv.Itoa(index)+"]", e.err)
 	}
-	n = max(n, 1)
-	errs := make([][]*Error, n)
-	parallel(n, func(p int) {
-		lo, hi := p*len(d.raws)/n, (p+1)*len(d.raws)/n
-		for i := lo; i < hi; i++ {
-			r := &d.raws[i]
-			b, err := binding.Parse(r.label, r.protocol, r.prefix, r.ports)
-			if err != nil {
-				errs[p] = append(errs[p], &Error{Line: r.line, Path: "bindings[" + strconv.Itoa(r.index) + "]", Err: err})
-				es[i].index = -1
+	if len(bad) > 0 {
+		// Leave the refused entries out, and say where the others were.
+		if l.index == nil {
+			l.index = make([]int32, len(l.bs))
+			for i := range l.index {
+				l.index[i] = int32(i)
+			}
+		}
+		k, next := 0, 0
+		for i := range l.bs {
+			if next < len(bad) && bad[next].index == i {
+				next++
 				continue
 			}
-			es[i] = entry{b: b, index: r.index, line: r.line}
+			l.bs[k], l.line[k], l.index[k] = l.bs[i], l.line[i], l.index[i]
+			k++
 		}
-	})
-	bad := 0
-	for _, part := range errs {
-		for _, e := range part {
-			d.fail(e.Line, e.Path, e.Err)
-			bad++
-		}
+		l.bs, l.line, l.index = l.bs[:k], l.line[:k], l.index[:k]
 	}
-	if bad > 0 {
-		es = slices.DeleteFunc(es, func(e entry) bool { return e.index < 0 })
-	}
-	for _, e := range checkConflicts(es) {
+	for _, e := range checkConflicts(&l) {
 		e.File = d.file
 		d.errs = append(d.errs, e)
 	}
-	if len(es) > 0 {
-		d.cfg.Bindings = make([]binding.Binding, len(es))
-		for i, e := range es {
-			d.cfg.Bindings[i] = e.b
+	if len(l.bs) > 0 {
+		if cap(l.bs) > len(l.bs)+len(l.bs)/8 {
+			// Room for one binding per line of a file in block style.
+			l.bs = slices.Clone(l.bs)
 		}
+		d.cfg.Bindings = l.bs
 	}
 }
 

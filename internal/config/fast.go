@@ -2,7 +2,10 @@ package config
 
 import (
 	"bytes"
+	"strings"
 	"sync"
+
+	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
 // The YAML parser is about ten times slower than the scanner here (figures
@@ -22,9 +25,20 @@ import (
 // the YAML parser reads the same way, which FuzzParse checks.
 
 type fastBindings struct {
-	raws    []rawBinding
 	keyLine int    // line of "bindings:"
 	rest    []byte // the document with the entries blanked
+	// The entries in order: bs holds each one's binding (zero where
+	// binding.Parse refused it) and lines its line; bad lists the
+	// refused ones, in order.
+	bs    []binding.Binding
+	lines []int32
+	bad   []badEntry
+}
+
+// badEntry is an entry that binding.Parse refused.
+type badEntry struct {
+	index, line int
+	err         error
 }
 
 // scanBindings tries the fast path on data.
@@ -87,52 +101,71 @@ func scanBindingsParts(data []byte, lim limits) (*fastBindings, bool) {
 			to = cuts[i+1]
 		}
 		n := bytes.Count(data[at:to], []byte{'\n'})
-		// The other parts' entries are appended to the first's: their
-		// own room is bounded by their share of the limit, so that a
-		// file of blank lines or comments costs little on many CPUs.
-		parts[i] = scanPart{data: data[:to], pos: at, line: line, indent: indent, lines: min(n+1, MaxBindings/len(cuts)+1)}
+		// Room for one entry per line, the common case (an upper bound
+		// for flow items), within each part's share of the limit, so
+		// that a file of blank lines or comments costs little on many
+		// CPUs.
+		parts[i] = scanPart{data: data[:to], pos: at, line: line, indent: indent, room: min(n+1, MaxBindings/len(cuts)+1)}
 		line += n
 	}
-	// One entry per line is the common case; this is an upper bound for
-	// flow items and avoids regrowing the slice, which the other parts'
-	// entries are appended to.
-	parts[0].lines = min(line-fb.keyLine+1, MaxBindings+1)
+	// The other parts' entries are copied after the first's.
+	parts[0].room = min(line-fb.keyLine+1, MaxBindings+1)
 	parallel(len(parts), func(i int) { parts[i].scan() })
 
 	end := len(data)
+	total := 0
+	last := len(parts) - 1
 	for i := range parts {
 		p := &parts[i]
 		if !p.ok {
 			return nil, false
 		}
-		if i == 0 {
-			fb.raws = p.raws
-		} else {
-			n := len(fb.raws)
-			for _, r := range p.raws {
-				r.index += n
-				fb.raws = append(fb.raws, r)
-			}
-		}
+		total += len(p.bs)
 		// Past MaxBindings the decoder reports the count; the file
 		// size limit bounds the list.
 		if p.end >= 0 {
 			end = p.end
+			last = i
 			break
 		}
 	}
-	if len(fb.raws) == 0 {
+	if total == 0 {
 		return nil, false
+	}
+	parts = parts[:last+1]
+	if len(parts) == 1 {
+		fb.bs, fb.lines, fb.bad = parts[0].bs, parts[0].lines, parts[0].bad
+	} else {
+		// Join the parts after the first, each copied on its own CPU.
+		fb.bs, fb.lines = parts[0].bs, parts[0].lines
+		if cap(fb.bs) < total || cap(fb.lines) < total {
+			fb.bs = append(make([]binding.Binding, 0, total), fb.bs...)
+			fb.lines = append(make([]int32, 0, total), fb.lines...)
+		}
+		fb.bs, fb.lines = fb.bs[:total], fb.lines[:total]
+		at := make([]int, len(parts))
+		for i := range parts[1:] {
+			at[i+1] = at[i] + len(parts[i].bs)
+		}
+		parallel(len(parts)-1, func(i int) {
+			i++
+			copy(fb.bs[at[i]:], parts[i].bs)
+			copy(fb.lines[at[i]:], parts[i].lines)
+			parts[i].bs, parts[i].lines = nil, nil
+		})
+		for i := range parts {
+			for _, e := range parts[i].bad {
+				e.index += at[i]
+				fb.bad = append(fb.bad, e)
+			}
+		}
 	}
 
 	// Blank out the entries, keeping their line breaks.
-	rest := make([]byte, 0, len(data)-(end-start)+bytes.Count(data[start:end], []byte{'\n'}))
+	breaks := bytes.Count(data[start:end], []byte{'\n'})
+	rest := make([]byte, 0, len(data)-(end-start)+breaks)
 	rest = append(rest, data[:start]...)
-	for _, c := range data[start:end] {
-		if c == '\n' {
-			rest = append(rest, '\n')
-		}
-	}
+	rest = append(rest, bytes.Repeat([]byte{'\n'}, breaks)...)
 	fb.rest = append(rest, data[end:]...)
 	return fb, true
 }
@@ -187,35 +220,78 @@ func opensEntry(l []byte, indent int) bool {
 
 // scanPart scans the entries of one part of the bindings section: the
 // lines of data from pos, the first of them line+1, to the end of data or
-// to the first top-level key (end; -1 if none).
+// to the first top-level key (end; -1 if none). It parses each entry with
+// binding.Parse as it finds it, from a copy of its text as a string, whose
+// parts it hands to binding.Parse as they are; the labels of the bindings
+// are copies of their own (one for each distinct label, for the first
+// maxInterned), so that the bindings keep none of the text.
 type scanPart struct {
 	data   []byte
 	pos    int
 	line   int
 	indent int
-	lines  int // capacity for raws
+	room   int // capacity for bs and lines
 
-	raws []rawBinding
-	end  int
-	ok   bool
+	bs    []binding.Binding
+	lines []int32
+	bad   []badEntry
+	end   int
+	ok    bool
 }
+
+// maxInterned is how many distinct labels a part keeps one copy of.
+const maxInterned = 1 << 12
+
+// span is where a value is in a part's text.
+type span struct{ from, to int }
 
 func (p *scanPart) scan() {
 	s := scanner{data: p.data, pos: p.pos, line: p.line}
-	p.raws = make([]rawBinding, 0, p.lines)
+	text := string(p.data[p.pos:])
+	p.bs = make([]binding.Binding, 0, p.room)
+	p.lines = make([]int32, 0, p.room)
 	p.end = -1
+	labels := make(map[string]string)
+	var recent [1024]string
 	indent := p.indent
-	var item *rawBinding
+	var item [4]span // label, protocol, prefix, ports
+	var itemLine int
+	inItem := false
 	var have uint8 // bit per field of item
 	finish := func() bool {
-		if item == nil {
+		if !inItem {
 			return true
 		}
 		if have != 0xf {
 			return false
 		}
-		p.raws = append(p.raws, *item)
-		item = nil
+		inItem = false
+		b, err := binding.Parse(text[item[0].from:item[0].to], text[item[1].from:item[1].to], text[item[2].from:item[2].to], text[item[3].from:item[3].to])
+		if err != nil {
+			p.bad = append(p.bad, badEntry{index: len(p.bs), line: itemLine, err: err})
+			b = binding.Binding{}
+		} else {
+			// A slot by hash before the map: a map lookup per entry
+			// took a tenth of the parse.
+			h := uint32(2166136261) // FNV-1a
+			for i := 0; i < len(b.Label); i++ {
+				h = (h ^ uint32(b.Label[i])) * 16777619
+			}
+			slot := &recent[h%uint32(len(recent))]
+			if *slot == b.Label {
+				b.Label = *slot
+			} else if l, ok := labels[b.Label]; ok {
+				b.Label, *slot = l, l
+			} else {
+				b.Label = strings.Clone(b.Label)
+				if len(labels) < maxInterned {
+					labels[b.Label] = b.Label
+					*slot = b.Label
+				}
+			}
+		}
+		p.bs = append(p.bs, b)
+		p.lines = append(p.lines, int32(itemLine))
 		return true
 	}
 	for {
@@ -240,16 +316,17 @@ func (p *scanPart) scan() {
 			p.end = lineStart
 			break
 		}
+		base := lineStart - p.pos // where l starts in text
 		switch {
 		case isItem && ind == indent:
 			if !finish() {
 				return
 			}
 			body := l[ind+2:]
-			item = &rawBinding{index: len(p.raws), line: s.line}
-			have = 0
+			base += ind + 2
+			inItem, itemLine, have = true, s.line, 0
 			if len(body) > 0 && body[0] == '{' {
-				if !parseFlowItem(body, item) {
+				if !parseFlowItem(body, base, &item) {
 					return
 				}
 				have = 0xf
@@ -258,11 +335,11 @@ func (p *scanPart) scan() {
 				}
 				continue
 			}
-			if !parseBlockField(body, item, &have) {
+			if !parseBlockField(body, base, &item, &have) {
 				return
 			}
-		case item != nil && ind == indent+2:
-			if !parseBlockField(l[ind:], item, &have) {
+		case inItem && ind == indent+2:
+			if !parseBlockField(l[ind:], base+ind, &item, &have) {
 				return
 			}
 		default:
@@ -373,24 +450,26 @@ func isTopKey(l []byte) bool {
 	return i > 0 && i < len(l) && l[i] == ':' && (i+1 == len(l) || l[i+1] == ' ')
 }
 
-// fieldBit returns the bit of a binding field name and where to store it.
-func fieldBit(key []byte, r *rawBinding) (uint8, *string) {
+// fieldBit returns the bit of a binding field name and its place in an
+// item.
+func fieldBit(key []byte) (uint8, int) {
 	switch string(key) {
 	case "label":
-		return 1, &r.label
+		return 1, 0
 	case "protocol":
-		return 2, &r.protocol
+		return 2, 1
 	case "prefix":
-		return 4, &r.prefix
+		return 4, 2
 	case "ports":
-		return 8, &r.ports
+		return 8, 3
 	}
-	return 0, nil
+	return 0, 0
 }
 
 // parseFlowItem parses "{key: value, ...}" with exactly the four binding
-// fields, followed by a trailer.
-func parseFlowItem(l []byte, r *rawBinding) bool {
+// fields, followed by a trailer, into item; l starts at base in the part's
+// text.
+func parseFlowItem(l []byte, base int, item *[4]span) bool {
 	i := 1 // past '{'
 	var have uint8
 	for {
@@ -399,17 +478,17 @@ func parseFlowItem(l []byte, r *rawBinding) bool {
 		for i < len(l) && l[i] >= 'a' && l[i] <= 'z' {
 			i++
 		}
-		bit, dst := fieldBit(l[k:i], r)
+		bit, f := fieldBit(l[k:i])
 		if bit == 0 || have&bit != 0 || i+1 >= len(l) || l[i] != ':' || l[i+1] != ' ' {
 			return false
 		}
 		have |= bit
 		i += 1 + leadingSpaces(l[i+1:])
-		v, n, ok := scalar(l[i:], true)
+		from, to, n, ok := scalar(l[i:], true)
 		if !ok {
 			return false
 		}
-		*dst = v
+		item[f] = span{base + i + from, base + i + to}
 		i += n
 		i += leadingSpaces(l[i:])
 		if i >= len(l) {
@@ -425,59 +504,58 @@ func parseFlowItem(l []byte, r *rawBinding) bool {
 	}
 }
 
-// parseBlockField parses "key: value" followed by a trailer.
-func parseBlockField(l []byte, r *rawBinding, have *uint8) bool {
+// parseBlockField parses "key: value" followed by a trailer into item; l
+// starts at base in the part's text.
+func parseBlockField(l []byte, base int, item *[4]span, have *uint8) bool {
 	i := 0
 	for i < len(l) && l[i] >= 'a' && l[i] <= 'z' {
 		i++
 	}
-	bit, dst := fieldBit(l[:i], r)
+	bit, f := fieldBit(l[:i])
 	if bit == 0 || *have&bit != 0 || i+1 >= len(l) || l[i] != ':' || l[i+1] != ' ' {
 		return false
 	}
 	*have |= bit
 	i += 1 + leadingSpaces(l[i+1:])
-	v, n, ok := scalar(l[i:], false)
+	from, to, n, ok := scalar(l[i:], false)
 	if !ok {
 		return false
 	}
-	*dst = v
+	item[f] = span{base + i + from, base + i + to}
 	return trailer(l[i+n:])
 }
 
 // scalar reads a value at the start of l: a quoted string without escapes,
 // or a plain scalar that YAML reads as a string or an integer with the same
-// text. It returns the value and the number of bytes used. In flow context
-// the value must be followed by a space, ',' or '}'; in block context by a
-// space or the end of the line.
-func scalar(l []byte, flow bool) (string, int, bool) {
+// text. It returns where the value's text is in l, l[from:to], and the
+// number of bytes used. In flow context the value must be followed by a
+// space, ',' or '}'; in block context by a space or the end of the line.
+func scalar(l []byte, flow bool) (from, to, n int, ok bool) {
 	if len(l) == 0 {
-		return "", 0, false
+		return 0, 0, 0, false
 	}
-	var v []byte
-	n := 0
 	switch q := l[0]; q {
 	case '"', '\'':
 		end := bytes.IndexByte(l[1:], q)
 		if end < 0 {
-			return "", 0, false
+			return 0, 0, 0, false
 		}
-		v = l[1 : 1+end]
-		if bytes.IndexByte(v, '\\') >= 0 {
-			return "", 0, false
+		from, to = 1, 1+end
+		if bytes.IndexByte(l[from:to], '\\') >= 0 {
+			return 0, 0, 0, false
 		}
 		n = end + 2
 		// A doubled single quote is an escaped quote; give up on it.
 		if q == '\'' && n < len(l) && l[n] == '\'' {
-			return "", 0, false
+			return 0, 0, 0, false
 		}
 	default:
 		for n < len(l) && plainByte(l[n]) {
 			n++
 		}
-		v = l[:n]
-		if !plainSafe(v) {
-			return "", 0, false
+		from, to = 0, n
+		if !plainSafe(l[:n]) {
+			return 0, 0, 0, false
 		}
 	}
 	if n < len(l) {
@@ -485,16 +563,51 @@ func scalar(l []byte, flow bool) (string, int, bool) {
 		case c == ' ':
 		case flow && (c == ',' || c == '}'):
 		default:
-			return "", 0, false
+			return 0, 0, 0, false
 		}
 	}
-	return string(v), n, true
+	return from, to, n, true
 }
 
-func plainByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-		c == '.' || c == '-' || c == '/' || c == ':' || c == '@' || c == '_'
-}
+// Classes of the bytes of plain scalars (byteClass).
+const (
+	cPlain = 1 << iota // a byte of a plain scalar (plainByte)
+	cDigit
+	cHex   // a hex digit
+	cDot   // '.'
+	cMark  // ':' or '/'
+	cDash  // '-'
+	cColon // ':'
+	cLetter
+)
+
+var byteClass = func() (t [256]uint8) {
+	for c := range 256 {
+		var k uint8
+		switch {
+		case c >= '0' && c <= '9':
+			k = cPlain | cDigit | cHex
+		case c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F':
+			k = cPlain | cHex | cLetter
+		case c >= 'g' && c <= 'z' || c >= 'G' && c <= 'Z':
+			k = cPlain | cLetter
+		case c == '.':
+			k = cPlain | cDot
+		case c == ':':
+			k = cPlain | cMark | cColon
+		case c == '/':
+			k = cPlain | cMark
+		case c == '-':
+			k = cPlain | cDash
+		case c == '@' || c == '_':
+			k = cPlain
+		}
+		t[c] = k
+	}
+	return t
+}()
+
+func plainByte(c byte) bool { return byteClass[c]&cPlain != 0 }
 
 // plainSafe reports whether YAML reads the plain scalar v as a string or an
 // integer with text v. It is deliberately narrow: it accepts words that
@@ -503,44 +616,47 @@ func plainByte(c byte) bool {
 // hex digits, '.', ':' and '/' that start with a digit or letter and contain
 // a ':', a '/' or two or more dots.
 func plainSafe(v []byte) bool {
-	if len(v) == 0 {
-		return false
-	}
 	// ':' must be followed by a character of the scalar: "a:" or "a: " is a
 	// mapping key.
-	for i, c := range v {
-		if c == ':' && (i+1 == len(v)) {
-			return false
-		}
+	if len(v) == 0 || v[len(v)-1] == ':' {
+		return false
 	}
-	c := v[0]
-	switch {
-	case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
-		if hexAddr(v) {
+	// One pass: how many bytes of each class, and whether all are of
+	// hexAddr's.
+	digits, dashes, dots, marks, colons := 0, 0, 0, 0, 0
+	hexish := true
+	for _, c := range v {
+		k := byteClass[c]
+		if k&cDigit != 0 {
+			digits++
+		}
+		if k&cDash != 0 {
+			dashes++
+		}
+		if k&cDot != 0 {
+			dots++
+		}
+		if k&cMark != 0 {
+			marks++
+		}
+		if k&cColon != 0 {
+			colons++
+		}
+		hexish = hexish && k&(cHex|cDot|cMark) != 0
+	}
+	// hexAddr(v), counted.
+	hex := hexish && (marks > 0 || dots >= 2)
+	switch k := byteClass[v[0]]; {
+	case k&cLetter != 0:
+		if hex {
 			return true
 		}
 		if len(v) == 4 && (bytes.EqualFold(v, []byte("true")) || bytes.EqualFold(v, []byte("null"))) ||
 			len(v) == 5 && bytes.EqualFold(v, []byte("false")) {
 			return false
 		}
-		for _, c := range v {
-			if c == ':' {
-				return false
-			}
-		}
-		return true
-	case c >= '0' && c <= '9':
-		digits, dashes, dots := 0, 0, 0
-		for _, c := range v {
-			switch {
-			case c >= '0' && c <= '9':
-				digits++
-			case c == '-':
-				dashes++
-			case c == '.':
-				dots++
-			}
-		}
+		return colons == 0
+	case k&cDigit != 0:
 		if digits == len(v) {
 			// YAML reads 08 and 09 as floats (they are not octal), so
 			// numbers with a leading zero are left to it.
@@ -549,25 +665,7 @@ func plainSafe(v []byte) bool {
 		if dashes == 1 && digits == len(v)-1 && v[len(v)-1] != '-' {
 			return true
 		}
-		return hexAddr(v)
+		return hex
 	}
 	return false
-}
-
-// hexAddr matches IPv4 and IPv6 addresses and prefixes loosely: hex digits,
-// '.', ':' and '/', with a ':', a '/' or at least two dots.
-func hexAddr(v []byte) bool {
-	dots, marks := 0, 0
-	for _, c := range v {
-		switch {
-		case c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F':
-		case c == '.':
-			dots++
-		case c == ':' || c == '/':
-			marks++
-		default:
-			return false
-		}
-	}
-	return marks > 0 || dots >= 2
 }

@@ -2,11 +2,14 @@ package config
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
+	"math/bits"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,15 +28,24 @@ func (c *Config) Validate() error {
 	if len(c.Bindings) > MaxBindings {
 		d.failf(0, "bindings", "%w: %d bindings, more than the limit of %d", ErrTooLarge, len(c.Bindings), MaxBindings)
 	} else {
-		es := make([]entry, 0, len(c.Bindings))
+		l := &list{bs: make([]binding.Binding, 0, len(c.Bindings))}
 		for i, b := range c.Bindings {
 			if err := b.Validate(); err != nil {
 				d.fail(0, "bindings["+strconv.Itoa(i)+"]", err)
+				if l.index == nil {
+					l.index = make([]int32, len(l.bs), len(c.Bindings))
+					for k := range l.index {
+						l.index[k] = int32(k)
+					}
+				}
 				continue
 			}
-			es = append(es, entry{b: b, index: i})
+			l.bs = append(l.bs, b)
+			if l.index != nil {
+				l.index = append(l.index, int32(i))
+			}
 		}
-		d.errs = append(d.errs, checkConflicts(es)...)
+		d.errs = append(d.errs, checkConflicts(l)...)
 	}
 	if len(c.Labels) > MaxLabels {
 		d.failf(0, "labels", "%w: %d labels, more than the limit of %d", ErrTooLarge, len(c.Labels), MaxLabels)
@@ -104,6 +116,28 @@ func checkListenAddr(s string) error {
 	return nil
 }
 
+// list is the valid bindings of a config, with where each came from.
+type list struct {
+	bs []binding.Binding
+	// index holds each binding's position in the bindings list; nil when
+	// that is its position in bs.
+	index []int32
+	// line holds each binding's line; nil when unknown (a Config built in
+	// code).
+	line []int32
+}
+
+func (l *list) entry(i int32) entry {
+	e := entry{b: l.bs[i], index: int(i)}
+	if l.index != nil {
+		e.index = int(l.index[i])
+	}
+	if l.line != nil {
+		e.line = int(l.line[i])
+	}
+	return e
+}
+
 // entry is a valid binding with where it came from.
 type entry struct {
 	b     binding.Binding
@@ -122,114 +156,137 @@ func (e entry) name() string {
 // different labels, and partially overlapping port ranges at the same
 // protocol and prefix (binding.Conflict). Each problem is reported once, on
 // the later of the two entries, naming the earlier.
-func checkConflicts(es []entry) []*Error {
-	if len(es) < 2 {
+func checkConflicts(l *list) []*Error {
+	n := len(l.bs)
+	if n < 2 {
 		return nil
 	}
-	// Group the entries by protocol and prefix, with one map lookup each
-	// and a counting sort into order (positions ascending within a group),
-	// so that only each group's few entries are sorted: a sort of the
-	// whole list took most of the check at a million bindings.
-	type groupKey struct {
-		proto binding.Protocol
-		is6   bool
-		bits  uint8
-		addr  [16]byte
+	// Group the entries by protocol and prefix: sort what the check needs
+	// of them by a hash of the two (a radix sort, which keeps positions
+	// ascending among equal hashes), and split each run of equal hashes
+	// by the protocol and prefix themselves, so that only each group's
+	// few entries are sorted. A sort of the whole list took most of the
+	// check at a million bindings, and a map of the groups, or reading the
+	// bindings in the order of their hashes, half of it.
+	gs := make([]groupEntry, n)
+	for i := range l.bs {
+		gs[i] = newGroupEntry(&l.bs[i], int32(i))
 	}
-	pos := make(map[groupKey]int32, len(es)/2)
-	gi := make([]int32, len(es))
-	var next []int32 // per group: its count, then where its next entry goes
-	for i := range es {
-		b := &es[i].b
-		a := b.Prefix.Addr()
-		k := groupKey{b.Protocol, a.Is6(), uint8(b.Prefix.Bits()), a.As16()}
-		g, ok := pos[k]
-		if !ok {
-			g = int32(len(next))
-			pos[k] = g
-			next = append(next, 0)
-		}
-		gi[i] = g
-		next[g]++
-	}
-	pos = nil
-	start := make([]int32, len(next)+1)
-	for g, n := range next {
-		start[g+1] = start[g] + n
-		next[g] = start[g]
-	}
-	order := make([]int32, len(es))
-	for i, g := range gi {
-		order[next[g]] = int32(i)
-		next[g]++
-	}
-	gi, next = nil, nil
+	gs, starts := bucketByHash(gs)
 
 	// A group's entries in order of range start ascending and range end
 	// descending, so that a range comes before the ranges it contains,
 	// then by position.
-	byPorts := func(x, y int32) int {
-		px, py := es[x].b.Ports, es[y].b.Ports
-		if c := cmp.Compare(px.Lo, py.Lo); c != 0 {
+	byPorts := func(x, y groupEntry) int {
+		if c := cmp.Compare(x.ports.Lo, y.ports.Lo); c != 0 {
 			return c
 		}
-		if c := cmp.Compare(py.Hi, px.Hi); c != 0 {
+		if c := cmp.Compare(y.ports.Hi, x.ports.Hi); c != 0 {
 			return c
 		}
-		return cmp.Compare(x, y)
+		return cmp.Compare(x.pos, y.pos)
 	}
 	type found struct {
 		at  int32 // the entry being checked when the problem showed
 		err *Error
 	}
-	var errs []found
-	// stack holds a chain of nested ranges of the group, outermost
-	// first. runFirst is the earliest entry with the current port set.
-	var stack []entry
-	for g := range len(start) - 1 {
-		grp := order[start[g]:start[g+1]]
-		if len(grp) < 2 {
-			continue
-		}
-		slices.SortFunc(grp, byPorts)
-		stack = stack[:0]
-		var runFirst entry
-		for k, oi := range grp {
-			cur := es[oi]
-			report := func(later entry, err error) {
-				errs = append(errs, found{oi, &Error{Line: later.line, Path: "bindings[" + strconv.Itoa(later.index) + "]", Err: err}})
-			}
-			if k > 0 && es[grp[k-1]].b.Ports == cur.b.Ports {
-				if runFirst.b.Label == cur.b.Label {
-					report(cur, fmt.Errorf("%w binding: %s repeats %s; remove one of them", ErrDuplicate, cur.b, runFirst.name()))
-				} else {
-					report(cur, fmt.Errorf("%w: %s and %s have the same protocol, prefix and ports but different labels; keep one of them", ErrConflict, cur.b, runFirst.name()))
+	// Each CPU checks the groups of its share of the buckets.
+	nw := min(runtime.GOMAXPROCS(0), 8, len(starts)-1)
+	if n < 1<<14 {
+		nw = 1
+	}
+	founds := make([][]found, nw)
+	parallel(nw, func(w int) {
+		var errs []found
+		// stack holds a chain of nested ranges of the group, outermost
+		// first. runFirst is the earliest entry with the current port
+		// set.
+		var stack []groupEntry
+		check := func(grp []groupEntry) {
+			slices.SortFunc(grp, byPorts)
+			stack = stack[:0]
+			var runFirst groupEntry
+			for k, cur := range grp {
+				report := func(later entry, err error) {
+					errs = append(errs, found{cur.pos, &Error{Line: later.line, Path: "bindings[" + strconv.Itoa(later.index) + "]", Err: err}})
 				}
-				continue
-			}
-			runFirst = cur
-			for len(stack) > 0 && stack[len(stack)-1].b.Ports.Hi < cur.b.Ports.Lo {
-				stack = stack[:len(stack)-1]
-			}
-			if len(stack) > 0 {
-				if top := stack[len(stack)-1]; binding.Conflict(top.b, cur.b) {
-					x, y := top, cur
-					if x.index > y.index {
-						x, y = y, x
+				if k > 0 && grp[k-1].ports == cur.ports {
+					c, first := l.entry(cur.pos), l.entry(runFirst.pos)
+					if first.b.Label == c.b.Label {
+						report(c, fmt.Errorf("%w binding: %s repeats %s; remove one of them", ErrDuplicate, c.b, first.name()))
+					} else {
+						report(c, fmt.Errorf("%w: %s and %s have the same protocol, prefix and ports but different labels; keep one of them", ErrConflict, c.b, first.name()))
 					}
-					report(y, fmt.Errorf("%w: %s and %s have partially overlapping port ranges at the same protocol and prefix, so neither is more specific; make the ranges disjoint or put one inside the other",
-						ErrConflict, y.b, x.name()))
 					continue
 				}
+				runFirst = cur
+				for len(stack) > 0 && stack[len(stack)-1].ports.Hi < cur.ports.Lo {
+					stack = stack[:len(stack)-1]
+				}
+				if len(stack) > 0 {
+					// binding.Conflict of two bindings with the same
+					// protocol and prefix and different ports.
+					if top := stack[len(stack)-1]; top.ports.Overlaps(cur.ports) && !top.ports.Nested(cur.ports) {
+						x, y := l.entry(top.pos), l.entry(cur.pos)
+						if x.index > y.index {
+							x, y = y, x
+						}
+						report(y, fmt.Errorf("%w: %s and %s have partially overlapping port ranges at the same protocol and prefix, so neither is more specific; make the ranges disjoint or put one inside the other",
+							ErrConflict, y.b, x.name()))
+						continue
+					}
+				}
+				stack = append(stack, cur)
 			}
-			stack = append(stack, cur)
 		}
-	}
+		nb := len(starts) - 1
+		var keys []uint64
+		var run []groupEntry
+		for bk := w * nb / nw; bk < (w+1)*nb/nw; bk++ {
+			bucket := gs[starts[bk]:starts[bk+1]]
+			keys = keys[:0]
+			for i := range bucket {
+				keys = append(keys, uint64(bucket[i].hash)<<32|uint64(i))
+			}
+			slices.Sort(keys)
+			for i := 0; i < len(keys); {
+				j := i + 1
+				for j < len(keys) && keys[j]>>32 == keys[i]>>32 {
+					j++
+				}
+				if j-i > 1 {
+					run = run[:0]
+					for _, k := range keys[i:j] {
+						run = append(run, bucket[uint32(k)])
+					}
+					if !slices.ContainsFunc(run, func(g groupEntry) bool { return !g.sameGroup(&run[0]) }) {
+						check(run)
+					} else {
+						// Different groups with the same hash.
+						slices.SortFunc(run, groupEntry.compareGroup)
+						for a := 0; a < len(run); {
+							b := a + 1
+							for b < len(run) && run[b].sameGroup(&run[a]) {
+								b++
+							}
+							if b-a > 1 {
+								check(run[a:b])
+							}
+							a = b
+						}
+					}
+				}
+				i = j
+			}
+		}
+		founds[w] = errs
+	})
+	errs := slices.Concat(founds...)
 	// In the order of the entries they were found at by protocol, address,
 	// prefix length, then ports as above: as a sort of the whole list
 	// found them (the caller orders them by line, stably).
 	slices.SortFunc(errs, func(x, y found) int {
-		a, b := es[x.at].b, es[y.at].b
+		a, b := &l.bs[x.at], &l.bs[y.at]
 		if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
 			return c
 		}
@@ -239,11 +296,87 @@ func checkConflicts(es []entry) []*Error {
 		if c := cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()); c != 0 {
 			return c
 		}
-		return byPorts(x.at, y.at)
+		return byPorts(groupEntry{pos: x.at, ports: a.Ports}, groupEntry{pos: y.at, ports: b.Ports})
 	})
 	out := make([]*Error, len(errs))
 	for i, f := range errs {
 		out[i] = f.err
 	}
 	return out
+}
+
+// groupEntry is what checkConflicts needs of a binding: its protocol and
+// prefix (the group), its ports and position, and the group's hash.
+type groupEntry struct {
+	hi, lo uint64 // the prefix's address
+	kind   uint32 // protocol, prefix length + 1, family
+	hash   uint32
+	ports  binding.Ports
+	pos    int32
+}
+
+func newGroupEntry(b *binding.Binding, pos int32) groupEntry {
+	a := b.Prefix.Addr()
+	a16 := a.As16()
+	g := groupEntry{
+		hi:    binary.BigEndian.Uint64(a16[:8]),
+		lo:    binary.BigEndian.Uint64(a16[8:]),
+		kind:  uint32(b.Protocol) | uint32(b.Prefix.Bits()+1)<<8,
+		ports: b.Ports,
+		pos:   pos,
+	}
+	if a.Is6() {
+		g.kind |= 1 << 16
+	}
+	// Multiply and fold (as wyhash mixes): every input bit reaches the
+	// high half of the result.
+	h := mix(g.hi^0xa0761d6478bd642f, g.lo^0xe7037ed1a0b428db)
+	h = mix(h^uint64(g.kind), 0x8ebc6af09c88c6e3)
+	g.hash = uint32(h >> 32)
+	return g
+}
+
+func (g *groupEntry) sameGroup(o *groupEntry) bool {
+	return g.hi == o.hi && g.lo == o.lo && g.kind == o.kind
+}
+
+func (g groupEntry) compareGroup(o groupEntry) int {
+	if c := cmp.Compare(g.kind, o.kind); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(g.hi, o.hi); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(g.lo, o.lo); c != 0 {
+		return c
+	}
+	return cmp.Compare(g.pos, o.pos)
+}
+
+func mix(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
+}
+
+// bucketByHash sorts gs into buckets by the top bits of their hashes and
+// returns them and where each bucket starts, with a last element len(gs):
+// a bucket is a few hundred entries at a million, which its CPU's cache
+// holds as it is sorted.
+func bucketByHash(gs []groupEntry) ([]groupEntry, []int) {
+	const shift = 32 - 11
+	var count [1<<11 + 1]int
+	for i := range gs {
+		count[gs[i].hash>>shift+1]++
+	}
+	for i := 1; i < len(count); i++ {
+		count[i] += count[i-1]
+	}
+	starts := slices.Clone(count[:])
+	out := make([]groupEntry, len(gs))
+	for i := range gs {
+		d := gs[i].hash >> shift
+		out[count[d]] = gs[i]
+		count[d]++
+	}
+	return out, starts
 }
