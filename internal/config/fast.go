@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/binary"
 	"strings"
 	"sync"
 
@@ -390,6 +391,18 @@ func (s *scanner) next() ([]byte, bool) {
 }
 
 func printableASCII(l []byte) bool {
+	// Eight bytes at a time: a byte of w outside ' '..'~' has its high
+	// bit set, in w, in w+1 (0x7f; no byte carries into the next unless
+	// one has the high bit already) or in w-0x20 (the lowest byte below
+	// ' ' borrows and sets it; bytes above borrow only after that one).
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(l) >= 8 {
+		w := binary.LittleEndian.Uint64(l)
+		if (w|(w+ones)|(w-' '*ones))&highs != 0 {
+			return false
+		}
+		l = l[8:]
+	}
 	for _, c := range l {
 		if c < ' ' || c > '~' {
 			return false
@@ -621,17 +634,49 @@ func plainSafe(v []byte) bool {
 	if len(v) == 0 || v[len(v)-1] == ':' {
 		return false
 	}
-	// One pass: how many bytes of each class, and whether all are of
-	// hexAddr's.
-	digits, dashes, dots, marks, colons := 0, 0, 0, 0, 0
-	hexish := true
+	switch k := byteClass[v[0]]; {
+	case k&cLetter != 0:
+		if hexAddr(v) {
+			return true
+		}
+		if len(v) == 4 && (bytes.EqualFold(v, []byte("true")) || bytes.EqualFold(v, []byte("null"))) ||
+			len(v) == 5 && bytes.EqualFold(v, []byte("false")) {
+			return false
+		}
+		return bytes.IndexByte(v, ':') < 0
+	case k&cDigit != 0:
+		i := digits(v)
+		if i == len(v) {
+			// YAML reads 08 and 09 as floats (they are not octal), so
+			// numbers with a leading zero are left to it.
+			return v[0] != '0' || len(v) == 1
+		}
+		// A port range, digits-digits.
+		if v[i] == '-' && i+1 < len(v) && i+1+digits(v[i+1:]) == len(v) {
+			return true
+		}
+		return hexAddr(v)
+	}
+	return false
+}
+
+// digits is the length of the run of decimal digits at the start of v.
+func digits(v []byte) int {
+	n := 0
+	for n < len(v) && byteClass[v[n]]&cDigit != 0 {
+		n++
+	}
+	return n
+}
+
+// hexAddr matches IPv4 and IPv6 addresses and prefixes loosely: hex digits,
+// '.', ':' and '/', with a ':', a '/' or at least two dots.
+func hexAddr(v []byte) bool {
+	dots, marks := 0, 0
 	for _, c := range v {
 		k := byteClass[c]
-		if k&cDigit != 0 {
-			digits++
-		}
-		if k&cDash != 0 {
-			dashes++
+		if k&(cHex|cDot|cMark) == 0 {
+			return false
 		}
 		if k&cDot != 0 {
 			dots++
@@ -639,33 +684,6 @@ func plainSafe(v []byte) bool {
 		if k&cMark != 0 {
 			marks++
 		}
-		if k&cColon != 0 {
-			colons++
-		}
-		hexish = hexish && k&(cHex|cDot|cMark) != 0
 	}
-	// hexAddr(v), counted.
-	hex := hexish && (marks > 0 || dots >= 2)
-	switch k := byteClass[v[0]]; {
-	case k&cLetter != 0:
-		if hex {
-			return true
-		}
-		if len(v) == 4 && (bytes.EqualFold(v, []byte("true")) || bytes.EqualFold(v, []byte("null"))) ||
-			len(v) == 5 && bytes.EqualFold(v, []byte("false")) {
-			return false
-		}
-		return colons == 0
-	case k&cDigit != 0:
-		if digits == len(v) {
-			// YAML reads 08 and 09 as floats (they are not octal), so
-			// numbers with a leading zero are left to it.
-			return v[0] != '0' || len(v) == 1
-		}
-		if dashes == 1 && digits == len(v)-1 && v[len(v)-1] != '-' {
-			return true
-		}
-		return hex
-	}
-	return false
+	return marks > 0 || dots >= 2
 }

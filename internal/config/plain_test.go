@@ -62,7 +62,7 @@ func plainSafeByRules(v []byte) bool {
 	return false
 }
 
-// plainSafe, which counts the classes of bytes in one pass, agrees with
+// plainSafe, which looks up the classes of bytes in a table, agrees with
 // its rules on every string of up to four bytes from an alphabet of each
 // class, and on some longer ones.
 func TestPlainSafe(t *testing.T) {
@@ -85,5 +85,34 @@ func TestPlainSafe(t *testing.T) {
 	all(nil)
 	for _, s := range []string{"true", "False", "NULL", "10.0.0.0/8", "2001:db8::/64", "8000-8999", "lbl-1", "a:b", "ab:", "1.2.3", "fe80::1", "dead:beef", "0x10", "010", "1e5"} {
 		check([]byte(s))
+	}
+}
+
+// printableASCII, which tests eight bytes at a time, refuses exactly the
+// bytes outside ' '..'~', wherever they are.
+func TestPrintableASCII(t *testing.T) {
+	t.Parallel()
+	for c := range 256 {
+		for n := range 20 {
+			for at := range n {
+				l := bytes.Repeat([]byte{'a'}, n)
+				l[at] = byte(c)
+				want := c >= ' ' && c <= '~'
+				if got := printableASCII(l); got != want {
+					t.Fatalf("printableASCII(%q) = %v, want %v", l, got, want)
+				}
+				// The worst neighbours for carries and borrows.
+				for _, nb := range []byte{' ', '~'} {
+					for k := range l {
+						if k != at {
+							l[k] = nb
+						}
+					}
+					if got := printableASCII(l); got != want {
+						t.Fatalf("printableASCII(%q) = %v, want %v", l, got, want)
+					}
+				}
+			}
+		}
 	}
 }
