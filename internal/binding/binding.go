@@ -160,6 +160,20 @@ func (p Ports) String() string {
 	}
 }
 
+// AppendTo appends p as String writes it to b.
+func (p Ports) AppendTo(b []byte) []byte {
+	switch {
+	case p.IsAny():
+		return append(b, '*')
+	case p.Single():
+		return strconv.AppendUint(b, uint64(p.Lo), 10)
+	default:
+		b = strconv.AppendUint(b, uint64(p.Lo), 10)
+		b = append(b, '-')
+		return strconv.AppendUint(b, uint64(p.Hi), 10)
+	}
+}
+
 // MarshalText implements encoding.TextMarshaler.
 func (p Ports) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 

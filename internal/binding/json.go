@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
-	"strconv"
 )
 
 // List is a list of bindings with a JSON encoding that stays fast at
@@ -65,16 +64,7 @@ func AppendJSON(out []byte, b *Binding) []byte {
 	out = append(out, `","prefix":"`...)
 	out = b.Prefix.AppendTo(out)
 	out = append(out, `","ports":"`...)
-	switch p := b.Ports; {
-	case p.IsAny():
-		out = append(out, '*')
-	case p.Single():
-		out = strconv.AppendUint(out, uint64(p.Lo), 10)
-	default:
-		out = strconv.AppendUint(out, uint64(p.Lo), 10)
-		out = append(out, '-')
-		out = strconv.AppendUint(out, uint64(p.Hi), 10)
-	}
+	out = b.Ports.AppendTo(out)
 	return append(out, `"}`...)
 }
 

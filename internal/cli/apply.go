@@ -79,7 +79,7 @@ func runApply(inv *invocation) error {
 		fmt.Fprintln(w, "no changes")
 		return nil
 	}
-	io.WriteString(w, config.FormatDiff(res.Diff.AddBindings, res.Diff.RemoveBindings))
+	config.WriteDiff(w, res.Diff.AddBindings, res.Diff.RemoveBindings)
 	io.WriteString(w, formatLabelChanges(res.Diff.Labels))
 	if dryRun || !res.Applied {
 		fmt.Fprintln(w, "dry run: nothing changed; run without --dry-run to apply")

@@ -1,11 +1,15 @@
 package config
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 func TestDiff(t *testing.T) {
@@ -66,3 +70,84 @@ func TestDiff(t *testing.T) {
 		t.Errorf("Diff(nil, new) = %v, %v", a, r)
 	}
 }
+
+// WriteDiff writes what FormatDiff returns, in pieces, whether the lists
+// come sorted (merged) or not (sorted again), relabelled bindings as a
+// removal then an addition, and stops at the writer's first error.
+func TestWriteDiff(t *testing.T) {
+	t.Parallel()
+	var added, removed []binding.Binding
+	for i := range 20000 {
+		b := testenv.ScaleBinding(i, 0)
+		switch i % 3 {
+		case 0:
+			added = append(added, b)
+		case 1:
+			removed = append(removed, b)
+		default:
+			removed = append(removed, b)
+			b.Label = "new-" + b.Label
+			added = append(added, b)
+		}
+	}
+	var want strings.Builder
+	// The expected text, one line at a time with Binding.String.
+	type line struct {
+		sign byte
+		b    binding.Binding
+	}
+	var lines []line
+	for _, b := range removed {
+		lines = append(lines, line{'-', b})
+	}
+	for _, b := range added {
+		lines = append(lines, line{'+', b})
+	}
+	slices.SortFunc(lines, func(x, y line) int {
+		if c := binding.CompareKeys(x.b, y.b); c != 0 {
+			return c
+		}
+		if x.sign != y.sign {
+			if x.sign == '-' {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(x.b.Label, y.b.Label)
+	})
+	for _, l := range lines {
+		fmt.Fprintf(&want, "%c %s\n", l.sign, l.b)
+	}
+
+	unsorted := FormatDiff(added, removed)
+	binding.Sort(added)
+	binding.Sort(removed)
+	var w chunks
+	if err := WriteDiff(&w, added, removed); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.String(); got != want.String() || unsorted != want.String() {
+		t.Fatalf("WriteDiff and FormatDiff differ from the lines sorted one by one (lengths %d, %d, want %d)", len(got), len(unsorted), want.Len())
+	}
+	if w.n < 2 {
+		t.Errorf("%d bytes in %d writes, want several", want.Len(), w.n)
+	}
+	fail := errors.New("disk full")
+	if err := WriteDiff(failWriter{fail}, added, removed); err != fail {
+		t.Errorf("WriteDiff to a failing writer: %v, want %v", err, fail)
+	}
+}
+
+type chunks struct {
+	strings.Builder
+	n int
+}
+
+func (c *chunks) Write(p []byte) (int, error) {
+	c.n++
+	return c.Builder.Write(p)
+}
+
+type failWriter struct{ err error }
+
+func (f failWriter) Write(p []byte) (int, error) { return 0, f.err }
