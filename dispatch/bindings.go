@@ -108,10 +108,11 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 		// Sized for a group each, as most large additions are.
 		added = make([]binding.Binding, 0, len(bs))
 		u := make(updates, len(bs))
+		find := portFinder[groupKey]{}
 		for _, b := range bs {
 			gk := keyOf(b.Protocol, b.Prefix)
 			ps := u.portsOf(m, gk)
-			if i := findPorts(ps, b.Ports); i >= 0 {
+			if i := find.find(gk, ps, b.Ports); i >= 0 {
 				if ps[i].label == b.Label {
 					continue
 				}
@@ -132,18 +133,35 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 // the given label, or nothing changes and the error wraps ErrNotFound.
 func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 	return d.changeBindings(func(m *model) (updates, error) {
-		u := make(updates, len(bs))
+		// The bindings each group loses, by their index in its list,
+		// which stays as it is until all are found.
+		gone := map[groupKey]map[int]bool{}
+		find := portFinder[groupKey]{}
 		for _, b := range bs {
 			gk := keyOf(b.Protocol, b.Prefix)
-			ps := u.portsOf(m, gk)
-			i := findPorts(ps, b.Ports)
-			if i < 0 {
+			ps := m.groups[gk].portList()
+			i := find.find(gk, ps, b.Ports)
+			if i < 0 || gone[gk][i] {
 				return nil, fmt.Errorf("unbind %s: %w: no such binding", b, ErrNotFound)
 			}
 			if ps[i].label != b.Label {
 				return nil, fmt.Errorf("unbind %s: %w: %s is bound to label %s, not %s", b, ErrNotFound, b.Key(), ps[i].label, b.Label)
 			}
-			u[gk] = slices.Delete(ps, i, i+1)
+			if gone[gk] == nil {
+				gone[gk] = map[int]bool{}
+			}
+			gone[gk][i] = true
+		}
+		u := make(updates, len(gone))
+		for gk, idx := range gone {
+			ps := m.groups[gk].ports
+			left := make([]portLabel, 0, len(ps)-len(idx))
+			for i, pl := range ps {
+				if !idx[i] {
+					left = append(left, pl)
+				}
+			}
+			u[gk] = left
 		}
 		return u, nil
 	})
@@ -222,6 +240,7 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 	}
 	counts = nil
 	k, more := 0, false
+	find := portFinder[int32]{}
 	for b := range all {
 		if k == len(gi) {
 			more = true
@@ -230,7 +249,7 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 		i := gi[k]
 		k++
 		ps := lists[i]
-		if j := findPorts(ps, b.Ports); j >= 0 {
+		if j := find.find(i, ps, b.Ports); j >= 0 {
 			if ps[j].label != b.Label {
 				err = fmt.Errorf("%w: %s is given to labels %s and %s", ErrConflict, b.Key(), ps[j].label, b.Label)
 				break

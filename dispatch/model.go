@@ -84,6 +84,34 @@ func findPorts(ps []portLabel, p binding.Ports) int {
 	return -1
 }
 
+// portFinder finds port sets in the lists of groups that only grow, by
+// appends of port sets they do not hold yet, between its calls (as an edit
+// builds them). It reads a short list through; a long one (a prefix bound
+// port by port) through an index that each call brings up to date, so that
+// building a list of n bindings costs O(n), not O(n²).
+type portFinder[K comparable] map[K]map[binding.Ports]int
+
+// longPorts is the length from which a list is indexed.
+const longPorts = 32
+
+func (f portFinder[K]) find(k K, ps []portLabel, p binding.Ports) int {
+	if len(ps) < longPorts {
+		return findPorts(ps, p)
+	}
+	ix := f[k]
+	if ix == nil {
+		ix = make(map[binding.Ports]int, 2*len(ps))
+		f[k] = ix
+	}
+	for i := len(ix); i < len(ps); i++ {
+		ix[ps[i].ports] = i
+	}
+	if i, ok := ix[p]; ok {
+		return i
+	}
+	return -1
+}
+
 // model is a process's picture of the pinned state. It is rebuilt from the
 // maps whenever another process changed them (sy_config.serial moved).
 type model struct {
