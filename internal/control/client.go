@@ -151,7 +151,18 @@ func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
 		return nil, localError{err}
 	}
 	if err := c.conn.sendFrames(fs, fds); err != nil {
-		return nil, err
+		// A peer that refuses a request while it arrives (one over the
+		// limit it sets) says why before it hangs up: that reply is the
+		// answer, not the broken connection.
+		var le localError
+		if errors.As(err, &le) || !(errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)) {
+			return nil, err
+		}
+		rep, rerr := c.conn.ReadReply()
+		if rerr != nil || rep.Err == nil {
+			return nil, err
+		}
+		return rep, nil
 	}
 	rep, err := c.conn.ReadReply()
 	if err != nil {

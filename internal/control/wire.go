@@ -141,7 +141,9 @@ func (a *assembler) add(d []byte) (done bool, err error) {
 		}
 		max := maxPayload(h.op, reply)
 		if !reply && a.limit > 0 && a.limit < max {
-			max = a.limit
+			if uint64(h.total) > uint64(a.limit) {
+				return false, invalidf("control message: %s payload of %d bytes is over the limit of %d bytes this connection has (only root may send larger requests)", h.op, h.total, a.limit)
+			}
 		}
 		if uint64(h.total) > uint64(max) {
 			return false, invalidf("control message: %s payload of %d bytes is over the limit of %d bytes", h.op, h.total, max)
