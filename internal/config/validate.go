@@ -156,7 +156,11 @@ func (e entry) name() string {
 // different labels, and partially overlapping port ranges at the same
 // protocol and prefix (binding.Conflict). Each problem is reported once, on
 // the later of the two entries, naming the earlier.
-func checkConflicts(l *list) []*Error {
+func checkConflicts(l *list) []*Error { return checkConflictsHashed(l, ^uint32(0)) }
+
+// checkConflictsHashed is checkConflicts with the hashes masked with mask:
+// tests make different groups share hashes.
+func checkConflictsHashed(l *list, mask uint32) []*Error {
 	n := len(l.bs)
 	if n < 2 {
 		return nil
@@ -168,11 +172,12 @@ func checkConflicts(l *list) []*Error {
 	// few entries are sorted. A sort of the whole list took most of the
 	// check at a million bindings, and a map of the groups, or reading the
 	// bindings in the order of their hashes, half of it.
-	gs := make([]groupEntry, n)
-	for i := range l.bs {
-		gs[i] = newGroupEntry(&l.bs[i], int32(i))
+	// Each CPU checks the groups of its share of the buckets.
+	nw := min(runtime.GOMAXPROCS(0), 8)
+	if n < 1<<14 {
+		nw = 1
 	}
-	gs, starts := bucketByHash(gs)
+	gs, starts := bucketByHash(l.bs, nw, mask)
 
 	// A group's entries in order of range start ascending and range end
 	// descending, so that a range comes before the ranges it contains,
@@ -189,11 +194,6 @@ func checkConflicts(l *list) []*Error {
 	type found struct {
 		at  int32 // the entry being checked when the problem showed
 		err *Error
-	}
-	// Each CPU checks the groups of its share of the buckets.
-	nw := min(runtime.GOMAXPROCS(0), 8, len(starts)-1)
-	if n < 1<<14 {
-		nw = 1
 	}
 	founds := make([][]found, nw)
 	parallel(nw, func(w int) {
@@ -358,25 +358,47 @@ func mix(a, b uint64) uint64 {
 	return hi ^ lo
 }
 
-// bucketByHash sorts gs into buckets by the top bits of their hashes and
-// returns them and where each bucket starts, with a last element len(gs):
-// a bucket is a few hundred entries at a million, which its CPU's cache
-// holds as it is sorted.
-func bucketByHash(gs []groupEntry) ([]groupEntry, []int) {
-	const shift = 32 - 11
-	var count [1<<11 + 1]int
-	for i := range gs {
-		count[gs[i].hash>>shift+1]++
+// bucketByHash returns the groupEntry of each binding, sorted into
+// buckets by the top bits of their hashes, and where each bucket starts,
+// with a last element len(bs): a bucket is a few hundred entries at a
+// million, which its CPU's cache holds as it is sorted. nw CPUs share the
+// work.
+func bucketByHash(bs []binding.Binding, nw int, mask uint32) ([]groupEntry, []int) {
+	const bits = 11
+	const shift = 32 - bits
+	gs := make([]groupEntry, len(bs))
+	counts := make([][1 << bits]int, nw)
+	part := func(w int) (int, int) { return w * len(bs) / nw, (w + 1) * len(bs) / nw }
+	parallel(nw, func(w int) {
+		lo, hi := part(w)
+		c := &counts[w]
+		for i := lo; i < hi; i++ {
+			gs[i] = newGroupEntry(&bs[i], int32(i))
+			gs[i].hash &= mask
+			c[gs[i].hash>>shift]++
+		}
+	})
+	// Bucket by bucket, each CPU's entries after the CPUs' before it.
+	starts := make([]int, 1<<bits+1)
+	at := 0
+	for d := range 1 << bits {
+		starts[d] = at
+		for w := range counts {
+			c := counts[w][d]
+			counts[w][d] = at
+			at += c
+		}
 	}
-	for i := 1; i < len(count); i++ {
-		count[i] += count[i-1]
-	}
-	starts := slices.Clone(count[:])
+	starts[1<<bits] = at
 	out := make([]groupEntry, len(gs))
-	for i := range gs {
-		d := gs[i].hash >> shift
-		out[count[d]] = gs[i]
-		count[d]++
-	}
+	parallel(nw, func(w int) {
+		lo, hi := part(w)
+		next := &counts[w]
+		for i := lo; i < hi; i++ {
+			d := gs[i].hash >> shift
+			out[next[d]] = gs[i]
+			next[d]++
+		}
+	})
 	return out, starts
 }
