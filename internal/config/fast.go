@@ -643,7 +643,14 @@ func plainSafe(v []byte) bool {
 			len(v) == 5 && bytes.EqualFold(v, []byte("false")) {
 			return false
 		}
-		return bytes.IndexByte(v, ':') < 0
+		// A loop: bytes.IndexByte costs more to start than labels
+		// take to read.
+		for _, c := range v {
+			if c == ':' {
+				return false
+			}
+		}
+		return true
 	case k&cDigit != 0:
 		i := digits(v)
 		if i == len(v) {
