@@ -316,24 +316,32 @@ type groupEntry struct {
 }
 
 func newGroupEntry(b *binding.Binding, pos int32) groupEntry {
+	g := groupEntry{ports: b.Ports, pos: pos}
+	g.hi, g.lo, g.kind, g.hash = groupKey(b)
+	return g
+}
+
+// groupHash is newGroupEntry's hash.
+func groupHash(b *binding.Binding) uint32 {
+	_, _, _, h := groupKey(b)
+	return h
+}
+
+// groupKey returns a binding's prefix address, its protocol, prefix length
+// and family, and a hash of them.
+func groupKey(b *binding.Binding) (hi, lo uint64, kind, hash uint32) {
 	a := b.Prefix.Addr()
 	a16 := a.As16()
-	g := groupEntry{
-		hi:    binary.BigEndian.Uint64(a16[:8]),
-		lo:    binary.BigEndian.Uint64(a16[8:]),
-		kind:  uint32(b.Protocol) | uint32(b.Prefix.Bits()+1)<<8,
-		ports: b.Ports,
-		pos:   pos,
-	}
+	hi, lo = binary.BigEndian.Uint64(a16[:8]), binary.BigEndian.Uint64(a16[8:])
+	kind = uint32(b.Protocol) | uint32(b.Prefix.Bits()+1)<<8
 	if a.Is6() {
-		g.kind |= 1 << 16
+		kind |= 1 << 16
 	}
 	// Multiply and fold (as wyhash mixes): every input bit reaches the
 	// high half of the result.
-	h := mix(g.hi^0xa0761d6478bd642f, g.lo^0xe7037ed1a0b428db)
-	h = mix(h^uint64(g.kind), 0x8ebc6af09c88c6e3)
-	g.hash = uint32(h >> 32)
-	return g
+	h := mix(hi^0xa0761d6478bd642f, lo^0xe7037ed1a0b428db)
+	h = mix(h^uint64(kind), 0x8ebc6af09c88c6e3)
+	return hi, lo, kind, uint32(h >> 32)
 }
 
 func (g *groupEntry) sameGroup(o *groupEntry) bool {
@@ -366,16 +374,15 @@ func mix(a, b uint64) uint64 {
 func bucketByHash(bs []binding.Binding, nw int, mask uint32) ([]groupEntry, []int) {
 	const bits = 11
 	const shift = 32 - bits
-	gs := make([]groupEntry, len(bs))
 	counts := make([][1 << bits]int, nw)
 	part := func(w int) (int, int) { return w * len(bs) / nw, (w + 1) * len(bs) / nw }
+	// Count, then place each record in its bucket, making it again
+	// rather than keeping a second copy of them all (32 MB at a million).
 	parallel(nw, func(w int) {
 		lo, hi := part(w)
 		c := &counts[w]
 		for i := lo; i < hi; i++ {
-			gs[i] = newGroupEntry(&bs[i], int32(i))
-			gs[i].hash &= mask
-			c[gs[i].hash>>shift]++
+			c[(groupHash(&bs[i])&mask)>>shift]++
 		}
 	})
 	// Bucket by bucket, each CPU's entries after the CPUs' before it.
@@ -390,13 +397,15 @@ func bucketByHash(bs []binding.Binding, nw int, mask uint32) ([]groupEntry, []in
 		}
 	}
 	starts[1<<bits] = at
-	out := make([]groupEntry, len(gs))
+	out := make([]groupEntry, len(bs))
 	parallel(nw, func(w int) {
 		lo, hi := part(w)
 		next := &counts[w]
 		for i := lo; i < hi; i++ {
-			d := gs[i].hash >> shift
-			out[next[d]] = gs[i]
+			g := newGroupEntry(&bs[i], int32(i))
+			g.hash &= mask
+			d := g.hash >> shift
+			out[next[d]] = g
 			next[d]++
 		}
 	})
