@@ -1,6 +1,7 @@
 package binding
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -226,7 +227,7 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-func allDigits(s string) bool {
+func allDigits[T string | []byte](s T) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
 			return false
@@ -276,7 +277,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // zeros), alone or with a prefix length up to 32 without leading zeros,
 // several times faster than net/netip. It reports false for everything
 // else, which ParsePrefix then reads as before, with its errors.
-func parseIPv4Prefix(s string) (netip.Prefix, bool) {
+func parseIPv4Prefix[T string | []byte](s T) (netip.Prefix, bool) {
 	var a [4]byte
 	i := 0
 	for k := range a {
@@ -309,7 +310,7 @@ func parseIPv4Prefix(s string) (netip.Prefix, bool) {
 
 // smallDecimal reads 1 to 3 decimal digits, without a leading zero unless
 // it is the only digit, from the start of s; n is 0 if there are none.
-func smallDecimal(s string) (v, n int) {
+func smallDecimal[T string | []byte](s T) (v, n int) {
 	for n < len(s) && n < 4 && s[n] >= '0' && s[n] <= '9' {
 		v = v*10 + int(s[n]-'0')
 		n++
@@ -400,6 +401,82 @@ func Parse(label, protocol, prefix, ports string) (Binding, error) {
 		return Binding{}, err
 	}
 	return Binding{Label: label, Protocol: proto, Prefix: pfx, Ports: pp}, nil
+}
+
+// ParseBytes is Parse of the four parts of a binding given in byte slices,
+// for what it reads without allocating: a valid label, tcp or udp, an
+// IPv4 prefix in ParsePrefix's fast form, and valid ports. For other
+// prefixes it allocates their text once. It reports false for everything
+// else, and for parts Parse refuses: then Parse of the parts as strings
+// gives the binding, or the error. The Label of the binding is left empty
+// for the caller to set to a string equal to label.
+func ParseBytes(label, protocol, prefix, ports []byte) (Binding, bool) {
+	var b Binding
+	if len(label) == 0 || len(label) > MaxLabelLen {
+		return b, false
+	}
+	for _, c := range label {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '@') {
+			return b, false
+		}
+	}
+	switch string(protocol) {
+	case "tcp":
+		b.Protocol = TCP
+	case "udp":
+		b.Protocol = UDP
+	default:
+		return b, false
+	}
+	var ok bool
+	if b.Prefix, ok = parseIPv4Prefix(prefix); !ok {
+		var err error
+		if b.Prefix, err = ParsePrefix(string(prefix)); err != nil {
+			return b, false
+		}
+	}
+	if b.Ports, ok = parsePortsBytes(ports); !ok {
+		return b, false
+	}
+	return b, true
+}
+
+// parsePortsBytes is ParsePorts of what it accepts.
+func parsePortsBytes(s []byte) (Ports, bool) {
+	if string(s) == "*" {
+		return AnyPort, true
+	}
+	lo, hi, isRange := bytes.Cut(s, []byte("-"))
+	a, ok := parsePortBytes(lo)
+	if !ok {
+		return Ports{}, false
+	}
+	if !isRange {
+		return Ports{a, a}, true
+	}
+	b, ok := parsePortBytes(hi)
+	if !ok || a > b {
+		return Ports{}, false
+	}
+	if a == 1 && b == 65535 {
+		return AnyPort, true
+	}
+	return Ports{a, b}, true
+}
+
+// parsePortBytes is parsePort of what it accepts.
+func parsePortBytes(s []byte) (uint16, bool) {
+	if len(s) == 0 || len(s) > 5 || !allDigits(s) {
+		return 0, false
+	}
+	n := 0
+	for _, c := range s {
+		n = n*10 + int(c-'0')
+	}
+	if n < 1 || n > 65535 {
+		return 0, false
+	}
+	return uint16(n), true
 }
 
 // Validate checks a binding built in code or decoded from the wire.

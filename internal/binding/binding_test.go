@@ -298,6 +298,14 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("ParsePrefix(%q) = %v, %v; without its fast path %v, %v", prefix, fast, ferr, slow, serr)
 		}
 		b, err := Parse(label, proto, prefix, ports)
+		if fb, ok := ParseBytes([]byte(label), []byte(proto), []byte(prefix), []byte(ports)); ok {
+			fb.Label = label
+			if err != nil || fb != b {
+				t.Fatalf("ParseBytes(%q, %q, %q, %q) = %v; Parse: %v, %v", label, proto, prefix, ports, fb, b, err)
+			}
+		} else if err == nil {
+			t.Fatalf("ParseBytes(%q, %q, %q, %q) refuses what Parse reads as %v", label, proto, prefix, ports, b)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Parse(%q, %q, %q, %q): %v does not wrap ErrInvalid", label, proto, prefix, ports, err)

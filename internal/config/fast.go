@@ -3,7 +3,6 @@ package config
 import (
 	"bytes"
 	"encoding/binary"
-	"strings"
 	"sync"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -221,11 +220,12 @@ func opensEntry(l []byte, indent int) bool {
 
 // scanPart scans the entries of one part of the bindings section: the
 // lines of data from pos, the first of them line+1, to the end of data or
-// to the first top-level key (end; -1 if none). It parses each entry with
-// binding.Parse as it finds it, from a copy of its text as a string, whose
-// parts it hands to binding.Parse as they are; the labels of the bindings
-// are copies of their own (one for each distinct label, for the first
-// maxInterned), so that the bindings keep none of the text.
+// to the first top-level key (end; -1 if none). It parses each entry as it
+// finds it, with binding.ParseBytes from the text as it is, or
+// binding.Parse of the parts as strings where ParseBytes cannot (with its
+// error); the labels of the bindings are copies of their own (one for
+// each distinct label, for the first maxInterned), so that the bindings
+// keep none of the text.
 type scanPart struct {
 	data   []byte
 	pos    int
@@ -243,17 +243,39 @@ type scanPart struct {
 // maxInterned is how many distinct labels a part keeps one copy of.
 const maxInterned = 1 << 12
 
-// span is where a value is in a part's text.
+// span is where a value is in data.
 type span struct{ from, to int }
 
 func (p *scanPart) scan() {
 	s := scanner{data: p.data, pos: p.pos, line: p.line}
-	text := string(p.data[p.pos:])
 	p.bs = make([]binding.Binding, 0, p.room)
 	p.lines = make([]int32, 0, p.room)
 	p.end = -1
 	labels := make(map[string]string)
 	var recent [1024]string
+	// intern returns a string equal to l that other bindings share.
+	intern := func(l []byte) string {
+		// A slot by hash before the map: a map lookup per entry took a
+		// tenth of the parse.
+		h := uint32(2166136261) // FNV-1a
+		for _, c := range l {
+			h = (h ^ uint32(c)) * 16777619
+		}
+		slot := &recent[h%uint32(len(recent))]
+		if *slot == string(l) {
+			return *slot
+		}
+		if x, ok := labels[string(l)]; ok {
+			*slot = x
+			return x
+		}
+		x := string(l)
+		if len(labels) < maxInterned {
+			labels[x] = x
+			*slot = x
+		}
+		return x
+	}
 	indent := p.indent
 	var item [4]span // label, protocol, prefix, ports
 	var itemLine int
@@ -267,28 +289,19 @@ func (p *scanPart) scan() {
 			return false
 		}
 		inItem = false
-		b, err := binding.Parse(text[item[0].from:item[0].to], text[item[1].from:item[1].to], text[item[2].from:item[2].to], text[item[3].from:item[3].to])
-		if err != nil {
-			p.bad = append(p.bad, badEntry{index: len(p.bs), line: itemLine, err: err})
-			b = binding.Binding{}
+		d := p.data
+		label := d[item[0].from:item[0].to]
+		b, ok := binding.ParseBytes(label, d[item[1].from:item[1].to], d[item[2].from:item[2].to], d[item[3].from:item[3].to])
+		if ok {
+			b.Label = intern(label)
 		} else {
-			// A slot by hash before the map: a map lookup per entry
-			// took a tenth of the parse.
-			h := uint32(2166136261) // FNV-1a
-			for i := 0; i < len(b.Label); i++ {
-				h = (h ^ uint32(b.Label[i])) * 16777619
-			}
-			slot := &recent[h%uint32(len(recent))]
-			if *slot == b.Label {
-				b.Label = *slot
-			} else if l, ok := labels[b.Label]; ok {
-				b.Label, *slot = l, l
+			var err error
+			b, err = binding.Parse(string(label), string(d[item[1].from:item[1].to]), string(d[item[2].from:item[2].to]), string(d[item[3].from:item[3].to]))
+			if err != nil {
+				p.bad = append(p.bad, badEntry{index: len(p.bs), line: itemLine, err: err})
+				b = binding.Binding{}
 			} else {
-				b.Label = strings.Clone(b.Label)
-				if len(labels) < maxInterned {
-					labels[b.Label] = b.Label
-					*slot = b.Label
-				}
+				b.Label = intern(label)
 			}
 		}
 		p.bs = append(p.bs, b)
@@ -317,7 +330,7 @@ func (p *scanPart) scan() {
 			p.end = lineStart
 			break
 		}
-		base := lineStart - p.pos // where l starts in text
+		base := lineStart // where l starts in data
 		switch {
 		case isItem && ind == indent:
 			if !finish() {
@@ -480,8 +493,7 @@ func fieldBit(key []byte) (uint8, int) {
 }
 
 // parseFlowItem parses "{key: value, ...}" with exactly the four binding
-// fields, followed by a trailer, into item; l starts at base in the part's
-// text.
+// fields, followed by a trailer, into item; l starts at base in data.
 func parseFlowItem(l []byte, base int, item *[4]span) bool {
 	i := 1 // past '{'
 	var have uint8
@@ -518,7 +530,7 @@ func parseFlowItem(l []byte, base int, item *[4]span) bool {
 }
 
 // parseBlockField parses "key: value" followed by a trailer into item; l
-// starts at base in the part's text.
+// starts at base in data.
 func parseBlockField(l []byte, base int, item *[4]span, have *uint8) bool {
 	i := 0
 	for i < len(l) && l[i] >= 'a' && l[i] <= 'z' {
