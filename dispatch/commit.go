@@ -387,7 +387,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	if c.State == commitSync {
 		// The other generation holds what an interrupted change or an
 		// older build left: make it whole first.
-		if c, err = d.syncRecord(c); err != nil {
+		if c, err = d.syncRecord(m, c); err != nil {
 			return nil, err
 		}
 	}
@@ -648,72 +648,6 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 	}
 	m.gen ^= 1
 	return nil
-}
-
-// rewrite makes both generations equal to m, deleting whatever else they
-// hold. It repairs state left by an interrupted change.
-func (d *Dispatcher) rewrite(m *model) error {
-	for i := range m.slots {
-		m.slots[i] = i == 0
-	}
-	var changes []groupChange
-	for gk, g := range m.groups {
-		g.slot = 0
-		if g.c.useTable() {
-			s, err := m.allocSlot()
-			if err != nil {
-				return err
-			}
-			g.slot = s
-		}
-		changes = append(changes, groupChange{key: gk, new: g})
-	}
-	allLists, allWords, allBuckets := allDerived()
-	// Nothing reads a generation while it is written. What it holds
-	// already is read once, so that only entries that differ from m are
-	// written or deleted: after an interrupted change that is the change.
-	prefixes, err := readAll[dispatchSyPrefixKey, dispatchSyPrefixVal](d.objs.SyPrefixes)
-	if err != nil {
-		return fmt.Errorf("read prefixes: %w", err)
-	}
-	ports, err := readAll[dispatchSyPortKey, uint32](d.objs.SyPorts)
-	if err != nil {
-		return fmt.Errorf("read ports: %w", err)
-	}
-	prune := func(gen uint32, w *genWriter) {
-		w.prefixKeys, w.prefixVals, w.prefixDel = pruneWrites(prefixes, w.prefixKeys, w.prefixVals,
-			func(k dispatchSyPrefixKey) bool { return uint32(k.Gen) == gen })
-		w.portKeys, w.portVals, w.portDel = pruneWrites(ports, w.portKeys, w.portVals,
-			func(k dispatchSyPortKey) bool { return uint32(k.Prefix.Gen) == gen })
-	}
-	if err := d.writeGenerations(m, changes, allLists, allWords, allBuckets, prune); err != nil {
-		return err
-	}
-	m.indexOK = true
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
-}
-
-// pruneWrites drops the puts of keys whose value is already in have, and
-// returns the keys of have that mine selects and the puts do not name, to
-// be deleted.
-func pruneWrites[K, V comparable](have map[K]V, keys []K, vals []V, mine func(K) bool) ([]K, []V, []K) {
-	want := make(map[K]struct{}, len(keys))
-	n := 0
-	for i, k := range keys {
-		want[k] = struct{}{}
-		if v, ok := have[k]; ok && v == vals[i] {
-			continue
-		}
-		keys[n], vals[n] = k, vals[i]
-		n++
-	}
-	var del []K
-	for k := range have {
-		if _, ok := want[k]; !ok && mine(k) {
-			del = append(del, k)
-		}
-	}
-	return keys[:n], vals[:n], del
 }
 
 // readAll reads a hash map whole, in batches.

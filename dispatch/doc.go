@@ -54,7 +54,10 @@
 // part of B. Recovery (dirty is set)
 // rewrites the data path from generation g, entry by entry where it
 // differs, the generation the program does not read first, so that the
-// program only ever reads A and the next change builds on A alone; it
+// program only ever reads A and the next change builds on A alone
+// (recover.go: each generation is read in batches and compared with the
+// set as it comes, and only if entries are missing are all the set's put
+// again, so that recovery holds a batch beside the set, not the maps); it
 // marks generation g^1 stale and logs that the old set is in force. A
 // crash from 3 on leaves generation g^1 whole and in force, holding B
 // (step 2 completed before 3 was written), and the data path anywhere
@@ -68,9 +71,10 @@
 // returns ErrUnfinished, so that its caller keeps what goes with B. Recovery
 // itself writes only the data path toward the generation in force and
 // then the commit state, so a crash during it leaves what it found. A
-// stale generation of the record is made equal to the one in force (only
-// entries that differ are written) before the next change begins; until
-// then nothing reads it. A read-only
+// stale generation of the record is made equal to the one in force (in
+// the same way: entries that differ are written, and all of the set's if
+// some are missing) before the next change begins; until then nothing
+// reads it. A read-only
 // dispatcher reads the generation in force and writes nothing. State of a
 // build without generations has no sy_commit: sy_bindings is the record,
 // and the first writable Open adds the other maps and a sy_commit of

@@ -340,46 +340,6 @@ func (d *Dispatcher) writeRecord(gen uint32, rc *recordChange, point string) (se
 	return d.writeSettings(gen, rc.settings)
 }
 
-// syncRecord makes the generation not in force equal to the one in force,
-// and marks the record idle. It finishes or undoes an interrupted change
-// (see doc.go).
-func (d *Dispatcher) syncRecord(c commitVal) (commitVal, error) {
-	from, to := d.bindingsOf(c.Gen), d.bindingsOf(c.Gen^1)
-	want, err := readBindingRecord(from)
-	if err != nil {
-		return c, err
-	}
-	have, err := readBindingRecord(to)
-	if err != nil {
-		return c, err
-	}
-	var rc recordChange
-	for k, v := range have {
-		if w, ok := want[k]; !ok || w != v {
-			rc.delKeys = append(rc.delKeys, k)
-		}
-	}
-	for k, v := range want {
-		if h, ok := have[k]; !ok || h != v {
-			rc.putKeys = append(rc.putKeys, k)
-			rc.putVals = append(rc.putVals, v)
-		}
-	}
-	blob, ok, err := d.readSettings(c, c.Gen)
-	if err != nil {
-		return c, err
-	}
-	if ok {
-		rc.settings = blob
-	}
-	if _, err := d.writeRecord(c.Gen^1, &rc, "sync"); err != nil {
-		return c, err
-	}
-	c.Settings[c.Gen^1] = c.Settings[c.Gen]
-	c.State = commitIdle
-	return c, d.writeCommit(c)
-}
-
 // readBindingRecord reads one generation's binding record whole.
 func readBindingRecord(m *ebpf.Map) (map[dispatchSyBindingKey]uint32, error) {
 	out, err := readAll[dispatchSyBindingKey, uint32](m)
