@@ -3,6 +3,7 @@ package dispatch
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -10,12 +11,14 @@ import (
 )
 
 // BenchmarkRecover measures the time to open state whose change of 100,000
-// bindings (to another 100,000) was interrupted, as a restarted daemon
+// bindings (SY_BENCH_RECOVER sets another number) to another as many was
+// interrupted, as a restarted daemon
 // does before it reports ready: stopped before the commit point (the old
 // set is recovered) or just after it (the new set is recovered, and the
 // whole data path is still to be written). "clean" opens the same state
 // after a change that finished, for the floor: loading the program and
-// reading the record.
+// reading the record. MiB-alloc/recovery is what the open allocated, the
+// most the recovery can add to a process's peak.
 func BenchmarkRecover(b *testing.B) {
 	for _, c := range []struct{ name, point string }{
 		{"clean", ""},
@@ -26,7 +29,8 @@ func BenchmarkRecover(b *testing.B) {
 			e := newEnv(b)
 			// The second set gives every binding another label and moves
 			// the host prefixes.
-			sets := [2][]binding.Binding{fillerBindings(100000), fillerBindings(100000)}
+			n := envInt("SY_BENCH_RECOVER", 100000)
+			sets := [2][]binding.Binding{fillerBindings(n), fillerBindings(n)}
 			for i := range sets[1] {
 				b := &sets[1][i]
 				b.Label = fmt.Sprintf("g%d", i%200)
@@ -42,6 +46,7 @@ func BenchmarkRecover(b *testing.B) {
 			d := e.d
 			cur := 0
 			var total time.Duration
+			var alloc uint64
 			for b.Loop() {
 				b.StopTimer()
 				if c.point != "" {
@@ -54,18 +59,24 @@ func BenchmarkRecover(b *testing.B) {
 				if c.point == "flipped" {
 					cur ^= 1
 				}
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				before := ms.TotalAlloc
 				b.StartTimer()
 				start := time.Now()
 				d = e.open()
 				took := time.Since(start)
 				b.StopTimer()
 				total += took
+				runtime.ReadMemStats(&ms)
+				alloc += ms.TotalAlloc - before
 				if n, err := bindingCount(d); err != nil || n != len(sets[cur]) {
 					b.Fatalf("recovered %d bindings (%v), want %d", n, err, len(sets[cur]))
 				}
 				b.StartTimer()
 			}
 			b.ReportMetric(total.Seconds()/float64(b.N), "s/recovery")
+			b.ReportMetric(float64(alloc)/float64(b.N)/(1<<20), "MiB-alloc/recovery")
 		})
 	}
 }
