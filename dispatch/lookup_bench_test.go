@@ -97,6 +97,27 @@ var lookupShapes = []lookupShape{
 		peer:     true,
 	},
 	{
+		// Two prefix lengths in turns, /24 and /32, on one port, and
+		// binding 1 on the port that misses: the port's filter bit
+		// cannot end a port miss, and a lookup probes both lengths.
+		// The target (n/2) is a /24 at every N.
+		name: "mixed-port",
+		nth: func(i int) binding.Binding {
+			b := binding.Binding{Protocol: binding.TCP, Prefix: netip.PrefixFrom(v4Net(i, 24), 24), Ports: binding.Ports{Lo: 53, Hi: 53}}
+			if i%2 == 1 {
+				b.Prefix = netip.PrefixFrom(v4Host(i, 9), 32)
+			}
+			if i == 1 {
+				b.Ports = binding.Ports{Lo: 54, Hi: 54}
+			}
+			return b
+		},
+		hit:      func(i int) netip.AddrPort { return netip.AddrPortFrom(v4Host(i, 77), 53) },
+		portMiss: func(i int) netip.AddrPort { return netip.AddrPortFrom(v4Host(i, 77), 54) },
+		addrMiss: netip.MustParseAddrPort("198.51.100.7:53"),
+		peer:     true,
+	},
+	{
 		name: "v6net64-any",
 		nth: func(i int) binding.Binding {
 			return binding.Binding{Protocol: binding.TCP, Prefix: netip.PrefixFrom(v6Net(i), 64), Ports: binding.AnyPort}
