@@ -38,10 +38,10 @@ test-long: ## The in-kernel splice engine's integrity test, SPLICE_RUNS times (d
 # The fuzzer shrinks each input that finds new code before it goes on, and
 # pauses the count meanwhile: FUZZMINIMIZETIME caps that, as go test's 60s
 # default stalls parsers whose inputs cost a YAML parse or more per try.
-fuzz: ## Run each fuzz test for FUZZTIME (default 30s), shrinking inputs for FUZZMINIMIZETIME (default 2s).
+fuzz: ## Run each fuzz test for FUZZTIME (default 30s), shrinking inputs for FUZZMINIMIZETIME (default 1s).
 	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 		for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
-			echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} -fuzzminimizetime $${FUZZMINIMIZETIME:-2s} $$t || exit 1; \
+			echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} -fuzzminimizetime $${FUZZMINIMIZETIME:-1s} $$t || exit 1; \
 		done; \
 	done
 
