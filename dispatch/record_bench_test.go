@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/testenv"
 )
 
 // BenchmarkRecover measures the time to open state whose change of 100,000
@@ -30,7 +31,7 @@ func BenchmarkRecover(b *testing.B) {
 			// The second set gives every binding another label and moves
 			// the host prefixes.
 			n := envInt("SY_BENCH_RECOVER", 100000)
-			sets := [2][]binding.Binding{fillerBindings(n), fillerBindings(n)}
+			sets := [2][]binding.Binding{recoverBindings(n), recoverBindings(n)}
 			for i := range sets[1] {
 				b := &sets[1][i]
 				b.Label = fmt.Sprintf("g%d", i%200)
@@ -79,6 +80,19 @@ func BenchmarkRecover(b *testing.B) {
 			b.ReportMetric(float64(alloc)/float64(b.N)/(1<<20), "MiB-alloc/recovery")
 		})
 	}
+}
+
+// recoverBindings is fillerBindings(n), or past the 262,144 bindings it
+// holds without repeating, the scale test's bindings.
+func recoverBindings(n int) []binding.Binding {
+	if n <= 1<<18 {
+		return fillerBindings(n)
+	}
+	bs := make([]binding.Binding, n)
+	for i := range bs {
+		bs[i] = testenv.ScaleBinding(i, 0)
+	}
+	return bs
 }
 
 func bindingCount(d *Dispatcher) (int, error) {
