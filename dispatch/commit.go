@@ -86,19 +86,11 @@ func (w *genWriter) full() bool {
 		len(w.tableKeys) >= batchTables
 }
 
-// write writes changes to generation gen. With prune (see rewrite) it
-// collects every write first, as prune needs them all; otherwise it writes
-// in bounded batches, every deletion before any put, so that the
-// generation holds no more entries than flush allows.
-func (w *genWriter) write(d *Dispatcher, gen uint32, changes []groupChange, prune func(gen uint32, w *genWriter)) error {
+// write writes changes to generation gen in bounded batches, every
+// deletion before any put, so that the generation holds no more entries
+// than flush allows.
+func (w *genWriter) write(d *Dispatcher, gen uint32, changes []groupChange) error {
 	w.reset()
-	if prune != nil {
-		for _, c := range changes {
-			w.group(gen, c)
-		}
-		prune(gen, w)
-		return w.flush(d)
-	}
 	for _, part := range []func(gen uint32, c groupChange){w.deletions, w.puts} {
 		for _, c := range changes {
 			part(gen, c)
@@ -115,12 +107,6 @@ func (w *genWriter) write(d *Dispatcher, gen uint32, changes []groupChange, prun
 		w.reset()
 	}
 	return nil
-}
-
-// group adds the writes of one change.
-func (w *genWriter) group(gen uint32, c groupChange) {
-	w.deletions(gen, c)
-	w.puts(gen, c)
 }
 
 // deletions adds the deletions of one change.
@@ -541,7 +527,6 @@ type dataChange struct {
 	words   []uint32
 	buckets []uint32
 	bvals   []dispatchSyIxBucket
-	prune   func(gen uint32, w *genWriter)
 	w       genWriter // serves both generations
 }
 
@@ -558,10 +543,9 @@ func touched(m *model, changes []groupChange) (lists []int, words, buckets []uin
 }
 
 // newDataChange prepares the writes of changes and of lists, words and
-// buckets; m must be the model after the change. With prune, each
-// generation's writes are first edited by it.
-func newDataChange(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) *dataChange {
-	dc := &dataChange{changes: changes, lists: lists, words: words, buckets: buckets, prune: prune}
+// buckets; m must be the model after the change.
+func newDataChange(m *model, changes []groupChange, lists []int, words, buckets []uint32) *dataChange {
+	dc := &dataChange{changes: changes, lists: lists, words: words, buckets: buckets}
 	dc.bucketValues(m)
 	return dc
 }
@@ -608,7 +592,7 @@ func (d *Dispatcher) writeDataGen(m *model, dc *dataChange, gen uint32) error {
 // writeDataGroups writes the groups of dc to the data path's generation
 // gen; they read only dc.
 func (d *Dispatcher) writeDataGroups(dc *dataChange, gen uint32) error {
-	if err := dc.w.write(d, gen, dc.changes, dc.prune); err != nil {
+	if err := dc.w.write(d, gen, dc.changes); err != nil {
 		return err
 	}
 	return d.crashPoint("data-groups")
@@ -629,10 +613,9 @@ func (d *Dispatcher) flipData(m *model) error {
 }
 
 // writeGenerations writes changes to the inactive generation, switches to
-// it, waits until no program reads the other, and writes that one too. With
-// prune, each generation's writes are first edited by it.
-func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words, buckets []uint32, prune func(gen uint32, w *genWriter)) error {
-	dc := newDataChange(m, changes, lists, words, buckets, prune)
+// it, waits until no program reads the other, and writes that one too.
+func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words, buckets []uint32) error {
+	dc := newDataChange(m, changes, lists, words, buckets)
 	if err := d.writeDataGen(m, dc, m.gen^1); err != nil {
 		return err
 	}

@@ -352,7 +352,7 @@ func (d *Dispatcher) buildIndex(m *model) error {
 		return d.rewrite(m) // not reached: refresh recovers such state first
 	}
 	lists, words, buckets := allDerived()
-	if err := d.writeGenerations(m, nil, lists, words, buckets, nil); err != nil {
+	if err := d.writeGenerations(m, nil, lists, words, buckets); err != nil {
 		return err
 	}
 	m.indexOK = true

@@ -340,15 +340,6 @@ func (d *Dispatcher) writeRecord(gen uint32, rc *recordChange, point string) (se
 	return d.writeSettings(gen, rc.settings)
 }
 
-// readBindingRecord reads one generation's binding record whole.
-func readBindingRecord(m *ebpf.Map) (map[dispatchSyBindingKey]uint32, error) {
-	out, err := readAll[dispatchSyBindingKey, uint32](m)
-	if err != nil {
-		return nil, fmt.Errorf("read bindings: %w", err)
-	}
-	return out, nil
-}
-
 // eachBinding calls fn for each entry of a binding record, reading in
 // batches.
 func eachBinding(m *ebpf.Map, fn func(k *dispatchSyBindingKey, id uint32) error) error {

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
+	"github.com/cilium/ebpf"
 	"net/netip"
 	"slices"
 	"testing"
@@ -239,4 +240,13 @@ func FuzzBindingRecordKey(f *testing.F) {
 			t.Fatalf("key %+v read as %s, which is written as %+v", mk, key, bindingMapKey(key))
 		}
 	})
+}
+
+// readBindingRecord reads one generation's binding record whole.
+func readBindingRecord(m *ebpf.Map) (map[dispatchSyBindingKey]uint32, error) {
+	out, err := readAll[dispatchSyBindingKey, uint32](m)
+	if err != nil {
+		return nil, fmt.Errorf("read bindings: %w", err)
+	}
+	return out, nil
 }
