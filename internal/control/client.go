@@ -154,8 +154,11 @@ func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
 		// A peer that refuses a request while it arrives (one over the
 		// limit it sets) says why before it hangs up: that reply is the
 		// answer, not the broken connection.
+		// Its reply is queued before it hangs up, so before the send
+		// fails: a peer that only stops reading, and sent nothing, is
+		// not waited for.
 		var le localError
-		if errors.As(err, &le) || !(errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)) {
+		if errors.As(err, &le) || !(errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)) || !c.conn.queued() {
 			return nil, err
 		}
 		rep, rerr := c.conn.ReadReply()
@@ -177,6 +180,24 @@ func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
 		return nil, invalidf("control message: reply speaks version %d to a version %d request", rep.Version, req.Version)
 	}
 	return rep, nil
+}
+
+// queued reports whether a datagram, or the end of the connection, waits
+// to be read, without waiting for either. A peer that hung up with data
+// unread leaves ECONNRESET to be reported once, before what is queued
+// (net/unix/af_unix.c, unix_release_sock; net/core/datagram.c,
+// __skb_try_recv_datagram): then it looks again.
+func (c *Conn) queued() bool {
+	var perr error = unix.ECONNRESET
+	for try := 0; try < 2 && perr == unix.ECONNRESET; try++ {
+		if err := c.rc.Control(func(fd uintptr) {
+			var peek [1]byte
+			_, _, perr = unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		}); err != nil {
+			return false
+		}
+	}
+	return perr == nil
 }
 
 // localError marks a request refused before anything was sent.
