@@ -136,12 +136,11 @@ func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 	// force, unfinished, and the next operation finishes it.
 	d.rest = nil
 	go func() {
-		err := rest()
-		unlock()
-		d.mu.Unlock()
-		if err != nil {
+		if err := rest(); err != nil {
 			d.log.Error("a change in force was not finished; the next operation finishes it", "err", err)
 		}
+		unlock()
+		d.mu.Unlock()
 		// The change's garbage (batches of a million writes) outlived
 		// the caller's own collection: hand it back now that it is
 		// done, rather than keep it resident until the next change.
