@@ -137,6 +137,7 @@ func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 	d.rest = nil
 	go func() {
 		if err := rest(); err != nil {
+			d.unfinished.Add(1)
 			d.log.Error("a change in force was not finished; the next operation finishes it", "err", err)
 		}
 		unlock()

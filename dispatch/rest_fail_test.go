@@ -37,6 +37,9 @@ func TestNextOperationFinishesFailedRest(t *testing.T) {
 	if !failed {
 		t.Fatal("the rest did not reach record-old")
 	}
+	if n := e.d.Unfinished(); n != 1 {
+		t.Errorf("Unfinished() = %d after one failed rest, want 1", n)
+	}
 	want := append(slices.Clone(bs), extra)
 	binding.Sort(want)
 	if got, err := e.d.Bindings(); err != nil || !slices.Equal(got, want) {

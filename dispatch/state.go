@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -74,7 +75,15 @@ type Dispatcher struct {
 	// rest is what a change that returned at its commit point left to
 	// do (see exclusive); set and taken under mu.
 	rest func() error
+	// unfinished counts rests that failed (see Unfinished).
+	unfinished atomic.Uint64
 }
+
+// Unfinished returns how many changes of this Dispatcher returned at their
+// commit point, in force, and then failed to write their old generations;
+// each was left to the next operation to finish (see exclusive). Their
+// callers were told of success: this is where a failure shows.
+func (d *Dispatcher) Unfinished() uint64 { return d.unfinished.Load() }
 
 // progHash identifies the program this build carries. The compatibility
 // check relies on it, never on kernel program tags, whose definition changed.

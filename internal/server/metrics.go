@@ -39,6 +39,8 @@ var (
 		"Replies withheld because a user other than root had too many reply bytes unread.", nil, nil)
 	descAcceptErrors = prometheus.NewDesc("switchyard_control_accept_errors_total",
 		"Failed accepts of control connections (out of file descriptors, ...); the daemon went on serving.", nil, nil)
+	descUnfinished = prometheus.NewDesc("switchyard_changes_unfinished_total",
+		"Large changes that were in force and acknowledged, but whose writes after the commit point failed; the next change finished them.", nil, nil)
 	descScrapeErr = prometheus.NewDesc("switchyard_scrape_errors_total",
 		"Times reading the dispatch state for metrics failed.", nil, nil)
 	descPolicyBytes = prometheus.NewDesc("switchyard_policy_bytes_total",
@@ -68,7 +70,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
-		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr,
+		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr, descUnfinished,
 		descRefusedConns, descRefusedReplies, descAcceptErrors,
 		descPolicyBytes, descPolicyConns, descBusyPoll, descInfo,
 		descReloadOK, descReloadAt, descReloads, descReloadFail, descConfigInfo} {
@@ -86,6 +88,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(s.Stats.RefusedConnections.Load()))
 	ch <- prometheus.MustNewConstMetric(descRefusedReplies, prometheus.CounterValue, float64(s.Stats.RefusedReplies.Load()))
 	ch <- prometheus.MustNewConstMetric(descAcceptErrors, prometheus.CounterValue, float64(s.Stats.AcceptErrors.Load()))
+	ch <- prometheus.MustNewConstMetric(descUnfinished, prometheus.CounterValue, float64(s.d.Unfinished()))
 	defer func() {
 		ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.CounterValue, float64(c.scrapeErrs.Load()))
 	}()
