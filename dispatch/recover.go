@@ -24,6 +24,44 @@ import (
 // recoverBatch is how many entries recovery reads, or writes, at once.
 const recoverBatch = batchEntries
 
+// mapBatch collects deletions and puts of one hash map and writes them,
+// the deletions first, whenever recoverBatch of them are waiting and at
+// flush.
+type mapBatch[K, V any] struct {
+	m    *ebpf.Map
+	del  []K
+	keys []K
+	vals []V
+}
+
+func (b *mapBatch[K, V]) delete(k K) error {
+	b.del = append(b.del, k)
+	return b.full()
+}
+
+func (b *mapBatch[K, V]) put(k K, v V) error {
+	b.keys, b.vals = append(b.keys, k), append(b.vals, v)
+	return b.full()
+}
+
+func (b *mapBatch[K, V]) full() error {
+	if len(b.del)+len(b.keys) < recoverBatch {
+		return nil
+	}
+	return b.flush()
+}
+
+func (b *mapBatch[K, V]) flush() error {
+	if err := batchDelete(b.m, b.del); err != nil {
+		return err
+	}
+	if err := batchPut(b.m, b.keys, b.vals); err != nil {
+		return err
+	}
+	b.del, b.keys, b.vals = b.del[:0], b.keys[:0], b.vals[:0]
+	return nil
+}
+
 // rewrite makes both generations of the data path equal to m, deleting
 // whatever else they hold: first the one the program does not read, then,
 // once the program reads that one and no longer the other, the other. It
@@ -93,19 +131,7 @@ func (d *Dispatcher) rewriteGen(m *model, gen uint32) error {
 // rewritePrefixes makes generation gen of sy_prefixes equal to m.
 func (d *Dispatcher) rewritePrefixes(m *model, gen uint32) error {
 	var match int
-	var del []dispatchSyPrefixKey
-	var putKeys []dispatchSyPrefixKey
-	var putVals []dispatchSyPrefixVal
-	flush := func() error {
-		if err := batchDelete(d.objs.SyPrefixes, del); err != nil {
-			return err
-		}
-		if err := batchPut(d.objs.SyPrefixes, putKeys, putVals); err != nil {
-			return err
-		}
-		del, putKeys, putVals = del[:0], putKeys[:0], putVals[:0]
-		return nil
-	}
+	b := mapBatch[dispatchSyPrefixKey, dispatchSyPrefixVal]{m: d.objs.SyPrefixes}
 	// An entry deleted or put while the map is read is in a bucket the
 	// read has passed (a put here replaces an entry, in its bucket), so
 	// the read neither misses nor repeats an entry for it.
@@ -117,20 +143,16 @@ func (d *Dispatcher) rewritePrefixes(m *model, gen uint32) error {
 		g := m.groups[gk]
 		switch {
 		case g == nil || gk.mapKey(gen) != *k:
-			del = append(del, *k)
+			return b.delete(*k)
 		case g.val(gen) != *v:
-			putKeys, putVals = append(putKeys, *k), append(putVals, g.val(gen))
 			match++
-		default:
-			match++
+			return b.put(*k, g.val(gen))
 		}
-		if len(del)+len(putKeys) >= recoverBatch {
-			return flush()
-		}
+		match++
 		return nil
 	})
 	if err == nil {
-		err = flush()
+		err = b.flush()
 	}
 	if err != nil || match == len(m.groups) {
 		return err
@@ -139,14 +161,11 @@ func (d *Dispatcher) rewritePrefixes(m *model, gen uint32) error {
 	// key that is not m's is gone, so the generation holds no more
 	// entries than m has.
 	for gk, g := range m.groups {
-		putKeys, putVals = append(putKeys, gk.mapKey(gen)), append(putVals, g.val(gen))
-		if len(putKeys) >= recoverBatch {
-			if err := flush(); err != nil {
-				return err
-			}
+		if err := b.put(gk.mapKey(gen), g.val(gen)); err != nil {
+			return err
 		}
 	}
-	return flush()
+	return b.flush()
 }
 
 // rewritePorts makes generation gen of sy_ports equal to m.
@@ -156,19 +175,7 @@ func (d *Dispatcher) rewritePorts(m *model, gen uint32) error {
 		want += len(g.c.ports)
 	}
 	var match int
-	var del []dispatchSyPortKey
-	var putKeys []dispatchSyPortKey
-	var putVals []uint32
-	flush := func() error {
-		if err := batchDelete(d.objs.SyPorts, del); err != nil {
-			return err
-		}
-		if err := batchPut(d.objs.SyPorts, putKeys, putVals); err != nil {
-			return err
-		}
-		del, putKeys, putVals = del[:0], putKeys[:0], putVals[:0]
-		return nil
-	}
+	b := mapBatch[dispatchSyPortKey, uint32]{m: d.objs.SyPorts}
 	err := eachEntry(d.objs.SyPorts, func(k *dispatchSyPortKey, v *uint32) error {
 		if uint32(k.Prefix.Gen) != gen {
 			return nil
@@ -181,20 +188,16 @@ func (d *Dispatcher) rewritePorts(m *model, gen uint32) error {
 		}
 		switch {
 		case !ok:
-			del = append(del, *k)
+			return b.delete(*k)
 		case l != *v:
-			putKeys, putVals = append(putKeys, *k), append(putVals, l)
 			match++
-		default:
-			match++
+			return b.put(*k, l)
 		}
-		if len(del)+len(putKeys) >= recoverBatch {
-			return flush()
-		}
+		match++
 		return nil
 	})
 	if err == nil {
-		err = flush()
+		err = b.flush()
 	}
 	if err != nil || match == want {
 		return err
@@ -205,15 +208,12 @@ func (d *Dispatcher) rewritePorts(m *model, gen uint32) error {
 		}
 		mk := gk.mapKey(gen)
 		for p, l := range g.c.ports {
-			putKeys, putVals = append(putKeys, dispatchSyPortKey{Prefix: mk, Port: p}), append(putVals, l)
-			if len(putKeys) >= recoverBatch {
-				if err := flush(); err != nil {
-					return err
-				}
+			if err := b.put(dispatchSyPortKey{Prefix: mk, Port: p}, l); err != nil {
+				return err
 			}
 		}
 	}
-	return flush()
+	return b.flush()
 }
 
 // rewriteTables writes the port table of each group of m that has one to
@@ -315,18 +315,7 @@ func eachEntry[K, V any](m *ebpf.Map, fn func(k *K, v *V) error) error {
 func (d *Dispatcher) syncRecord(m *model, c commitVal) (commitVal, error) {
 	to := d.bindingsOf(c.Gen ^ 1)
 	var match int
-	var del, putKeys []dispatchSyBindingKey
-	var putVals []uint32
-	flush := func() error {
-		if err := batchDelete(to, del); err != nil {
-			return fmt.Errorf("record bindings: %w", err)
-		}
-		if err := batchPut(to, putKeys, putVals); err != nil {
-			return fmt.Errorf("record bindings: %w", err)
-		}
-		del, putKeys, putVals = del[:0], putKeys[:0], putVals[:0]
-		return nil
-	}
+	b := mapBatch[dispatchSyBindingKey, uint32]{m: to}
 	err := eachEntry(to, func(k *dispatchSyBindingKey, v *uint32) error {
 		gk := groupKeyOf(&dispatchSyPrefixKey{Proto: k.Proto, Family: k.Family, Plen: k.Plen, Addr: k.Addr})
 		p := binding.Ports{Lo: k.Lo, Hi: k.Hi}
@@ -338,23 +327,19 @@ func (d *Dispatcher) syncRecord(m *model, c commitVal) (commitVal, error) {
 		}
 		switch {
 		case !ok:
-			del = append(del, *k)
+			return b.delete(*k)
 		case id != *v:
-			putKeys, putVals = append(putKeys, *k), append(putVals, id)
 			match++
-		default:
-			match++
+			return b.put(*k, id)
 		}
-		if len(del)+len(putKeys) >= recoverBatch {
-			return flush()
-		}
+		match++
 		return nil
 	})
 	if err == nil {
-		err = flush()
+		err = b.flush()
 	}
 	if err != nil {
-		return c, err
+		return c, fmt.Errorf("record bindings: %w", err)
 	}
 	if err := d.crashPoint("sync-deleted"); err != nil {
 		return c, err
@@ -362,16 +347,13 @@ func (d *Dispatcher) syncRecord(m *model, c commitVal) (commitVal, error) {
 	if match != m.count {
 		for gk, g := range m.groups {
 			for _, pl := range g.ports {
-				putKeys, putVals = append(putKeys, gk.bindingKey(pl.ports)), append(putVals, m.labels[pl.label])
-				if len(putKeys) >= recoverBatch {
-					if err := flush(); err != nil {
-						return c, err
-					}
+				if err := b.put(gk.bindingKey(pl.ports), m.labels[pl.label]); err != nil {
+					return c, fmt.Errorf("record bindings: %w", err)
 				}
 			}
 		}
-		if err := flush(); err != nil {
-			return c, err
+		if err := b.flush(); err != nil {
+			return c, fmt.Errorf("record bindings: %w", err)
 		}
 	}
 	blob, ok, err := d.readSettings(c, c.Gen)

@@ -30,24 +30,10 @@ func TestLargeChangeReturnsAtCommitPoint(t *testing.T) {
 		binding.Sort(bs)
 		return bs
 	}
-	// state reads the commit state and the data path's dirty mark as a
-	// restarted process would find them, without repairing anything.
 	state := func() (commitVal, uint32) {
 		t.Helper()
-		ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ro.Close()
-		c, err := ro.readCommit()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cfg dispatchSyCfg
-		if err := ro.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
-			t.Fatal(err)
-		}
-		return c, cfg.Dirty
+		c, dirty, _ := e.onDisk()
+		return c, dirty
 	}
 
 	d := e.d
@@ -99,4 +85,27 @@ func TestLargeChangeReturnsAtCommitPoint(t *testing.T) {
 	if c, dirty := state(); c.State != commitIdle || dirty != 0 {
 		t.Fatalf("after the change that followed the recovery the state is %d, dirty %d; want idle and clean", c.State, dirty)
 	}
+}
+
+// onDisk reads the commit state, the data path's dirty mark and the
+// bindings as a restarted process would find them, with a read-only
+// dispatcher, which repairs nothing.
+func (e *env) onDisk() (c commitVal, dirty uint32, bs []binding.Binding) {
+	e.t.Helper()
+	ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer ro.Close()
+	if c, err = ro.readCommit(); err != nil {
+		e.t.Fatal(err)
+	}
+	var cfg dispatchSyCfg
+	if err := ro.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		e.t.Fatal(err)
+	}
+	if bs, err = ro.Bindings(); err != nil {
+		e.t.Fatal(err)
+	}
+	return c, cfg.Dirty, bs
 }
