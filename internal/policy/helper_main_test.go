@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -172,6 +173,14 @@ func clientMain(addr string, seed, n uint64) int {
 		left -= k
 		if pace > 0 {
 			time.Sleep(pace)
+		}
+	}
+	if os.Getenv("SY_CLIENT_HOLD") != "" {
+		// Everything is sent; the connection stays open until the
+		// test writes a line.
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fmt.Printf("error waiting to close: %v\n", err)
+			return 1
 		}
 	}
 	mustf(unix.Shutdown(fd, unix.SHUT_WR), "shutdown")

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -106,9 +107,11 @@ func TestBypassStateGoesAfterItsConnections(t *testing.T) {
 	e := newEnv(t, Options{TrustReaders: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	e.bypassServer("read", nil)
 	e.expectPins("one bypass label", bypassPins)
-	// Paced to last a few retireBypassEvery ticks (about 3 s).
+	// Paced to last a few retireBypassEvery ticks (about 3 s), and held
+	// open after that until both retirements began: loading bypass
+	// again may take seconds on a busy machine.
 	const n = 32 << 20
-	h := e.startEnv(e.srv, true, []string{"SY_CLIENT_PACE=40ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", srvAddr+":8080", "11", fmt.Sprint(n))
+	h := e.startEnv(e.srv, true, []string{"SY_CLIENT_PACE=40ms", "SY_CLIENT_SAY_CONNECTED=1", "SY_CLIENT_HOLD=1"}, "client", srvAddr+":8080", "11", fmt.Sprint(n))
 	if got := h.line(t); got != "connected" {
 		t.Fatalf("client: %q", got)
 	}
@@ -125,6 +128,9 @@ func TestBypassStateGoesAfterItsConnections(t *testing.T) {
 	}
 	e.expectPins("bypass on again", bypassPins)
 	if err := e.m.SetBypass("svc", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(h.in, "close\n"); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := h.line(t), fmt.Sprintf("ok %d %s", n, streamHash(11, n)); got != want {
