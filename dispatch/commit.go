@@ -612,11 +612,18 @@ func (d *Dispatcher) flipData(m *model) error {
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next })
 }
 
-// writeGenerations writes changes to the inactive generation, switches to
-// it, waits until no program reads the other, and writes that one too.
+// writeGenerations writes changes to both generations of the data path
+// (see eachGeneration).
 func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []int, words, buckets []uint32) error {
 	dc := newDataChange(m, changes, lists, words, buckets)
-	if err := d.writeDataGen(m, dc, m.gen^1); err != nil {
+	return d.eachGeneration(m, func(gen uint32) error { return d.writeDataGen(m, dc, gen) })
+}
+
+// eachGeneration runs write on the data generation no program reads,
+// switches the program to it, waits until no program reads the other, runs
+// write on that one too, and then names the first in m.
+func (d *Dispatcher) eachGeneration(m *model, write func(gen uint32) error) error {
+	if err := write(m.gen ^ 1); err != nil {
 		return err
 	}
 	if err := d.flipData(m); err != nil {
@@ -626,7 +633,7 @@ func (d *Dispatcher) writeGenerations(m *model, changes []groupChange, lists []i
 		return err
 	}
 	d.waitReaders()
-	if err := d.writeDataGen(m, dc, m.gen); err != nil {
+	if err := write(m.gen); err != nil {
 		return err
 	}
 	m.gen ^= 1

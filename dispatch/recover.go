@@ -82,21 +82,9 @@ func (d *Dispatcher) rewrite(m *model) error {
 			g.slot = s
 		}
 	}
-	next := m.gen ^ 1
-	if err := d.rewriteGen(m, next); err != nil {
+	if err := d.eachGeneration(m, func(gen uint32) error { return d.rewriteGen(m, gen) }); err != nil {
 		return err
 	}
-	if err := d.flipData(m); err != nil {
-		return err
-	}
-	if err := d.crashPoint("data-next"); err != nil {
-		return err
-	}
-	d.waitReaders()
-	if err := d.rewriteGen(m, m.gen); err != nil {
-		return err
-	}
-	m.gen = next
 	m.indexOK = true
 	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
 }
