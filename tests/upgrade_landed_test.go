@@ -18,7 +18,7 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "3d0ec44f756628c937c0ed1f3d80f9bd18bb43d2"
+const landedMain = "6d785cfb4ee0a91aa490c2439a4a15ba43a130bb"
 
 // unpackedApplyMain is the last landed commit whose daemon reads only the
 // version-1 (JSON) Apply: the CLI's fallback to it is tested against it.
