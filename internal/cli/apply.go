@@ -23,12 +23,12 @@ func mayBeOlderDaemon(err error) bool {
 }
 
 // apply sends cfg to the daemon on *c with Apply. A daemon of an older
-// release (the CLI was upgraded first) refuses the packed request, or hangs
-// up on its first datagram if it is large: then apply asks on a new
+// release (the CLI was upgraded first) refuses the request's version, or
+// hangs up on its first datagram if it is large: then apply asks on a new
 // connection, which replaces *c (the old one closed), which versions it
-// speaks and, if it does not speak the packed one, sends the form every
-// daemon reads. Every command that sends Apply (apply, export) goes
-// through here.
+// speaks and, if it does not speak control.ApplyVersion, sends the newest
+// form of Apply it reads (packed, or the JSON every daemon reads). Every
+// command that sends Apply (apply, export) goes through here.
 func (inv *invocation) apply(c **control.Client, cfg control.Config, dryRun bool) (*control.ApplyResponse, error) {
 	res, err := (*c).Apply(inv.ctx, cfg, dryRun)
 	if err == nil || !mayBeOlderDaemon(err) {
@@ -41,8 +41,11 @@ func (inv *invocation) apply(c **control.Client, cfg control.Config, dryRun bool
 	}
 	*c = nc
 	v, verr := nc.Version(inv.ctx)
-	if verr != nil || slices.Contains(v.Protocols, control.PackedVersion) {
+	if verr != nil || slices.Contains(v.Protocols, control.ApplyVersion) {
 		return nil, err
+	}
+	if slices.Contains(v.Protocols, control.PackedVersion) {
+		return nc.ApplyIn(inv.ctx, control.PackedVersion, cfg, dryRun)
 	}
 	return nc.ApplyIn(inv.ctx, control.ProtocolVersion, cfg, dryRun)
 }

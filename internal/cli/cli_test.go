@@ -432,7 +432,7 @@ func TestVersion(t *testing.T) {
 	t.Parallel()
 	d := newFakeDaemon(t, nil)
 	r := runMain(t, nil, "--control", d.path, "version")
-	if want := "switchyard " + Version + " (control protocol 1, 2)\nswitchyardd 9.9.9 (control protocol 1)\n"; r.code != 0 || r.stdout != want {
+	if want := "switchyard " + Version + " (control protocol 1, 2, 3)\nswitchyardd 9.9.9 (control protocol 1)\n"; r.code != 0 || r.stdout != want {
 		t.Errorf("got\n%s\nwant stdout %q", r, want)
 	}
 	wantOK(t, runMain(t, nil, "--control", d.path, "--version"), "switchyardd 9.9.9")
@@ -452,7 +452,7 @@ func TestVersion(t *testing.T) {
 	// No daemon: still a success, saying why.
 	missing := filepath.Join(t.TempDir(), "control.sock")
 	r = runMain(t, nil, "--control", missing, "version")
-	wantOK(t, r, "switchyard "+Version+" (control protocol 1, 2)\nswitchyardd: not reachable: switchyardd is not running on that control socket")
+	wantOK(t, r, "switchyard "+Version+" (control protocol 1, 2, 3)\nswitchyardd: not reachable: switchyardd is not running on that control socket")
 	r = runMain(t, nil, "--control", missing, "version", "-o", "json")
 	wantOK(t, r, `"daemon": null`, `"daemon_error": "switchyardd is not running on that control socket`)
 }

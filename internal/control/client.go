@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -317,13 +318,27 @@ func (c *Client) SetPolicy(ctx context.Context, label string, p settings.Policy)
 }
 
 // Apply makes the daemon's bindings and label settings equal to cfg, or with
-// dryRun only reports what that would change.
+// dryRun only reports what that would change. The bindings the reply adds
+// are in Diff.AddBindings whichever version the daemon answered in (see
+// Diff.AddRequest).
 func (c *Client) Apply(ctx context.Context, cfg Config, dryRun bool) (*ApplyResponse, error) {
-	return Call[ApplyResponse](ctx, c, &ApplyRequest{Config: cfg, DryRun: dryRun})
+	return c.ApplyIn(ctx, ApplyVersion, cfg, dryRun)
 }
 
 // ApplyIn is Apply in protocol version v; ProtocolVersion is the form a
-// daemon of a release before PackedVersion reads.
+// daemon of a release before PackedVersion reads, PackedVersion one
+// before AddRequestVersion.
 func (c *Client) ApplyIn(ctx context.Context, v uint16, cfg Config, dryRun bool) (*ApplyResponse, error) {
-	return callIn[ApplyResponse](ctx, c, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil)
+	res, err := callIn[ApplyResponse](ctx, c, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if res.Diff.AddRequest {
+		if len(cfg.Bindings) > 0 {
+			res.Diff.AddBindings = slices.Clone(cfg.Bindings)
+			binding.Sort(res.Diff.AddBindings)
+		}
+		res.Diff.AddRequest = false
+	}
+	return res, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,48 @@ func TestClientContext(t *testing.T) {
 	}
 	if err := c.Ping(t.Context()); !errors.Is(err, control.ErrBroken) {
 		t.Fatalf("ping after timeout: %v, want control.ErrBroken", err)
+	}
+}
+
+// TestClientAddRequest: when the daemon says it added every binding of the
+// request, Apply gives them in AddBindings, sorted as a daemon lists them,
+// in each version, and leaves the caller's list as it was.
+func TestClientAddRequest(t *testing.T) {
+	control.CheckNoLeak(t)
+	bs := control.ManyBindings(20_000)
+	sorted := slices.Clone(bs)
+	binding.Sort(sorted)
+	if slices.Equal(sorted, bs) {
+		t.Fatal("the request's bindings are sorted already")
+	}
+	removed := control.MustBinding(t, "old", "udp", "198.51.100.0/24", "*")
+	path := controltest.New(t, func(c *control.Conn, req *control.Request, files []*os.File) *control.Reply {
+		r := req.Body.(*control.ApplyRequest)
+		add := slices.Clone(r.Config.Bindings)
+		binding.Sort(add)
+		res := &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{AddRequest: true}}
+		res.Diff.SetBindings(len(add), binding.List(add).All, 1, binding.List{removed}.All)
+		return control.NewReply(req, res)
+	}).Path
+	c, err := control.Dial(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, v := range []uint16{control.ProtocolVersion, control.PackedVersion, control.AddRequestVersion} {
+		res, err := c.ApplyIn(t.Context(), v, control.Config{Bindings: bs}, false)
+		if err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+		if d := res.Diff; d.AddRequest || !slices.Equal(d.AddBindings, sorted) || !slices.Equal(d.RemoveBindings, []binding.Binding{removed}) {
+			t.Errorf("version %d: AddRequest %v, %d added (sorted: %v), removed %v", v, d.AddRequest, len(d.AddBindings), slices.Equal(d.AddBindings, sorted), d.RemoveBindings)
+		}
+	}
+	if slices.Equal(bs, sorted) {
+		t.Error("Apply sorted the caller's list")
+	}
+	res, err := c.Apply(t.Context(), control.Config{Bindings: []binding.Binding{}}, true)
+	if err != nil || len(res.Diff.AddBindings) != 0 || res.Diff.AddRequest || len(res.Diff.RemoveBindings) != 1 {
+		t.Errorf("apply of no bindings: %+v, %v", res, err)
 	}
 }

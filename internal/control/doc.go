@@ -50,7 +50,9 @@
 // then validated like any other. A server may keep such a list packed as
 // it arrived (Conn.KeepPacked, Config.TakeBindings), and answer with a
 // diff it encodes as it sends it (Diff.SetBindings), so that it never
-// holds a million bindings as a list. Magic and version sit
+// holds a million bindings as a list; from version 3 on, a reply whose
+// added bindings are all of the request's says so rather than list them
+// (Diff.AddRequest). Magic and version sit
 // at fixed offsets forever, so any two releases can tell each other which
 // versions they speak.
 //

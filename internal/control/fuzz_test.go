@@ -122,6 +122,14 @@ func FuzzDecodeReply(f *testing.F) {
 			packed := *rep
 			packed.Version = PackedVersion
 			reps = append(reps, &packed)
+			if rep.Body != nil {
+				// All of the request's bindings added, in each version.
+				for _, v := range []uint16{1, PackedVersion, AddRequestVersion} {
+					res := *rep.Body.(*ApplyResponse)
+					res.Diff.AddRequest = true
+					reps = append(reps, &Reply{Version: v, Op: OpApply, Body: &res})
+				}
+			}
 		}
 	}
 	for _, rep := range reps {

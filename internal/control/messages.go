@@ -14,20 +14,27 @@ import (
 // refuses what it does not know.
 //
 // Version 2 differs from 1 in Apply only: its request and reply carry their
-// binding lists packed (see wire.go) rather than in JSON. One field came
+// binding lists packed (see wire.go) rather than in JSON. Version 3 differs
+// from 2 in Apply's reply only: when the bindings it adds are every binding
+// of the request, it says so (Diff.AddRequest) rather than list them again
+// (a million bindings, 12 MB packed, the first time a file is applied),
+// and Client.Apply puts them back from the request it sent. One field came
 // without a version: a label's "engine" (settings.Policy), in every version.
 // It is left out unless a label opts in to the in-kernel engine, so peers of
 // releases before it read every message as before until that opt-in is in
 // use; then they refuse the message that carries it (unknown field), which
 // is loud, where leaving it out for them would let an export and apply of
 // theirs drop the opt-in silently. A client sends
-// Apply requests as PackedVersion and everything else as ProtocolVersion,
+// Apply requests as ApplyVersion and everything else as ProtocolVersion,
 // so that it still speaks to a daemon of version 1 for everything else.
 const (
-	MinVersion      uint16 = 1
-	MaxVersion      uint16 = 2
-	ProtocolVersion uint16 = 1
-	PackedVersion   uint16 = 2
+	MinVersion        uint16 = 1
+	MaxVersion        uint16 = 3
+	ProtocolVersion   uint16 = 1
+	PackedVersion     uint16 = 2
+	AddRequestVersion uint16 = 3
+	// ApplyVersion is the version a client sends Apply requests in.
+	ApplyVersion = AddRequestVersion
 )
 
 // SupportedVersion reports whether v is a protocol version this package
@@ -233,6 +240,13 @@ type Diff struct {
 	AddBindings    binding.List  `json:"add_bindings,omitempty"`
 	RemoveBindings binding.List  `json:"remove_bindings,omitempty"`
 	Labels         []LabelChange `json:"labels,omitempty"`
+	// AddRequest, set by the daemon, says that the bindings added are
+	// every binding of the request, which had no repeats. A reply of
+	// AddRequestVersion or later then leaves AddBindings out, and
+	// Client.Apply puts them back from its request, sorted with
+	// binding.Compare, and clears AddRequest; a reply of an earlier
+	// version lists them as before.
+	AddRequest bool `json:"add_request,omitempty"`
 	// add and remove, when set (SetBindings), stand for AddBindings and
 	// RemoveBindings when the reply is encoded.
 	add, remove *bindingSeq
@@ -359,10 +373,10 @@ type Request struct {
 }
 
 // NewRequest returns a request of the current protocol version:
-// PackedVersion for a body with packed lists (Apply), else ProtocolVersion.
+// ApplyVersion for a body with packed lists (Apply), else ProtocolVersion.
 func NewRequest(body RequestBody) *Request {
 	if _, ok := body.(packedBody); ok {
-		return &Request{Version: PackedVersion, Body: body}
+		return &Request{Version: ApplyVersion, Body: body}
 	}
 	return &Request{Version: ProtocolVersion, Body: body}
 }

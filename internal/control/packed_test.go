@@ -26,14 +26,14 @@ func TestApplyBothVersions(t *testing.T) {
 	bs := manyBindings(5000)
 	req := &ApplyRequest{Config: Config{Bindings: bs, Labels: []settings.Named{{Name: "label-1", Label: settings.Label{Policy: settings.Policy{Kind: settings.Bypass}}}}}, DryRun: true}
 	rep := &ApplyResponse{Applied: true, Diff: Diff{AddBindings: bs[:3000], RemoveBindings: bs[3000:], Labels: []LabelChange{{Label: "label-1", New: &req.Config.Labels[0]}}}}
-	if v := NewRequest(req).Version; v != PackedVersion {
-		t.Fatalf("Apply is sent as version %d, want %d", v, PackedVersion)
+	if v := NewRequest(req).Version; v != AddRequestVersion {
+		t.Fatalf("Apply is sent as version %d, want %d", v, AddRequestVersion)
 	}
 	if v := NewRequest(&BindRequest{Binding: bs[0]}).Version; v != 1 {
 		t.Fatalf("Bind is sent as version %d, want 1 (what older daemons speak)", v)
 	}
 	size := map[uint16]int{}
-	for _, v := range []uint16{1, PackedVersion} {
+	for _, v := range []uint16{1, PackedVersion, AddRequestVersion} {
 		ds, err := EncodeRequest(&Request{Version: v, Body: req})
 		if err != nil {
 			t.Fatal(err)
@@ -162,7 +162,7 @@ func TestKeepPacked(t *testing.T) {
 		t.Errorf("kept request with an invalid second binding: %v, want invalid naming binding 2 and its host bits", err)
 	}
 
-	for _, v := range []uint16{1, PackedVersion} {
+	for _, v := range []uint16{1, PackedVersion, AddRequestVersion} {
 		whole := &ApplyResponse{Applied: true, Diff: Diff{AddBindings: bs[:3000], RemoveBindings: bs[3000:]}}
 		seq := &ApplyResponse{Applied: true}
 		seq.Diff.SetBindings(3000, binding.List(bs[:3000]).All, 2000, binding.List(bs[3000:]).All)
@@ -185,5 +185,81 @@ func TestKeepPacked(t *testing.T) {
 	empty.Diff.SetBindings(0, nil, 0, nil)
 	if !empty.Diff.Empty() {
 		t.Errorf("a diff of no bindings is not empty")
+	}
+}
+
+// TestAddRequest: a reply whose added bindings are all of the request's
+// (Diff.AddRequest) lists them as before to a client of a version before
+// AddRequestVersion, byte for byte, and leaves them out from that version
+// on; a reply that says so where its version cannot, or that says so and
+// lists bindings too, is refused.
+func TestAddRequest(t *testing.T) {
+	bs := manyBindings(5000)
+	binding.Sort(bs)
+	size := map[uint16]int{}
+	for _, v := range []uint16{1, PackedVersion, AddRequestVersion} {
+		whole := &ApplyResponse{Applied: true, Diff: Diff{AddBindings: bs[:4500], RemoveBindings: bs[4500:]}}
+		flagged := &ApplyResponse{Applied: true, Diff: Diff{AddRequest: true}}
+		flagged.Diff.SetBindings(4500, binding.List(bs[:4500]).All, 500, binding.List(bs[4500:]).All)
+		want, err := EncodeReply(&Reply{Version: v, Op: OpApply, Body: whole})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := EncodeReply(&Reply{Version: v, Op: OpApply, Body: flagged})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !flagged.Diff.AddRequest || flagged.Diff.add == nil || flagged.Diff.add.n != 4500 {
+			t.Errorf("version %d: encoding changed the reply", v)
+		}
+		size[v] = payloadSize(got)
+		if v < AddRequestVersion {
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("version %d: a reply with AddRequest differs from the one that lists the bindings", v)
+			}
+			continue
+		}
+		rep, err := DecodeReply(got, 0)
+		if err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+		d := rep.Body.(*ApplyResponse).Diff
+		if !d.AddRequest || d.AddBindings != nil || !reflect.DeepEqual(d.RemoveBindings, binding.List(bs[4500:])) {
+			t.Errorf("version %d: read back with AddRequest %v, %d added, %d removed", v, d.AddRequest, len(d.AddBindings), len(d.RemoveBindings))
+		}
+	}
+	if size[AddRequestVersion]*4 > size[PackedVersion] {
+		t.Errorf("reply of %d bytes with AddRequest, %d without: want at most a quarter", size[AddRequestVersion], size[PackedVersion])
+	}
+
+	// Hand-made payloads: the JSON part, then the two packed lists (no
+	// labels, a nil list; or one label and one binding).
+	packed := func(j, lists string) string {
+		return string(binary.BigEndian.AppendUint32(nil, uint32(len(j)))) + j + lists
+	}
+	nilList := "\x00\x00"
+	oneBinding := "\x01\x03web\x01\x01\x04\x20\xc0\x00\x02\x01\x00\x00\x50"
+	for _, c := range []struct {
+		name, payload string
+		version       uint16
+		want          string
+	}{
+		{"json", `{"result":{"applied":true,"diff":{"add_request":true}}}`, 1, "not in version 1"},
+		{"packed", packed(`{"result":{"applied":true,"diff":{"add_request":true}}}`, nilList+nilList), PackedVersion, "not in version 2"},
+		{"both", packed(`{"result":{"applied":true,"diff":{"add_request":true}}}`, oneBinding+nilList), AddRequestVersion, "both"},
+		{"both empty", packed(`{"result":{"applied":true,"diff":{"add_request":true}}}`, "\x00\x01\x00"+nilList), AddRequestVersion, "both"},
+	} {
+		_, err := DecodeReply([][]byte{datagram(c.version, OpApply, flagReply, len(c.payload), c.payload)}, 0)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want invalid saying %q", c.name, err, c.want)
+		}
+	}
+	ok := packed(`{"result":{"applied":true,"diff":{"add_request":true}}}`, nilList+oneBinding)
+	rep, err := DecodeReply([][]byte{datagram(AddRequestVersion, OpApply, flagReply, len(ok), ok)}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := rep.Body.(*ApplyResponse).Diff; !d.AddRequest || len(d.RemoveBindings) != 1 || d.RemoveBindings[0].String() != "web tcp 192.0.2.1/32 80" {
+		t.Errorf("hand-made reply read as %+v", d)
 	}
 }

@@ -269,6 +269,14 @@ func decodeReply(version uint16, op Op, payload []byte) (*Reply, error) {
 		}
 		return &Reply{Version: version, Op: op, Err: w.Error.err}, nil
 	case w.Result.seen:
+		if ar, ok := w.Result.body.(*ApplyResponse); ok && ar.Diff.AddRequest {
+			if version < AddRequestVersion {
+				return nil, invalidf("control message: %s reply: add_request is not in version %d", op, version)
+			}
+			if ar.Diff.AddBindings != nil {
+				return nil, invalidf("control message: %s reply has both add_request and added bindings", op)
+			}
+		}
 		return &Reply{Version: version, Op: op, Body: w.Result.body}, nil
 	case op == 0:
 		return nil, invalidf("control message: reply without an operation must carry an error")
@@ -326,6 +334,16 @@ func packedOp(version uint16, op Op) bool { return version >= PackedVersion && o
 
 // encodePayload encodes v, whose body (nil for none) may have packed lists.
 func encodePayload(version uint16, op Op, v, body any) ([]byte, error) {
+	if ar, ok := body.(*ApplyResponse); ok && ar.Diff.AddRequest {
+		saved := ar.Diff
+		defer func() { ar.Diff = saved }()
+		if version < AddRequestVersion {
+			// A client before it needs the list.
+			ar.Diff.AddRequest = false
+		} else {
+			ar.Diff.AddBindings, ar.Diff.add = nil, nil
+		}
+	}
 	if !packedOp(version, op) {
 		if sb, ok := body.(seqBody); ok {
 			// JSON (a client of protocol version 1) needs the lists.

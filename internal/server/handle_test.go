@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -363,5 +364,56 @@ func TestServeLimitsByPeer(t *testing.T) {
 	}
 	if n := ts.s.Stats.BadRequests.Load(); n != 1 {
 		t.Errorf("%d bad requests counted, want 1", n)
+	}
+}
+
+// An apply's reply says that it added every binding of the request
+// (control.Diff.AddRequest) exactly when it did: not when some were there
+// already, nor when the request repeats one, and yes when a binding only
+// changes its label.
+func TestApplyAddRequest(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	a := mustParse(t, "web", "tcp", "192.0.2.0/24", "80")
+	b := mustParse(t, "web", "udp", "192.0.2.0/24", "53")
+	c := mustParse(t, "web", "tcp", "2001:db8::/64", "*")
+	d := mustParse(t, "web", "udp", "198.51.100.0/24", "*")
+	relabelled := a
+	relabelled.Label = "other"
+	for _, step := range []struct {
+		name string
+		bs   []binding.Binding
+		want bool
+	}{
+		{"into nothing", []binding.Binding{b, a}, true},
+		{"again", []binding.Binding{a, b}, false},
+		{"one more", []binding.Binding{a, b, c}, false},
+		{"a new one twice", []binding.Binding{d, d}, false},
+		{"a new label", []binding.Binding{relabelled}, true},
+		{"nothing", []binding.Binding{}, false},
+	} {
+		body, err := ts.call(peer{}, &control.ApplyRequest{Config: control.Config{Bindings: step.bs}})
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		d := body.(*control.ApplyResponse).Diff
+		// What the reply lists, in a version before AddRequest.
+		ds, err := control.EncodeReply(&control.Reply{Version: control.PackedVersion, Op: control.OpApply, Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := control.DecodeReply(ds, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		added := rep.Body.(*control.ApplyResponse).Diff.AddBindings
+		if d.AddRequest != step.want {
+			t.Errorf("%s: AddRequest %v, want %v (added %v)", step.name, d.AddRequest, step.want, added)
+		}
+		want := slices.Clone(step.bs)
+		binding.Sort(want)
+		if d.AddRequest && !slices.Equal(added, want) {
+			t.Errorf("%s: AddRequest, but added %v", step.name, added)
+		}
 	}
 }

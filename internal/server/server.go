@@ -705,6 +705,10 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	s.log.Info("applied config", "dry_run", r.DryRun, "added_bindings", added, "removed_bindings", removed, "label_changes", len(changes))
 	res := &control.ApplyResponse{Applied: !r.DryRun, Diff: control.Diff{Labels: changes}}
 	res.Diff.SetBindings(added, diff.Added, removed, diff.Removed)
+	// Every binding added is one of the request's, none twice: as many
+	// as it had means all of them, which a client of AddRequestVersion
+	// holds already.
+	res.Diff.AddRequest = n > 0 && added == n
 	return res, nil
 }
 
