@@ -318,13 +318,22 @@ labels:
 	}
 }
 
-// The CLI of this build applies configs through the daemon of 4362dae,
-// which does not read the packed Apply: a small request (one datagram, which
-// that daemon refuses by its version) and a large one (which it hangs up
+// The CLI of this build applies configs through the daemons of landed main,
+// which reads the packed Apply but not version 3, and of 4362dae, which
+// does not read the packed Apply: a small request (one datagram, which
+// such a daemon refuses by its version) and a large one (which it hangs up
 // on) both apply, and a second apply of the large one changes nothing.
 func TestNewCLIAgainstOldDaemon(t *testing.T) {
 	t.Parallel()
-	old := buildLanded(t, unpackedApplyMain)
+	for _, rev := range []string{landedMain, unpackedApplyMain} {
+		t.Run(rev[:7], func(t *testing.T) {
+			t.Parallel()
+			newCLIAgainstOldDaemon(t, buildLanded(t, rev))
+		})
+	}
+}
+
+func newCLIAgainstOldDaemon(t *testing.T, old string) {
 	w := newWorldNoDaemon(t)
 	w.d = w.startDaemonBin(filepath.Join(old, "switchyardd"))
 
