@@ -182,6 +182,11 @@ func TestClientAddRequest(t *testing.T) {
 	if slices.Equal(bs, sorted) {
 		t.Error("Apply sorted the caller's list")
 	}
+	few := slices.Clone(bs[:100])
+	binding.Sort(few)
+	if res, err := c.Apply(t.Context(), control.Config{Bindings: bs[:100]}, false); err != nil || !slices.Equal(res.Diff.AddBindings, few) {
+		t.Errorf("apply of 100 bindings: %v, added sorted %v", err, err == nil && slices.Equal(res.Diff.AddBindings, few))
+	}
 	res, err := c.Apply(t.Context(), control.Config{Bindings: []binding.Binding{}}, true)
 	if err != nil || len(res.Diff.AddBindings) != 0 || res.Diff.AddRequest || len(res.Diff.RemoveBindings) != 1 {
 		t.Errorf("apply of no bindings: %+v, %v", res, err)

@@ -270,11 +270,15 @@ func (s *Server) serveConn(ctx context.Context, cc *control.Conn) {
 			}
 			continue
 		}
+		// A large apply's garbage is handed back after its reply if it
+		// was not before (Server.apply).
+		ar, isApply := req.Body.(*control.ApplyRequest)
+		largeApply := isApply && ar.Config.NumBindings() >= largeApply
 		rep := s.handle(p, req, files)
 		for _, f := range files {
 			f.Close() // the daemon never keeps a service's socket
 		}
-		if err := s.writeReply(cc, p, rep); err != nil {
+		if err := s.writeReply(cc, p, rep, largeApply); err != nil {
 			s.log.Debug("write control reply", "peer_uid", p.uid, "err", err)
 			return
 		}
@@ -290,8 +294,9 @@ func replyDeadline(p peer) time.Time {
 }
 
 // writeReply sends rep within the deadlines, holding its encoded size
-// against a non-root peer's reply budget until it is sent.
-func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply) error {
+// against a non-root peer's reply budget until it is sent. With free, or
+// if the reply is large, it then hands the daemon's garbage back.
+func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply, free bool) error {
 	enc, err := control.EncodeReplyFrames(rep)
 	if err != nil {
 		rep = control.NewErrorReply(rep.Version, rep.Op, err)
@@ -309,7 +314,7 @@ func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply) error 
 		defer s.conns.release(p.uid, enc.Size())
 	}
 	err = cc.WriteEncoded(enc, frameTimeout, replyDeadline(p))
-	if p.root() && enc.Size() >= largeReply {
+	if p.root() && (free || enc.Size() >= largeReply) {
 		// A reply listing many bindings (an apply's diff) left garbage
 		// of its size; hand it back rather than keep it resident.
 		enc = nil
@@ -322,11 +327,19 @@ func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply) error 
 // once.
 const largeReply = 4 << 20
 
+// largeApply is the fewest bindings of an apply worth returning its
+// memory at once; largeDiff the fewest bindings of a reply worth doing
+// so before the reply is encoded.
+const (
+	largeApply = 10000
+	largeDiff  = 1 << 18
+)
+
 // writeListing answers ListBindings from the snapshot, streamed.
 func (s *Server) writeListing(cc *control.Conn, p peer, req *control.Request, r *control.ListBindingsRequest) error {
 	snap, err := s.listing()
 	if err != nil {
-		return s.writeReply(cc, p, control.NewErrorReply(req.Version, req.Op(), toControlError(err)))
+		return s.writeReply(cc, p, control.NewErrorReply(req.Version, req.Op(), toControlError(err)), false)
 	}
 	var keep control.BindingFilter
 	size := snap.v.size
@@ -535,7 +548,7 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 	case *control.SetPolicyRequest:
 		return s.setPolicy(r)
 	case *control.ApplyRequest:
-		return s.apply(r)
+		return s.apply(req.Version, r)
 	default:
 		return nil, control.Errorf(control.CodeUnsupported, "operation %s is not supported by this daemon (version %s)", req.Op(), Version)
 	}
@@ -643,7 +656,8 @@ func (s *Server) setPolicy(r *control.SetPolicyRequest) (control.ResponseBody, e
 	return &control.SetPolicyResponse{}, nil
 }
 
-func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) {
+// apply serves an Apply request of protocol version v.
+func (s *Server) apply(v uint16, r *control.ApplyRequest) (*control.ApplyResponse, error) {
 	next := make(map[string]settings.Label, len(r.Config.Labels))
 	for _, l := range r.Config.Labels {
 		if err := l.Validate(); err != nil {
@@ -668,11 +682,16 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	// changed groups as it is encoded: neither is held as a list.
 	// The apply takes them from the request, so that they go once read.
 	n, all := r.Config.TakeBindings()
-	if n >= 10000 {
-		// Hand back the garbage of a large apply, before its reply is
-		// encoded; writeReply does so again after a large reply.
-		defer debug.FreeOSMemory()
-	}
+	// Hand back the garbage of a large apply before its reply is encoded
+	// if that reply lists many bindings; writeReply does so after the
+	// reply in any case. A full collection takes most of a second at a
+	// million bindings: a short reply is not kept waiting for it.
+	freeFirst := n >= largeApply
+	defer func() {
+		if freeFirst {
+			debug.FreeOSMemory()
+		}
+	}()
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
 	if n >= 10000 {
@@ -709,6 +728,11 @@ func (s *Server) apply(r *control.ApplyRequest) (*control.ApplyResponse, error) 
 	// as it had means all of them, which a client of AddRequestVersion
 	// holds already.
 	res.Diff.AddRequest = n > 0 && added == n
+	listed := removed
+	if !res.Diff.AddRequest || v < control.AddRequestVersion {
+		listed += added
+	}
+	freeFirst = freeFirst && listed >= largeDiff
 	return res, nil
 }
 
