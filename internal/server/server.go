@@ -68,6 +68,12 @@ type Server struct {
 	// bindings together (settings.go), so that two never interleave and
 	// the policies read as in force stay so while one is made.
 	txMu sync.Mutex
+	// settling is held from before the short reply of a large apply is
+	// sent until the apply's memory is handed back after it (writeReply:
+	// Server.apply hands it back before a reply that lists bindings), and
+	// every request waits for it: what comes after such a reply is served
+	// once that memory is back, as if it had gone before the reply.
+	settling sync.RWMutex
 
 	mu     sync.RWMutex
 	labels map[string]settings.Label // in force; replaced, never changed
@@ -251,6 +257,8 @@ func (s *Server) serveConn(ctx context.Context, cc *control.Conn) {
 		cc.SetReadDeadline(time.Now().Add(idleTimeout))
 		req, files, err := cc.ReadRequest()
 		c.busy.Store(true)
+		s.settling.RLock()
+		s.settling.RUnlock()
 		if err != nil {
 			if isEOF(err) || errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
 				return
@@ -313,6 +321,12 @@ func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply, free b
 	} else {
 		defer s.conns.release(p.uid, enc.Size())
 	}
+	if p.root() && free && enc.Size() <= control.MaxChunk {
+		// One datagram, which the socket takes at once: a peer that
+		// reads slowly cannot hold the lock.
+		s.settling.Lock()
+		defer s.settling.Unlock()
+	}
 	err = cc.WriteEncoded(enc, frameTimeout, replyDeadline(p))
 	if p.root() && (free || enc.Size() >= largeReply) {
 		// A reply listing many bindings (an apply's diff) left garbage
@@ -328,11 +342,11 @@ func (s *Server) writeReply(cc *control.Conn, p peer, rep *control.Reply, free b
 const largeReply = 4 << 20
 
 // largeApply is the fewest bindings of an apply worth returning its
-// memory at once; largeDiff the fewest bindings of a reply worth doing
-// so before the reply is encoded.
+// memory at once; a reply that lists more than shortDiff bindings waits
+// for it.
 const (
 	largeApply = 10000
-	largeDiff  = 1 << 18
+	shortDiff  = 1000
 )
 
 // writeListing answers ListBindings from the snapshot, streamed.
@@ -683,9 +697,11 @@ func (s *Server) apply(v uint16, r *control.ApplyRequest) (*control.ApplyRespons
 	// The apply takes them from the request, so that they go once read.
 	n, all := r.Config.TakeBindings()
 	// Hand back the garbage of a large apply before its reply is encoded
-	// if that reply lists many bindings; writeReply does so after the
-	// reply in any case. A full collection takes most of a second at a
-	// million bindings: a short reply is not kept waiting for it.
+	// if that reply lists bindings; writeReply does so after the reply in
+	// any case, before it serves another request. A full collection takes
+	// most of a second at a million bindings: a short reply (the first
+	// apply of a file, see control.Diff.AddRequest) is not kept waiting
+	// for it.
 	freeFirst := n >= largeApply
 	defer func() {
 		if freeFirst {
@@ -697,7 +713,11 @@ func (s *Server) apply(v uint16, r *control.ApplyRequest) (*control.ApplyRespons
 	if n >= 10000 {
 		// Below, the collector stays off while the apply allocates:
 		// garbage left from before (other requests since the last
-		// collection) would add to its peak.
+		// collection) would add to its peak. So would the garbage of
+		// the rest of a large change before, which the dispatcher may
+		// still be doing after that change's reply: a read of the
+		// dispatcher waits for it.
+		s.d.Settings()
 		collectGarbage(32 << 20)
 	}
 	if n >= 10000 && debug.SetMemoryLimit(-1) < math.MaxInt64 {
@@ -732,7 +752,7 @@ func (s *Server) apply(v uint16, r *control.ApplyRequest) (*control.ApplyRespons
 	if !res.Diff.AddRequest || v < control.AddRequestVersion {
 		listed += added
 	}
-	freeFirst = freeFirst && listed >= largeDiff
+	freeFirst = freeFirst && listed > shortDiff
 	return res, nil
 }
 
