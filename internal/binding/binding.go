@@ -557,7 +557,120 @@ func Compare(a, b Binding) int {
 }
 
 // Sort sorts bs with Compare.
-func Sort(bs []Binding) { slices.SortFunc(bs, Compare) }
+func Sort(bs []Binding) {
+	if len(bs) < radixMin || !sortRadix(bs) {
+		slices.SortFunc(bs, Compare)
+	}
+}
+
+// radixMin is the fewest bindings Sort sorts by radix.
+const radixMin = 1 << 14
+
+// sortRadix sorts bs as slices.SortFunc(bs, Compare) does, in about half
+// the time at a million bindings (the CLI sorts what the first apply of a
+// file adds): by a radix sort of a key of each binding that orders as
+// Compare does where keys differ, then with Compare within each run of
+// equal keys. It reports false, with bs as it was, if a binding has an
+// address or protocol no binding may have.
+func sortRadix(bs []Binding) bool {
+	type item struct {
+		key uint64
+		i   uint32
+	}
+	items := make([]item, len(bs))
+	// IPv4 bindings first, as netip.Addr.Compare orders them. An IPv4
+	// key holds the address, prefix length, protocol, first port and the
+	// top bits of the last; an IPv6 key the address's first half.
+	v4, v6 := 0, len(bs)
+	for i := range bs {
+		b := &bs[i]
+		a := b.Prefix.Addr()
+		var proto uint64
+		switch b.Protocol {
+		case TCP:
+		case UDP:
+			proto = 1
+		default:
+			return false
+		}
+		if !a.IsValid() || a.Zone() != "" || b.Prefix.Bits() < 0 {
+			return false
+		}
+		if a.Is4() {
+			a4 := a.As4()
+			addr := uint64(a4[0])<<24 | uint64(a4[1])<<16 | uint64(a4[2])<<8 | uint64(a4[3])
+			items[v4] = item{addr<<32 | uint64(b.Prefix.Bits())<<26 | proto<<25 | uint64(b.Ports.Lo)<<9 | uint64(b.Ports.Hi)>>7, uint32(i)}
+			v4++
+		} else {
+			a16 := a.As16()
+			v6--
+			items[v6] = item{uint64(a16[0])<<56 | uint64(a16[1])<<48 | uint64(a16[2])<<40 | uint64(a16[3])<<32 |
+				uint64(a16[4])<<24 | uint64(a16[5])<<16 | uint64(a16[6])<<8 | uint64(a16[7]), uint32(i)}
+		}
+	}
+	// Least significant byte first, skipping the bytes every key of a
+	// family shares.
+	tmp := make([]item, len(bs))
+	for _, r := range [][2]int{{0, v4}, {v4, len(bs)}} {
+		src, dst := items[r[0]:r[1]], tmp[r[0]:r[1]]
+		var counts [8][256]int
+		for _, it := range src {
+			for d := range 8 {
+				counts[d][byte(it.key>>(8*d))]++
+			}
+		}
+		for d := range 8 {
+			c := &counts[d]
+			if len(src) == 0 || c[byte(src[0].key>>(8*d))] == len(src) {
+				continue
+			}
+			at := 0
+			for v := range c {
+				c[v], at = at, at+c[v]
+			}
+			for _, it := range src {
+				k := byte(it.key >> (8 * d))
+				dst[c[k]] = it
+				c[k]++
+			}
+			src, dst = dst, src
+		}
+		copy(items[r[0]:r[1]], src)
+	}
+	// Put bs[items[k].i] at k, cycle by cycle, marking each item done;
+	// then order each run of equal keys with Compare.
+	const done = ^uint32(0)
+	for k := range items {
+		if items[k].i == done {
+			continue
+		}
+		first := bs[k]
+		at := k
+		for {
+			from := items[at].i
+			items[at].i = done
+			if int(from) == k {
+				bs[at] = first
+				break
+			}
+			bs[at] = bs[from]
+			at = int(from)
+		}
+	}
+	for _, r := range [][2]int{{0, v4}, {v4, len(bs)}} {
+		for a := r[0]; a < r[1]; {
+			b := a + 1
+			for b < r[1] && items[b].key == items[a].key {
+				b++
+			}
+			if b-a > 1 {
+				slices.SortFunc(bs[a:b], Compare)
+			}
+			a = b
+		}
+	}
+	return true
+}
 
 // Lookup returns the binding that wins for traffic of protocol proto to addr,
 // following switchyard's precedence rules, as a reference implementation for

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -474,6 +475,95 @@ func TestSortOrder(t *testing.T) {
 	if CompareKeys(want[1], want[2]) != 0 {
 		t.Error("CompareKeys looks at labels")
 	}
+}
+
+// TestSortLarge: Sort of a list long enough to be sorted by radix gives
+// what a sort with Compare gives, for lists that mix families, prefix
+// lengths, protocols, port ranges, labels and repeats, and for lists
+// holding a binding that is not valid.
+func TestSortLarge(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := func() Binding {
+		b := Binding{Label: []string{"a", "b", "web", "web-2"}[rng.IntN(4)], Protocol: []Protocol{TCP, UDP}[rng.IntN(2)]}
+		var a netip.Addr
+		switch rng.IntN(3) {
+		case 0:
+			a = netip.AddrFrom4([4]byte{10, byte(rng.IntN(3)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+		case 1:
+			a = netip.AddrFrom4([4]byte{byte(rng.IntN(256)), 0, 0, 0})
+		default:
+			a = netip.AddrFrom16([16]byte{0: byte(rng.IntN(2)), 1: 1, 7: byte(rng.IntN(3)), 15: byte(rng.IntN(256))})
+		}
+		b.Prefix = netip.PrefixFrom(a, rng.IntN(a.BitLen()+1)).Masked()
+		lo := uint16(1 + rng.IntN(300))
+		b.Ports = []Ports{AnyPort, {lo, lo}, {lo, lo + uint16(rng.IntN(300))}}[rng.IntN(3)]
+		return b
+	}
+	for round := range 5 {
+		bs := make([]Binding, radixMin+rng.IntN(3*radixMin))
+		for i := range bs {
+			if i > 0 && rng.IntN(10) == 0 {
+				bs[i] = bs[rng.IntN(i)] // a repeat
+				continue
+			}
+			bs[i] = random()
+		}
+		switch round {
+		case 3:
+			bs[rng.IntN(len(bs))] = Binding{Label: "zero"}
+		case 4:
+			bs[rng.IntN(len(bs))].Protocol = 1
+		}
+		want := slices.Clone(bs)
+		slices.SortFunc(want, Compare)
+		Sort(bs)
+		if !slices.Equal(bs, want) {
+			i := 0
+			for bs[i] == want[i] {
+				i++
+			}
+			t.Fatalf("round %d: Sort of %d bindings differs from a sort with Compare at %d: %v, want %v", round, len(bs), i, bs[i], want[i])
+		}
+	}
+}
+
+// BenchmarkSortMillion sorts the bindings of tests/' file of 1,048,576
+// (testenv.ScaleBinding, which this package may not import), by radix and
+// with Compare.
+func BenchmarkSortMillion(b *testing.B) {
+	bs := make([]Binding, 1<<20)
+	for i := range bs {
+		x := i / 8
+		c := &bs[i]
+		c.Label, c.Protocol = "lbl-"+strconv.Itoa(i%1000), TCP
+		switch i % 8 {
+		case 0, 1, 2, 3:
+			c.Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(x >> 16), byte(x >> 8), byte(x)}), 32)
+			p := [4]uint16{80, 443, 8080, 8443}[i%4]
+			c.Ports = Ports{p, p}
+		case 4, 5:
+			c.Protocol = UDP
+			c.Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(11 + x>>16), byte(x >> 8), byte(x), 0}), 24)
+			c.Ports = [2]Ports{{8000, 8999}, AnyPort}[i%2]
+		default:
+			c.Prefix = netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(x >> 16), byte(x >> 8), byte(x)}), 64)
+			c.Ports = [2]Ports{{53, 53}, AnyPort}[i%2]
+		}
+	}
+	work := make([]Binding, len(bs))
+	b.Run("radix", func(b *testing.B) {
+		for b.Loop() {
+			copy(work, bs)
+			Sort(work)
+		}
+	})
+	b.Run("compare", func(b *testing.B) {
+		for b.Loop() {
+			copy(work, bs)
+			slices.SortFunc(work, Compare)
+		}
+	})
 }
 
 // bruteForce is the precedence rule written out from its description, as
