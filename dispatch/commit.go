@@ -3,10 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
-	"maps"
-	"runtime"
-	"slices"
-	"sync"
+	"math/bits"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -533,13 +530,26 @@ type dataChange struct {
 // touched lists the prefix length lists, filter words and index buckets
 // that changes touch; m must be the model after the change.
 func touched(m *model, changes []groupChange) (lists []int, words, buckets []uint32) {
-	listSet := map[int]bool{}
-	wordSet := map[uint32]bool{}
+	// Bit sets, not maps: a change of a million bindings names some
+	// 300,000 filter words.
+	var listSet [4]bool
+	wordSet := make([]uint64, filterWords/64)
 	for _, c := range changes {
 		listSet[c.key.listIndex()] = true
-		wordSet[c.key.bit()/64] = true
+		w := c.key.bit() / 64
+		wordSet[w/64] |= 1 << (w % 64)
 	}
-	return slices.Collect(maps.Keys(listSet)), slices.Collect(maps.Keys(wordSet)), m.indexDirty(changes)
+	for li, ok := range listSet {
+		if ok {
+			lists = append(lists, li)
+		}
+	}
+	for i, set := range wordSet {
+		for ; set != 0; set &= set - 1 {
+			words = append(words, uint32(i*64+bits.TrailingZeros64(set)))
+		}
+	}
+	return lists, words, m.indexDirty(changes)
 }
 
 // newDataChange prepares the writes of changes and of lists, words and
@@ -559,25 +569,12 @@ func newDataChange(m *model, changes []groupChange, lists []int, words, buckets 
 // goroutine may still share. indexBucket only reads m.
 func (dc *dataChange) bucketValues(m *model) {
 	dc.bvals = make([]dispatchSyIxBucket, len(dc.buckets))
-	parts := 1
-	if len(dc.buckets) >= 2*bucketPart {
-		parts = min(runtime.GOMAXPROCS(0), len(dc.buckets)/bucketPart)
-	}
-	var wg sync.WaitGroup
-	for p := range parts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := p * len(dc.buckets) / parts; i < (p+1)*len(dc.buckets)/parts; i++ {
-				dc.bvals[i] = m.indexBucket(dc.buckets[i])
-			}
-		}()
-	}
-	wg.Wait()
+	inParts(len(dc.buckets), partsOf(len(dc.buckets)), func(_, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			dc.bvals[i] = m.indexBucket(dc.buckets[i])
+		}
+	})
 }
-
-// bucketPart is the fewest index buckets computed apart from others.
-const bucketPart = 4096
 
 // writeDataGen writes dc to the data path's generation gen, which no
 // program reads meanwhile: before the flip the one m.gen does not name,

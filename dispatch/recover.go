@@ -228,7 +228,7 @@ func (d *Dispatcher) rewriteTables(m *model, gen uint32) error {
 // rewriteIndex writes every index bucket of generation gen from m, a part
 // at a time, computed on every CPU as bucketValues does.
 func (d *Dispatcher) rewriteIndex(m *model, gen uint32) error {
-	const part = 4 * bucketPart
+	const part = 4 * minPart
 	keys := make([]uint32, part)
 	vals := make([]dispatchSyIxBucket, part)
 	cpus := runtime.GOMAXPROCS(0)
