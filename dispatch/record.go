@@ -298,6 +298,9 @@ func (d *Dispatcher) writeRecord(gen uint32, rc *recordChange, point string) (se
 			keys, vals = keys[:0], vals[:0]
 		}
 		for _, c := range rc.changes {
+			if (add && c.new == nil) || (!add && c.old == nil) {
+				continue // it has nothing of the kind: no need to walk it
+			}
 			walkDiff(c.old.portList(), c.new.portList(), func(pl portLabel, a bool) {
 				if a != add || err != nil {
 					return
