@@ -592,6 +592,9 @@ func portKeysOfGen(m *ebpf.Map, gen uint32) ([]dispatchSyPortKey, error) {
 // beside them, a third of the update's time at a million bindings.
 func (m *model) applyChanges(changes []groupChange) {
 	index := func() {
+		if len(changes) >= largeChange {
+			m.indexGrow(changes)
+		}
 		for _, c := range changes {
 			if c.old != nil {
 				m.indexDrop(c.key)
