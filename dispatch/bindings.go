@@ -730,13 +730,6 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 			m.groups = groups
 		}
 		m.applyChanges(changes)
-		if len(changes) >= largeChange {
-			// The edit's updates and what the model's counts and index
-			// outgrew are garbage now (50 MB at a million), and the data
-			// path's writes allocate as much again: let them reuse it.
-			// The kernel writes the record meanwhile.
-			runtime.GC()
-		}
 	}
 	rest, err := d.commit(m, changes, &recordChange{changes: changes, ids: m.labels, settings: settings}, update)
 	diff := <-diffc
