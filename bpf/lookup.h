@@ -276,15 +276,106 @@ static __always_inline __u32 resolve_port(const struct sy_prefix_val *v,
 	return sy_resolve_port(v, key, port);
 }
 
+/* The label that the prefix of length plen around q's address, in
+ * generation gen, gives q's port; 0 if no binding of that prefix does
+ * (the caller then tries the next shorter length). */
+static __always_inline __u32 probe_length(const struct sy_query *q, __u32 gen, __u32 plen)
+{
+	const struct sy_ix_bucket *b;
+	const struct sy_prefix_val *v;
+	struct sy_prefix_key key;
+	const __u64 *w;
+	__u32 bit, fidx, bidx;
+	__u16 port = q->port;
+	__u8 kind = 1 + q->proto * 2 + q->fam;
+	__u64 h;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.gen = gen;
+	key.proto = q->proto;
+	key.family = q->fam;
+	key.plen = plen;
+	key.addr[0] = mask_word(q->addr[0], plen);
+	key.addr[1] = mask_word(q->addr[1], (int)plen - 32);
+	key.addr[2] = mask_word(q->addr[2], (int)plen - 64);
+	key.addr[3] = mask_word(q->addr[3], (int)plen - 96);
+
+	h = ix_hash(&key);
+	bit = filter_bit(h);
+	bidx = gen * SY_IX_BUCKETS + ix_first(h);
+	b = bpf_map_lookup_elem(&sy_index, &bidx);
+	if (b && (b->flags & SY_IXB_THIS)) {
+		__u16 flags = b->flags;
+		int r = -1;
+
+		/* A slot holds only keys of 64 bits or less. */
+		if (!(key.addr[2] | key.addr[3])) {
+			r = ix_probe(b, &key, kind, port);
+			if (r < 0 && (flags & SY_IXB_SECOND)) {
+				bidx = gen * SY_IX_BUCKETS + ix_second(h);
+				b = bpf_map_lookup_elem(&sy_index, &bidx);
+				/* Written with the first bucket, so it has
+				 * SY_IXB_THIS too. */
+				if (b)
+					r = sy_ix_probe(b, &key, kind, port);
+			}
+		}
+		if (r >= 0)
+			return r;
+		if (!(flags & SY_IXB_OVERFLOW))
+			return 0;
+		/* The filter of a generation is written with its index, so
+		 * only a valid bucket vouches for it. */
+		fidx = gen * SY_FILTER_WORDS + (bit >> 6);
+		w = bpf_map_lookup_elem(&sy_filter, &fidx);
+		if (!w || !((*w >> (bit & 63)) & 1))
+			return 0;
+	}
+
+	v = bpf_map_lookup_elem(&sy_prefixes, &key);
+	if (!v)
+		return 0;
+	return resolve_port(v, &key, port);
+}
+
+/* probe_length as global functions, for every length after the first:
+ * the verifier checks each once, not once for each length the caller's
+ * loop may reach, which keeps the programs that look labels up within a
+ * small part of the verifier's budget (and their load within milliseconds).
+ * The IPv4 one takes its query as values, so that the three address words
+ * IPv4 does not have fold away as they do inline. */
+__noinline __u32 sy_probe_length4(__u32 addr, __u32 gen, __u32 plen, __u32 proto_port)
+{
+	struct sy_query q = {
+		.addr = { addr },
+		.port = proto_port,
+		.proto = proto_port >> 16,
+		.fam = SY_FAM_V4,
+	};
+
+	if (plen > 32 || q.proto > 1)
+		return 0;
+	return probe_length(&q, gen & 1, plen);
+}
+
+__noinline __u32 sy_probe_length6(const struct sy_query *q, __u32 gen, __u32 plen)
+{
+	if (!q || plen > 128)
+		return 0;
+	return probe_length(q, gen & 1, plen);
+}
+
+/* How many prefix lengths, the longest first, probe_lengths probes inline;
+ * the rest take a call each. Most sets have one or two lengths per protocol
+ * and family (networks, and hosts within them). */
+#define SY_INLINE_PLENS 2
+
 /* The label of the most specific binding for q among the prefix lengths of
  * sy_plens[idx] in generation gen, or 0. */
 static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, __u32 idx)
 {
 	const struct sy_plen_list *pl;
-	struct sy_prefix_key key;
 	__u32 label = 0, n;
-	__u16 port = q->port;
-	__u8 kind = 1 + q->proto * 2 + q->fam;
 
 	pl = bpf_map_lookup_elem(&sy_plens, &idx);
 	if (!pl)
@@ -292,68 +383,21 @@ static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, 
 	n = pl->count;
 	if (n > SY_MAX_PLENS)
 		n = SY_MAX_PLENS;
-	__builtin_memset(&key, 0, sizeof(key));
-	key.gen = gen;
-	key.proto = q->proto;
-	key.family = q->fam;
-
-	for (__u32 i = 0; i < SY_MAX_PLENS; i++) {
-		const struct sy_ix_bucket *b;
-		const struct sy_prefix_val *v;
-		const __u64 *w;
-		__u32 bit, fidx, bidx;
-		__u64 h;
-		int plen;
-
+#pragma unroll
+	for (__u32 i = 0; i < SY_INLINE_PLENS; i++) {
+		if (i >= n)
+			return 0;
+		label = probe_length(q, gen, pl->lens[i]);
+		if (label)
+			return label;
+	}
+	for (__u32 i = SY_INLINE_PLENS; i < SY_MAX_PLENS; i++) {
 		if (i >= n)
 			break;
-		plen = pl->lens[i];
-		key.plen = plen;
-		key.addr[0] = mask_word(q->addr[0], plen);
-		key.addr[1] = mask_word(q->addr[1], plen - 32);
-		key.addr[2] = mask_word(q->addr[2], plen - 64);
-		key.addr[3] = mask_word(q->addr[3], plen - 96);
-
-		h = ix_hash(&key);
-		bit = filter_bit(h);
-		bidx = gen * SY_IX_BUCKETS + ix_first(h);
-		b = bpf_map_lookup_elem(&sy_index, &bidx);
-		if (b && (b->flags & SY_IXB_THIS)) {
-			__u16 flags = b->flags;
-			int r = -1;
-
-			/* A slot holds only keys of 64 bits or less. */
-			if (!(key.addr[2] | key.addr[3])) {
-				r = ix_probe(b, &key, kind, port);
-				if (r < 0 && (flags & SY_IXB_SECOND)) {
-					bidx = gen * SY_IX_BUCKETS + ix_second(h);
-					b = bpf_map_lookup_elem(&sy_index, &bidx);
-					/* Written with the first bucket, so it
-					 * has SY_IXB_THIS too. */
-					if (b)
-						r = sy_ix_probe(b, &key, kind, port);
-				}
-			}
-			if (r >= 0) {
-				label = r;
-				if (label)
-					break;
-				continue;
-			}
-			if (!(flags & SY_IXB_OVERFLOW))
-				continue;
-			/* The filter of a generation is written with its
-			 * index, so only a valid bucket vouches for it. */
-			fidx = gen * SY_FILTER_WORDS + (bit >> 6);
-			w = bpf_map_lookup_elem(&sy_filter, &fidx);
-			if (!w || !((*w >> (bit & 63)) & 1))
-				continue;
-		}
-
-		v = bpf_map_lookup_elem(&sy_prefixes, &key);
-		if (!v)
-			continue;
-		label = resolve_port(v, &key, port);
+		if (q->fam == SY_FAM_V4)
+			label = sy_probe_length4(q->addr[0], gen, pl->lens[i], (__u32)q->proto << 16 | q->port);
+		else
+			label = sy_probe_length6(q, gen, pl->lens[i]);
 		if (label)
 			break;
 	}
