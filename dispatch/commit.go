@@ -348,12 +348,13 @@ func (d *Dispatcher) waitReaders() {
 // ErrUnfinished (or a simulated crash): the change stays in force.
 //
 // The record and the data path are written side by side, twice: the
-// record's next generation and then the groups of the data path's next
-// generation (read by nothing until the flip) beside the model's update
-// and then the rest of that data generation, and in rest the record's old
-// generation beside the data path's old one. Each pair is joined before
-// the next step, so a step that fails or crashes has the other of its
-// pair finished or stopped by the time commit (or rest) returns.
+// record's next generation beside the groups of the data path's next
+// generation (read by nothing until the flip) and beside the model's
+// update and then the rest of that data generation, and in rest the
+// record's old generation beside the data path's old one. The writes of
+// a step are joined before the next step, so a write that fails or
+// crashes has the others of its step finished or stopped by the time
+// commit (or rest) returns.
 func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, update func()) (rest func() error, err error) {
 	defer func() {
 		if err != nil {
@@ -391,15 +392,17 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		return nil, err
 	}
 	old, next := c.Gen, c.Gen^1
-	// Before the commit point: the record's next generation, then the
+	// Before the commit point: the record's next generation, beside the
 	// groups of the data path's next generation, beside the model's update
 	// and then the rest of the data path's next generation, which reads
-	// the model after the change. A failure of either leaves {old, begun},
+	// the model after the change. A failure of any leaves {old, begun},
 	// the old set in force; the next operation rewrites the data path from
 	// it (see readModel).
 	dataNext := m.gen ^ 1
 	dc := &dataChange{changes: changes}
-	joinRecord := d.goWriteRecord(next, rc, "record-next", func() error { return d.writeDataGroups(dc, dataNext) })
+	joinRecord := d.goWriteRecord(next, rc, "record-next")
+	groups := make(chan error, 1)
+	go func() { groups <- d.writeDataGroups(dc, dataNext) }()
 	update()
 	dc.lists, dc.words, dc.buckets = touched(m, changes)
 	dc.bucketValues(m)
@@ -407,8 +410,9 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	if derr == nil {
 		derr = d.crashPoint("data-next-written")
 	}
+	gerr := <-groups
 	n, rerr := joinRecord()
-	if err := errors.Join(rerr, derr); err != nil {
+	if err := errors.Join(rerr, gerr, derr); err != nil {
 		return nil, err
 	}
 	if err := d.crashPoint("record-next"); err != nil {
@@ -448,7 +452,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		// The record's old generation beside the data path's old one.
 		// The new set is in force from here on; a failure leaves it so,
 		// and the next operation finishes the change as after a crash.
-		joinRecord := d.goWriteRecord(old, rc, "record-old", nil)
+		joinRecord := d.goWriteRecord(old, rc, "record-old")
 		derr := d.writeDataGen(m, dc, m.gen)
 		if derr == nil {
 			derr = d.crashPoint("data-path")
@@ -491,11 +495,10 @@ func unfinished(err error) error {
 	return fmt.Errorf("%w (the next change finishes it): %w", ErrUnfinished, err)
 }
 
-// goWriteRecord starts writeRecord(gen, rc, point) and then, if it
-// succeeded and then is not nil, then(), and returns a function that waits
-// for them and returns what they returned. Every path of the caller calls
-// that function before it returns, so no write outlives the change.
-func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string, then func() error) func() (uint32, error) {
+// goWriteRecord starts writeRecord(gen, rc, point) and returns a function
+// that waits for it and returns what it returned. Every path of the caller
+// calls that function before it returns, so no write outlives the change.
+func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string) func() (uint32, error) {
 	type written struct {
 		n   uint32
 		err error
@@ -503,9 +506,6 @@ func (d *Dispatcher) goWriteRecord(gen uint32, rc *recordChange, point string, t
 	done := make(chan written, 1)
 	go func() {
 		n, err := d.writeRecord(gen, rc, point)
-		if err == nil && then != nil {
-			err = then()
-		}
 		done <- written{n, err}
 	}()
 	return func() (uint32, error) {
