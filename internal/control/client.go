@@ -79,11 +79,12 @@ func (c *Client) Close() error { return c.conn.Close() }
 // returns the result. An error reply is returned as an *Error. The files
 // stay the caller's.
 func (c *Client) Do(ctx context.Context, body RequestBody, files []*os.File) (ResponseBody, error) {
-	return c.do(ctx, NewRequest(body), files)
+	return c.do(ctx, NewRequest(body), files, nil)
 }
 
-// do is Do of a request whose version is set.
-func (c *Client) do(ctx context.Context, req *Request, files []*os.File) (ResponseBody, error) {
+// do is Do of a request whose version is set; sent, if not nil, is called
+// once the request is sent, while the reply is awaited.
+func (c *Client) do(ctx context.Context, req *Request, files []*os.File, sent func()) (ResponseBody, error) {
 	op := req.Op()
 	fds := make([]int, 0, len(files))
 	defer func() { closeFDs(fds) }()
@@ -120,7 +121,7 @@ func (c *Client) do(ctx context.Context, req *Request, files []*os.File) (Respon
 		}
 	}()
 
-	rep, err := c.roundTrip(req, fds)
+	rep, err := c.roundTrip(req, fds, sent)
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			// The only deadlines on the connection are the context's; the
@@ -145,8 +146,8 @@ func (c *Client) do(ctx context.Context, req *Request, files []*os.File) (Respon
 	return rep.Body, nil
 }
 
-// roundTrip sends req and reads its reply.
-func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
+// roundTrip sends req, calls sent (if not nil), and reads its reply.
+func (c *Client) roundTrip(req *Request, fds []int, sent func()) (*Reply, error) {
 	fs, err := encodeRequest(req)
 	if err != nil {
 		return nil, localError{err}
@@ -167,6 +168,9 @@ func (c *Client) roundTrip(req *Request, fds []int) (*Reply, error) {
 			return nil, err
 		}
 		return rep, nil
+	}
+	if sent != nil {
+		sent()
 	}
 	rep, err := c.conn.ReadReply()
 	if err != nil {
@@ -231,12 +235,12 @@ func dupFile(f *os.File) (int, error) {
 // the caller's) and returns the typed result, Resp being the reply type the
 // protocol's table gives req's operation. An error reply is an *Error.
 func Call[Resp any](ctx context.Context, c *Client, req RequestBody, files ...*os.File) (*Resp, error) {
-	return callIn[Resp](ctx, c, NewRequest(req), files)
+	return callIn[Resp](ctx, c, NewRequest(req), files, nil)
 }
 
-// callIn is Call of a request whose version is set.
-func callIn[Resp any](ctx context.Context, c *Client, req *Request, files []*os.File) (*Resp, error) {
-	body, err := c.do(ctx, req, files)
+// callIn is Call of a request whose version is set, with do's sent.
+func callIn[Resp any](ctx context.Context, c *Client, req *Request, files []*os.File, sent func()) (*Resp, error) {
+	body, err := c.do(ctx, req, files, sent)
 	if err != nil {
 		return nil, err
 	}
@@ -335,16 +339,21 @@ func (c *Client) ApplyIn(ctx context.Context, v uint16, cfg Config, dryRun bool)
 		return l
 	}
 	var sorted chan binding.List
+	var sent func()
 	if v >= AddRequestVersion && len(cfg.Bindings) >= sortAhead {
 		// The daemon takes seconds over a million bindings, while this
 		// side waits: sort them meanwhile, for a reply that adds them
 		// all (the first apply of a file). It was a quarter second
 		// after the reply, on CPUs the daemon's work after its reply
-		// keeps busy.
-		sorted = make(chan binding.List, 1)
-		go func() { sorted <- sort() }()
+		// keeps busy. Not before the request is sent: the daemon
+		// starts on it only once it has all of it. The goroutine may
+		// outlive ApplyIn by as long as the sort takes.
+		sent = func() {
+			sorted = make(chan binding.List, 1)
+			go func() { sorted <- sort() }()
+		}
 	}
-	res, err := callIn[ApplyResponse](ctx, c, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil)
+	res, err := callIn[ApplyResponse](ctx, c, &Request{Version: v, Body: &ApplyRequest{Config: cfg, DryRun: dryRun}}, nil, sent)
 	if err != nil {
 		return nil, err
 	}
