@@ -36,16 +36,20 @@ const (
 // A slot holds label ids in 16 bits: this fails to compile if they grow.
 const _ = uint16(maxLabels - 1)
 
-// ixEntry is a prefix in the list of its first bucket.
+// ixEntry is a prefix in the list of its first bucket, with its group:
+// a bucket's value reads the groups in it, which took a lookup in
+// m.groups each, most of the time of bucketValues.
 type ixEntry struct {
 	gk groupKey
+	g  *group
 	ok bool // it can take a slot
 }
 
 // ix2Entry is a prefix that can take a slot in the list of its second
-// bucket.
+// bucket, with its group.
 type ix2Entry struct {
 	gk    groupKey
+	g     *group
 	first uint32 // its first bucket
 }
 
@@ -105,11 +109,11 @@ func (m *model) indexAdd(gk groupKey, g *group) {
 	ok := g.c.indexable() && gk.short()
 	es := m.ix[b]
 	i, _ := slices.BinarySearchFunc(es, gk, compareEntry)
-	m.ix[b] = slices.Insert(es, i, ixEntry{gk, ok})
+	m.ix[b] = slices.Insert(es, i, ixEntry{gk, g, ok})
 	if ok {
 		ks := m.ix2[b2]
 		i, _ := slices.BinarySearchFunc(ks, gk, compareEntry2)
-		m.ix2[b2] = slices.Insert(ks, i, ix2Entry{gk, b})
+		m.ix2[b2] = slices.Insert(ks, i, ix2Entry{gk, g, b})
 	}
 }
 
@@ -203,13 +207,13 @@ func (m *model) room(b uint32) int {
 }
 
 // spillers calls f with each prefix whose second bucket is b and that is in
-// no slot of its first, in key order, while f returns true.
-func (m *model) spillers(b uint32, f func(gk groupKey) bool) {
+// no slot of its first, and its group, in key order, while f returns true.
+func (m *model) spillers(b uint32, f func(gk groupKey, g *group) bool) {
 	if m.ix2 == nil {
 		return
 	}
 	for _, e := range m.ix2[b] {
-		if m.spilled(e.gk, e.first) && !f(e.gk) {
+		if m.spilled(e.gk, e.first) && !f(e.gk, e.g) {
 			return
 		}
 	}
@@ -223,7 +227,7 @@ func (m *model) fits(gk groupKey, b uint32) bool {
 		return false
 	}
 	fit := false
-	m.spillers(b, func(s groupKey) bool {
+	m.spillers(b, func(s groupKey, _ *group) bool {
 		if s == gk {
 			fit = true
 			return false
@@ -252,8 +256,10 @@ func (v *dispatchSyIxBucket) get(k int) ixSlot {
 }
 
 // slot is the slot of group gk.
-func (m *model) slot(gk groupKey) ixSlot {
-	g := m.groups[gk]
+func (m *model) slot(gk groupKey) ixSlot { return ixSlotOf(gk, m.groups[gk]) }
+
+// ixSlotOf is the slot of gk, whose group is g.
+func ixSlotOf(gk groupKey, g *group) ixSlot {
 	mk := gk.mapKey(0)
 	s := ixSlot{
 		addr0:    mk.Addr[0],
@@ -281,7 +287,7 @@ func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
 		case !e.ok:
 			v.Flags |= ixbOverflow
 		case n < ixWays:
-			v.set(n, m.slot(e.gk))
+			v.set(n, ixSlotOf(e.gk, e.g))
 			n++
 		default:
 			v.Flags |= ixbSecond
@@ -291,8 +297,8 @@ func (m *model) indexBucket(b uint32) dispatchSyIxBucket {
 		}
 	}
 	if n < ixWays {
-		m.spillers(b, func(gk groupKey) bool {
-			v.set(n, m.slot(gk))
+		m.spillers(b, func(gk groupKey, g *group) bool {
+			v.set(n, ixSlotOf(gk, g))
 			n++
 			return n < ixWays
 		})
@@ -316,7 +322,7 @@ func (m *model) indexDirty(changes []groupChange) []uint32 {
 	var firsts []uint32
 	addSecond := func(b uint32) {
 		add(b)
-		m.spillers(b, func(gk groupKey) bool {
+		m.spillers(b, func(gk groupKey, _ *group) bool {
 			add(gk.bucket())
 			return true
 		})
