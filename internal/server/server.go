@@ -281,12 +281,12 @@ func (s *Server) serveConn(ctx context.Context, cc *control.Conn) {
 		// A large apply's garbage is handed back after its reply if it
 		// was not before (Server.apply).
 		ar, isApply := req.Body.(*control.ApplyRequest)
-		largeApply := isApply && ar.Config.NumBindings() >= largeApply
+		free := isApply && ar.Config.NumBindings() >= largeApply
 		rep := s.handle(p, req, files)
 		for _, f := range files {
 			f.Close() // the daemon never keeps a service's socket
 		}
-		if err := s.writeReply(cc, p, rep, largeApply); err != nil {
+		if err := s.writeReply(cc, p, rep, free); err != nil {
 			s.log.Debug("write control reply", "peer_uid", p.uid, "err", err)
 			return
 		}
