@@ -116,9 +116,11 @@ func PeerCred(uc *net.UnixConn) (Cred, error) {
 }
 
 // SetRequestLimit lowers the largest request payload Recv accepts to n
-// bytes (n <= 0 restores the protocol's limits). A server can call it after
-// PeerCred, so that a peer that may not apply configurations cannot make it
-// buffer and decode a MaxMessage Apply request:
+// bytes (n <= 0 restores the protocol's limits), and that of a message
+// flagged a reply too, which a server does not read. A server can call it
+// after PeerCred, so that a peer that may not apply configurations cannot
+// make it buffer and decode a MaxMessage Apply request (nor a
+// MaxListMessage "reply"):
 //
 //	if cred.UID != 0 {
 //		conn.SetRequestLimit(control.MaxSmallMessage)

@@ -379,3 +379,26 @@ func TestConnRequestLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A peer held to a request limit gets no more room by flagging its message
+// a reply (which a server never reads anyway): a list-bindings "reply" of
+// 1 GiB announced, or an Apply "reply" of 128 MiB, is refused at its first
+// datagram, not buffered up to that size (per connection) before it is
+// found to be no request.
+func TestConnRequestLimitReplyFlag(t *testing.T) {
+	for _, op := range []Op{OpListBindings, OpApply, OpStatus} {
+		a, b := pair(t)
+		b.SetRequestLimit(MaxSmallMessage)
+		total := maxPayload(op, true)
+		chunk := strings.Repeat("x", 60000)
+		if err := unix.Sendmsg(rawFD(t, a), datagram(AddRequestVersion, op, flagReply|flagMore, total, chunk), nil, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		// The rest would follow; a server must not wait for it.
+		b.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, _, err := b.ReadRequest()
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "over the limit of 65536") {
+			t.Errorf("%s reply of %d bytes announced to a limited connection: got %v, want it refused as over the limit", op, total, err)
+		}
+	}
+}

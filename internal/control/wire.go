@@ -140,7 +140,11 @@ func (a *assembler) add(d []byte) (done bool, err error) {
 			return false, Errorf(CodeUnsupported, "control message: operation %d is not supported by this side; upgrade switchyard and switchyardd to the same release", uint16(h.op))
 		}
 		max := maxPayload(h.op, reply)
-		if !reply && a.limit > 0 && a.limit < max {
+		// The limit holds for a reply too: a limited peer (a server's
+		// non-root client) that flags its message a reply, which a
+		// server refuses once it has it all, must not get a reply's
+		// room (up to MaxListMessage) in the meantime.
+		if a.limit > 0 && a.limit < max {
 			if uint64(h.total) > uint64(a.limit) {
 				return false, invalidf("control message: %s payload of %d bytes is over the limit of %d bytes this connection has (only root may send larger requests)", h.op, h.total, a.limit)
 			}
