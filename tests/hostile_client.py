@@ -7,6 +7,10 @@
 #   flood N: N threads each ask for the binding list and read it, over and
 #            over (reconnecting when the daemon hangs up).
 #   bind  N: on one connection, ask N times to bind (refused: not root).
+#   fakereply N: on N connections at once, send a message flagged a reply
+#            (list-bindings, 1 GiB announced) and stream up to 64 MiB of
+#            it; REFUSED counts the connections the daemon hung up on
+#            before that.
 #
 # It prints "ready OPEN REFUSED" once set up, then waits until its stdin
 # closes; flood and bind print "done COUNT" when finished.
@@ -16,6 +20,7 @@ import sys
 import threading
 
 mode, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+REPLY = 0x1
 MORE = 0x2
 
 
@@ -89,6 +94,29 @@ elif mode == "flood":
     sys.stdin.read()
     stop.set()
     print("done", count[0], flush=True)
+elif mode == "fakereply":
+    hung_up = [0]
+    lock = threading.Lock()
+
+    def push():
+        chunk = b"x" * 60000
+        head = b"SWYD" + struct.pack(">HHHHII", 1, 4, REPLY | MORE, 0, 1 << 30, len(chunk))
+        try:
+            s = dial()
+            held.append(s)
+            for i in range((64 << 20) // len(chunk)):
+                s.send(head + chunk)
+        except OSError:
+            with lock:
+                hung_up[0] += 1
+
+    threads = [threading.Thread(target=push) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("ready", n, hung_up[0], flush=True)
+    sys.stdin.read()
 elif mode == "bind":
     s = dial()
     print("ready", 1, 0, flush=True)

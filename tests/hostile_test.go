@@ -197,6 +197,32 @@ func TestHostileListingsMemory(t *testing.T) {
 	w.alive(t)
 }
 
+// A user other than root that flags its messages replies (which the
+// daemon never reads) gets no more room than its requests have: eight
+// connections that announce a list-bindings "reply" of 1 GiB and stream
+// 64 MiB of it are each hung up on at their first datagram, and the
+// daemon's memory stays within rssBound, where it buffered them all (512
+// MiB) before it found they were no requests.
+func TestHostileReplyFlag(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	pid := w.d.cmd.Process.Pid
+	before := vmRSS(t, pid)
+	h := w.hostile(t, "fakereply", 8)
+	peak := vmRSS(t, pid)
+	w.mustCLI("status")
+	t.Logf("rss before %.1f MiB, after 8 connections streamed a 1 GiB \"reply\" %.1f MiB (bound %d MiB); %d of %d hung up on",
+		float64(before)/(1<<20), float64(peak)/(1<<20), rssBound>>20, h.refused, h.open)
+	if h.refused != h.open {
+		t.Errorf("the daemon took all 64 MiB of %d of the %d messages flagged replies", h.open-h.refused, h.open)
+	}
+	if peak > rssBound {
+		t.Errorf("daemon rss reached %.1f MiB with messages flagged replies, over the bound of %d MiB", float64(peak)/(1<<20), rssBound>>20)
+	}
+	h.stop(t)
+	w.alive(t)
+}
+
 // Many refusals from one user produce a bounded number of log lines, while
 // the counter counts every one.
 func TestRefusalLogsRateLimited(t *testing.T) {
