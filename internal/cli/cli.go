@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -156,6 +157,7 @@ type invocation struct {
 	flags   map[string][]string // command flags by canonical name
 	netns   string
 	control string
+	timeout time.Duration // --timeout, 0 if not given
 }
 
 func (inv *invocation) flag(name string) string { return last(inv.flags[name]) }
@@ -206,6 +208,7 @@ func (inv *invocation) stdout() io.Writer { return inv.env.Stdout }
 var globalFlags = []flagSpec{
 	{names: []string{"netns"}, value: "PATH", help: "network namespace to work in, such as /run/netns/NAME or /proc/PID/ns/net (default: this process's)"},
 	{names: []string{"control"}, value: "PATH", help: "control socket of switchyardd (default: /run/switchyard/netns-INODE/control.sock of the namespace)"},
+	{names: []string{"timeout"}, value: "DURATION", help: "give up waiting for switchyardd after DURATION, such as 30s (default: wait as long as it takes); a change it was making may still complete"},
 }
 
 var helpFlag = flagSpec{names: []string{"h", "help"}, help: "show this help"}
@@ -224,7 +227,7 @@ func run(ctx context.Context, env Env, args []string) error {
 	if err := lead.Parse(args); err != nil {
 		err = flagError(lead, args, err)
 		if strings.HasPrefix(err.Error(), "unknown flag ") {
-			return usagef("%v: the flags before the command are --netns PATH and --control PATH; run 'switchyard help' for help", err)
+			return usagef("%v: the flags before the command are --netns PATH, --control PATH and --timeout DURATION; run 'switchyard help' for help", err)
 		}
 		return usagef("%v: run 'switchyard help' for help", err)
 	}
@@ -237,6 +240,7 @@ func run(ctx context.Context, env Env, args []string) error {
 		args = append([]string{"version"}, args...)
 	}
 	inv.netns, inv.control = last(vals["netns"]), last(vals["control"])
+	timeout := last(vals["timeout"])
 	if len(args) == 0 {
 		return usagef("no command given: run 'switchyard help' for the list of commands")
 	}
@@ -264,6 +268,19 @@ func run(ctx context.Context, env Env, args []string) error {
 	if v := vals["control"]; len(v) > 0 {
 		inv.control = last(v)
 	}
+	if v := vals["timeout"]; len(v) > 0 {
+		timeout = last(v)
+	}
+	if timeout != "" {
+		d, err := time.ParseDuration(timeout)
+		if err != nil || d <= 0 {
+			return inv.usage("--timeout %q: give a positive duration such as 30s or 2m", trunc(timeout))
+		}
+		inv.timeout = d
+		ctx, cancel := context.WithTimeout(inv.ctx, d)
+		defer cancel()
+		inv.ctx = ctx
+	}
 	inv.args, inv.flags = pos, vals
 	if f := fs.Lookup("o"); f != nil {
 		yaml := f.Usage == yamlOutputFlag.help
@@ -276,7 +293,11 @@ func run(ctx context.Context, env Env, args []string) error {
 			return inv.usage("output format %q: use -o table or -o json", trunc(f))
 		}
 	}
-	return cmd.run(inv)
+	err = cmd.run(inv)
+	if err != nil && inv.timeout > 0 && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: no answer from switchyardd within %v (--timeout); a change it was making may still complete: look with 'switchyard status' (%w)", cmd.name, inv.timeout, err)
+	}
+	return err
 }
 
 func (inv *invocation) json() bool { return inv.flag("o") == "json" }

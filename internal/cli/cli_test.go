@@ -60,7 +60,7 @@ func TestUsageErrors(t *testing.T) {
 		want []string
 	}{
 		{[]string{"frobnicate"}, []string{`unknown command "frobnicate": run 'switchyard help' for the list of commands`}},
-		{[]string{"--frob", "bindings"}, []string{"unknown flag --frob: the flags before the command are --netns PATH and --control PATH"}},
+		{[]string{"--frob", "bindings"}, []string{"unknown flag --frob: the flags before the command are --netns PATH, --control PATH and --timeout DURATION"}},
 		{[]string{"--netns"}, []string{"flag --netns needs a value (PATH)"}},
 		{[]string{"bindings", "--frob"}, []string{"bindings: unknown flag --frob: run 'switchyard bindings -h' for help"}},
 		{[]string{"bindings", "-o"}, []string{"bindings: flag -o needs a value (FORMAT)"}},
