@@ -62,6 +62,7 @@ func TestInterruptedChangeRecoversOldOrNew(t *testing.T) {
 	}{
 		{"begun", 1, false}, {"dirty", 1, false},
 		{"sync-deleted", 1, false}, {"record-next-deleted", 1, false},
+		{"data-groups", 1, false}, {"data-next-written", 1, false},
 		{"record-next", 1, false}, {"flipped", 1, true}, {"data-next", 1, true},
 		{"data-path", 1, true}, {"record-old-deleted", 1, true}, {"record-old", 1, true},
 		{"idle", 1, true},
