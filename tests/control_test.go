@@ -316,6 +316,30 @@ labels:
 	if out := w.mustCLI("status", "web", "-o", "json"); !strings.Contains(out, `"policy": "none"`) && !strings.Contains(out, `"policy":"none"`) {
 		t.Errorf("status after refused policies:\n%s", out)
 	}
+	// A large first apply, whose reply this daemon would leave the
+	// added bindings out of for a client of protocol version 3: the old
+	// CLI, which speaks an earlier one, is told every one of them; and
+	// then a change of half of them, both ways.
+	const n = 20000
+	large := func(label func(i int) string) string {
+		var s strings.Builder
+		s.WriteString("version: 1\nbindings:\n")
+		for i := range n {
+			fmt.Fprintf(&s, "  - {label: %s, protocol: tcp, prefix: 10.%d.%d.0/24, ports: \"80\"}\n", label(i), i/256, i%256)
+		}
+		return writeFile(t, s.String())
+	}
+	out := must(nil, "apply", "-f", large(func(int) string { return "web" }))
+	if added := strings.Count(out, "+ web tcp 10."); added != n || !strings.Contains(out, "- web tcp 192.0.2.0/24 80") {
+		t.Errorf("first apply of %d bindings: %d added; output starts:\n%.500s", n, added, out)
+	}
+	out = must(nil, "apply", "-f", large(func(i int) string { return []string{"web", "api"}[i%2] }))
+	if removed, added := strings.Count(out, "- web tcp 10."), strings.Count(out, "+ api tcp 10."); removed != n/2 || added != n/2 || strings.Contains(out, "+ web") {
+		t.Errorf("apply relabelling %d of %d bindings: %d removed, %d added; output starts:\n%.500s", n/2, n, removed, added, out)
+	}
+	if out := must(nil, "apply", "-f", cfg); strings.Count(out, "- ") != n || !strings.Contains(out, "+ web tcp 192.0.2.0/24 80") {
+		t.Errorf("apply back to one binding: %d removed; output starts:\n%.500s", strings.Count(out, "- "), out)
+	}
 }
 
 // The CLI of this build applies configs through the daemons of landed main,
