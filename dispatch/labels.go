@@ -152,6 +152,15 @@ func (d *Dispatcher) exclusive(fn func(m *model) error) error {
 	return err
 }
 
+// Settle returns once the rest of a large change that this process made
+// (see exclusive) is done, at once if there is none: the rest holds d.mu
+// until then. A caller that is about to allocate much (a large apply)
+// waits here so that the rest's garbage and its own do not add up.
+func (d *Dispatcher) Settle() {
+	d.mu.Lock()
+	d.mu.Unlock() //nolint:staticcheck // the lock is the wait
+}
+
 // view runs fn, which only reads, with a current model under the shared
 // lock. It writes nothing, not even a repair (see refresh).
 func (d *Dispatcher) view(fn func(m *model) error) error {

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -37,10 +38,26 @@ func TestLargeChangeReturnsAtCommitPoint(t *testing.T) {
 	}
 
 	d := e.d
+	var idle atomic.Bool
 	for i, label := range []string{"a", "b"} {
 		want := set(label)
+		idle.Store(false)
+		d.crash = func(point string) bool {
+			if point == "idle" {
+				idle.Store(true)
+			}
+			return false
+		}
 		if _, _, err := d.Replace(want, []byte(label), false); err != nil {
 			t.Fatalf("change %d: %v", i, err)
+		}
+		// Settle waits for the rest, which writes the record idle
+		// last (the rest takes long enough at this size that a Settle
+		// that did not wait fails here; state() would not, as it
+		// takes the lock the rest holds).
+		d.Settle()
+		if !idle.Load() {
+			t.Fatalf("change %d: Settle returned before the rest wrote the record idle", i)
 		}
 		if got, _, err := e.dialLabel("10.1.0.7:80"); err != nil || got != label {
 			t.Fatalf("change %d: the probe reached %q (%v) when the change returned, want %q", i, got, err, label)

@@ -715,9 +715,8 @@ func (s *Server) apply(v uint16, r *control.ApplyRequest) (*control.ApplyRespons
 		// garbage left from before (other requests since the last
 		// collection) would add to its peak. So would the garbage of
 		// the rest of a large change before, which the dispatcher may
-		// still be doing after that change's reply: a read of the
-		// dispatcher waits for it.
-		s.d.Settings()
+		// still be doing after that change's reply: wait for it.
+		s.d.Settle()
 		collectGarbage(32 << 20)
 	}
 	if n >= 10000 && debug.SetMemoryLimit(-1) < math.MaxInt64 {
