@@ -30,9 +30,13 @@ type crashSet struct {
 // crashSets writes the config files of the crash test's sets: A and B have
 // 50,001 bindings each, differ in 25,000 of them and in the label of the
 // probe 10.1.0.0/24 (probe-a, probe-b), and B gives probe-b the policy
-// bypass.
+// bypass. SWITCHYARD_CRASH_BINDINGS sets another number than 50,000:
+// from 131,072 on, A and B differ in a large change's number of groups
+// (dispatch's largeChange, 65,536), which returns at its commit point and
+// does the rest after its reply.
 func crashConfigs(t *testing.T) (a, b string) {
 	t.Helper()
+	n := crashBindings(t)
 	gen := func(set string) string {
 		var s strings.Builder
 		s.WriteString("version: 1\nlabels:\n  probe-a:\n    grants: {uids: [4242]}\n")
@@ -44,7 +48,7 @@ func crashConfigs(t *testing.T) (a, b string) {
 		s.WriteString("bindings:\n")
 		probe := map[string]string{"A": "probe-a", "B": "probe-b"}[set]
 		fmt.Fprintf(&s, "  - {label: %s, protocol: tcp, prefix: 10.1.0.0/24, ports: \"*\"}\n", probe)
-		for i := range 50000 {
+		for i := range n {
 			port, label := 80, fmt.Sprintf("c%d", i%50)
 			if i%2 == 1 {
 				if set == "A" {
@@ -61,6 +65,21 @@ func crashConfigs(t *testing.T) (a, b string) {
 	return writeFile(t, gen("A")), writeFile(t, gen("B"))
 }
 
+// crashBindings is the number of bindings of the crash test's sets but
+// the probe: 50,000, or SWITCHYARD_CRASH_BINDINGS.
+func crashBindings(t *testing.T) int {
+	t.Helper()
+	s := os.Getenv("SWITCHYARD_CRASH_BINDINGS")
+	if s == "" {
+		return 50000
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 2 || n > 1<<20 {
+		t.Fatalf("SWITCHYARD_CRASH_BINDINGS=%q: want a number of bindings from 2 to 1,048,576", s)
+	}
+	return n
+}
+
 // crashWorld is one daemon of the crash test and what it knows.
 type crashWorld struct {
 	t      *testing.T
@@ -71,11 +90,15 @@ type crashWorld struct {
 	policy string // probe-b's policy in force
 	rnd    *rand.Rand
 	took   map[string]time.Duration // how long each kind of change takes uninterrupted
-	stats  *crashStats
+	// done: the CLI of the last change killed reported it done, so the
+	// change was in force before the kill.
+	done  bool
+	stats *crashStats
 }
 
 type crashStats struct {
 	kills, old, new, recovered atomic.Int64
+	done                       atomic.Int64 // kills after the CLI reported the change done
 	mu                         sync.Mutex
 	byKind                     map[string]int
 }
@@ -140,11 +163,16 @@ func (cw *crashWorld) probe() string {
 }
 
 // change starts a change (args of the CLI, or "reload"), and kills the
-// daemon at a random instant within about its duration. It returns once
-// the CLI has finished.
+// daemon at a random instant within about its duration; with sets that
+// differ in a large change, up to half as long again, as such a change
+// does the rest of its work after its reply. It returns once the CLI has
+// finished, and sets cw.done.
 func (cw *crashWorld) change(kind string, args ...string) {
 	cw.t.Helper()
 	limit := cw.took[kind] * 12 / 10
+	if crashBindings(cw.t) >= 1<<17 {
+		limit = cw.took[kind] * 3 / 2
+	}
 	delay := time.Duration(cw.rnd.Int64N(int64(limit) + 1))
 	var cli *exec.Cmd
 	if kind == "reload" {
@@ -157,8 +185,12 @@ func (cw *crashWorld) change(kind string, args ...string) {
 	}
 	time.Sleep(delay)
 	cw.w.d.stop(cw.t, syscall.SIGKILL)
+	cw.done = false
 	if cli != nil {
-		cli.Wait()
+		cw.done = cli.Wait() == nil
+	}
+	if cw.done {
+		cw.stats.done.Add(1)
 	}
 	cw.stats.kills.Add(1)
 	cw.stats.mu.Lock()
@@ -202,6 +234,8 @@ func (cw *crashWorld) check(from, to *crashSet, fromPol, toPol string, daemonles
 		isTo = !isFrom && sameListing(cw.t, bs, to.listing) && p == toPol
 	}
 	switch {
+	case cw.done && !isTo:
+		cw.t.Fatalf("the CLI reported %s -> %s done before the kill, but the restarted daemon has %d bindings (sets: %d, %d) and policy %s, not the new set", from.name, to.name, len(listing(cw.t, bs)), len(listing(cw.t, from.listing)), len(listing(cw.t, to.listing)), p)
 	case got != nil && !(got == from && isFrom || got == to && isTo):
 		cw.t.Fatalf("after a kill during %s -> %s the pinned state held %s, the restarted daemon %d bindings and policy %s", from.name, to.name, got.name, len(listing(cw.t, bs)), p)
 	case isFrom:
@@ -367,8 +401,8 @@ func TestCrashDuringChanges(t *testing.T) {
 	stats := &crashStats{byKind: map[string]int{}}
 	start := time.Now()
 	t.Cleanup(func() {
-		t.Logf("%d kills in %v (%v); the restarted daemon had the old state %d times, the new %d times; %d times it recovered an interrupted commit",
-			stats.kills.Load(), time.Since(start).Round(time.Second), stats.byKind, stats.old.Load(), stats.new.Load(), stats.recovered.Load())
+		t.Logf("%d kills in %v (%v); the restarted daemon had the old state %d times, the new %d times (%d kills after the CLI reported the change done); %d times it recovered an interrupted commit",
+			stats.kills.Load(), time.Since(start).Round(time.Second), stats.byKind, stats.old.Load(), stats.new.Load(), stats.done.Load(), stats.recovered.Load())
 		if !t.Failed() && stats.kills.Load() < int64(kills) {
 			t.Errorf("%d kills, want %d", stats.kills.Load(), kills)
 		}
