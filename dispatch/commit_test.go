@@ -75,14 +75,7 @@ func TestInterruptedDataPathWrites(t *testing.T) {
 				t.Fatalf("%s #%d: %s settings %q, %v %v; want %q", p.name, p.nth, who, s, ok, err, settings[in])
 			}
 		}
-		ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		check("read-only", ro)
-		ro.Close()
-		d = e.open()
-		check("restarted", d)
+		d = e.reopen(check)
 		if p.new {
 			e.checkDial(probe, "new")
 			e.checkDial(onlyNew, "n0")

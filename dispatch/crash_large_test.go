@@ -114,14 +114,7 @@ func TestInterruptedLargeChangeRecoversOldOrNew(t *testing.T) {
 				t.Fatalf("%s: %s settings %q %v %v, want %q", p.name, who, s, ok, err, settings[cur])
 			}
 		}
-		ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		check("read-only", ro)
-		ro.Close()
-		d = e.open()
-		check("restarted", d)
+		d = e.reopen(check)
 		if label, _, err := e.dialLabel("10.1.0.7:80"); err != nil || label != want[0].Label {
 			t.Fatalf("%s: probe reached %q (%v), want %q", p.name, label, err, want[0].Label)
 		}

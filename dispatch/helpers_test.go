@@ -50,6 +50,22 @@ func (e *env) open() *Dispatcher {
 	return d
 }
 
+// reopen hands check the state as a read-only dispatcher and then a
+// restarted one (which recovers what a stopped change left) see it, and
+// returns the restarted one.
+func (e *env) reopen(check func(who string, d *Dispatcher)) *Dispatcher {
+	e.t.Helper()
+	ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	check("read-only", ro)
+	ro.Close()
+	d := e.open()
+	check("restarted", d)
+	return d
+}
+
 func (e *env) bind(label, proto, prefix, ports string) {
 	e.t.Helper()
 	b, err := binding.Parse(label, proto, prefix, ports)

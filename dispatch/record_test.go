@@ -110,14 +110,7 @@ func TestInterruptedChangeRecoversOldOrNew(t *testing.T) {
 					t.Fatalf("%s #%d: %s settings: %d bytes, %v %v; want those of the same set", p.name, p.nth, who, len(s), ok, err)
 				}
 			}
-			ro, err := Open(e.ns.Path(), Options{Root: e.root, ReadOnly: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			check("read-only", ro)
-			ro.Close()
-			d = e.open()
-			check("restarted", d)
+			d = e.reopen(check)
 			if label, _, err := e.dialLabel("10.1.0.7:80"); err != nil || label != wantLabel {
 				t.Fatalf("%s #%d: probe reached %q (%v), want %q", p.name, p.nth, label, err, wantLabel)
 			}
