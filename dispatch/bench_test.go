@@ -50,6 +50,23 @@ func lookupCtx(proto binding.Protocol, dst netip.AddrPort) skLookupCtx {
 	return c
 }
 
+// runLookup runs prog (BPF_PROG_TEST_RUN) on what the kernel hands it for
+// ctx and returns its verdict and the cookie of the socket it selected (0
+// for none).
+func runLookup(tb testing.TB, prog *ebpf.Program, ctx skLookupCtx) (uint32, uint64) {
+	tb.Helper()
+	// The kernel's struct may have grown past ours; give it room.
+	var out struct {
+		skLookupCtx
+		Spare [16]uint32
+	}
+	ret, err := prog.Run(&ebpf.RunOptions{Context: ctx, ContextOut: &out})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ret, out.Cookie
+}
+
 // fillerBindings makes n bindings that mix /32 and /24 prefixes with single
 // ports, ranges and every port, none of them covering the targets.
 func fillerBindings(n int) []binding.Binding {

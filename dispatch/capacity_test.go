@@ -48,20 +48,13 @@ func TestChangeOfFullPrefixSet(t *testing.T) {
 	// selects the socket of p5 (hit) or none.
 	probe := func(dst string, hit bool) {
 		t.Helper()
-		var out struct {
-			skLookupCtx
-			Spare [16]uint32
-		}
-		ret, err := e.d.objs.SyDispatch.Run(&ebpf.RunOptions{Context: lookupCtx(binding.TCP, netip.MustParseAddrPort(dst)), ContextOut: &out})
-		if err != nil {
-			t.Fatal(err)
-		}
+		ret, cookie := runLookup(t, e.d.objs.SyDispatch, lookupCtx(binding.TCP, netip.MustParseAddrPort(dst)))
 		want := uint64(0)
 		if hit {
 			want = dest.Cookie
 		}
-		if ret != 1 || out.Cookie != want {
-			t.Fatalf("%s: verdict %d, socket %d; want 1 and socket %d", dst, ret, out.Cookie, want)
+		if ret != 1 || cookie != want {
+			t.Fatalf("%s: verdict %d, socket %d; want 1 and socket %d", dst, ret, cookie, want)
 		}
 	}
 	probe("10.1.15.255:443", true) // i = 4095: label p5

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
@@ -123,16 +121,10 @@ func TestInterruptedLargeChangeRecoversOldOrNew(t *testing.T) {
 			if ref, ok := binding.Lookup(want, binding.TCP, ap); ok {
 				wantLabel = ref.Label
 			}
-			var out struct {
-				skLookupCtx
-				Spare [16]uint32
-			}
-			if _, err := d.objs.SyDispatch.Run(&ebpf.RunOptions{Context: lookupCtx(binding.TCP, ap), ContextOut: &out}); err != nil {
-				t.Fatal(err)
-			}
+			_, cookie := runLookup(t, d.objs.SyDispatch, lookupCtx(binding.TCP, ap))
 			got := ""
-			if out.Cookie != 0 {
-				got = cookies[out.Cookie]
+			if cookie != 0 {
+				got = cookies[cookie]
 			}
 			if got != wantLabel {
 				t.Errorf("%s: %s reaches %q, the recovered set says %q", p.name, ap, got, wantLabel)

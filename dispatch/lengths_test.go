@@ -6,8 +6,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
@@ -62,22 +60,15 @@ func TestDataPathLengthsMatchReference(t *testing.T) {
 				want = ref.Label
 				matched[fmt.Sprintf("%s/%v/%d", proto, dst.Addr().Is4(), ref.Prefix.Bits())]++
 			}
-			var out struct {
-				skLookupCtx
-				Spare [16]uint32
-			}
-			ret, err := e.d.objs.SyDispatch.Run(&ebpf.RunOptions{Context: lookupCtx(proto, dst), ContextOut: &out})
-			if err != nil {
-				t.Fatal(err)
-			}
+			ret, cookie := runLookup(t, e.d.objs.SyDispatch, lookupCtx(proto, dst))
 			got := ""
-			if out.Cookie != 0 {
-				got = cookies[out.Cookie]
+			if cookie != 0 {
+				got = cookies[cookie]
 			}
 			// No binding: the kernel goes on (SK_PASS, no socket).
 			// A binding: its label's socket.
 			if got != want || ret != 1 {
-				t.Errorf("round %d probe %d: %s %s: verdict %d, socket of %q (cookie %d); binding.Lookup says %q", round, i, proto, dst, ret, got, out.Cookie, want)
+				t.Errorf("round %d probe %d: %s %s: verdict %d, socket of %q (cookie %d); binding.Lookup says %q", round, i, proto, dst, ret, got, cookie, want)
 			}
 		}
 		// The probes reached the third and later lengths of each

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
 
@@ -98,20 +96,13 @@ func TestPrecedenceAtScale(t *testing.T) {
 		if ref, ok := binding.Lookup(bs, binding.TCP, ap); ok {
 			want = ref.Label
 		}
-		var out struct {
-			skLookupCtx
-			Spare [16]uint32
-		}
-		ret, err := e.d.objs.SyDispatch.Run(&ebpf.RunOptions{Context: lookupCtx(binding.TCP, ap), ContextOut: &out})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := cookies[out.Cookie]
-		if out.Cookie == 0 {
+		ret, cookie := runLookup(t, e.d.objs.SyDispatch, lookupCtx(binding.TCP, ap))
+		got := cookies[cookie]
+		if cookie == 0 {
 			got = ""
 		}
 		if ret != 1 || got != want {
-			t.Errorf("%s: verdict %d, socket of %q (cookie %d); binding.Lookup says %q", ap, ret, got, out.Cookie, want)
+			t.Errorf("%s: verdict %d, socket of %q (cookie %d); binding.Lookup says %q", ap, ret, got, cookie, want)
 		}
 	}
 }
