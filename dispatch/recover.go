@@ -3,9 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
-	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -231,20 +229,15 @@ func (d *Dispatcher) rewriteIndex(m *model, gen uint32) error {
 	const part = 4 * minPart
 	keys := make([]uint32, part)
 	vals := make([]dispatchSyIxBucket, part)
-	cpus := runtime.GOMAXPROCS(0)
 	for lo := 0; lo < ixBuckets; lo += part {
 		n := min(part, ixBuckets-lo)
-		var wg sync.WaitGroup
-		for c := range cpus {
-			wg.Go(func() {
-				for i := c * n / cpus; i < (c+1)*n/cpus; i++ {
-					b := uint32(lo + i)
-					keys[i] = gen*ixBuckets + b
-					vals[i] = m.indexBucket(b)
-				}
-			})
-		}
-		wg.Wait()
+		inParts(n, partsOf(n), func(_, from, to int) {
+			for i := from; i < to; i++ {
+				b := uint32(lo + i)
+				keys[i] = gen*ixBuckets + b
+				vals[i] = m.indexBucket(b)
+			}
+		})
 		if err := batchPut(d.objs.SyIndex, keys[:n], vals[:n]); err != nil {
 			return fmt.Errorf("write index: %w", err)
 		}
