@@ -18,7 +18,7 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "6d785cfb4ee0a91aa490c2439a4a15ba43a130bb"
+const landedMain = "6d724eb1a8dcab8d2960a8a7ef6b4db55850ec34"
 
 // unpackedApplyMain is the last landed commit whose daemon reads only the
 // version-1 (JSON) Apply: the CLI's fallback to it is tested against it.
