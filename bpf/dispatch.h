@@ -92,6 +92,33 @@
 #define SY_PV_BOUNDS 2
 
 /* sy_config[0]: the generation the program reads. */
+/* A binding of a small set: traffic to an address a with (a & mask) ==
+ * addr (words in network byte order, IPv4 in word 0) and a port in
+ * [lo, hi] goes to label. */
+struct sy_small_ent {
+	__u32 addr[4];
+	__u32 mask[4];
+	__u16 lo;
+	__u16 hi;
+	__u32 label;
+};
+
+/* Most bindings a small set holds. */
+#define SY_SMALL_MAX 8
+
+#define SY_SMALL_KNOWN 1 /* written by a build that writes small sets */
+#define SY_SMALL_ALL 2   /* ent holds every binding of the list */
+
+/* The bindings of one list (generation, protocol, family) when it has at
+ * most SY_SMALL_MAX, the most specific first (the longest prefix, then the
+ * narrowest ports): the first that matches is the one the prefix entries
+ * give. */
+struct sy_small {
+	__u32 flags;
+	__u32 count;
+	struct sy_small_ent ent[SY_SMALL_MAX];
+};
+
 struct sy_cfg {
 	__u32 gen;
 	__u32 layout;    /* version of the map layout, for upgrades */
@@ -99,6 +126,9 @@ struct sy_cfg {
 	__u32 dirty;     /* a change began and did not finish */
 	__u32 _pad;
 	__u8 prog[32];   /* SHA-256 of the object the attached program came from */
+	/* Since layout 2: [gen*4 + proto*2 + family]. In the element the
+	 * program reads gen from, so a small set costs no other lookup. */
+	struct sy_small small[8];
 };
 
 /* sy_plens[gen*4 + proto*2 + family]: prefix lengths in use, longest first. */
@@ -175,7 +205,9 @@ struct sy_ix_bucket {
 	__u16 any_label[SY_IX_WAYS];
 };
 
-/* Per-label counters, per CPU. Index 0 counts lookups that matched nothing. */
+/* Per-label counters, per CPU. Index 0 counts lookups that matched nothing.
+ * Since layout 2 the program counts lookups at index 0 only: a label's are
+ * its hits, missing and bad_socket together. */
 struct sy_stats {
 	__u64 lookups;
 	__u64 hits;

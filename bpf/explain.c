@@ -43,8 +43,9 @@ struct sy_explained {
 
 struct sy_explained sy_result;
 
-/* What sy_uncount takes back: label's lookups and one of hits (1),
- * missing (2) or bad_socket (3). */
+/* What sy_uncount takes back: one of label 0's lookups (0), or one of a
+ * label's hits (1), missing (2) or bad_socket (3), which are its lookups
+ * (sy_stats). */
 __u32 sy_uncount_label;
 __u32 sy_uncount_what;
 
@@ -527,8 +528,10 @@ int sy_uncount(struct bpf_sk_lookup *ctx)
 
 	if (!c)
 		return SK_DROP;
-	c->lookups--;
 	switch (sy_uncount_what) {
+	case 0:
+		c->lookups--;
+		break;
 	case 1:
 		c->hits--;
 		break;

@@ -371,15 +371,11 @@ __noinline __u32 sy_probe_length6(const struct sy_query *q, __u32 gen, __u32 ple
 #define SY_INLINE_PLENS 2
 
 /* The label of the most specific binding for q among the prefix lengths of
- * sy_plens[idx] in generation gen, or 0. */
-static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, __u32 idx)
+ * pl in generation gen, or 0. */
+static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, const struct sy_plen_list *pl)
 {
-	const struct sy_plen_list *pl;
 	__u32 label = 0, n;
 
-	pl = bpf_map_lookup_elem(&sy_plens, &idx);
-	if (!pl)
-		return 0;
 	n = pl->count;
 	if (n > SY_MAX_PLENS)
 		n = SY_MAX_PLENS;
@@ -404,20 +400,41 @@ static __always_inline __u32 probe_lengths(const struct sy_query *q, __u32 gen, 
 	return label;
 }
 
-/* The label of the most specific binding for q, or 0 if no binding matches.
- * sy_dispatch inlines it; other programs call sy_lookup. The address and
- * port maps, which hold for either generation, come first: an address miss
- * reads one array element, a port miss two. */
-static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
+/* The label of the first binding of the small set s that matches traffic
+ * of family fam to addr and port, or 0: the set is in order of precedence. */
+static __always_inline __u32 small_lookup(const struct sy_small *s, __u8 fam, const __u32 addr[4], __u16 port)
 {
-	const struct sy_cfg *cfg;
-	const __u64 *w;
-	__u32 zero = 0, gen, idx, widx, blk;
-	__u16 port;
+	__u32 n = s->count;
 
-	if (!q || q->proto > 1 || q->fam > 1)
-		return 0;
-	port = q->port;
+#pragma unroll
+	for (int i = 0; i < SY_SMALL_MAX; i++) {
+		const struct sy_small_ent *e = &s->ent[i];
+
+		if (i >= n)
+			break;
+		if ((addr[0] & e->mask[0]) != e->addr[0])
+			continue;
+		if (fam == SY_FAM_V6 &&
+		    (((addr[1] & e->mask[1]) ^ e->addr[1]) | ((addr[2] & e->mask[2]) ^ e->addr[2]) |
+		     ((addr[3] & e->mask[3]) ^ e->addr[3])))
+			continue;
+		if (port < e->lo || port > e->hi)
+			continue;
+		return e->label;
+	}
+	return 0;
+}
+
+/* The label of the most specific binding for q in generation gen, from the
+ * prefix entries. The address and port maps come first: an address miss
+ * reads one array element, a port miss two. */
+static __always_inline __u32 lookup_entries(const struct sy_query *q, __u32 gen)
+{
+	const struct sy_plen_list *pl;
+	const __u64 *w;
+	__u32 idx, widx, blk;
+	__u16 port = q->port;
+
 	blk = sy_noaddr_block(q->addr, q->fam);
 	widx = (q->proto * 2 + q->fam) * SY_NOADDR_WORDS + blk / 64;
 	w = bpf_map_lookup_elem(&sy_noaddr, &widx);
@@ -427,13 +444,49 @@ static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
 	w = bpf_map_lookup_elem(&sy_noports, &widx);
 	if (w && ((*w >> (port & 63)) & 1))
 		return 0;
+	idx = gen * 4 + q->proto * 2 + q->fam;
+	pl = bpf_map_lookup_elem(&sy_plens, &idx);
+	if (!pl)
+		return 0;
+	return probe_lengths(q, gen, pl);
+}
 
+/* The label of the most specific binding for traffic of protocol proto
+ * (SY_PROTO_*) and family fam (SY_FAM_*) to address a0..a3 (network byte
+ * order, IPv4 in a0) and port, or 0 if no binding matches. A list of a few
+ * bindings is scanned whole from sy_config, which the lookup reads first
+ * for the generation; the query is built only for the prefix entries. */
+static __always_inline __u32 sy_lookup_parts(__u8 proto, __u8 fam, __u32 a0, __u32 a1, __u32 a2, __u32 a3,
+					     __u16 port)
+{
+	const struct sy_small *s;
+	const struct sy_cfg *cfg;
+	__u32 zero = 0, gen;
+
+	if (proto > 1 || fam > 1)
+		return 0;
 	cfg = bpf_map_lookup_elem(&sy_config, &zero);
 	if (!cfg)
 		return 0;
 	gen = cfg->gen & 1;
-	idx = gen * 4 + q->proto * 2 + q->fam;
-	return probe_lengths(q, gen, idx);
+	s = &cfg->small[(gen * 4 + proto * 2 + fam) & 7];
+	if (s->flags & SY_SMALL_ALL) {
+		__u32 addr[4] = { a0, a1, a2, a3 };
+
+		return small_lookup(s, fam, addr, port);
+	}
+
+	struct sy_query q = { .addr = { a0, a1, a2, a3 }, .port = port, .proto = proto, .fam = fam };
+
+	return lookup_entries(&q, gen);
+}
+
+/* sy_lookup_parts of q. */
+static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
+{
+	if (!q)
+		return 0;
+	return sy_lookup_parts(q->proto, q->fam, q->addr[0], q->addr[1], q->addr[2], q->addr[3], q->port);
 }
 
 /* sy_lookup_inline as a global function, so the verifier checks its loop

@@ -243,6 +243,9 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	if err := batchPut(d.objs.SyPlens, keys, vals); err != nil {
 		return fmt.Errorf("write prefix lengths: %w", err)
 	}
+	if err := d.writeSmall(m, gen, lists); err != nil {
+		return fmt.Errorf("write small sets: %w", err)
+	}
 	return nil
 }
 

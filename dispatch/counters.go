@@ -28,6 +28,12 @@ func (d *Dispatcher) counters(id uint32) (Counters, error) {
 		c.Missing += s.Missing
 		c.BadSocket += s.BadSocket
 	}
+	if id != 0 {
+		// The program counts a label's lookups as they end (bpf/dispatch.h,
+		// sy_stats); what a build before layout 2 counted in lookups is
+		// the same sum.
+		c.Lookups = c.Hits + c.Missing + c.BadSocket
+	}
 	return c, nil
 }
 

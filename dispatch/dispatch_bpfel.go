@@ -32,6 +32,7 @@ type dispatchSyCfg struct {
 	Dirty  uint32
 	Pad    uint32
 	Prog   [32]uint8
+	Small  [8]dispatchSySmall
 }
 
 type dispatchSyIxBucket struct {
@@ -92,6 +93,22 @@ type dispatchSyPrefixVal struct {
 
 type dispatchSySeg struct {
 	_     structs.HostLayout
+	Lo    uint16
+	Hi    uint16
+	Label uint32
+}
+
+type dispatchSySmall struct {
+	_     structs.HostLayout
+	Flags uint32
+	Count uint32
+	Ent   [8]dispatchSySmallEnt
+}
+
+type dispatchSySmallEnt struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
+	Mask  [4]uint32
 	Lo    uint16
 	Hi    uint16
 	Label uint32

@@ -32,6 +32,19 @@ type explainSyCfg struct {
 	Dirty  uint32
 	Pad    uint32
 	Prog   [32]uint8
+	Small  [8]struct {
+		_     structs.HostLayout
+		Flags uint32
+		Count uint32
+		Ent   [8]struct {
+			_     structs.HostLayout
+			Addr  [4]uint32
+			Mask  [4]uint32
+			Lo    uint16
+			Hi    uint16
+			Label uint32
+		}
+	}
 }
 
 type explainSyExplained struct {

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -234,6 +235,10 @@ func TestOpenRewritesWordsAnOlderBuildLeft(t *testing.T) {
 	e := newEnv(t)
 	mustRegister(t, e.d, "web", e.tcpServer("web", "127.0.0.1:0"))
 	e.bind("web", "tcp", "10.50.0.0/24", "80")
+	// More than a small set holds, so that lookups read the words.
+	for i := range smallMax {
+		e.bind("web", "tcp", fmt.Sprintf("10.70.%d.0/24", i), "80")
+	}
 	// What an older build leaves: every bit set, as if nothing were bound.
 	for _, m := range []*ebpf.Map{e.d.objs.SyNoports, e.d.objs.SyNoaddr} {
 		n := int(m.MaxEntries())

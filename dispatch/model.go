@@ -121,6 +121,7 @@ type model struct {
 	rec     commitVal // the commit record it was read with
 	dataOK  bool      // readModel found the data path to match the record
 	indexOK bool      // the active generation's index and filter are this build's
+	smallOK bool      // sy_config holds this build's small sets (small.go)
 	count   int       // bindings in all groups
 	labels  map[string]uint32
 	names   map[uint32]string
@@ -133,7 +134,11 @@ type model struct {
 	ix      [][]ixEntry        // index bucket -> the groups it is first for, in key order
 	ix2     [][]ix2Entry       // index bucket -> the indexable groups it is second for, in key order
 	use     [4]portUse         // per proto*2+family: bindings by port set
-	slots   []bool             // table slots in use
+	// Per proto*2+family: bindings, and the keys of the groups while
+	// there are at most smallTrack (small.go).
+	listBindings [4]int
+	smallKeys    [4]map[groupKey]bool
+	slots        []bool // table slots in use
 }
 
 func newModel() *model {
@@ -149,6 +154,7 @@ func newModel() *model {
 	}
 	for i := range m.plens {
 		m.plens[i] = map[uint8]int{}
+		m.smallKeys[i] = map[groupKey]bool{}
 	}
 	m.slots[0] = true // slot 0 means "no table"
 	return m
@@ -360,7 +366,8 @@ func (d *Dispatcher) readModel() (*model, bool, error) {
 	if err := d.objs.SyIndex.Lookup(m.gen*ixBuckets, &b); err == nil && b.Flags&ixbThisBuild == ixbThisBuild {
 		m.indexOK = true
 	}
-	return m, resync || m.rec.State == commitBegun || !m.indexOK, nil
+	m.smallOK = smallOK(&cfg, m.gen)
+	return m, resync || m.rec.State == commitBegun || !m.indexOK || !m.smallOK, nil
 }
 
 func (m *model) compileGroup(g *group) error {
@@ -393,6 +400,7 @@ func (m *model) addStats(gk groupKey, g *group) {
 		pr[protoIndex(gk.proto)]++
 	}
 	m.plens[gk.listIndex()][gk.bits]++
+	m.trackSmall(gk, len(g.ports), true)
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, 1)
 	}
@@ -419,6 +427,7 @@ func (m *model) dropStats(gk groupKey, g *group) {
 	if m.plens[li][pl]--; m.plens[li][pl] <= 0 {
 		delete(m.plens[li], pl)
 	}
+	m.trackSmall(gk, len(g.ports), false)
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, -1)
 	}
@@ -517,6 +526,12 @@ func (d *Dispatcher) refresh(how repairMode) (*model, error) {
 			if err := d.buildIndex(m); err != nil {
 				return nil, err
 			}
+		}
+		if !m.smallOK {
+			if err := d.buildSmall(m); err != nil {
+				return nil, err
+			}
+			m.smallOK = true
 		}
 	}
 	d.cache = m

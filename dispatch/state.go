@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,8 +29,8 @@ const DefaultRoot = "/sys/fs/bpf/switchyard"
 // when a build creates the state or attaches its program. A build refuses
 // state of a newer layout. Migration does not go by this number: load compares the
 // shape of each pinned map with this build's and migrates those that differ
-// (see migrate.go).
-const layoutVersion = 1
+// (see migrate.go). Layout 2 added the small sets to sy_config (small.go).
+const layoutVersion = 2
 
 const linkPin = "link"
 
@@ -377,6 +378,9 @@ func (d *Dispatcher) create(root string) error {
 		return fmt.Errorf("state init index: %w", err)
 	}
 	cfg := dispatchSyCfg{Layout: layoutVersion}
+	for i := range cfg.Small {
+		cfg.Small[i].Flags = smallKnown | smallAll // no bindings: small
+	}
 	if err := maps.SyConfig.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("state init config: %w", err)
 	}
@@ -404,14 +408,19 @@ func (d *Dispatcher) load() error {
 	if err != nil {
 		return fmt.Errorf("state %s: open config: %w", d.dir, err)
 	}
-	var cfg dispatchSyCfg
-	err = cfgMap.Lookup(uint32(0), &cfg)
+	// As the build that left it wrote it, which may be shorter (layout
+	// 1) or longer than this build's: the layout follows the generation.
+	raw := make([]byte, cfgMap.ValueSize())
+	err = cfgMap.Lookup(uint32(0), raw)
 	cfgMap.Close()
+	if err == nil && len(raw) < 8 {
+		err = fmt.Errorf("value of %d bytes", len(raw))
+	}
 	if err != nil {
 		return fmt.Errorf("state %s: read config: %w", d.dir, err)
 	}
-	if cfg.Layout > layoutVersion {
-		return fmt.Errorf("state %s has layout %d, this build knows up to %d: %w; run the newer build, or remove the state to start over", d.dir, cfg.Layout, layoutVersion, ErrIncompatible)
+	if layout := binary.NativeEndian.Uint32(raw[4:8]); layout > layoutVersion {
+		return fmt.Errorf("state %s has layout %d, this build knows up to %d: %w; run the newer build, or remove the state to start over", d.dir, layout, layoutVersion, ErrIncompatible)
 	}
 	old, err := incompatible(d.dir, spec)
 	if err != nil {
