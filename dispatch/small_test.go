@@ -1,11 +1,20 @@
 package dispatch
 
 import (
+	"bytes"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
 )
@@ -195,5 +204,45 @@ func TestOpenBuildsSmallSets(t *testing.T) {
 	check("reopened")
 	if n := flags(); n != 8 {
 		t.Fatalf("after Open, %d of 8 small sets in use, want all", n)
+	}
+}
+
+// State of a newer layout, whose sy_config may have grown, is refused with
+// a message naming both layouts, and Open leaves it as it was.
+func TestNewerLayoutRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dir := e.d.dir
+	raw := make([]byte, e.d.objs.SyConfig.ValueSize())
+	if err := e.d.objs.SyConfig.Lookup(uint32(0), raw); err != nil {
+		t.Fatal(err)
+	}
+	e.d.Close()
+	// What a later build might pin: a longer value, layout 3.
+	grown := append(raw, make([]byte, 64)...)
+	binary.NativeEndian.PutUint32(grown[4:8], layoutVersion+1)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(len(grown)), MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), grown); err != nil {
+		t.Fatal(err)
+	}
+	pin := filepath.Join(dir, "sy_config")
+	if err := m.Pin(pin + "_new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(pin+"_new", pin); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(e.ns.Path(), Options{Root: e.root, Logger: slog.New(slog.DiscardHandler)})
+	want := fmt.Sprintf("has layout %d, this build knows up to %d", layoutVersion+1, layoutVersion)
+	if !errors.Is(err, ErrIncompatible) || !strings.Contains(fmt.Sprint(err), want) {
+		t.Fatalf("Open of layout %d state: %v; want ErrIncompatible saying %q", layoutVersion+1, err, want)
+	}
+	after := make([]byte, len(grown))
+	if err := m.Lookup(uint32(0), after); err != nil || !bytes.Equal(after, grown) {
+		t.Errorf("Open changed the newer build's config (%v)", err)
 	}
 }
