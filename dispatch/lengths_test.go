@@ -3,7 +3,6 @@ package dispatch
 import (
 	"fmt"
 	"math/rand/v2"
-	"syscall"
 	"testing"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
@@ -19,18 +18,7 @@ import (
 func TestDataPathLengthsMatchReference(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	cookies := map[uint64]string{}
-	for _, l := range []string{"a", "b", "c", "d", "e"} {
-		for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
-			for _, c := range []syscall.Conn{e.ns.ListenTCP(t, addr), e.ns.ListenUDP(t, addr)} {
-				dest, err := e.d.Register(l, c)
-				if err != nil {
-					t.Fatal(err)
-				}
-				cookies[dest.Cookie] = l
-			}
-		}
-	}
+	cookies := registerAll(t, e, []string{"a", "b", "c", "d", "e"})
 	for round, seed := range []uint64{3, 4} {
 		r := rand.New(rand.NewPCG(seed, 7))
 		bs := randomBindings(r, 300)

@@ -111,17 +111,7 @@ bindings:
   - {label: new, protocol: tcp, prefix: 10.10.0.0/16, ports: "443"}
 `)
 	w.mustCLI("apply", "-f", v1)
-	ln := w.registerTCP("web", "tcp4", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("ok"))
-			c.Close()
-		}
-	}()
+	serveOK(w.registerTCP("web", "tcp4", "127.0.0.1:0"))
 
 	start := time.Now()
 	l := startLoad(w, 8, func(r *rand.Rand) string {

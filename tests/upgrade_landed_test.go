@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,18 +206,6 @@ bindings:
 	cfg := writeFile(t, b.String())
 	oldRun("apply", "-f", cfg)
 
-	serveOK := func(ln net.Listener) {
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("ok"))
-				c.Close()
-			}
-		}()
-	}
 	serveOK(w.registerTCP("web", "tcp4", "127.0.0.1:0"))
 	serveOK(w.registerTCP("fast", "tcp4", "127.0.0.1:0"))
 
@@ -352,17 +339,7 @@ func TestLandedBuildRefusesNewerState(t *testing.T) {
 	old := buildLanded(t, landedMain)
 	w := newWorld(t)
 	w.mustCLI("bind", "web", "tcp", "10.8.0.0/16", "*")
-	ln := w.registerTCP("web", "tcp4", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("ok"))
-			c.Close()
-		}
-	}()
+	serveOK(w.registerTCP("web", "tcp4", "127.0.0.1:0"))
 	dial := func(when string) {
 		t.Helper()
 		c, err := w.ns.DialTCP("10.8.1.2:80", 5*time.Second)
