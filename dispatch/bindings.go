@@ -132,13 +132,35 @@ func (d *Dispatcher) read() (*model, error) {
 	return d.refresh(repairWrite)
 }
 
-// updates holds the next bindings of the groups an edit changes; an empty
-// list removes the group.
-type updates map[groupKey][]portLabel
+// updates holds the next bindings of the groups an edit changes, each
+// group once; an empty list removes the group. A list rather than a map:
+// for a change of every group of a million bindings (a relabel), growing
+// a map of them allocated 47 MB, where the list takes 19 MB, allocated
+// once at its size.
+type updates []groupUpdate
+
+// groupUpdate is the next bindings of one group.
+type groupUpdate struct {
+	key   groupKey
+	ports []portLabel
+}
+
+// nextPorts is what an edit that looks its groups up builds its updates
+// in: the next bindings by group.
+type nextPorts map[groupKey][]portLabel
+
+// updates lists u.
+func (u nextPorts) updates() updates {
+	out := make(updates, 0, len(u))
+	for gk, ps := range u {
+		out = append(out, groupUpdate{gk, ps})
+	}
+	return out
+}
 
 // portsOf returns the bindings a group will have: the update's if the edit
 // touched it already, else a copy of the current ones.
-func (u updates) portsOf(m *model, gk groupKey) []portLabel {
+func (u nextPorts) portsOf(m *model, gk groupKey) []portLabel {
 	if ps, ok := u[gk]; ok {
 		return ps
 	}
@@ -162,7 +184,7 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 	err = d.changeBindings(func(m *model) (updates, error) {
 		// Sized for a group each, as most large additions are.
 		added = make([]binding.Binding, 0, len(bs))
-		u := make(updates, len(bs))
+		u := make(nextPorts, len(bs))
 		find := portFinder[groupKey]{}
 		for _, b := range bs {
 			gk := keyOf(b.Protocol, b.Prefix)
@@ -176,7 +198,7 @@ func (d *Dispatcher) AddBindings(bs ...binding.Binding) (added []binding.Binding
 			u[gk] = append(ps, portLabel{b.Ports, b.Label})
 			added = append(added, b)
 		}
-		return u, nil
+		return u.updates(), nil
 	})
 	if err != nil {
 		return nil, err
@@ -207,7 +229,7 @@ func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 			}
 			gone[gk][i] = true
 		}
-		u := make(updates, len(gone))
+		u := make(updates, 0, len(gone))
 		for gk, idx := range gone {
 			ps := m.groups[gk].ports
 			left := make([]portLabel, 0, len(ps)-len(idx))
@@ -216,7 +238,7 @@ func (d *Dispatcher) RemoveBindings(bs ...binding.Binding) error {
 					left = append(left, pl)
 				}
 			}
-			u[gk] = left
+			u = append(u, groupUpdate{gk, left})
 		}
 		return u, nil
 	})
@@ -265,10 +287,17 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 	// binding, and a second for each new group; the first pass counts,
 	// so that each group's list is allocated once, at its size.
 	// Sized for two bindings a group, typical of large sets, so that
-	// neither regrows more than once.
-	pos := make(map[groupKey]int32, n/2)
-	keys := make([]groupKey, 0, n/2)
-	counts := make([]int32, 0, n/2)
+	// neither regrows more than once; or for as many groups as the set in
+	// force if it has about as many (a change of its labels, say): at a
+	// million bindings in 393,216 groups, the map of a hint of half a
+	// million took 25 MiB, of as many as the groups 13 MiB.
+	hint := n / 2
+	if g := d.cachedGroups(); g >= n/8 {
+		hint = min(hint, g)
+	}
+	pos := make(map[groupKey]int32, hint)
+	keys := make([]groupKey, 0, hint)
+	counts := make([]int32, 0, hint)
 	gi := make([]int32, 0, n)
 	var err error
 	for b := range all {
@@ -324,6 +353,14 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 	for _, ps := range lists {
 		sortPorts(ps)
 	}
+	if len(keys) >= largeChange {
+		// The caller's bindings (at a million, a request of 12 MB) and
+		// the group of each binding (4 MB) are garbage now: a
+		// collection lets the edit's updates reuse them. The daemon's
+		// collector is off during a large apply, and a relabel of a
+		// million bindings peaked here with them.
+		runtime.GC()
+	}
 	// The groups that change, as the change leaves them; listed in
 	// display order once the change is made, each with what it adds and
 	// removes.
@@ -332,8 +369,10 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 		if pos == nil {
 			return nil, errors.New("replace: the change was computed twice")
 		}
-		// At least the groups the set grows by change: sized for those.
-		u := make(updates, max(len(keys)-len(m.groups), 0))
+		// The groups that change, a bit each, so that their list is
+		// allocated once, at its size.
+		changed := make([]uint64, (len(keys)+63)/64)
+		nChanged := 0
 		kept := 0 // groups of m that the new set has too
 		for i, gk := range keys {
 			var old []portLabel
@@ -342,13 +381,20 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 				kept++
 			}
 			if !slices.Equal(old, lists[i]) {
-				u[gk] = lists[i]
+				changed[i/64] |= 1 << (i % 64)
+				nChanged++
+			}
+		}
+		u := make(updates, 0, nChanged+len(m.groups)-kept)
+		for i, gk := range keys {
+			if changed[i/64]&(1<<(i%64)) != 0 {
+				u = append(u, groupUpdate{gk, lists[i]})
 			}
 		}
 		if kept < len(m.groups) {
 			for gk := range m.groups {
 				if _, ok := pos[gk]; !ok {
-					u[gk] = nil
+					u = append(u, groupUpdate{gk, nil})
 				}
 			}
 		}
@@ -358,11 +404,11 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 		if dryRun {
 			// Nothing is applied: what would change is what u says.
 			changes := make([]groupChange, 0, len(u))
-			for gk, ps := range u {
-				c := groupChange{key: gk, old: m.groups[gk]}
-				if len(ps) > 0 {
-					sortPorts(ps)
-					c.new = &group{ports: ps}
+			for _, up := range u {
+				c := groupChange{key: up.key, old: m.groups[up.key]}
+				if len(up.ports) > 0 {
+					sortPorts(up.ports)
+					c.new = &group{ports: up.ports}
 				}
 				changes = append(changes, c)
 			}
@@ -389,6 +435,17 @@ func (d *Dispatcher) ReplaceSeq(n int, all func(yield func(*binding.Binding) boo
 		diff = newDiff(nil)
 	}
 	return diff, nil
+}
+
+// cachedGroups returns how many groups the model this process holds has; 0
+// if it holds none.
+func (d *Dispatcher) cachedGroups() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cache == nil {
+		return 0
+	}
+	return len(d.cache.groups)
 }
 
 // Diff is what a change of bindings adds and removes, listed on demand in
@@ -599,15 +656,16 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	// million bindings the loops below took 0.3 s of one CPU while the
 	// other had nothing to do.
 	changes := make([]groupChange, 0, len(u))
-	for gk, ps := range u {
-		c := groupChange{key: gk, old: m.groups[gk]}
-		if len(ps) > 0 {
-			c.new = &group{ports: slices.Clip(ps)}
+	for _, up := range u {
+		c := groupChange{key: up.key, old: m.groups[up.key]}
+		if len(up.ports) > 0 {
+			c.new = &group{ports: slices.Clip(up.ports)}
 		}
 		changes = append(changes, c)
 	}
+	u = nil
 	if len(changes) >= largeChange {
-		// The edit's updates (20 MB) are garbage now too, and the
+		// The edit's updates (19 MB) are garbage now too, and the
 		// change allocates about as much again. A collection here lets
 		// that reuse this memory rather than add to it, whatever the
 		// caller's collector settings (the daemon turns it off during
