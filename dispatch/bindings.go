@@ -479,15 +479,22 @@ func newDiff(changes []groupChange) *Diff {
 // the indices with compareDisplay, which reads each key through them,
 // took a quarter of a second at a million bindings.
 func displayOrder(changes []groupChange) []int32 {
+	// A displayKey's fields and the index, without the padding of a
+	// displayKey inside a struct: 24 bytes rather than 32, 9 MiB at a
+	// million bindings.
 	type sortKey struct {
-		k displayKey
-		i int32
+		hi, lo uint64
+		tail   uint32
+		i      int32
 	}
 	ks := make([]sortKey, len(changes))
 	for i, c := range changes {
-		ks[i] = sortKey{c.key.displayKey(), int32(i)}
+		k := c.key.displayKey()
+		ks[i] = sortKey{k.hi, k.lo, k.tail, int32(i)}
 	}
-	slices.SortFunc(ks, func(a, b sortKey) int { return compareDisplayKeys(a.k, b.k) })
+	slices.SortFunc(ks, func(a, b sortKey) int {
+		return compareDisplayKeys(displayKey{a.hi, a.lo, a.tail}, displayKey{b.hi, b.lo, b.tail})
+	})
 	order := make([]int32, len(ks))
 	for i, k := range ks {
 		order[i] = k.i
@@ -656,10 +663,14 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	// million bindings the loops below took 0.3 s of one CPU while the
 	// other had nothing to do.
 	changes := make([]groupChange, 0, len(u))
+	replaced := 0 // groups the change replaces or removes
 	for _, up := range u {
 		c := groupChange{key: up.key, old: m.groups[up.key]}
 		if len(up.ports) > 0 {
 			c.new = &group{ports: slices.Clip(up.ports)}
+		}
+		if c.old != nil {
+			replaced++
 		}
 		changes = append(changes, c)
 	}
@@ -778,7 +789,20 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 	// CPU before the reply.
 	diffc := make(chan *Diff, 1)
 	if len(changes) >= largeChange {
-		go func() { diffc <- newDiff(changes) }()
+		go func() {
+			diff := newDiff(changes)
+			if replaced >= largeChange {
+				// The sort's keys (9 MiB at a million bindings) are
+				// garbage now, beside what the commit has left so
+				// far, while the groups before and after the change
+				// are held until its end. Collected here, beside the
+				// commit, rather than after its commit point, they
+				// no longer add to the peak of a change of every
+				// group of a million bindings (a relabel).
+				runtime.GC()
+			}
+			diffc <- diff
+		}()
 	} else {
 		diffc <- newDiff(changes)
 	}
@@ -800,6 +824,15 @@ func (d *Dispatcher) apply(m *model, edit func(m *model) (updates, error), setti
 			m.groups = groups
 		}
 		m.applyChanges(changes)
+		// From here on the old groups are read for their bindings and
+		// exact ports (the diff, the rest of the change), not for
+		// their segments: at a million bindings relabelled, 7 MiB
+		// held until the end of the change, the daemon's peak.
+		for _, c := range changes {
+			if c.old != nil {
+				c.old.c.segs = nil
+			}
+		}
 	}
 	rest, err := d.commit(m, changes, &recordChange{changes: changes, ids: m.labels, settings: settings}, update)
 	diff := <-diffc

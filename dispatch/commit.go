@@ -87,6 +87,12 @@ func (w *genWriter) full() bool {
 // deletion before any put, so that the generation holds no more entries
 // than flush allows.
 func (w *genWriter) write(d *Dispatcher, gen uint32, changes []groupChange) error {
+	if n := min(len(changes), batchEntries); cap(w.prefixKeys) < n {
+		// A batch's prefix entries at their size, rather than grown to
+		// it (3 MiB of garbage in a large change).
+		w.prefixKeys = make([]dispatchSyPrefixKey, 0, n)
+		w.prefixVals = make([]dispatchSyPrefixVal, 0, n)
+	}
 	w.reset()
 	for _, part := range []func(gen uint32, c groupChange){w.deletions, w.puts} {
 		for _, c := range changes {
@@ -210,7 +216,8 @@ func mapName(m *ebpf.Map) string {
 // writeLists writes what a change needs beyond the groups in generation gen:
 // the prefix length lists, filter words, index buckets and the port and
 // address maps of the lists it touches.
-// bvals holds the values of buckets, the same in either generation.
+// bvals holds the values of buckets, the same in either generation; nil:
+// they are computed from m a part at a time (see writeBuckets).
 func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, buckets []uint32, bvals []dispatchSyIxBucket) error {
 	keys := make([]uint32, 0, len(lists))
 	vals := make([]dispatchSyPlenList, 0, len(lists))
@@ -230,11 +237,7 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	if err := batchPut(d.objs.SyFilter, fkeys, fvals); err != nil {
 		return fmt.Errorf("write filter: %w", err)
 	}
-	bkeys := make([]uint32, 0, len(buckets))
-	for _, b := range buckets {
-		bkeys = append(bkeys, gen*ixBuckets+b)
-	}
-	if err := batchPut(d.objs.SyIndex, bkeys, bvals); err != nil {
+	if err := d.writeBuckets(m, gen, buckets, bvals); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
 	if err := d.writeWords(m, gen != m.gen, lists); err != nil {
@@ -547,6 +550,11 @@ func touched(m *model, changes []groupChange) (lists []int, words, buckets []uin
 			lists = append(lists, li)
 		}
 	}
+	n := 0
+	for _, set := range wordSet {
+		n += bits.OnesCount64(set)
+	}
+	words = make([]uint32, 0, n)
 	for i, set := range wordSet {
 		for ; set != 0; set &= set - 1 {
 			words = append(words, uint32(i*64+bits.TrailingZeros64(set)))
@@ -571,18 +579,60 @@ func newDataChange(m *model, changes []groupChange, lists []int, words, buckets 
 
 // bucketValues computes the values of dc's buckets from m, the model after
 // the change. A bucket's value reads every group in it: it is computed
-// once for both generations.
-//
-// A large change's buckets are computed in parts side by side: at a million
-// bindings they take a fifth of a second of the caller's, which the record's
-// goroutine may still share. indexBucket only reads m.
+// once for both generations, unless there are more than heldBuckets of
+// them; then writeBuckets computes them for each generation as it writes
+// them, a part at a time.
 func (dc *dataChange) bucketValues(m *model) {
+	if len(dc.buckets) > heldBuckets {
+		return
+	}
 	dc.bvals = make([]dispatchSyIxBucket, len(dc.buckets))
-	inParts(len(dc.buckets), partsOf(len(dc.buckets)), func(_, lo, hi int) {
+	indexBuckets(m, dc.buckets, dc.bvals)
+}
+
+// heldBuckets is the most index bucket values a change holds for both of
+// its generations (2 MiB). A change of a million bindings names every
+// bucket: held, their values took 24 MiB from before the commit point to
+// the end of the change, at the daemon's peak; computed again for the
+// second generation, they cost their CPU time again (see indexBuckets),
+// after the reply.
+const heldBuckets = 4 * minPart
+
+// indexBuckets sets vals[i] to the value of buckets[i] in m. Many buckets
+// are computed in parts side by side: at a million bindings they take a
+// fifth of a second of the caller's, which the record's goroutine may
+// still share. indexBucket only reads m.
+func indexBuckets(m *model, buckets []uint32, vals []dispatchSyIxBucket) {
+	inParts(len(buckets), partsOf(len(buckets)), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
-			dc.bvals[i] = m.indexBucket(dc.buckets[i])
+			vals[i] = m.indexBucket(buckets[i])
 		}
 	})
+}
+
+// writeBuckets writes buckets of generation gen: with their values vals,
+// or if vals is nil, computed from m heldBuckets at a time.
+func (d *Dispatcher) writeBuckets(m *model, gen uint32, buckets []uint32, vals []dispatchSyIxBucket) error {
+	compute := vals == nil
+	part := len(buckets)
+	if compute {
+		part = min(part, heldBuckets)
+		vals = make([]dispatchSyIxBucket, part)
+	}
+	keys := make([]uint32, part)
+	for lo := 0; lo < len(buckets); lo += part {
+		bs := buckets[lo:min(lo+part, len(buckets))]
+		for i, b := range bs {
+			keys[i] = gen*ixBuckets + b
+		}
+		if compute {
+			indexBuckets(m, bs, vals[:len(bs)])
+		}
+		if err := batchPut(d.objs.SyIndex, keys[:len(bs)], vals[:len(bs)]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeDataGen writes dc to the data path's generation gen, which no

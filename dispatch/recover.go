@@ -224,23 +224,10 @@ func (d *Dispatcher) rewriteTables(m *model, gen uint32) error {
 }
 
 // rewriteIndex writes every index bucket of generation gen from m, a part
-// at a time, computed on every CPU as bucketValues does.
+// at a time (see writeBuckets).
 func (d *Dispatcher) rewriteIndex(m *model, gen uint32) error {
-	const part = 4 * minPart
-	keys := make([]uint32, part)
-	vals := make([]dispatchSyIxBucket, part)
-	for lo := 0; lo < ixBuckets; lo += part {
-		n := min(part, ixBuckets-lo)
-		inParts(n, partsOf(n), func(_, from, to int) {
-			for i := from; i < to; i++ {
-				b := uint32(lo + i)
-				keys[i] = gen*ixBuckets + b
-				vals[i] = m.indexBucket(b)
-			}
-		})
-		if err := batchPut(d.objs.SyIndex, keys[:n], vals[:n]); err != nil {
-			return fmt.Errorf("write index: %w", err)
-		}
+	if err := d.writeBuckets(m, gen, allBuckets(), nil); err != nil {
+		return fmt.Errorf("write index: %w", err)
 	}
 	return nil
 }
