@@ -717,7 +717,7 @@ func (s *Server) apply(v uint16, r *control.ApplyRequest) (*control.ApplyRespons
 		// the rest of a large change before, which the dispatcher may
 		// still be doing after that change's reply: wait for it.
 		s.d.Settle()
-		collectGarbage(32 << 20)
+		collectGarbage(8 << 20)
 	}
 	if n >= 10000 && debug.SetMemoryLimit(-1) < math.MaxInt64 {
 		// The heap of a large apply only grows until it is done: with
