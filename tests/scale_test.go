@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,16 +20,20 @@ import (
 const scaleBindings = 1 << 20
 
 // TestApplyMillionBindings applies a file of 1,048,576 bindings with the
-// real CLI, applies it again, and lists the bindings.
+// real CLI, applies it again, lists the bindings, and then applies the
+// same bindings with every label changed (a relabel: every group changes).
 func TestApplyMillionBindings(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
+	pid := w.d.cmd.Process.Pid
 	file := filepath.Join(w.dir, "million.yaml")
 	bs := writeScaleConfig(t, file, scaleBindings, 0)
+	relabelFile := filepath.Join(w.dir, "relabel.yaml")
+	relabelled := writeScaleConfig(t, relabelFile, scaleBindings, 1)
 
 	start := time.Now()
 	out := w.slowCLI("apply", "-f", file)
-	peak := float64(vmHWM(t, w.d.cmd.Process.Pid)) / (1 << 20)
+	peak := float64(vmHWM(t, pid)) / (1 << 20)
 	t.Logf("first apply: %v, daemon peak rss %.1f MiB", time.Since(start), peak)
 	if peak > maxApplyRSS {
 		t.Errorf("the daemon's resident memory peaked at %.1f MiB during the first apply; the target is at most %d MiB", peak, maxApplyRSS)
@@ -57,6 +62,48 @@ func TestApplyMillionBindings(t *testing.T) {
 	if out := w.slowCLI("status"); !strings.Contains(out, "lbl-0") {
 		t.Errorf("status does not show label lbl-0:\n%.500s", out)
 	}
+	peak = float64(vmHWM(t, pid)) / (1 << 20)
+	t.Logf("daemon peak rss %.1f MiB", peak)
+	if peak > maxApplyRSS {
+		t.Errorf("the daemon's resident memory peaked at %.1f MiB (first and second apply, listing); the target is at most %d MiB", peak, maxApplyRSS)
+	}
+
+	// The relabel: every binding is removed and added again with another
+	// label. Its own peak, from a reset of the daemon's (clearRefs),
+	// until the daemon is idle again (a status waits for the rest of a
+	// large change).
+	clearRefs(t, pid)
+	start = time.Now()
+	out = w.slowCLI("apply", "-f", relabelFile)
+	t.Logf("relabel apply: %v", time.Since(start))
+	if nAdd, nRemove := strings.Count(out, "\n+ ")+boolInt(strings.HasPrefix(out, "+ ")), strings.Count(out, "\n- ")+boolInt(strings.HasPrefix(out, "- ")); nAdd != scaleBindings || nRemove != scaleBindings {
+		t.Fatalf("the relabel printed %d added and %d removed bindings, want %d of each; output begins:\n%.300s", nAdd, nRemove, scaleBindings, out)
+	}
+	w.slowCLI("status")
+	peak = float64(vmHWM(t, pid)) / (1 << 20)
+	t.Logf("relabel: daemon peak rss %.1f MiB", peak)
+	if peak > maxApplyRSS {
+		t.Errorf("the daemon's resident memory peaked at %.1f MiB during the relabel of %d bindings (every label changed); the target is at most %d MiB", peak, scaleBindings, maxApplyRSS)
+	}
+	out = w.slowCLI("bindings", "-o", "json")
+	binding.Sort(relabelled)
+	if want := bindingsJSON(relabelled); out != want {
+		i := 0
+		for i < min(len(out), len(want)) && out[i] == want[i] {
+			i++
+		}
+		t.Fatalf("after the relabel, bindings -o json differs from the %d bindings applied at byte %d of %d: got %.200q, want %.200q", len(relabelled), i, len(out), out[max(0, i-100):], want[max(0, i-100):])
+	}
+	// The data path picks the new labels: one binding of each shape, at
+	// the start and the end of the set.
+	for _, i := range []int{0, 4, 5, 6, 7, scaleBindings - 8, scaleBindings - 1} {
+		b := testenv.ScaleBinding(i, 1)
+		dst := netip.AddrPortFrom(b.Prefix.Addr(), max(b.Ports.Lo, 1))
+		if got := w.lookup(b.Protocol.String(), dst); got.Binding == nil || got.Binding.Label != b.Label || got.Binding.Ports != b.Ports.String() {
+			t.Errorf("after the relabel, lookup %s %s picked %+v, want %s", b.Protocol, dst, got.Binding, b)
+		}
+	}
+	bs = relabelled
 
 	// At the limit, bind says so; after an unbind it has room for one.
 	r := w.cli("bind", "x", "tcp", "192.0.2.1", "80")
@@ -68,10 +115,27 @@ func TestApplyMillionBindings(t *testing.T) {
 	if out := w.mustCLI("bind", "x", "tcp", "192.0.2.1", "80"); out != "bound x tcp 192.0.2.1/32 80\n" {
 		t.Errorf("bind after unbind printed %q", out)
 	}
-	peak = float64(vmHWM(t, w.d.cmd.Process.Pid)) / (1 << 20)
+	peak = float64(vmHWM(t, pid)) / (1 << 20)
 	t.Logf("daemon peak rss %.1f MiB", peak)
 	if peak > maxApplyRSS {
-		t.Errorf("the daemon's resident memory peaked at %.1f MiB (second apply, listing, bind); the target is at most %d MiB", peak, maxApplyRSS)
+		t.Errorf("the daemon's resident memory peaked at %.1f MiB (relabel, listing, bind); the target is at most %d MiB", peak, maxApplyRSS)
+	}
+}
+
+// boolInt is 1 for true and 0 for false.
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// clearRefs resets the peak resident memory of a process (VmHWM) to what
+// it holds now (proc(5), clear_refs "5").
+func clearRefs(tb testing.TB, pid int) {
+	tb.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		tb.Fatal(err)
 	}
 }
 
@@ -157,11 +221,14 @@ func (w *world) slowCLI(args ...string) string {
 
 // BenchmarkApplyMillion measures `switchyard apply -f` of 1,048,576
 // bindings into an empty daemon, end to end (CLI parse, wire, commit, the
-// printed diff), the daemon's peak and settled resident memory, and a
-// second apply of the same file.
+// printed diff), the daemon's peak and settled resident memory, a second
+// apply of the same file, and an apply of the same bindings with every
+// label changed (a relabel), with the peak of each.
 func BenchmarkApplyMillion(b *testing.B) {
 	file := filepath.Join(b.TempDir(), "million.yaml")
 	writeScaleConfig(b, file, scaleBindings, 0)
+	relabel := filepath.Join(filepath.Dir(file), "relabel.yaml")
+	writeScaleConfig(b, relabel, scaleBindings, 1)
 	os.Chmod(filepath.Dir(file), 0o755)
 	// The timer runs throughout: one iteration takes far longer than the
 	// default benchtime, so b.Loop stops after it (a stopped timer would
@@ -183,15 +250,21 @@ func BenchmarkApplyMillion(b *testing.B) {
 		b.ReportMetric(processCPU(b, pid)-daemon, "daemon-cpu-s/apply-1M")
 		b.ReportMetric(float64(vmHWM(b, pid))/(1<<20), "MiB-peak-rss")
 		b.ReportMetric(float64(procStatus(b, pid, "VmRSS:"))/(1<<20), "MiB-rss-after")
-		// Reset the daemon's peak (proc(5), clear_refs "5"), so that the
-		// second figure is the second apply's own peak.
-		if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
-			b.Fatal(err)
-		}
+		// Reset the daemon's peak, so that the second figure is the
+		// second apply's own peak.
+		clearRefs(b, pid)
 		start = time.Now()
 		w.slowCLI("apply", "-f", file)
 		b.ReportMetric(time.Since(start).Seconds(), "s/apply-1M-again")
 		b.ReportMetric(float64(vmHWM(b, pid))/(1<<20), "MiB-peak-rss-again")
+		// The same bindings with every label changed: every group
+		// changes. Its peak is taken once the daemon is idle again.
+		clearRefs(b, pid)
+		start = time.Now()
+		w.slowCLI("apply", "-f", relabel)
+		b.ReportMetric(time.Since(start).Seconds(), "s/apply-1M-relabel")
+		w.slowCLI("status")
+		b.ReportMetric(float64(vmHWM(b, pid))/(1<<20), "MiB-peak-rss-relabel")
 		w.d.stop(b, syscall.SIGTERM)
 	}
 }
