@@ -91,7 +91,6 @@
  * hid its ends. The lookup explainer trusts it; the data path ignores it. */
 #define SY_PV_BOUNDS 2
 
-/* sy_config[0]: the generation the program reads. */
 /* A binding of a small set: traffic to an address a with (a & mask) ==
  * addr (words in network byte order, IPv4 in word 0) and a port in
  * [lo, hi] goes to label. */
@@ -119,6 +118,7 @@ struct sy_small {
 	struct sy_small_ent ent[SY_SMALL_MAX];
 };
 
+/* sy_config (lookup.h): the generation the programs read, and more. */
 struct sy_cfg {
 	__u32 gen;
 	__u32 layout;    /* version of the map layout, for upgrades */

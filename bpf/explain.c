@@ -457,7 +457,6 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 	const struct sy_cfg *cfg;
 	struct probe p = {};
 	struct query q = {};
-	__u32 zero = 0;
 
 	__builtin_memset(&sy_result, 0, sizeof(sy_result));
 	sy_result.plen = -1;
@@ -465,9 +464,7 @@ int sy_explain(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 
 	/* The prefix length and label, as sy_lookup_label finds them. */
-	cfg = bpf_map_lookup_elem(&sy_config, &zero);
-	if (!cfg)
-		return SK_PASS;
+	cfg = &sy_config;
 	d.key.gen = cfg->gen & 1;
 	d.key.proto = q.proto;
 	d.key.family = q.family;

@@ -11,12 +11,11 @@
 /* Capacities, fixed here: the loader uses every max_entries as written. */
 #define SY_MAX_LABELS 16384
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct sy_cfg);
-} sy_config SEC(".maps");
+/* The generation in force and the small sets, pinned as sy_config: a
+ * global in a data section of its own, whose map the loader replaces with
+ * the pinned one (dispatch/config.go), so programs read it at an address
+ * fixed at load, without a lookup. */
+struct sy_cfg sy_config SEC(".data.sy_config");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -460,16 +459,18 @@ static __always_inline __u32 sy_lookup_parts(__u8 proto, __u8 fam, __u32 a0, __u
 					     __u16 port)
 {
 	const struct sy_small *s;
-	const struct sy_cfg *cfg;
-	__u32 zero = 0, gen;
+	const struct sy_cfg *cfg = &sy_config;
+	__u32 gen, idx;
 
 	if (proto > 1 || fam > 1)
 		return 0;
-	cfg = bpf_map_lookup_elem(&sy_config, &zero);
-	if (!cfg)
-		return 0;
 	gen = cfg->gen & 1;
-	s = &cfg->small[(gen * 4 + proto * 2 + fam) & 7];
+	idx = gen * 4 + proto * 2 + fam;
+	/* Clang knows idx < 8 from the test above and would drop the mask;
+	 * the verifier, in a caller where proto and fam are unknown, does
+	 * not, and refuses an unbounded offset into the value. */
+	asm volatile("" : "+r"(idx));
+	s = &cfg->small[idx & 7];
 	if (s->flags & SY_SMALL_ALL) {
 		__u32 addr[4] = { a0, a1, a2, a3 };
 

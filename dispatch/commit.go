@@ -315,13 +315,13 @@ func (d *Dispatcher) writeWords(m *model, beforeFlip bool, lists []int) error {
 	return nil
 }
 
-func (d *Dispatcher) writeConfig(mut func(*dispatchSyCfg)) error {
-	var cfg dispatchSyCfg
-	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+func (d *Dispatcher) writeConfig(mut func(*configVal)) error {
+	var cfg configVal
+	if err := d.cfg.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
 	mut(&cfg)
-	if err := d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
+	if err := d.cfg.Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	return nil
@@ -391,7 +391,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 	if err := d.crashPoint("begun"); err != nil {
 		return nil, err
 	}
-	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
+	if err := d.writeConfig(func(c *configVal) { c.Dirty = 1; c.Serial++ }); err != nil {
 		return nil, err
 	}
 	if err := d.crashPoint("dirty"); err != nil {
@@ -486,7 +486,7 @@ func (d *Dispatcher) commit(m *model, changes []groupChange, rc *recordChange, u
 		if err := d.crashPoint("idle"); err != nil {
 			return err
 		}
-		return unfinished(d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; m.serial = c.Serial }))
+		return unfinished(d.writeConfig(func(c *configVal) { c.Dirty = 0; m.serial = c.Serial }))
 	}, nil
 }
 
@@ -665,7 +665,7 @@ func (d *Dispatcher) writeDataLists(m *model, dc *dataChange, gen uint32) error 
 // written.
 func (d *Dispatcher) flipData(m *model) error {
 	next := m.gen ^ 1
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Gen = next })
+	return d.writeConfig(func(c *configVal) { c.Gen = next })
 }
 
 // writeGenerations writes changes to both generations of the data path

@@ -32,7 +32,19 @@ type dispatchSyCfg struct {
 	Dirty  uint32
 	Pad    uint32
 	Prog   [32]uint8
-	Small  [8]dispatchSySmall
+	Small  [8]struct {
+		_     structs.HostLayout
+		Flags uint32
+		Count uint32
+		Ent   [8]struct {
+			_     structs.HostLayout
+			Addr  [4]uint32
+			Mask  [4]uint32
+			Lo    uint16
+			Hi    uint16
+			Label uint32
+		}
+	}
 }
 
 type dispatchSyIxBucket struct {
@@ -134,7 +146,6 @@ type dispatchSyTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	dispatchMapSyBindings  = "sy_bindings"
-	dispatchMapSyConfig    = "sy_config"
 	dispatchMapSyCounters  = "sy_counters"
 	dispatchMapSyFilter    = "sy_filter"
 	dispatchMapSyIndex     = "sy_index"
@@ -147,6 +158,7 @@ const (
 	dispatchMapSySockets   = "sy_sockets"
 	dispatchMapSyTables    = "sy_tables"
 	dispatchProgSyDispatch = "sy_dispatch"
+	dispatchVarSyConfig    = "sy_config"
 )
 
 // loadDispatch returns the embedded CollectionSpec for dispatch.
@@ -199,7 +211,6 @@ type dispatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchMapSpecs struct {
 	SyBindings *ebpf.MapSpec `ebpf:"sy_bindings"`
-	SyConfig   *ebpf.MapSpec `ebpf:"sy_config"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
@@ -217,6 +228,7 @@ type dispatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchVariableSpecs struct {
+	SyConfig *ebpf.VariableSpec `ebpf:"sy_config"`
 }
 
 // dispatchObjects contains all objects after they have been loaded into the kernel.
@@ -240,7 +252,6 @@ func (o *dispatchObjects) Close() error {
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchMaps struct {
 	SyBindings *ebpf.Map `ebpf:"sy_bindings"`
-	SyConfig   *ebpf.Map `ebpf:"sy_config"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
@@ -257,7 +268,6 @@ type dispatchMaps struct {
 func (m *dispatchMaps) Close() error {
 	return _DispatchClose(
 		m.SyBindings,
-		m.SyConfig,
 		m.SyCounters,
 		m.SyFilter,
 		m.SyIndex,
@@ -276,6 +286,7 @@ func (m *dispatchMaps) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchVariables struct {
+	SyConfig *ebpf.Variable `ebpf:"sy_config"`
 }
 
 // dispatchPrograms contains all programs after they have been loaded into the kernel.

@@ -163,6 +163,10 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 		}
 		repl[name] = m
 	}
+	if err := ConfigReplacement(e.dir, spec, repl); err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, repl[cfgSection])
 	if err := spec.LoadAndAssign(&eo, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("state %s: %w: it was made by another build; run the switchyard of the daemon's build: %w", e.dir, ErrIncompatible, err)

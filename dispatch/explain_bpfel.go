@@ -152,7 +152,6 @@ type explainSyTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	explainMapSyBindings     = "sy_bindings"
-	explainMapSyConfig       = "sy_config"
 	explainMapSyCounters     = "sy_counters"
 	explainMapSyFilter       = "sy_filter"
 	explainMapSyIndex        = "sy_index"
@@ -167,6 +166,7 @@ const (
 	explainProgSyExplain     = "sy_explain"
 	explainProgSyExplainWalk = "sy_explain_walk"
 	explainProgSyUncount     = "sy_uncount"
+	explainVarSyConfig       = "sy_config"
 	explainVarSyResult       = "sy_result"
 	explainVarSyUncountLabel = "sy_uncount_label"
 	explainVarSyUncountWhat  = "sy_uncount_what"
@@ -224,7 +224,6 @@ type explainProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type explainMapSpecs struct {
 	SyBindings *ebpf.MapSpec `ebpf:"sy_bindings"`
-	SyConfig   *ebpf.MapSpec `ebpf:"sy_config"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
@@ -242,6 +241,7 @@ type explainMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type explainVariableSpecs struct {
+	SyConfig       *ebpf.VariableSpec `ebpf:"sy_config"`
 	SyResult       *ebpf.VariableSpec `ebpf:"sy_result"`
 	SyUncountLabel *ebpf.VariableSpec `ebpf:"sy_uncount_label"`
 	SyUncountWhat  *ebpf.VariableSpec `ebpf:"sy_uncount_what"`
@@ -268,7 +268,6 @@ func (o *explainObjects) Close() error {
 // It can be passed to loadExplainObjects or ebpf.CollectionSpec.LoadAndAssign.
 type explainMaps struct {
 	SyBindings *ebpf.Map `ebpf:"sy_bindings"`
-	SyConfig   *ebpf.Map `ebpf:"sy_config"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
@@ -285,7 +284,6 @@ type explainMaps struct {
 func (m *explainMaps) Close() error {
 	return _ExplainClose(
 		m.SyBindings,
-		m.SyConfig,
 		m.SyCounters,
 		m.SyFilter,
 		m.SyIndex,
@@ -304,6 +302,7 @@ func (m *explainMaps) Close() error {
 //
 // It can be passed to loadExplainObjects or ebpf.CollectionSpec.LoadAndAssign.
 type explainVariables struct {
+	SyConfig       *ebpf.Variable `ebpf:"sy_config"`
 	SyResult       *ebpf.Variable `ebpf:"sy_result"`
 	SyUncountLabel *ebpf.Variable `ebpf:"sy_uncount_label"`
 	SyUncountWhat  *ebpf.Variable `ebpf:"sy_uncount_what"`

@@ -392,7 +392,7 @@ func initIndex(m *ebpf.Map) error {
 // hundreds of MiB for nothing.
 func (d *Dispatcher) buildIndex(m *model) error {
 	d.log.Info("building the prefix index of this build", "dir", d.dir)
-	if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
+	if err := d.writeConfig(func(c *configVal) { c.Dirty = 1; c.Serial++ }); err != nil {
 		return err
 	}
 	if !m.dataOK || m.rec.State == commitBegun {
@@ -403,7 +403,7 @@ func (d *Dispatcher) buildIndex(m *model) error {
 		return err
 	}
 	m.indexOK = true
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
+	return d.writeConfig(func(c *configVal) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
 }
 
 // allDerived names every prefix length list, filter word and index bucket.

@@ -241,8 +241,8 @@ func TestIndexOfAnotherLayoutIsRebuilt(t *testing.T) {
 	if m.ValueSize() != 128 || m.MaxEntries() != 2*ixBuckets {
 		t.Fatalf("pinned index after open: %d-byte values, %d entries; want this build's layout", m.ValueSize(), m.MaxEntries())
 	}
-	var cfg dispatchSyCfg
-	if err := e.d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+	var cfg configVal
+	if err := e.d.cfg.Lookup(uint32(0), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []struct {

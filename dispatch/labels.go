@@ -46,7 +46,7 @@ func (d *Dispatcher) allocLabels(m *model, names []string) error {
 // bumpSerial tells other processes that the recorded state changed, and
 // records in m that it holds the change.
 func (d *Dispatcher) bumpSerial(m *model) error {
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Serial++; m.serial = c.Serial })
+	return d.writeConfig(func(c *configVal) { c.Serial++; m.serial = c.Serial })
 }
 
 // gcLabels forgets labels that have neither bindings nor sockets, unless

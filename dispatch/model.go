@@ -274,8 +274,8 @@ func labelName(k *dispatchSyLabelKey) string {
 // data path needs a full rewrite: a change was interrupted, or entries do not
 // match the recorded bindings.
 func (d *Dispatcher) readModel() (*model, bool, error) {
-	var cfg dispatchSyCfg
-	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+	var cfg configVal
+	if err := d.cfg.Lookup(uint32(0), &cfg); err != nil {
 		return nil, false, fmt.Errorf("read config: %w", err)
 	}
 	m := newModel()
@@ -495,8 +495,8 @@ const (
 // dry runs. It lacks the table slots, though, so it is returned without
 // becoming d.cache: the next refresh rebuilds it, and a writer repairs first.
 func (d *Dispatcher) refresh(how repairMode) (*model, error) {
-	var cfg dispatchSyCfg
-	if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+	var cfg configVal
+	if err := d.cfg.Lookup(uint32(0), &cfg); err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	if d.cache != nil && d.cache.serial == cfg.Serial && cfg.Dirty == 0 {
@@ -557,7 +557,7 @@ func (d *Dispatcher) recoverSet(m *model) error {
 		d.log.Warn("a change of bindings was interrupted as it finished; recovered the set after it", "dir", d.dir, "set", "new", "bindings", m.count)
 	}
 	if m.dataOK {
-		if err := d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial }); err != nil {
+		if err := d.writeConfig(func(c *configVal) { c.Dirty = 0; c.Serial++; m.serial = c.Serial }); err != nil {
 			return err
 		}
 	} else if err := d.rewrite(m); err != nil {

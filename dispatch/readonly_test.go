@@ -21,7 +21,7 @@ func TestReadOnlyLeavesDirtyState(t *testing.T) {
 
 	// Interrupt a change: mark the state dirty and lose the prefix
 	// entries of both generations.
-	if err := e.d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 1; c.Serial++ }); err != nil {
+	if err := e.d.writeConfig(func(c *configVal) { c.Dirty = 1; c.Serial++ }); err != nil {
 		t.Fatal(err)
 	}
 	for gen := range uint32(2) {
@@ -33,10 +33,10 @@ func TestReadOnlyLeavesDirtyState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	snapshot := func() (dispatchSyCfg, int) {
+	snapshot := func() (configVal, int) {
 		t.Helper()
-		var cfg dispatchSyCfg
-		if err := e.d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		var cfg configVal
+		if err := e.d.cfg.Lookup(uint32(0), &cfg); err != nil {
 			t.Fatal(err)
 		}
 		n := 0

@@ -84,7 +84,7 @@ func (d *Dispatcher) rewrite(m *model) error {
 		return err
 	}
 	m.indexOK = true
-	return d.writeConfig(func(c *dispatchSyCfg) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
+	return d.writeConfig(func(c *configVal) { c.Dirty = 0; c.Serial++; m.serial = c.Serial })
 }
 
 // rewriteGen makes the data path's generation gen, which no program reads

@@ -117,8 +117,8 @@ func (e *env) onDisk() (c commitVal, dirty uint32, bs []binding.Binding) {
 	if c, err = ro.readCommit(); err != nil {
 		e.t.Fatal(err)
 	}
-	var cfg dispatchSyCfg
-	if err := ro.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+	var cfg configVal
+	if err := ro.cfg.Lookup(uint32(0), &cfg); err != nil {
 		e.t.Fatal(err)
 	}
 	if bs, err = ro.Bindings(); err != nil {

@@ -127,7 +127,7 @@ func (m *model) smallSet(li int) dispatchSySmall {
 
 // smallOK reports whether every list of generation gen in cfg has a small
 // set written by a build that writes them.
-func smallOK(cfg *dispatchSyCfg, gen uint32) bool {
+func smallOK(cfg *configVal, gen uint32) bool {
 	for li := range 4 {
 		if cfg.Small[gen*4+uint32(li)].Flags&smallKnown == 0 {
 			return false
@@ -144,7 +144,7 @@ func (d *Dispatcher) writeSmall(m *model, gen uint32, lists []int) error {
 	if len(lists) == 0 {
 		return nil
 	}
-	return d.writeConfig(func(c *dispatchSyCfg) {
+	return d.writeConfig(func(c *configVal) {
 		for _, li := range lists {
 			c.Small[gen*4+uint32(li)] = m.smallSet(li)
 		}
@@ -162,7 +162,7 @@ func (d *Dispatcher) buildSmall(m *model) error {
 			sets[gen*4+uint32(li)] = m.smallSet(li)
 		}
 	}
-	if err := d.writeConfig(func(c *dispatchSyCfg) {
+	if err := d.writeConfig(func(c *configVal) {
 		for i := range sets {
 			flags := c.Small[i].Flags
 			c.Small[i] = sets[i]
@@ -171,7 +171,7 @@ func (d *Dispatcher) buildSmall(m *model) error {
 	}); err != nil {
 		return err
 	}
-	return d.writeConfig(func(c *dispatchSyCfg) {
+	return d.writeConfig(func(c *configVal) {
 		for i := range sets {
 			c.Small[i].Flags = sets[i].Flags
 		}

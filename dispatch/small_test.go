@@ -33,8 +33,8 @@ func TestSmallSetsMatchReference(t *testing.T) {
 	fromSmall, fromEntries := 0, 0
 	check := func(step string) {
 		t.Helper()
-		var cfg dispatchSyCfg
-		if err := e.d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		var cfg configVal
+		if err := e.d.cfg.Lookup(uint32(0), &cfg); err != nil {
 			t.Fatal(err)
 		}
 		per := map[int]int{}
@@ -175,8 +175,8 @@ func TestOpenBuildsSmallSets(t *testing.T) {
 		}
 	}
 	flags := func() (all int) {
-		var cfg dispatchSyCfg
-		if err := e.d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		var cfg configVal
+		if err := e.d.cfg.Lookup(uint32(0), &cfg); err != nil {
 			t.Fatal(err)
 		}
 		for _, s := range cfg.Small {
@@ -190,12 +190,12 @@ func TestOpenBuildsSmallSets(t *testing.T) {
 	if n := flags(); n != 8 {
 		t.Fatalf("%d of 8 small sets in use, want all", n)
 	}
-	var cfg dispatchSyCfg
-	if err := e.d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+	var cfg configVal
+	if err := e.d.cfg.Lookup(uint32(0), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Small = [8]dispatchSySmall{}
-	if err := e.d.objs.SyConfig.Put(uint32(0), &cfg); err != nil {
+	if err := e.d.cfg.Put(uint32(0), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	check("no small sets")
@@ -213,8 +213,8 @@ func TestNewerLayoutRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	dir := e.d.dir
-	raw := make([]byte, e.d.objs.SyConfig.ValueSize())
-	if err := e.d.objs.SyConfig.Lookup(uint32(0), raw); err != nil {
+	raw := make([]byte, e.d.cfg.ValueSize())
+	if err := e.d.cfg.Lookup(uint32(0), raw); err != nil {
 		t.Fatal(err)
 	}
 	e.d.Close()

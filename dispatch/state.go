@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -62,6 +64,7 @@ type Dispatcher struct {
 	dirf     *os.File // held open for flock
 	readOnly bool
 	objs     dispatchObjects
+	cfg      *ebpf.Map // sy_config (config.go)
 	rec      record
 	crash    func(point string) bool // see crashPoint
 	crashMu  sync.Mutex              // a change calls crash from two goroutines
@@ -250,6 +253,9 @@ func (d *Dispatcher) close() {
 	}
 	d.rec.close()
 	d.objs.Close()
+	if d.cfg != nil {
+		d.cfg.Close()
+	}
 	if d.dirf != nil {
 		d.dirf.Close()
 	}
@@ -348,7 +354,7 @@ func loadSpec() (*ebpf.CollectionSpec, error) {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
 	for name, m := range spec.Maps {
-		if name == ".rodata" || name == ".bss" || name == ".data" {
+		if strings.HasPrefix(name, ".") { // data sections (sy_config: config.go)
 			continue
 		}
 		m.Pinning = ebpf.PinByName
@@ -377,12 +383,12 @@ func (d *Dispatcher) create(root string) error {
 	if err := initIndex(maps.SyIndex); err != nil {
 		return fmt.Errorf("state init index: %w", err)
 	}
-	cfg := dispatchSyCfg{Layout: layoutVersion}
+	cfg := configVal{Layout: layoutVersion}
 	for i := range cfg.Small {
 		cfg.Small[i].Flags = smallKnown | smallAll // no bindings: small
 	}
-	if err := maps.SyConfig.Put(uint32(0), &cfg); err != nil {
-		return fmt.Errorf("state init config: %w", err)
+	if err := createConfig(tmp, spec, &cfg); err != nil {
+		return err
 	}
 	if err := os.Chmod(tmp, 0o750); err != nil {
 		return fmt.Errorf("state create: %w", err)
@@ -432,9 +438,25 @@ func (d *Dispatcher) load() error {
 		return fmt.Errorf("state %s: %w", d.dir, err)
 	}
 	d.migrated = fresh
+	cfg, cfgMigrated, err := openConfig(d.dir, spec)
+	if err != nil {
+		return fmt.Errorf("state %s: %w", d.dir, err)
+	}
+	d.cfg = cfg
+	repl := maps.Clone(fresh)
+	repl[cfgSection] = cfg
+	if cfgMigrated {
+		// Pinned over the old one with the other migrated maps; d.cfg
+		// stays open beside them (closeAll closes a clone).
+		c, err := cfg.Clone()
+		if err != nil {
+			return err
+		}
+		d.migrated[cfgPin] = c
+	}
 	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{
 		Maps:            ebpf.MapOptions{PinPath: d.dir},
-		MapReplacements: fresh,
+		MapReplacements: repl,
 	}); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return fmt.Errorf("state %s: %w: %w", d.dir, ErrIncompatible, err)
@@ -473,8 +495,8 @@ func (d *Dispatcher) attach() error {
 		if d.readOnly {
 			return nil
 		}
-		var cfg dispatchSyCfg
-		if err := d.objs.SyConfig.Lookup(uint32(0), &cfg); err != nil {
+		var cfg configVal
+		if err := d.cfg.Lookup(uint32(0), &cfg); err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
 		if cfg.Prog == progHash() && len(d.migrated) == 0 {
@@ -542,7 +564,7 @@ func (d *Dispatcher) attachNew(pin string) error {
 // stampProgram records in sy_config that this build's program, and with it
 // this build's layout, serves the state.
 func (d *Dispatcher) stampProgram() error {
-	return d.writeConfig(func(c *dispatchSyCfg) {
+	return d.writeConfig(func(c *configVal) {
 		c.Prog = progHash()
 		c.Layout = layoutVersion
 	})

@@ -113,7 +113,7 @@ func Open(dir string, opts Options) (*Bypass, error) {
 	if err != nil {
 		return nil, err
 	}
-	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
+	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}, MapReplacements: map[string]*ebpf.Map{}}
 	// Bypass's maps pinned by an older build with another layout are
 	// migrated first; what cannot be (sockets, socket storage) is
 	// refused. The dispatcher's maps, which the spec shares (lookup.h),
@@ -124,6 +124,13 @@ func Open(dir string, opts Options) (*Bypass, error) {
 	}
 	for _, name := range migrated {
 		b.log.Info("migrated map to this build's layout", "map", name, "dir", dir)
+	}
+	// The dispatcher's config, which the programs read as a global.
+	if err := dispatch.ConfigReplacement(dir, spec, copts.MapReplacements); err != nil {
+		return nil, fmt.Errorf("bypass state: %w", err)
+	}
+	for _, m := range copts.MapReplacements {
+		defer m.Close() // the programs hold their own references
 	}
 	if err := spec.LoadAndAssign(&b.maps, copts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -151,7 +158,7 @@ func loadSpec() (*ebpf.CollectionSpec, error) {
 		return nil, fmt.Errorf("bypass spec load: %w", err)
 	}
 	for name, ms := range spec.Maps {
-		if name == ".rodata" || name == ".bss" || name == ".data" {
+		if strings.HasPrefix(name, ".") { // data sections (sy_config: dispatch/config.go)
 			continue
 		}
 		ms.Pinning = ebpf.PinByName

@@ -181,7 +181,6 @@ type bypassSyTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bypassMapSyBindings      = "sy_bindings"
-	bypassMapSyConfig        = "sy_config"
 	bypassMapSyCounters      = "sy_counters"
 	bypassMapSyFilter        = "sy_filter"
 	bypassMapSyIndex         = "sy_index"
@@ -204,6 +203,7 @@ const (
 	bypassProgSyP_recvmsgx   = "sy_p_recvmsgx"
 	bypassProgSyP_sockops    = "sy_p_sockops"
 	bypassProgSyP_spliceread = "sy_p_spliceread"
+	bypassVarSyConfig        = "sy_config"
 )
 
 // loadBypass returns the embedded CollectionSpec for bypass.
@@ -260,7 +260,6 @@ type bypassProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bypassMapSpecs struct {
 	SyBindings *ebpf.MapSpec `ebpf:"sy_bindings"`
-	SyConfig   *ebpf.MapSpec `ebpf:"sy_config"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
@@ -284,6 +283,7 @@ type bypassMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bypassVariableSpecs struct {
+	SyConfig *ebpf.VariableSpec `ebpf:"sy_config"`
 }
 
 // bypassObjects contains all objects after they have been loaded into the kernel.
@@ -307,7 +307,6 @@ func (o *bypassObjects) Close() error {
 // It can be passed to loadBypassObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bypassMaps struct {
 	SyBindings *ebpf.Map `ebpf:"sy_bindings"`
-	SyConfig   *ebpf.Map `ebpf:"sy_config"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
@@ -330,7 +329,6 @@ type bypassMaps struct {
 func (m *bypassMaps) Close() error {
 	return _BypassClose(
 		m.SyBindings,
-		m.SyConfig,
 		m.SyCounters,
 		m.SyFilter,
 		m.SyIndex,
@@ -355,6 +353,7 @@ func (m *bypassMaps) Close() error {
 //
 // It can be passed to loadBypassObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bypassVariables struct {
+	SyConfig *ebpf.Variable `ebpf:"sy_config"`
 }
 
 // bypassPrograms contains all programs after they have been loaded into the kernel.
