@@ -482,19 +482,13 @@ static __always_inline __u32 sy_lookup_parts(__u8 proto, __u8 fam, __u32 a0, __u
 	return lookup_entries(&q, gen);
 }
 
-/* sy_lookup_parts of q. */
-static __always_inline __u32 sy_lookup_inline(const struct sy_query *q)
+/* sy_lookup_parts as a global function, so the verifier checks its loop
+ * once per program rather than once for each caller. */
+__noinline __u32 sy_lookup(const struct sy_query *q)
 {
 	if (!q)
 		return 0;
 	return sy_lookup_parts(q->proto, q->fam, q->addr[0], q->addr[1], q->addr[2], q->addr[3], q->port);
-}
-
-/* sy_lookup_inline as a global function, so the verifier checks its loop
- * once per program rather than once for each caller. */
-__noinline __u32 sy_lookup(const struct sy_query *q)
-{
-	return sy_lookup_inline(q);
 }
 
 /* The label of the most specific binding for traffic of protocol proto

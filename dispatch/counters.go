@@ -21,20 +21,26 @@ func (d *Dispatcher) counters(id uint32) (Counters, error) {
 	if err := d.objs.SyCounters.Lookup(id, &per); err != nil {
 		return Counters{}, fmt.Errorf("read counters: %w", err)
 	}
-	var c Counters
+	var sum dispatchSyStats
 	for _, s := range per {
-		c.Lookups += s.Lookups
-		c.Hits += s.Hits
-		c.Missing += s.Missing
-		c.BadSocket += s.BadSocket
+		sum.Lookups += s.Lookups
+		sum.Hits += s.Hits
+		sum.Missing += s.Missing
+		sum.BadSocket += s.BadSocket
 	}
+	return countersOf(id, sum), nil
+}
+
+// countersOf is what the program counted in s for label id. It counts a
+// label's lookups as they end (bpf/dispatch.h, sy_stats), so they are the
+// sum of the three ends; what a build before layout 2 counted in lookups
+// is the same sum. Label 0 (no binding) counts only its lookups.
+func countersOf(id uint32, s dispatchSyStats) Counters {
+	c := Counters{Lookups: s.Lookups, Hits: s.Hits, Missing: s.Missing, BadSocket: s.BadSocket}
 	if id != 0 {
-		// The program counts a label's lookups as they end (bpf/dispatch.h,
-		// sy_stats); what a build before layout 2 counted in lookups is
-		// the same sum.
 		c.Lookups = c.Hits + c.Missing + c.BadSocket
 	}
-	return c, nil
+	return c
 }
 
 // Counters returns the counters of every label, and, as unmatched, the

@@ -479,12 +479,7 @@ func (e *Explainer) count(label uint32, cpu int) (Counters, error) {
 	if cpu >= len(per) {
 		return Counters{}, fmt.Errorf("lookup: read counters: no cpu %d", cpu)
 	}
-	s := per[cpu]
-	c := Counters{Lookups: s.Lookups, Hits: s.Hits, Missing: s.Missing, BadSocket: s.BadSocket}
-	if label != 0 {
-		c.Lookups = c.Hits + c.Missing + c.BadSocket // as Dispatcher.counters
-	}
-	return c, nil
+	return countersOf(label, per[cpu]), nil
 }
 
 // labelName finds the name of label id in sy_labels, reading them all on
