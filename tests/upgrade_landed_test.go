@@ -20,7 +20,7 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "6d724eb1a8dcab8d2960a8a7ef6b4db55850ec34"
+const landedMain = "1f4300082a3d00de8d3e2664e1359729c4bcb53e"
 
 // unpackedApplyMain is the last landed commit whose daemon reads only the
 // version-1 (JSON) Apply: the CLI's fallback to it is tested against it.
