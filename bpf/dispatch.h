@@ -49,27 +49,36 @@
  * when no binding of that protocol and family covers the port in the
  * generation the program reads nor in the one it may read next
  * (sy_noports[(proto*2 + family) * SY_NOPORT_WORDS + port/64]), kept like
- * sy_noaddr's bits (below). A set bit ends a lookup at once; a clear one
+ * sy_blocks' bits (below). A set bit ends a lookup at once; a clear one
  * (as a fresh map has them) says nothing. It replaces sy_noport, one map
  * per generation, of earlier builds, which this build neither reads nor
  * writes. */
 #define SY_NOPORT_WORDS (65536 / 64)
 
-/* Addresses no binding covers: per (protocol, family), of either
- * generation, one bit per address block, set when no binding of that
- * protocol and family covers any address of the block in the generation
- * the program reads nor in the one it may read next
- * (sy_noaddr[(proto*2 + family) * SY_NOADDR_WORDS + block/64]). A change
- * clears the bits of what it adds before the generation flips, and sets
- * those of what it removed once no program reads the old generation, so
- * the program tests a bit before it reads sy_config. An IPv4 block is a
- * /16, numbered by the address's leading 16 bits; an IPv6 block is every
- * address whose leading 32 bits hash to the block's number
- * (sy_noaddr_block). A prefix shorter than the block clears the bits of
- * every block it covers (IPv6: of each leading 32-bit value it covers,
- * down to /16; a shorter one clears all). A set bit ends a lookup at once;
- * a clear one (as a fresh map has them) says nothing. */
+/* Addresses no binding covers, one bit per address block (see sy_blocks),
+ * which builds before sy_blocks read (1f43000 and older). This build keeps
+ * the map clear (a clear bit says nothing), so that their programs, while
+ * still attached during an upgrade, look every address up. */
 #define SY_NOADDR_WORDS (65536 / 64)
+
+/* Ports no binding of an address block serves: per (protocol, family), one
+ * 64-bit word per address block (sy_blocks[(proto*2 + family) * SY_BLOCKS +
+ * block]). An IPv4 block is a /16, numbered by the address's leading 16
+ * bits; an IPv6 block is every address whose leading 32 bits hash to the
+ * block's number (sy_noaddr_block). Bit sy_port_bit(port) of a block's word
+ * is set when no binding of that protocol and family that covers an address
+ * of the block serves a port with that bit, in the generation the program
+ * reads nor in the one it may read next. A change clears the bits of what
+ * it adds before the generation flips, and sets those of what it removed
+ * once no program reads the old generation. A binding of more than
+ * SY_BLOCK_RANGE ports clears every bit of its blocks; a prefix shorter
+ * than the block clears the bits of every block it covers (IPv6: of each
+ * leading 32-bit value it covers, down to /16; a shorter one, of all). So
+ * one word ends both an address miss (every bit set) and most port misses;
+ * a word with no bit set sends the lookup on to sy_noports. A set bit ends
+ * a lookup at once; a clear one (as a fresh map has them) says nothing. */
+#define SY_BLOCKS 65536
+#define SY_BLOCK_RANGE 16
 
 /* Flags of struct sy_ix_bucket. A prefix "of" a bucket is one whose first
  * bucket it is. */

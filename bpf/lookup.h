@@ -69,12 +69,21 @@ struct {
 	__type(value, __u64);
 } sy_noports SEC(".maps");
 
+/* Read by no program of this build; kept clear for older ones (dispatch.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 4 * SY_NOADDR_WORDS);
 	__type(key, __u32);
 	__type(value, __u64);
 } sy_noaddr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * SY_BLOCKS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} sy_blocks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -153,7 +162,7 @@ static __always_inline __u32 ix_second(__u64 h)
 	return ((((h * 0x94d049bb133111ebULL) >> (64 - SY_FILTER_LOG2))) * SY_IX_BUCKETS) >> SY_FILTER_LOG2;
 }
 
-/* The block of sy_noaddr holding addr (network byte order, IPv4 in
+/* The address block (of sy_blocks) holding addr (network byte order, IPv4 in
  * addr[0]) of family fam; dispatch/index.go computes the same function. */
 static __always_inline __u32 sy_noaddr_block(const __u32 addr[4], __u8 fam)
 {
@@ -162,6 +171,13 @@ static __always_inline __u32 sy_noaddr_block(const __u32 addr[4], __u8 fam)
 	if (fam == SY_FAM_V4)
 		return lead >> 16;
 	return (lead * 0x9e3779b1U) >> 16;
+}
+
+/* The bit of a word of sy_blocks for port; dispatch/index.go computes the
+ * same function. */
+static __always_inline __u32 sy_port_bit(__u16 port)
+{
+	return ((__u32)port * 0x9e3779b1U) >> 26;
 }
 
 /* Finds the segment holding port among n sorted, disjoint segments. */
@@ -425,24 +441,31 @@ static __always_inline __u32 small_lookup(const struct sy_small *s, __u8 fam, co
 }
 
 /* The label of the most specific binding for q in generation gen, from the
- * prefix entries. The address and port maps come first: an address miss
- * reads one array element, a port miss two. */
+ * prefix entries. The word of q's address block comes first: it ends an
+ * address miss and most port misses in one array element; where it cannot
+ * (a block with bindings of every port or wide ranges), the port's bit of
+ * sy_noports is read too. */
 static __always_inline __u32 lookup_entries(const struct sy_query *q, __u32 gen)
 {
 	const struct sy_plen_list *pl;
 	const __u64 *w;
-	__u32 idx, widx, blk;
+	__u64 word;
+	__u32 idx, widx;
 	__u16 port = q->port;
 
-	blk = sy_noaddr_block(q->addr, q->fam);
-	widx = (q->proto * 2 + q->fam) * SY_NOADDR_WORDS + blk / 64;
-	w = bpf_map_lookup_elem(&sy_noaddr, &widx);
-	if (w && ((*w >> (blk & 63)) & 1))
+	widx = (q->proto * 2 + q->fam) * SY_BLOCKS + sy_noaddr_block(q->addr, q->fam);
+	w = bpf_map_lookup_elem(&sy_blocks, &widx);
+	if (!w)
 		return 0;
-	widx = (q->proto * 2 + q->fam) * SY_NOPORT_WORDS + port / 64;
-	w = bpf_map_lookup_elem(&sy_noports, &widx);
-	if (w && ((*w >> (port & 63)) & 1))
+	word = *w;
+	if ((word >> sy_port_bit(port)) & 1)
 		return 0;
+	if (!word) {
+		widx = (q->proto * 2 + q->fam) * SY_NOPORT_WORDS + port / 64;
+		w = bpf_map_lookup_elem(&sy_noports, &widx);
+		if (w && ((*w >> (port & 63)) & 1))
+			return 0;
+	}
 	idx = gen * 4 + q->proto * 2 + q->fam;
 	pl = bpf_map_lookup_elem(&sy_plens, &idx);
 	if (!pl)

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -252,8 +253,8 @@ func (d *Dispatcher) writeLists(m *model, gen uint32, lists []int, words, bucket
 	return nil
 }
 
-// writeEither writes the words of lists in mp, sy_noports or sy_noaddr,
-// which hold for either generation the program may read (words gives a
+// writeEither writes the words of lists in mp, sy_noports, which holds for
+// either generation the program may read (words gives a
 // list's words after the change). Before the flip (while the program may
 // read the generation before the change) a bit stays set only if it is set
 // now and the change leaves it set; after it, the words say what the
@@ -287,8 +288,9 @@ func (d *Dispatcher) writeEither(mp *ebpf.Map, beforeFlip bool, lists []int, wor
 	return batchPut(mp, keys, vals)
 }
 
-// clearWords clears every word of sy_noports and sy_noaddr: a clear bit
-// says nothing, so the program then looks every address and port up.
+// clearWords clears every word of sy_noports, sy_blocks and sy_noaddr
+// (which only older builds' programs read): a clear bit says nothing, so
+// the program then looks every address and port up.
 func (d *Dispatcher) clearWords() error {
 	for _, mp := range []*ebpf.Map{d.objs.SyNoports, d.objs.SyNoaddr} {
 		n := int(mp.MaxEntries())
@@ -300,17 +302,69 @@ func (d *Dispatcher) clearWords() error {
 			return fmt.Errorf("clear %s: %w", mapName(mp), err)
 		}
 	}
+	mem, err := d.blockMemory()
+	if err != nil {
+		return err
+	}
+	if _, err := mem.WriteAt(make([]byte, mem.Size()), 0); err != nil {
+		return fmt.Errorf("clear sy_blocks: %w", err)
+	}
 	return nil
 }
 
-// writeWords writes the words of lists in sy_noports and sy_noaddr from m,
+// blockMemory is sy_blocks mapped into memory, where the words of a list
+// are read and written without a system call each.
+func (d *Dispatcher) blockMemory() (*ebpf.Memory, error) {
+	mem, err := d.objs.SyBlocks.Memory()
+	if err != nil {
+		return nil, fmt.Errorf("map sy_blocks: %w", err)
+	}
+	return mem, nil
+}
+
+// writeWords writes the words of lists in sy_noports and sy_blocks from m,
 // as writeEither says.
 func (d *Dispatcher) writeWords(m *model, beforeFlip bool, lists []int) error {
 	if err := d.writeEither(d.objs.SyNoports, beforeFlip, lists, func(li int) []uint64 { return m.use[li].noport() }); err != nil {
 		return fmt.Errorf("write port map: %w", err)
 	}
-	if err := d.writeEither(d.objs.SyNoaddr, beforeFlip, lists, func(li int) []uint64 { return m.use[li].noaddr() }); err != nil {
-		return fmt.Errorf("write address map: %w", err)
+	if err := d.writeBlocks(m, beforeFlip, lists); err != nil {
+		return fmt.Errorf("write block map: %w", err)
+	}
+	return nil
+}
+
+// writeBlocks writes the words of lists in sy_blocks as writeEither says,
+// each word that changes with one aligned 8-byte store, so the program
+// reads a word either before or after it.
+func (d *Dispatcher) writeBlocks(m *model, beforeFlip bool, lists []int) error {
+	if len(lists) == 0 {
+		return nil
+	}
+	mem, err := d.blockMemory()
+	if err != nil {
+		return err
+	}
+	now := make([]byte, 8*blockWords)
+	var word [8]byte
+	for _, li := range lists {
+		base := int64(li) * int64(len(now))
+		if _, err := mem.ReadAt(now, base); err != nil {
+			return err
+		}
+		for i, w := range m.use[li].blocks() {
+			cur := binary.NativeEndian.Uint64(now[8*i:])
+			if beforeFlip {
+				w &= cur
+			}
+			if w == cur {
+				continue
+			}
+			binary.NativeEndian.PutUint64(word[:], w)
+			if _, err := mem.WriteAt(word[:], base+int64(8*i)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -146,6 +146,7 @@ type dispatchSyTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	dispatchMapSyBindings  = "sy_bindings"
+	dispatchMapSyBlocks    = "sy_blocks"
 	dispatchMapSyCounters  = "sy_counters"
 	dispatchMapSyFilter    = "sy_filter"
 	dispatchMapSyIndex     = "sy_index"
@@ -211,6 +212,7 @@ type dispatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchMapSpecs struct {
 	SyBindings *ebpf.MapSpec `ebpf:"sy_bindings"`
+	SyBlocks   *ebpf.MapSpec `ebpf:"sy_blocks"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
@@ -252,6 +254,7 @@ func (o *dispatchObjects) Close() error {
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchMaps struct {
 	SyBindings *ebpf.Map `ebpf:"sy_bindings"`
+	SyBlocks   *ebpf.Map `ebpf:"sy_blocks"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
@@ -268,6 +271,7 @@ type dispatchMaps struct {
 func (m *dispatchMaps) Close() error {
 	return _DispatchClose(
 		m.SyBindings,
+		m.SyBlocks,
 		m.SyCounters,
 		m.SyFilter,
 		m.SyIndex,

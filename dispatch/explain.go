@@ -150,7 +150,7 @@ func OpenExplainer(root string, nsInode uint64) (_ *Explainer, err error) {
 	}
 	repl := map[string]*ebpf.Map{}
 	for name := range spec.Maps {
-		if strings.HasPrefix(name, ".") || name == "sy_filter" || name == "sy_index" || name == "sy_noports" || name == "sy_noaddr" {
+		if strings.HasPrefix(name, ".") || name == "sy_filter" || name == "sy_index" || name == "sy_noports" || name == "sy_noaddr" || name == "sy_blocks" {
 			continue
 		}
 		m, err := pin(name)

@@ -152,6 +152,7 @@ type explainSyTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	explainMapSyBindings     = "sy_bindings"
+	explainMapSyBlocks       = "sy_blocks"
 	explainMapSyCounters     = "sy_counters"
 	explainMapSyFilter       = "sy_filter"
 	explainMapSyIndex        = "sy_index"
@@ -224,6 +225,7 @@ type explainProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type explainMapSpecs struct {
 	SyBindings *ebpf.MapSpec `ebpf:"sy_bindings"`
+	SyBlocks   *ebpf.MapSpec `ebpf:"sy_blocks"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
@@ -268,6 +270,7 @@ func (o *explainObjects) Close() error {
 // It can be passed to loadExplainObjects or ebpf.CollectionSpec.LoadAndAssign.
 type explainMaps struct {
 	SyBindings *ebpf.Map `ebpf:"sy_bindings"`
+	SyBlocks   *ebpf.Map `ebpf:"sy_blocks"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
@@ -284,6 +287,7 @@ type explainMaps struct {
 func (m *explainMaps) Close() error {
 	return _ExplainClose(
 		m.SyBindings,
+		m.SyBlocks,
 		m.SyCounters,
 		m.SyFilter,
 		m.SyIndex,

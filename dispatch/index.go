@@ -428,14 +428,18 @@ func allBuckets() []uint32 {
 const noportWords = 65536 / 64
 
 // portUse counts the bindings of one (protocol, family) by port set, for
-// sy_noports, and its prefixes by the address blocks they cover, for
-// sy_noaddr.
+// sy_noports, and by the address blocks and port bits they cover, for
+// sy_blocks.
 type portUse struct {
 	any    int
 	single map[uint16]int
 	ranges map[binding.Ports]int
-	blocks *[noaddrBlocks]int32 // prefixes that cover each block
-	all    int                  // IPv6 prefixes shorter than /16, which cover every block
+	// served counts the (prefix, port set) pairs that cover an address
+	// block and serve a port of a bit of its word, keyed block<<7 | bit
+	// (bit everyBit: they serve every bit); everywhere counts them by bit
+	// for IPv6 prefixes shorter than /16, which cover every block.
+	served     map[uint32]int32
+	everywhere [everyBit + 1]int32
 }
 
 func (u *portUse) add(p binding.Ports, n int) {
@@ -481,11 +485,33 @@ func (u *portUse) noport() []uint64 {
 	return w
 }
 
-// noaddrWords is SY_NOADDR_WORDS; noaddrBlocks the blocks it has bits for.
+// blockWords is SY_BLOCKS, the words of sy_blocks per (protocol, family);
+// blockRange is SY_BLOCK_RANGE; everyBit marks a count of every bit.
 const (
-	noaddrWords  = 65536 / 64
-	noaddrBlocks = noaddrWords * 64
+	blockWords = 65536
+	blockRange = 16
+	everyBit   = 64
 )
+
+// portBit is the Go twin of sy_port_bit in bpf/lookup.h: the bit of a word
+// of sy_blocks for port.
+func portBit(port uint16) uint32 {
+	return (uint32(port) * 0x9e3779b1) >> 26
+}
+
+// portBits appends to bits the bits of sy_blocks' words that ports serve,
+// or everyBit for every port and ranges of more than blockRange ports.
+func portBits(bits []uint32, ports binding.Ports) []uint32 {
+	if ports.IsAny() || int(ports.Hi)-int(ports.Lo) >= blockRange {
+		return append(bits, everyBit)
+	}
+	for p := int(ports.Lo); p <= int(ports.Hi); p++ {
+		if b := portBit(uint16(p)); !slices.Contains(bits, b) {
+			bits = append(bits, b)
+		}
+	}
+	return bits
+}
 
 // noaddrBlock is the Go twin of sy_noaddr_block in bpf/lookup.h, from the
 // leading 32 bits of an address as a number.
@@ -497,7 +523,7 @@ func noaddrBlock(lead uint32, is4 bool) uint16 {
 }
 
 // blockBits is how long a prefix of the family must be to lie in one block
-// of sy_noaddr.
+// of sy_blocks.
 func blockBits(is4 bool) int {
 	if is4 {
 		return 16
@@ -515,41 +541,68 @@ func leadWord(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:4])
 }
 
-// addPrefix counts n more (or, negative, fewer) groups of prefix p. A
-// prefix wider than a block is counted in every block it covers, once
-// here, so that noaddr is one pass over the blocks whatever the prefixes.
-func (u *portUse) addPrefix(p netip.Prefix, n int) {
+// addServed counts n more (or, negative, fewer) bindings of prefix p and
+// ports. A prefix wider than a block is counted in every block it covers,
+// once here, so that blockWords is one pass whatever the prefixes.
+func (u *portUse) addServed(p netip.Prefix, ports binding.Ports, n int) {
+	var buf [blockRange]uint32
+	bits := portBits(buf[:0], ports)
 	p = p.Masked()
 	a := p.Addr()
 	if !a.Is4() && p.Bits() < 16 {
-		u.all += n
+		for _, b := range bits {
+			u.everywhere[b] += int32(n)
+		}
 		return
 	}
-	if u.blocks == nil {
-		u.blocks = new([noaddrBlocks]int32)
+	if u.served == nil {
+		u.served = map[uint32]int32{}
+	}
+	add := func(block uint16) {
+		for _, b := range bits {
+			k := uint32(block)<<7 | b
+			if u.served[k] += int32(n); u.served[k] <= 0 {
+				delete(u.served, k)
+			}
+		}
 	}
 	lead := leadWord(a)
 	if p.Bits() >= blockBits(a.Is4()) {
-		u.blocks[noaddrBlock(lead, a.Is4())] += int32(n)
+		add(noaddrBlock(lead, a.Is4()))
 		return
 	}
 	// The leading 32-bit values p covers, one block's worth apart.
 	step := uint32(1) << (32 - blockBits(a.Is4()))
 	for i := range uint32(1) << (blockBits(a.Is4()) - p.Bits()) {
-		u.blocks[noaddrBlock(lead+i*step, a.Is4())] += int32(n)
+		add(noaddrBlock(lead+i*step, a.Is4()))
 	}
 }
 
-// noaddr is the value of sy_noaddr for u: a bit set for each address block
-// no prefix covers. IPv6 prefixes shorter than /16 cover every block.
-func (u *portUse) noaddr() []uint64 {
-	w := make([]uint64, noaddrWords)
-	if u.all > 0 {
-		return w
+// blocks is the value of sy_blocks for u: in each block's word, a bit set
+// for each port bit no binding covering the block serves.
+func (u *portUse) blocks() []uint64 {
+	all := ^uint64(0)
+	for b, n := range u.everywhere {
+		switch {
+		case n <= 0:
+		case b == everyBit:
+			all = 0
+		default:
+			all &^= 1 << b
+		}
 	}
-	for b := range noaddrBlocks {
-		if u.blocks == nil || u.blocks[b] <= 0 {
-			w[b/64] |= 1 << (b % 64)
+	w := make([]uint64, blockWords)
+	for i := range w {
+		w[i] = all
+	}
+	for k, n := range u.served {
+		if n <= 0 {
+			continue
+		}
+		if b := k & 127; b == everyBit {
+			w[k>>7] = 0
+		} else {
+			w[k>>7] &^= 1 << b
 		}
 	}
 	return w

@@ -120,62 +120,78 @@ func TestAddressesNoBindingCovers(t *testing.T) {
 	check("[2001:db8:5::7]:80", "v6")
 }
 
-func TestPortUseNoaddr(t *testing.T) {
+// The words of sy_blocks: a port's bit of a block's word is set where no
+// binding covering the block serves a port of that bit, clear where one
+// does, and every bit of a block with an every-port or wide-range binding
+// is clear; prefixes wider than a block count in every block they cover.
+func TestPortUseBlocks(t *testing.T) {
 	var u portUse
-	blockSet := func(w []uint64, a string) bool {
+	unserved := func(w []uint64, a string, port uint16) bool {
 		ad := netip.MustParseAddr(a)
-		b := noaddrBlock(leadWord(ad), ad.Is4())
-		return w[b/64]&(1<<(b%64)) != 0
+		return w[noaddrBlock(leadWord(ad), ad.Is4())]&(1<<portBit(port)) != 0
+	}
+	p443, p80 := binding.Ports{Lo: 443, Hi: 443}, binding.Ports{Lo: 80, Hi: 80}
+	if portBit(443) == portBit(444) || portBit(80) == portBit(443) {
+		t.Fatal("the test's ports share a bit")
 	}
 	for _, a := range []string{"10.1.0.0", "2001:db8::1"} {
-		if !blockSet(u.noaddr(), a) {
-			t.Errorf("%s: not marked as covered by no binding without bindings", a)
+		if !unserved(u.blocks(), a, 443) {
+			t.Errorf("%s:443: served without bindings", a)
 		}
 	}
-	u.addPrefix(netip.MustParsePrefix("10.1.2.3/32"), 1)
-	u.addPrefix(netip.MustParsePrefix("172.16.0.0/14"), 1)
-	u.addPrefix(netip.MustParsePrefix("2001:db8:1::/48"), 1)
-	u.addPrefix(netip.MustParsePrefix("2001:db0::/28"), 1)
-	w := u.noaddr()
-	for _, a := range []string{"10.1.0.0", "10.1.255.255", "172.16.0.1", "172.19.255.255", "2001:db8:1::1", "2001:db8:ffff::1", "2001:db0::1", "2001:dbf:ffff::1"} {
-		if blockSet(w, a) {
-			t.Errorf("%s: marked as covered by no binding", a)
+	u.addServed(netip.MustParsePrefix("10.1.2.3/32"), p443, 1)
+	u.addServed(netip.MustParsePrefix("172.16.0.0/14"), p80, 1)
+	u.addServed(netip.MustParsePrefix("2001:db8:1::/48"), p443, 1)
+	u.addServed(netip.MustParsePrefix("2001:eb0::/28"), binding.AnyPort, 1)
+	u.addServed(netip.MustParsePrefix("192.168.0.0/16"), binding.Ports{Lo: 8000, Hi: 8999}, 1)
+	w := u.blocks()
+	for _, c := range []struct {
+		addr string
+		port uint16
+		want bool // unserved
+	}{
+		{"10.1.0.0", 443, false}, {"10.1.255.255", 443, false}, {"10.1.2.3", 444, true},
+		{"10.0.255.255", 443, true}, {"10.2.0.0", 443, true}, {"11.1.2.3", 443, true},
+		{"172.16.0.1", 80, false}, {"172.19.255.255", 80, false}, {"172.19.0.1", 443, true},
+		{"172.15.255.255", 80, true}, {"172.20.0.0", 80, true},
+		{"2001:db8:1::1", 443, false}, {"2001:db8:ffff::1", 443, false}, {"2001:db8:1::1", 444, true},
+		{"2001:eb0::1", 1, false}, {"2001:ebf:ffff::1", 65535, false},
+		{"192.168.7.7", 9000, false}, {"192.169.7.7", 9000, true},
+	} {
+		if got := unserved(w, c.addr, c.port); got != c.want {
+			t.Errorf("%s port %d: unserved %v, want %v", c.addr, c.port, got, c.want)
 		}
 	}
-	for _, a := range []string{"10.0.255.255", "10.2.0.0", "172.15.255.255", "172.20.0.0", "11.1.2.3"} {
-		if !blockSet(w, a) {
-			t.Errorf("%s: not marked as covered by no binding", a)
-		}
+	u.addServed(netip.MustParsePrefix("10.1.2.3/32"), p443, -1)
+	if !unserved(u.blocks(), "10.1.2.3", 443) {
+		t.Error("10.1.2.3:443 still served after its binding went")
 	}
-	u.addPrefix(netip.MustParsePrefix("10.1.2.3/32"), -1)
-	if !blockSet(u.noaddr(), "10.1.2.3") {
-		t.Error("10.1.2.3 still covered after its prefix went")
-	}
-	u.addPrefix(netip.MustParsePrefix("2000::/15"), 1)
-	for i, x := range u.noaddr() {
-		if x != 0 {
-			t.Fatalf("word %d is %#x with an IPv6 prefix wider than /16", i, x)
+	u.addServed(netip.MustParsePrefix("2000::/15"), p80, 1)
+	w = u.blocks()
+	for _, a := range []string{"2001:db8:1::1", "3000::1", "2000::1", "10.1.2.3"} {
+		if unserved(w, a, 80) {
+			t.Errorf("%s:80 unserved with an IPv6 binding of port 80 wider than /16", a)
 		}
 	}
 	// Wide prefixes go as they came: their blocks are free again, the
-	// narrower prefixes' blocks are still covered.
-	u.addPrefix(netip.MustParsePrefix("2000::/15"), -1)
-	u.addPrefix(netip.MustParsePrefix("172.16.0.0/14"), -1)
-	w = u.noaddr()
-	for _, a := range []string{"2001:db8:1::1", "2001:db0::1", "2001:dbf:ffff::1"} {
-		if blockSet(w, a) {
-			t.Errorf("%s: marked as covered by no binding after wider prefixes went", a)
+	// narrower prefixes' blocks are still served.
+	u.addServed(netip.MustParsePrefix("2000::/15"), p80, -1)
+	u.addServed(netip.MustParsePrefix("172.16.0.0/14"), p80, -1)
+	w = u.blocks()
+	for _, a := range []string{"2001:db8:1::1", "2001:eb0::1", "2001:ebf:ffff::1"} {
+		if unserved(w, a, 443) {
+			t.Errorf("%s:443 unserved after wider prefixes went", a)
 		}
 	}
 	for _, a := range []string{"2000::1", "172.16.0.1", "172.19.255.255"} {
-		if !blockSet(w, a) {
-			t.Errorf("%s: still covered after the prefixes covering it went", a)
+		if !unserved(w, a, 80) {
+			t.Errorf("%s:80 still served after the prefixes covering it went", a)
 		}
 	}
 }
 
 // A change keeps clear, until the program no longer reads the generation
-// before it, the sy_noaddr and sy_noports bits of blocks and ports only that
+// before it, the sy_blocks and sy_noports bits of blocks and ports only that
 // generation covers: at the generation flip both what it removes and what
 // it adds are covered.
 func TestNoMapsCoverBothGenerationsAtTheFlip(t *testing.T) {
@@ -190,12 +206,11 @@ func TestNoMapsCoverBothGenerationsAtTheFlip(t *testing.T) {
 		}
 		return w&(1<<(b%64)) != 0
 	}
-	block := func(a string) uint16 { return noaddrBlock(leadWord(netip.MustParseAddr(a)), true) }
 	state := func() [4]bool {
-		return [4]bool{bit(e.d.objs.SyNoaddr, block("10.20.0.1")), bit(e.d.objs.SyNoaddr, block("10.30.0.1")),
+		return [4]bool{blockBit(t, e.d, 0, "10.20.0.1", 80), blockBit(t, e.d, 0, "10.30.0.1", 81),
 			bit(e.d.objs.SyNoports, 80), bit(e.d.objs.SyNoports, 81)}
 	}
-	const what = "uncovered: 10.20/16, 10.30/16, port 80, port 81"
+	const what = "unserved: 10.20/16 port 80, 10.30/16 port 81, port 80, port 81"
 	if got, want := state(), [4]bool{false, true, false, true}; got != want {
 		t.Fatalf("before the change: %s %v, want %v", what, got, want)
 	}
@@ -226,8 +241,8 @@ func TestNoMapsCoverBothGenerationsAtTheFlip(t *testing.T) {
 	}
 }
 
-// A build that does not know sy_noaddr and sy_noports (c0a1c49) changes
-// bindings without clearing their bits: what this build set before such a
+// A build that does not know sy_blocks (1f43000; sy_noports: c0a1c49)
+// changes bindings without clearing their bits: what this build set before such a
 // build bound an address or port must not refuse it when this build opens
 // the state again, and the words say what the bindings leave afterwards.
 func TestOpenRewritesWordsAnOlderBuildLeft(t *testing.T) {
@@ -240,7 +255,7 @@ func TestOpenRewritesWordsAnOlderBuildLeft(t *testing.T) {
 		e.bind("web", "tcp", fmt.Sprintf("10.70.%d.0/24", i), "80")
 	}
 	// What an older build leaves: every bit set, as if nothing were bound.
-	for _, m := range []*ebpf.Map{e.d.objs.SyNoports, e.d.objs.SyNoaddr} {
+	for _, m := range []*ebpf.Map{e.d.objs.SyNoports, e.d.objs.SyBlocks} {
 		n := int(m.MaxEntries())
 		keys, vals := make([]uint32, n), make([]uint64, n)
 		for i := range keys {
@@ -269,8 +284,19 @@ func TestOpenRewritesWordsAnOlderBuildLeft(t *testing.T) {
 	if !bit(e.d.objs.SyNoports, 81) || bit(e.d.objs.SyNoports, 80) {
 		t.Errorf("after Open, port bits 80 %v and 81 %v, want clear and set", bit(e.d.objs.SyNoports, 80), bit(e.d.objs.SyNoports, 81))
 	}
-	b50, b60 := int(noaddrBlock(10<<24|50<<16, true)), int(noaddrBlock(10<<24|60<<16, true))
-	if bit(e.d.objs.SyNoaddr, b50) || !bit(e.d.objs.SyNoaddr, b60) {
-		t.Errorf("after Open, address bits of 10.50/16 %v and 10.60/16 %v, want clear and set", bit(e.d.objs.SyNoaddr, b50), bit(e.d.objs.SyNoaddr, b60))
+	if b50, b60 := blockBit(t, e.d, tcp4, "10.50.0.1", 80), blockBit(t, e.d, tcp4, "10.60.0.1", 80); b50 || !b60 {
+		t.Errorf("after Open, the bits of port 80 in the words of 10.50/16 %v and 10.60/16 %v, want clear and set", b50, b60)
 	}
+}
+
+// blockBit reports whether the bit of port in the word of addr's block of
+// list li of sy_blocks is set (no binding serves it).
+func blockBit(t *testing.T, d *Dispatcher, li int, addr string, port uint16) bool {
+	t.Helper()
+	a := netip.MustParseAddr(addr)
+	var w uint64
+	if err := d.objs.SyBlocks.Lookup(uint32(li*blockWords)+uint32(noaddrBlock(leadWord(a), a.Is4())), &w); err != nil {
+		t.Fatal(err)
+	}
+	return w&(1<<portBit(port)) != 0
 }

@@ -403,8 +403,8 @@ func (m *model) addStats(gk groupKey, g *group) {
 	m.trackSmall(gk, len(g.ports), true)
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, 1)
+		m.use[gk.listIndex()].addServed(gk.prefix(), pl.ports, 1)
 	}
-	m.use[gk.listIndex()].addPrefix(gk.prefix(), 1)
 	b := gk.bit()
 	if w := &m.words[b/64]; *w&(1<<(b%64)) == 0 {
 		*w |= 1 << (b % 64)
@@ -430,8 +430,8 @@ func (m *model) dropStats(gk groupKey, g *group) {
 	m.trackSmall(gk, len(g.ports), false)
 	for _, pl := range g.ports {
 		m.use[gk.listIndex()].add(pl.ports, -1)
+		m.use[gk.listIndex()].addServed(gk.prefix(), pl.ports, -1)
 	}
-	m.use[gk.listIndex()].addPrefix(gk.prefix(), -1)
 	b := gk.bit()
 	if n := m.more[b]; n > 0 {
 		if n == 1 {

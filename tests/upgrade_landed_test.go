@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -329,55 +328,77 @@ func TestUpgradeMillionFromLandedMain(t *testing.T) {
 	}
 }
 
-// The landed build, started on state this build wrote (a newer layout),
-// refuses it with a message and exits non-zero, and leaves it as it was:
-// the program this build attached goes on steering connections while no
-// daemon runs, and this build's daemon takes the state over again with its
-// bindings.
-func TestLandedBuildRefusesNewerState(t *testing.T) {
+// The landed build, started on state this build wrote (the same layout:
+// sy_blocks is a map the landed build does not know), takes it over and
+// changes bindings without writing sy_blocks; this build, started again,
+// serves what the landed build bound, in a block whose word it had set as
+// bound by nothing, and keeps every binding. More bindings than a small
+// set holds, so that lookups read the words.
+func TestLandedBuildRoundTrip(t *testing.T) {
 	t.Parallel()
 	old := buildLanded(t, landedMain)
 	w := newWorld(t)
-	w.mustCLI("bind", "web", "tcp", "10.8.0.0/16", "*")
+	for i := range 10 {
+		w.mustCLI("bind", "web", "tcp", fmt.Sprintf("10.8.%d.0/24", i), "*")
+	}
 	serveOK(w.registerTCP("web", "tcp4", "127.0.0.1:0"))
-	dial := func(when string) {
+	dial := func(when, addr string) {
 		t.Helper()
-		c, err := w.ns.DialTCP("10.8.1.2:80", 5*time.Second)
+		c, err := w.ns.DialTCP(addr, 5*time.Second)
 		if err != nil {
-			t.Fatalf("%s: dial 10.8.1.2:80: %v", when, err)
+			t.Fatalf("%s: dial %s: %v", when, addr, err)
 		}
 		defer c.Close()
 		b, err := io.ReadAll(c)
 		if err != nil || string(b) != "ok" {
-			t.Fatalf("%s: read %q, %v; want ok", when, b, err)
+			t.Fatalf("%s: %s: read %q, %v; want ok", when, addr, b, err)
 		}
 	}
-	dial("this build")
-	before := w.mustCLI("bindings", "-o", "json")
+	refused := func(when, addr string) {
+		t.Helper()
+		c, err := w.ns.DialTCP(addr, 5*time.Second)
+		if err == nil {
+			c.Close()
+			t.Fatalf("%s: dial %s connected; want refused (nothing is bound there)", when, addr)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("%s: dial %s: %v; want connection refused", when, addr, err)
+		}
+	}
+	dial("this build", "10.8.1.2:80")
+	refused("this build", "10.77.0.1:443")
 	if st := w.d.stop(t, syscall.SIGTERM); st.ExitCode() != 0 {
 		t.Fatalf("SIGTERM: exit %v", st)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(old, "switchyardd"), "--netns", w.ns.Path(), "--bpffs", w.root,
-		"--control", w.control, "--bypass-cgroup", w.cgroup)
-	out, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
-		t.Fatalf("the landed daemon on this build's state: %v, want a non-zero exit; output:\n%s", err, out)
+	w.d = w.startDaemonBin(filepath.Join(old, "switchyardd"))
+	oldCLI := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(filepath.Join(old, "switchyard"), append([]string{"--control", w.control}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("landed switchyard %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
 	}
-	// The landed build cannot read the longer sy_config ("read config:
-	// unmarshaling ... doesn't consume all data"); builds from this one
-	// on read the layout from a value of any size and name it.
-	if !strings.Contains(string(out), "state "+w.stateDir()+": read config") {
-		t.Errorf("the landed daemon's refusal does not name the state and what it could not read:\n%s", out)
+	if v := oldCLI("version"); !strings.Contains(v, "landed") {
+		t.Fatalf("the daemon says %q, want version landed", v)
 	}
-	dial("no daemon, after the landed build's refusal")
+	dial("landed build", "10.8.1.2:80")
+	oldCLI("bind", "web", "tcp", "10.77.0.0/24", "443")
+	oldCLI("unbind", "web", "tcp", "10.8.9.0/24", "*")
+	dial("landed build, after its bind", "10.77.0.1:443")
+	before := w.mustCLI("bindings", "-o", "json")
+	if st := w.d.stop(t, syscall.SIGTERM); st.ExitCode() != 0 {
+		t.Fatalf("landed daemon, SIGTERM: exit %v", st)
+	}
+	dial("no daemon, after the landed build", "10.77.0.1:443")
 
 	w.d = w.startDaemon()
-	dial("this build again")
-	if after := w.mustCLI("bindings", "-o", "json"); after != before {
-		t.Errorf("bindings after the landed build's refusal:\n%s\nwant\n%s", after, before)
+	dial("this build again", "10.77.0.1:443")
+	dial("this build again", "10.8.1.2:80")
+	refused("this build again", "10.8.9.2:80")
+	refused("this build again", "10.77.0.1:444")
+	if after := w.mustCLI("bindings", "-o", "json"); !slices.Equal(listing(t, after), listing(t, before)) {
+		t.Errorf("bindings after the round trip:\n%s\nwant\n%s", after, before)
 	}
 }

@@ -44,6 +44,7 @@ enum {
 /* include/uapi/linux/bpf.h: map_flags, and flags of bpf_map_update_elem. */
 enum {
 	BPF_F_NO_PREALLOC = 1U << 0,
+	BPF_F_MMAPABLE = 1U << 10,
 };
 enum {
 	BPF_ANY = 0,

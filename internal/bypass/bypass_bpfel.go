@@ -181,6 +181,7 @@ type bypassSyTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bypassMapSyBindings      = "sy_bindings"
+	bypassMapSyBlocks        = "sy_blocks"
 	bypassMapSyCounters      = "sy_counters"
 	bypassMapSyFilter        = "sy_filter"
 	bypassMapSyIndex         = "sy_index"
@@ -260,6 +261,7 @@ type bypassProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bypassMapSpecs struct {
 	SyBindings *ebpf.MapSpec `ebpf:"sy_bindings"`
+	SyBlocks   *ebpf.MapSpec `ebpf:"sy_blocks"`
 	SyCounters *ebpf.MapSpec `ebpf:"sy_counters"`
 	SyFilter   *ebpf.MapSpec `ebpf:"sy_filter"`
 	SyIndex    *ebpf.MapSpec `ebpf:"sy_index"`
@@ -307,6 +309,7 @@ func (o *bypassObjects) Close() error {
 // It can be passed to loadBypassObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bypassMaps struct {
 	SyBindings *ebpf.Map `ebpf:"sy_bindings"`
+	SyBlocks   *ebpf.Map `ebpf:"sy_blocks"`
 	SyCounters *ebpf.Map `ebpf:"sy_counters"`
 	SyFilter   *ebpf.Map `ebpf:"sy_filter"`
 	SyIndex    *ebpf.Map `ebpf:"sy_index"`
@@ -329,6 +332,7 @@ type bypassMaps struct {
 func (m *bypassMaps) Close() error {
 	return _BypassClose(
 		m.SyBindings,
+		m.SyBlocks,
 		m.SyCounters,
 		m.SyFilter,
 		m.SyIndex,
