@@ -395,7 +395,7 @@ func dispatchMemlock(tb testing.TB, d *Dispatcher) (uint64, string) {
 	var total uint64
 	var each []string
 	for _, m := range []*ebpf.Map{d.cfg, d.objs.SyPlens, d.objs.SyPrefixes, d.objs.SyPorts, d.objs.SyTables,
-		d.objs.SyFilter, d.objs.SyIndex, d.objs.SyNoports, d.objs.SyNoaddr, d.objs.SySockets, d.objs.SyCounters, d.objs.SyBindings, d.objs.SyLabels,
+		d.objs.SyFilter, d.objs.SyIndex, d.objs.SyNoports, d.objs.SyNoaddr, d.objs.SyBlocks, d.objs.SySockets, d.objs.SyCounters, d.objs.SyBindings, d.objs.SyLabels,
 		d.rec.bindingsB, d.rec.settings, d.rec.commit} {
 		if m == nil {
 			continue
