@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* switchyard's in-kernel splice engine, which a splice label selects with
  * engine kernel: userspace puts the two sockets of a proxied connection into
- * sy_k_pairs at slots 2n and 2n+1, and sy_k_splice (an SK_SKB stream
- * verdict program) redirects what one receives to the other's send path,
- * within a bound on what may queue in between. See kernelsplice.h for the
- * map layouts. Bypass is another object (bypass.c). */
+ * sy_k_peers and then sy_k_pairs at slots 2n and 2n+1, and sy_k_splice (an
+ * SK_SKB stream verdict program) redirects what one receives to the other's
+ * send path, within a bound on what may queue in between. See
+ * kernelsplice.h for the map layouts. Bypass is another object (bypass.c). */
 
 #include "sy_helpers.h"
 
@@ -37,6 +37,19 @@ struct {
 	__type(value, __u64);
 } sy_k_pairs SEC(".maps");
 
+/* sy_k_peers: the sockets of sy_k_pairs at the same slots, in a map with no
+ * program, which the program redirects through. Userspace puts both sockets
+ * of a pair here before either enters sy_k_pairs (which gives a socket the
+ * program), so the program never runs for a socket whose peer it cannot
+ * find: data that arrived between the two inserts into sy_k_pairs would
+ * otherwise have had nowhere to go in the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2 * SY_K_MAX_PAIRS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sy_k_peers SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * SY_K_MAX_PAIRS);
@@ -45,10 +58,11 @@ struct {
 } sy_k_dirs SEC(".maps");
 
 /* sy_k_force[slot]: nonzero when userspace has taken the direction over
- * (data that arrived before the pair entered the sockmap, which no verdict
- * will see). Only userspace writes it and only the program writes
- * sy_k_dirs once the pair runs, so neither overwrites what the other
- * counts. */
+ * (data readable on the source that the program never saw; not what
+ * arrived before the pair entered the sockmap: userspace has the kernel
+ * run the program over that as the pair starts). Only userspace writes it
+ * and only the program writes sy_k_dirs once the pair runs, so neither
+ * overwrites what the other counts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * SY_K_MAX_PAIRS);
@@ -103,7 +117,7 @@ int sy_k_splice(struct __sk_buff *skb)
 	limit = cfg ? cfg->limit : 0;
 
 	pslot = *slot ^ 1;
-	peer = bpf_map_lookup_elem(&sy_k_pairs, &pslot);
+	peer = bpf_map_lookup_elem(&sy_k_peers, &pslot);
 	if (!peer)
 		goto user;
 	tp = bpf_skc_to_tcp_sock(peer);
@@ -121,7 +135,7 @@ int sy_k_splice(struct __sk_buff *skb)
 	backlog = (__u32)d->redirected - written;
 	if ((__u64)backlog + len > limit)
 		goto user;
-	if (bpf_sk_redirect_map(skb, &sy_k_pairs, pslot, 0) != SK_PASS)
+	if (bpf_sk_redirect_map(skb, &sy_k_peers, pslot, 0) != SK_PASS)
 		goto user;
 	d->redirected += len;
 	if ((__u64)backlog + len > d->max_backlog)

@@ -47,7 +47,7 @@ func TestPolicyThroughDaemon(t *testing.T) {
 	if st := w.mustCLI("status", "proxied"); !strings.Contains(st, "in the kernel") {
 		t.Errorf("status with engine kernel:\n%s", st)
 	}
-	if got, want := policyPins(t, w.stateDir()), []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_force", "sy_k_pairs", "sy_k_stats"}; !slices.Equal(got, want) {
+	if got, want := policyPins(t, w.stateDir()), []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_force", "sy_k_pairs", "sy_k_peers", "sy_k_stats"}; !slices.Equal(got, want) {
 		t.Errorf("policy pins with a kernel-engine splice: %q, want %q", got, want)
 	}
 	w.mustCLI("policy", "proxied", "splice", "127.0.0.2:same")

@@ -36,9 +36,10 @@ const (
 )
 
 // stuckAfter: data that sits on a kernel-spliced socket this long was never
-// seen by the verdict program (it arrived before the socket entered the
-// sockmap, and no packet came since to run the program): userspace moves
-// it, and the rest of that direction.
+// seen by the verdict program: userspace moves it, and the rest of that
+// direction. What arrived before the socket entered the sockmap is not
+// such data: Pair has the kernel run the program over it as the pair
+// starts, so this is a last resort.
 const stuckAfter = 20 * time.Millisecond
 
 // maxPairs is SY_K_MAX_PAIRS of bpf/kernelsplice.h.
@@ -53,6 +54,10 @@ type Engine struct {
 	prog *ebpf.Program
 
 	onIdle func()
+
+	// inserted, if not nil, is called as Pair has put the socket of
+	// index i (0: a, 1: b) into sy_k_pairs: tests delay the pairing there.
+	inserted func(i int)
 
 	mu     sync.Mutex
 	next   uint32
@@ -216,11 +221,15 @@ func cookieOf(c *net.TCPConn) (uint64, error) {
 }
 
 // Pair splices a and b in the kernel until both directions end: both go
-// into sy_k_pairs and the verdict program redirects what each receives to
-// the other, for the label with id. Two goroutines watch for end of stream,
+// into sy_k_peers, then sy_k_pairs, and the verdict program redirects what
+// each receives to the other, for the label with id, starting with what
+// each received before. Two goroutines watch for end of stream,
 // reset, and directions that fell back to userspace; half-close and reset
 // travel on, and both connections are closed at the end. It returns an
-// error, having changed nothing, if the pair could not enter the map.
+// error, having changed nothing, if the pair could not enter the map; if b
+// could not enter it after a did (b was reset or half-closed meanwhile)
+// and the program had already acted on bytes a received, it resets both
+// connections and returns nil.
 func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks) error {
 	e.begin()
 	defer e.end()
@@ -233,10 +242,14 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 	conns := [2]*net.TCPConn{a, b}
 	var cookies [2]uint64
 	// cleanup takes out what this pair put in; on an early return too, so
-	// that an error leaves nothing changed.
+	// that an error leaves nothing changed. The program goes first, then
+	// what it redirects through.
 	cleanup := func() {
 		for i := range conns {
 			mp.SyK_pairs.Delete(2*n + uint32(i))
+		}
+		for i := range conns {
+			mp.SyK_peers.Delete(2*n + uint32(i))
 			if cookies[i] != 0 {
 				mp.SyK_cookies.Delete(cookies[i])
 			}
@@ -263,17 +276,59 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 		}
 		cookies[i] = ck
 	}
-	for i, c := range conns {
+	insert := func(m *ebpf.Map, i int) error {
 		var err error
-		if cerr := rawConn(c).Control(func(fd uintptr) {
-			err = mp.SyK_pairs.Update(2*n+uint32(i), uint64(fd), ebpf.UpdateAny)
+		if cerr := rawConn(conns[i]).Control(func(fd uintptr) {
+			err = m.Update(2*n+uint32(i), uint64(fd), ebpf.UpdateAny)
 		}); cerr != nil {
 			err = cerr
 		}
-		if err != nil {
+		return err
+	}
+	// Both sockets go into sy_k_peers, which has no program, before
+	// either enters sy_k_pairs, which gives it the program: from the
+	// first byte the program sees, it finds the peer to redirect to.
+	// Were a socket in sy_k_pairs while its peer was not in the map the
+	// program redirects through, what it received meanwhile would have
+	// nowhere to go but userspace, and the direction would stay there.
+	for i := range conns {
+		if err := insert(mp.SyK_peers, i); err != nil {
 			cleanup()
 			return fmt.Errorf("sockmap insert: %w", err)
 		}
+	}
+	for i := range conns {
+		if err := insert(mp.SyK_pairs, i); err != nil {
+			cleanup()
+			if i > 0 && !e.untouched(2*n) {
+				// b was reset or half-closed since it entered
+				// sy_k_peers, and the program has redirected or
+				// passed bytes a received: they went with the
+				// entries, so the stream cannot go on intact in
+				// userspace either.
+				h.Log.Debug("splice: connection reset", "dir", 0, "error", err)
+				reset(a)
+				reset(b)
+				return nil
+			}
+			return fmt.Errorf("sockmap insert: %w", err)
+		}
+		if e.inserted != nil {
+			e.inserted(i)
+		}
+	}
+	// What the sockets received before they entered sy_k_pairs sits in
+	// their receive queues, unseen by the program until the kernel next
+	// signals data there (a packet arrives; on Linux 6.5 and later also
+	// a read). Have it signal now, so that the program redirects it at
+	// once, ahead of what follows: setting SO_RCVLOWAT calls
+	// tcp_data_ready (net/ipv4/tcp.c, tcp_set_rcvlowat), which runs the
+	// program over the queue (net/core/skmsg.c,
+	// sk_psock_verdict_data_ready). 1 is the default value.
+	for _, c := range conns {
+		rawConn(c).Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
+		})
 	}
 	defer cleanup()
 
@@ -313,6 +368,18 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 		b.Close()
 	}
 	return nil
+}
+
+// untouched reports whether the program left the direction at slot as
+// Pair set it up (no byte redirected, none passed): called once the
+// source is out of sy_k_pairs, it first waits for runs under way to end.
+func (e *Engine) untouched(slot uint32) bool {
+	waitProgramRuns()
+	var d kernelspliceSyK_dir
+	if err := e.maps.SyK_dirs.Lookup(slot, &d); err != nil {
+		return false
+	}
+	return d.Mode == dirKernel && d.Redirected == 0
 }
 
 // reset closes c with an RST.

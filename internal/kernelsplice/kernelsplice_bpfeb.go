@@ -44,6 +44,7 @@ const (
 	kernelspliceMapSyK_dirs    = "sy_k_dirs"
 	kernelspliceMapSyK_force   = "sy_k_force"
 	kernelspliceMapSyK_pairs   = "sy_k_pairs"
+	kernelspliceMapSyK_peers   = "sy_k_peers"
 	kernelspliceMapSyK_stats   = "sy_k_stats"
 	kernelspliceProgSyK_splice = "sy_k_splice"
 )
@@ -102,6 +103,7 @@ type kernelspliceMapSpecs struct {
 	SyK_dirs    *ebpf.MapSpec `ebpf:"sy_k_dirs"`
 	SyK_force   *ebpf.MapSpec `ebpf:"sy_k_force"`
 	SyK_pairs   *ebpf.MapSpec `ebpf:"sy_k_pairs"`
+	SyK_peers   *ebpf.MapSpec `ebpf:"sy_k_peers"`
 	SyK_stats   *ebpf.MapSpec `ebpf:"sy_k_stats"`
 }
 
@@ -136,6 +138,7 @@ type kernelspliceMaps struct {
 	SyK_dirs    *ebpf.Map `ebpf:"sy_k_dirs"`
 	SyK_force   *ebpf.Map `ebpf:"sy_k_force"`
 	SyK_pairs   *ebpf.Map `ebpf:"sy_k_pairs"`
+	SyK_peers   *ebpf.Map `ebpf:"sy_k_peers"`
 	SyK_stats   *ebpf.Map `ebpf:"sy_k_stats"`
 }
 
@@ -146,6 +149,7 @@ func (m *kernelspliceMaps) Close() error {
 		m.SyK_dirs,
 		m.SyK_force,
 		m.SyK_pairs,
+		m.SyK_peers,
 		m.SyK_stats,
 	)
 }

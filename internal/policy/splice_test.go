@@ -444,3 +444,58 @@ func TestKernelSpliceEarlyData(t *testing.T) {
 	}
 	t.Logf("counters %+v", e.counters("px"))
 }
+
+// With the kernel engine, a client that speaks first (as TLS and HTTP
+// clients do, right after connecting, before the proxy has accepted or
+// dialled the upstream) gets its bytes through once and in order, and the
+// kernel moves them and every byte after: the early bytes do not leave
+// the connection to userspace.
+func TestKernelSpliceClientFirst(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{SpliceLimit: 256 << 20}, settings.Kernel)
+	ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+	e.splice(ln.Addr().String())
+	c, err := e.cli.DialTCP(spliceAddr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const hello, reply = "client hello;", "server hello;"
+	if _, err := c.Write([]byte(hello)); err != nil {
+		t.Fatal(err)
+	}
+	ln.SetDeadline(time.Now().Add(5 * time.Second))
+	u, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	expectRead(t, u, hello)
+	if _, err := u.Write([]byte(reply)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, c, reply)
+	rest := make([]byte, 4<<20)
+	for i := range rest {
+		rest[i] = byte(i*7 + i>>9)
+	}
+	go func() {
+		c.Write(rest)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	u.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(u)
+	if err != nil {
+		t.Fatalf("upstream read: %v", err)
+	}
+	if !bytes.Equal(got, rest) {
+		i := 0
+		for i < min(len(got), len(rest)) && got[i] == rest[i] {
+			i++
+		}
+		t.Fatalf("upstream received %d bytes after the hello, want %d; first difference at offset %d", len(got), len(rest), i)
+	}
+	if cn := e.counters("px"); cn.KernelBytes != cn.Bytes || cn.Bytes != uint64(len(hello)+len(reply)+len(rest)) {
+		t.Errorf("counters %+v: want all %d bytes moved in the kernel", cn, len(hello)+len(reply)+len(rest))
+	}
+}

@@ -39,7 +39,7 @@ func (e *env) pins() []string {
 // maps.
 var (
 	bypassPins = []string{"sy_p_bypass", "sy_p_config", "sy_p_policy", "sy_p_rx", "sy_p_sk", "sy_p_sockops_link", "sy_p_stats"}
-	kernelPins = []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_force", "sy_k_pairs", "sy_k_stats"}
+	kernelPins = []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_force", "sy_k_pairs", "sy_k_peers", "sy_k_stats"}
 )
 
 func (e *env) expectPins(what string, want []string) {
