@@ -65,7 +65,7 @@
  * 64-bit word per address block (sy_blocks[(proto*2 + family) * SY_BLOCKS +
  * block]). An IPv4 block is a /16, numbered by the address's leading 16
  * bits; an IPv6 block is every address whose leading 32 bits hash to the
- * block's number (sy_noaddr_block). Bit sy_port_bit(port) of a block's word
+ * block's number (sy_block). Bit sy_port_bit(port) of a block's word
  * is set when no binding of that protocol and family that covers an address
  * of the block serves a port with that bit, in the generation the program
  * reads nor in the one it may read next. A change clears the bits of what

@@ -162,11 +162,12 @@ static __always_inline __u32 ix_second(__u64 h)
 	return ((((h * 0x94d049bb133111ebULL) >> (64 - SY_FILTER_LOG2))) * SY_IX_BUCKETS) >> SY_FILTER_LOG2;
 }
 
-/* The address block (of sy_blocks) holding addr (network byte order, IPv4 in
- * addr[0]) of family fam; dispatch/index.go computes the same function. */
-static __always_inline __u32 sy_noaddr_block(const __u32 addr[4], __u8 fam)
+/* The address block (of sy_blocks) holding an address of family fam whose
+ * leading 32 bits are a0 (network byte order); dispatch/index.go computes
+ * the same function. */
+static __always_inline __u32 sy_block(__u32 a0, __u8 fam)
 {
-	__u32 lead = bpf_ntohl(addr[0]);
+	__u32 lead = bpf_ntohl(a0);
 
 	if (fam == SY_FAM_V4)
 		return lead >> 16;
@@ -440,32 +441,37 @@ static __always_inline __u32 small_lookup(const struct sy_small *s, __u8 fam, co
 	return 0;
 }
 
+/* Whether no binding of list li (proto*2 + family) serves port at an
+ * address whose block (sy_block) is blk, as far as the word of the
+ * block and, where that has no bit set, sy_noports tell: an address miss
+ * and most port misses end on one array element. */
+static __always_inline int unserved(__u32 li, __u32 blk, __u16 port)
+{
+	const __u64 *w;
+	__u64 word;
+	__u32 widx;
+
+	widx = li * SY_BLOCKS + blk;
+	w = bpf_map_lookup_elem(&sy_blocks, &widx);
+	if (!w)
+		return 1;
+	word = *w;
+	if ((word >> sy_port_bit(port)) & 1)
+		return 1;
+	if (word)
+		return 0;
+	widx = li * SY_NOPORT_WORDS + port / 64;
+	w = bpf_map_lookup_elem(&sy_noports, &widx);
+	return w && ((*w >> (port & 63)) & 1);
+}
+
 /* The label of the most specific binding for q in generation gen, from the
- * prefix entries. The word of q's address block comes first: it ends an
- * address miss and most port misses in one array element; where it cannot
- * (a block with bindings of every port or wide ranges), the port's bit of
- * sy_noports is read too. */
+ * prefix entries, once unserved has let q through. */
 static __always_inline __u32 lookup_entries(const struct sy_query *q, __u32 gen)
 {
 	const struct sy_plen_list *pl;
-	const __u64 *w;
-	__u64 word;
-	__u32 idx, widx;
-	__u16 port = q->port;
+	__u32 idx;
 
-	widx = (q->proto * 2 + q->fam) * SY_BLOCKS + sy_noaddr_block(q->addr, q->fam);
-	w = bpf_map_lookup_elem(&sy_blocks, &widx);
-	if (!w)
-		return 0;
-	word = *w;
-	if ((word >> sy_port_bit(port)) & 1)
-		return 0;
-	if (!word) {
-		widx = (q->proto * 2 + q->fam) * SY_NOPORT_WORDS + port / 64;
-		w = bpf_map_lookup_elem(&sy_noports, &widx);
-		if (w && ((*w >> (port & 63)) & 1))
-			return 0;
-	}
 	idx = gen * 4 + q->proto * 2 + q->fam;
 	pl = bpf_map_lookup_elem(&sy_plens, &idx);
 	if (!pl)
@@ -499,6 +505,9 @@ static __always_inline __u32 sy_lookup_parts(__u8 proto, __u8 fam, __u32 a0, __u
 
 		return small_lookup(s, fam, addr, port);
 	}
+	/* Before the query is built: most misses end here. */
+	if (unserved(proto * 2 + fam, sy_block(a0, fam), port))
+		return 0;
 
 	struct sy_query q = { .addr = { a0, a1, a2, a3 }, .port = port, .proto = proto, .fam = fam };
 

@@ -513,9 +513,9 @@ func portBits(bits []uint32, ports binding.Ports) []uint32 {
 	return bits
 }
 
-// noaddrBlock is the Go twin of sy_noaddr_block in bpf/lookup.h, from the
+// addrBlock is the Go twin of sy_block in bpf/lookup.h, from the
 // leading 32 bits of an address as a number.
-func noaddrBlock(lead uint32, is4 bool) uint16 {
+func addrBlock(lead uint32, is4 bool) uint16 {
 	if is4 {
 		return uint16(lead >> 16)
 	}
@@ -568,13 +568,13 @@ func (u *portUse) addServed(p netip.Prefix, ports binding.Ports, n int) {
 	}
 	lead := leadWord(a)
 	if p.Bits() >= blockBits(a.Is4()) {
-		add(noaddrBlock(lead, a.Is4()))
+		add(addrBlock(lead, a.Is4()))
 		return
 	}
 	// The leading 32-bit values p covers, one block's worth apart.
 	step := uint32(1) << (32 - blockBits(a.Is4()))
 	for i := range uint32(1) << (blockBits(a.Is4()) - p.Bits()) {
-		add(noaddrBlock(lead+i*step, a.Is4()))
+		add(addrBlock(lead+i*step, a.Is4()))
 	}
 }
 

@@ -128,7 +128,7 @@ func TestPortUseBlocks(t *testing.T) {
 	var u portUse
 	unserved := func(w []uint64, a string, port uint16) bool {
 		ad := netip.MustParseAddr(a)
-		return w[noaddrBlock(leadWord(ad), ad.Is4())]&(1<<portBit(port)) != 0
+		return w[addrBlock(leadWord(ad), ad.Is4())]&(1<<portBit(port)) != 0
 	}
 	p443, p80 := binding.Ports{Lo: 443, Hi: 443}, binding.Ports{Lo: 80, Hi: 80}
 	if portBit(443) == portBit(444) || portBit(80) == portBit(443) {
@@ -295,7 +295,7 @@ func blockBit(t *testing.T, d *Dispatcher, li int, addr string, port uint16) boo
 	t.Helper()
 	a := netip.MustParseAddr(addr)
 	var w uint64
-	if err := d.objs.SyBlocks.Lookup(uint32(li*blockWords)+uint32(noaddrBlock(leadWord(a), a.Is4())), &w); err != nil {
+	if err := d.objs.SyBlocks.Lookup(uint32(li*blockWords)+uint32(addrBlock(leadWord(a), a.Is4())), &w); err != nil {
 		t.Fatal(err)
 	}
 	return w&(1<<portBit(port)) != 0
