@@ -434,12 +434,45 @@ type portUse struct {
 	any    int
 	single map[uint16]int
 	ranges map[binding.Ports]int
-	// served counts the (prefix, port set) pairs that cover an address
-	// block and serve a port of a bit of its word, keyed block<<7 | bit
-	// (bit everyBit: they serve every bit); everywhere counts them by bit
-	// for IPv6 prefixes shorter than /16, which cover every block.
+	// served counts the (prefix, port set) pairs of prefixes within one
+	// address block that serve a port of a bit of its word, keyed
+	// block<<7 | bit (bit everyBit: they serve every bit). Prefixes wider
+	// than a block are counted once each in wide, by bit, and applied to
+	// the blocks they cover as the words are made, so that a wide prefix
+	// with many port sets costs each change one count, not one per block;
+	// everywhere counts, by bit, IPv6 prefixes shorter than /16, which
+	// cover every block.
 	served     map[uint32]int32
-	everywhere [everyBit + 1]int32
+	wide       map[netip.Prefix]*bitCounts
+	everywhere bitCounts
+}
+
+// bitCounts counts port sets by the bits of sy_blocks' words they serve
+// (everyBit: every bit), and in all.
+type bitCounts struct {
+	bits [everyBit + 1]int32
+	sets int32
+}
+
+func (c *bitCounts) add(bits []uint32, n int) {
+	for _, b := range bits {
+		c.bits[b] += int32(n)
+	}
+	c.sets += int32(n)
+}
+
+// mask is the bits of a word that the port sets c counts serve.
+func (c *bitCounts) mask() uint64 {
+	if c.bits[everyBit] > 0 {
+		return ^uint64(0)
+	}
+	var m uint64
+	for b, n := range c.bits[:everyBit] {
+		if n > 0 {
+			m |= 1 << b
+		}
+	}
+	return m
 }
 
 func (u *portUse) add(p binding.Ports, n int) {
@@ -542,55 +575,45 @@ func leadWord(a netip.Addr) uint32 {
 }
 
 // addServed counts n more (or, negative, fewer) bindings of prefix p and
-// ports. A prefix wider than a block is counted in every block it covers,
-// once here, so that blockWords is one pass whatever the prefixes.
+// ports.
 func (u *portUse) addServed(p netip.Prefix, ports binding.Ports, n int) {
 	var buf [blockRange]uint32
 	bits := portBits(buf[:0], ports)
 	p = p.Masked()
 	a := p.Addr()
-	if !a.Is4() && p.Bits() < 16 {
-		for _, b := range bits {
-			u.everywhere[b] += int32(n)
+	switch {
+	case !a.Is4() && p.Bits() < 16:
+		u.everywhere.add(bits, n)
+	case p.Bits() < blockBits(a.Is4()):
+		if u.wide == nil {
+			u.wide = map[netip.Prefix]*bitCounts{}
 		}
-		return
-	}
-	if u.served == nil {
-		u.served = map[uint32]int32{}
-	}
-	add := func(block uint16) {
+		c := u.wide[p]
+		if c == nil {
+			c = new(bitCounts)
+			u.wide[p] = c
+		}
+		if c.add(bits, n); c.sets <= 0 {
+			delete(u.wide, p)
+		}
+	default:
+		if u.served == nil {
+			u.served = map[uint32]int32{}
+		}
+		block := uint32(addrBlock(leadWord(a), a.Is4()))
 		for _, b := range bits {
-			k := uint32(block)<<7 | b
+			k := block<<7 | b
 			if u.served[k] += int32(n); u.served[k] <= 0 {
 				delete(u.served, k)
 			}
 		}
-	}
-	lead := leadWord(a)
-	if p.Bits() >= blockBits(a.Is4()) {
-		add(addrBlock(lead, a.Is4()))
-		return
-	}
-	// The leading 32-bit values p covers, one block's worth apart.
-	step := uint32(1) << (32 - blockBits(a.Is4()))
-	for i := range uint32(1) << (blockBits(a.Is4()) - p.Bits()) {
-		add(addrBlock(lead+i*step, a.Is4()))
 	}
 }
 
 // blocks is the value of sy_blocks for u: in each block's word, a bit set
 // for each port bit no binding covering the block serves.
 func (u *portUse) blocks() []uint64 {
-	all := ^uint64(0)
-	for b, n := range u.everywhere {
-		switch {
-		case n <= 0:
-		case b == everyBit:
-			all = 0
-		default:
-			all &^= 1 << b
-		}
-	}
+	all := ^u.everywhere.mask()
 	w := make([]uint64, blockWords)
 	for i := range w {
 		w[i] = all
@@ -603,6 +626,19 @@ func (u *portUse) blocks() []uint64 {
 			w[k>>7] = 0
 		} else {
 			w[k>>7] &^= 1 << b
+		}
+	}
+	// A prefix wider than a block, in every block it covers: the
+	// leading 32-bit values it covers, one block's worth apart.
+	for p, c := range u.wide {
+		m := c.mask()
+		if m == 0 {
+			continue
+		}
+		is4 := p.Addr().Is4()
+		lead, step := leadWord(p.Addr()), uint32(1)<<(32-blockBits(is4))
+		for i := range uint32(1) << (blockBits(is4) - p.Bits()) {
+			w[addrBlock(lead+i*step, is4)] &^= m
 		}
 	}
 	return w

@@ -188,6 +188,33 @@ func TestPortUseBlocks(t *testing.T) {
 			t.Errorf("%s:80 still served after the prefixes covering it went", a)
 		}
 	}
+	// A prefix wider than a block with several port sets serves each
+	// port in every block until that port's set goes.
+	all := netip.MustParsePrefix("0.0.0.0/0")
+	p7000, p7001 := binding.Ports{Lo: 7000, Hi: 7000}, binding.Ports{Lo: 7001, Hi: 7001}
+	if portBit(7000) == portBit(7001) {
+		t.Fatal("the test's ports share a bit")
+	}
+	u.addServed(all, p7000, 1)
+	u.addServed(all, p7001, 1)
+	w = u.blocks()
+	for _, a := range []string{"1.2.3.4", "200.1.1.1", "10.1.2.3"} {
+		if unserved(w, a, 7000) || unserved(w, a, 7001) {
+			t.Errorf("%s: ports 7000 and 7001 unserved %v %v with 0.0.0.0/0 bound on both", a, unserved(w, a, 7000), unserved(w, a, 7001))
+		}
+	}
+	u.addServed(all, p7000, -1)
+	w = u.blocks()
+	if !unserved(w, "1.2.3.4", 7000) || unserved(w, "1.2.3.4", 7001) {
+		t.Errorf("after 0.0.0.0/0 port 7000 went: 1.2.3.4:7000 unserved %v, :7001 unserved %v; want true, false", unserved(w, "1.2.3.4", 7000), unserved(w, "1.2.3.4", 7001))
+	}
+	u.addServed(all, p7001, -1)
+	if c := u.wide[all]; c != nil {
+		t.Errorf("0.0.0.0/0 still counted after its port sets went: %+v", c)
+	}
+	if !unserved(u.blocks(), "1.2.3.4", 7001) {
+		t.Error("1.2.3.4:7001 served after 0.0.0.0/0 went")
+	}
 }
 
 // A change keeps clear, until the program no longer reads the generation
