@@ -445,7 +445,16 @@ type portUse struct {
 	served     map[uint32]int32
 	wide       map[netip.Prefix]*bitCounts
 	everywhere bitCounts
+	// spread is how many leading 32-bit values the prefixes of wide
+	// cover in all, block by block: what making the words costs them.
+	spread int
 }
+
+// maxSpread bounds the work of making a list's words for prefixes wider
+// than a block: IPv4's cannot pass it (16 lengths of at most 65,536
+// blocks), IPv6's (/16 to /31, blocks by a hash of 32 bits) can, and past
+// it their bits go into every word, as IPv6 prefixes shorter than /16 do.
+const maxSpread = 1 << 21
 
 // bitCounts counts port sets by the bits of sy_blocks' words they serve
 // (everyBit: every bit), and in all.
@@ -592,9 +601,11 @@ func (u *portUse) addServed(p netip.Prefix, ports binding.Ports, n int) {
 		if c == nil {
 			c = new(bitCounts)
 			u.wide[p] = c
+			u.spread += 1 << (blockBits(a.Is4()) - p.Bits())
 		}
 		if c.add(bits, n); c.sets <= 0 {
 			delete(u.wide, p)
+			u.spread -= 1 << (blockBits(a.Is4()) - p.Bits())
 		}
 	default:
 		if u.served == nil {
@@ -613,7 +624,13 @@ func (u *portUse) addServed(p netip.Prefix, ports binding.Ports, n int) {
 // blocks is the value of sy_blocks for u: in each block's word, a bit set
 // for each port bit no binding covering the block serves.
 func (u *portUse) blocks() []uint64 {
-	all := ^u.everywhere.mask()
+	everywhere := u.everywhere.mask()
+	if u.spread > maxSpread {
+		for _, c := range u.wide {
+			everywhere |= c.mask()
+		}
+	}
+	all := ^everywhere
 	w := make([]uint64, blockWords)
 	for i := range w {
 		w[i] = all
@@ -627,6 +644,9 @@ func (u *portUse) blocks() []uint64 {
 		} else {
 			w[k>>7] &^= 1 << b
 		}
+	}
+	if u.spread > maxSpread {
+		return w
 	}
 	// A prefix wider than a block, in every block it covers: the
 	// leading 32-bit values it covers, one block's worth apart.

@@ -215,6 +215,48 @@ func TestPortUseBlocks(t *testing.T) {
 	if !unserved(u.blocks(), "1.2.3.4", 7001) {
 		t.Error("1.2.3.4:7001 served after 0.0.0.0/0 went")
 	}
+
+	// IPv6 prefixes wider than a block that cover more leading values
+	// in all than maxSpread serve their ports in every block; below it,
+	// only in their own.
+	p53 := binding.Ports{Lo: 53, Hi: 53}
+	v6wide := func(i int) netip.Prefix {
+		lead := 0x20000000 + uint32(i)<<12
+		return netip.PrefixFrom(netip.AddrFrom16([16]byte{byte(lead >> 24), byte(lead >> 16), byte(lead >> 8)}), 20)
+	}
+	before := u.spread
+	n := (maxSpread-before)/(1<<(32-20)) + 1
+	for i := range 2 {
+		u.addServed(v6wide(i), p53, 1)
+	}
+	w = u.blocks()
+	if unserved(w, "2000:1000::1", 53) {
+		t.Fatal("2000:1000::1:53 unserved with 2000:1000::/20 bound on port 53")
+	}
+	far := 0
+	for far < 1000 && !unserved(w, fmt.Sprintf("3fff:%x::1", far), 53) {
+		far++
+	}
+	if far == 1000 {
+		t.Fatal("with two IPv6 /20s of port 53, none of 1,000 addresses elsewhere is unserved")
+	}
+	for i := 2; i < n; i++ {
+		u.addServed(v6wide(i), p53, 1)
+	}
+	for i, x := range u.blocks() {
+		if x&(1<<portBit(53)) != 0 {
+			t.Fatalf("with %d IPv6 /20s of port 53, past maxSpread: block %d has port 53 unserved", n, i)
+		}
+	}
+	for i := range n {
+		u.addServed(v6wide(i), p53, -1)
+	}
+	if u.spread != before {
+		t.Errorf("spread %d after the /20s went, want %d", u.spread, before)
+	}
+	if !unserved(u.blocks(), "3fff::1", 53) {
+		t.Error("3fff::1:53 still served after the /20s went")
+	}
 }
 
 // A change keeps clear, until the program no longer reads the generation
