@@ -295,6 +295,51 @@ func TestSpliceStopWhileOpen(t *testing.T) {
 	}
 }
 
+// Closing the manager (the daemon stopping) cuts the connections its
+// proxies splice, and the client sees the cut as a reset: a clean end of
+// stream would pass a truncated response for a whole one.
+func TestSpliceCloseResetsConnections(t *testing.T) {
+	for _, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, Options{}, eng)
+			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+			e.splice(ln.Addr().String())
+			c, err := e.cli.DialTCP(spliceAddr, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			u, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			// A byte each way: both directions are spliced.
+			buf := make([]byte, 1)
+			if _, err := c.Write([]byte("q")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(u, buf); err != nil || buf[0] != 'q' {
+				t.Fatalf("upstream read %q, %v; want q", buf, err)
+			}
+			if _, err := u.Write([]byte("a")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 'a' {
+				t.Fatalf("client read %q, %v; want a", buf, err)
+			}
+			if err := e.m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("client read after the manager closed: %d bytes, %v; want connection reset", n, err)
+			}
+		})
+	}
+}
+
 // A kernel path that cannot attach leaves connections working, and Status
 // says why.
 func TestBypassFallbackWhenUnattachable(t *testing.T) {

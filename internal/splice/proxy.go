@@ -422,8 +422,8 @@ func (m *Set) Close() {
 	}
 }
 
-// stop closes the listeners and, unless graceful, the open connections;
-// graceful lets them finish in the background. It is safe at any time,
+// stop closes the listeners and, unless graceful, resets the open
+// connections; graceful lets them finish in the background. It is safe at any time,
 // also before run, and more than once.
 func (p *Proxy) stop(graceful bool) {
 	p.mu.Lock()
@@ -433,10 +433,12 @@ func (p *Proxy) stop(graceful bool) {
 	}
 	if !graceful {
 		// Under p.mu, which track holds: no connection is tracked
-		// after this, so none escapes the closing below.
+		// after this, so none escapes the closing below. A reset, not
+		// an end of stream: the client must not take a stream cut
+		// short for one that ended.
 		p.cancel()
 		for c := range p.conns {
-			c.Close()
+			reset(c)
 		}
 	}
 	p.mu.Unlock()
