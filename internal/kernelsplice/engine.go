@@ -248,11 +248,12 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 		for i := range conns {
 			mp.SyK_pairs.Delete(2*n + uint32(i))
 		}
-		for i := range conns {
+		for i, c := range conns {
 			mp.SyK_peers.Delete(2*n + uint32(i))
 			if cookies[i] != 0 {
 				mp.SyK_cookies.Delete(cookies[i])
 			}
+			c.SetLinger(-1)
 		}
 	}
 	for i, c := range conns {
@@ -291,6 +292,14 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 	// Were a socket in sy_k_pairs while its peer was not in the map the
 	// program redirects through, what it received meanwhile would have
 	// nowhere to go but userspace, and the direction would stay there.
+	// While paired, a close that is not the pair's own end (the process
+	// dies, or its connections are closed under it) resets both
+	// connections: their bytes are in flight between the sockets, and an
+	// end of stream would pass a cut stream for a whole one. The end
+	// closes them as usual.
+	for _, c := range conns {
+		c.SetLinger(0)
+	}
 	for i := range conns {
 		if err := insert(mp.SyK_peers, i); err != nil {
 			cleanup()
@@ -364,6 +373,8 @@ func (e *Engine) Pair(ctx context.Context, id uint32, a, b *net.TCPConn, h Hooks
 	}
 	wg.Wait()
 	if !failed.Load() {
+		a.SetLinger(-1)
+		b.SetLinger(-1)
 		a.Close()
 		b.Close()
 	}

@@ -279,3 +279,42 @@ func TestPairUpstreamClosesWhilePairing(t *testing.T) {
 		})
 	}
 }
+
+// While a pair runs, its sockets closing under it (the process that holds
+// them dies, or closes them) resets both connections: the client and the
+// upstream see the stream cut, not an end of stream that would pass a cut
+// stream for a whole one.
+func TestPairCutResetsBothEnds(t *testing.T) {
+	p := newPairEnv(t, 1<<20)
+	done := p.run()
+	buf := make([]byte, 1)
+	for _, d := range []struct{ from, to *net.TCPConn }{{p.c, p.u}, {p.u, p.c}} {
+		if _, err := d.from.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		d.to.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(d.to, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, why := testenv.Poll(5*time.Second, func() (bool, string) {
+		n := p.kernelBytes(t)
+		return n >= 2, fmt.Sprintf("%d bytes moved in the kernel", n)
+	}); !ok {
+		t.Fatalf("the pair did not run in the kernel: %s", why)
+	}
+	// What the kernel does with a dead process's sockets.
+	p.a.Close()
+	p.b.Close()
+	for name, c := range map[string]*net.TCPConn{"client": p.c, "upstream": p.u} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s read after the proxy's sockets closed under the pair: %d bytes, %v; want connection reset", name, n, err)
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Pair did not return after its sockets closed")
+	}
+}
