@@ -24,10 +24,11 @@ type load struct {
 	errs               []string
 	stop               chan struct{}
 	wg                 sync.WaitGroup
+	start              time.Time
 }
 
 func startLoad(w *world, workers int, target func(r *rand.Rand) string) *load {
-	l := &load{stop: make(chan struct{})}
+	l := &load{stop: make(chan struct{}), start: time.Now()}
 	for i := range workers {
 		l.wg.Add(1)
 		go func() {
@@ -67,6 +68,19 @@ func startLoad(w *world, workers int, target func(r *rand.Rand) string) *load {
 }
 
 func (l *load) finish() { close(l.stop); l.wg.Wait() }
+
+// finishChecked finishes the load, logs what it did, and fails the test
+// if any connection failed.
+func (l *load) finishChecked(t *testing.T) {
+	t.Helper()
+	l.finish()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.Logf("%d connections in %v, %d failed %v", l.attempts.Load(), time.Since(l.start).Round(time.Millisecond), l.failures.Load(), l.errs)
+	if l.failures.Load() != 0 {
+		t.Errorf("%d of %d connections failed: %v", l.failures.Load(), l.attempts.Load(), l.errs)
+	}
+}
 
 // waitAttempts blocks until the load has made n more attempts, so each
 // event of the test happens under traffic.
@@ -117,15 +131,7 @@ bindings:
 	l := startLoad(w, 8, func(r *rand.Rand) string {
 		return fmt.Sprintf("10.8.%d.%d:%d", r.IntN(256), 1+r.IntN(254), 1+r.IntN(65535))
 	})
-	defer func() {
-		l.finish()
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		t.Logf("%d connections in %v, %d failed %v", l.attempts.Load(), time.Since(start).Round(time.Millisecond), l.failures.Load(), l.errs)
-		if l.failures.Load() != 0 {
-			t.Errorf("%d of %d connections failed: %v", l.failures.Load(), l.attempts.Load(), l.errs)
-		}
-	}()
+	defer l.finishChecked(t)
 	l.waitAttempts(t, 2000)
 
 	if st := w.d.stop(t, syscall.SIGTERM); st.ExitCode() != 0 {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -313,20 +312,7 @@ func TestUpgradeKernelSpliceFromLandedMain(t *testing.T) {
 var landedKernelPins = []string{"sy_k_config", "sy_k_cookies", "sy_k_dirs", "sy_k_force", "sy_k_pairs", "sy_k_stats"}
 
 func upgradeKernelSplice(t *testing.T, old string, sig syscall.Signal) {
-	oldCLI, oldDaemon := filepath.Join(old, "switchyard"), filepath.Join(old, "switchyardd")
-	w := newWorldNoDaemon(t)
-	w.d = w.startDaemonBin(oldDaemon)
-	oldRun := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(oldCLI, append([]string{"--control", w.control}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("landed switchyard %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	if v := oldRun("version"); !strings.Contains(v, "landed") {
-		t.Fatalf("the old daemon says %q, want version landed", v)
-	}
+	w, oldRun := startLanded(t, old)
 
 	upLn := w.ns.ListenTCP(t, "127.0.0.1:0")
 	up := newPatternUpstream(t, upLn)
@@ -362,19 +348,10 @@ bindings:
 		t.Fatalf("the landed build moved no byte of the long connection in the kernel")
 	}
 
-	start := time.Now()
 	l := startLoad(w, 4, func(r *rand.Rand) string {
 		return fmt.Sprintf("10.8.%d.%d:%d", r.IntN(256), 1+r.IntN(254), 1+r.IntN(65535))
 	})
-	defer func() {
-		l.finish()
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		t.Logf("%d connections in %v, %d failed %v", l.attempts.Load(), time.Since(start).Round(time.Millisecond), l.failures.Load(), l.errs)
-		if l.failures.Load() != 0 {
-			t.Errorf("%d of %d connections failed: %v", l.failures.Load(), l.attempts.Load(), l.errs)
-		}
-	}()
+	defer l.finishChecked(t)
 	l.waitAttempts(t, 500)
 	long.send(t, "landed build, under load", 1<<20)
 	if got := sockets(t, filepath.Join(w.stateDir(), "sy_k_pairs")); got != 2 {

@@ -112,6 +112,33 @@ func buildRev(repo, rev string) (string, error) {
 	return out, nil
 }
 
+// landedCLI returns a function that runs the CLI of the landed build in
+// old against w's daemon and returns its output, failing the test if the
+// command fails.
+func landedCLI(t *testing.T, old string, w *world) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(filepath.Join(old, "switchyard"), append([]string{"--control", w.control}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("landed switchyard %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+}
+
+// startLanded starts the daemon of the landed build in old in a new world,
+// checks that it is that build, and returns the world and its CLI.
+func startLanded(t *testing.T, old string) (*world, func(args ...string) string) {
+	t.Helper()
+	w := newWorldNoDaemon(t)
+	w.d = w.startDaemonBin(filepath.Join(old, "switchyardd"))
+	run := landedCLI(t, old, w)
+	if v := run("version"); !strings.Contains(v, "landed") {
+		t.Fatalf("the old daemon says %q, want version landed", v)
+	}
+	return w, run
+}
+
 // listing is a binding set as `bindings -o json` prints it, sorted, in a
 // form that does not depend on the build's JSON layout.
 func listing(t *testing.T, out string) []string {
@@ -162,22 +189,7 @@ func labelPolicies(t *testing.T, out string) map[string]string {
 // user register, and policies are still in force).
 func TestUpgradeFromLandedMain(t *testing.T) {
 	t.Parallel()
-	old := buildLanded(t, landedMain)
-	oldCLI, oldDaemon := filepath.Join(old, "switchyard"), filepath.Join(old, "switchyardd")
-
-	w := newWorldNoDaemon(t)
-	w.d = w.startDaemonBin(oldDaemon)
-	oldRun := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(oldCLI, append([]string{"--control", w.control}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("landed switchyard %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	if v := oldRun("version"); !strings.Contains(v, "landed") {
-		t.Fatalf("the old daemon says %q, want version landed", v)
-	}
+	w, oldRun := startLanded(t, buildLanded(t, landedMain))
 
 	upstream := w.ns.ListenTCP(t, "127.0.0.1:0")
 	sinkService(t, upstream)
@@ -220,22 +232,13 @@ bindings:
 	long := newStreamer(t, w, "10.6.0.1:80", 7)
 	long.send(t, 1<<20)
 
-	start := time.Now()
 	l := startLoad(w, 6, func(r *rand.Rand) string {
 		if r.IntN(2) == 0 {
 			return fmt.Sprintf("10.8.%d.%d:%d", r.IntN(256), 1+r.IntN(254), 1+r.IntN(65535))
 		}
 		return fmt.Sprintf("10.9.0.%d:%d", 1+r.IntN(254), 1+r.IntN(9999))
 	})
-	defer func() {
-		l.finish()
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		t.Logf("%d connections in %v, %d failed %v", l.attempts.Load(), time.Since(start).Round(time.Millisecond), l.failures.Load(), l.errs)
-		if l.failures.Load() != 0 {
-			t.Errorf("%d of %d connections failed: %v", l.failures.Load(), l.attempts.Load(), l.errs)
-		}
-	}()
+	defer l.finishChecked(t)
 	l.waitAttempts(t, 1000)
 	long.send(t, 1<<20)
 
@@ -372,14 +375,7 @@ func TestLandedBuildRoundTrip(t *testing.T) {
 	}
 
 	w.d = w.startDaemonBin(filepath.Join(old, "switchyardd"))
-	oldCLI := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(filepath.Join(old, "switchyard"), append([]string{"--control", w.control}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("landed switchyard %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	oldCLI := landedCLI(t, old, w)
 	if v := oldCLI("version"); !strings.Contains(v, "landed") {
 		t.Fatalf("the daemon says %q, want version landed", v)
 	}
