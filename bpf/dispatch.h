@@ -73,7 +73,8 @@
  * once no program reads the old generation. A binding of more than
  * SY_BLOCK_RANGE ports clears every bit of its blocks; a prefix shorter
  * than the block clears the bits of every block it covers (IPv6: of each
- * leading 32-bit value it covers, down to /16; a shorter one, of all). So
+ * leading 32-bit value it covers, down to /16; a shorter one, and all of
+ * them once they cover more than 2^21 values in all, of every block). So
  * one word ends both an address miss (every bit set) and most port misses;
  * a word with no bit set sends the lookup on to sy_noports. A set bit ends
  * a lookup at once; a clear one (as a fresh map has them) says nothing. */
