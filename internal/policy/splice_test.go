@@ -305,35 +305,21 @@ func TestSpliceCloseResetsConnections(t *testing.T) {
 			e := newEnv(t, Options{}, eng)
 			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
 			e.splice(ln.Addr().String())
-			c, err := e.cli.DialTCP(spliceAddr, 3*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			u, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer u.Close()
+			c, u := e.pair(t, ln)
 			// A byte each way: both directions are spliced.
-			buf := make([]byte, 1)
 			if _, err := c.Write([]byte("q")); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := io.ReadFull(u, buf); err != nil || buf[0] != 'q' {
-				t.Fatalf("upstream read %q, %v; want q", buf, err)
-			}
+			expectRead(t, u, "q")
 			if _, err := u.Write([]byte("a")); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 'a' {
-				t.Fatalf("client read %q, %v; want a", buf, err)
-			}
+			expectRead(t, c, "a")
 			if err := e.m.Close(); err != nil {
 				t.Fatal(err)
 			}
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if n, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 				t.Errorf("client read after the manager closed: %d bytes, %v; want connection reset", n, err)
 			}
 		})
