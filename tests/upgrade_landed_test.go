@@ -19,7 +19,7 @@ import (
 
 // landedMain is the commit whose pinned state and files every build of this
 // session must upgrade from in place.
-const landedMain = "1f4300082a3d00de8d3e2664e1359729c4bcb53e"
+const landedMain = "2e71e2e8c9b5e80ec35e4fb99ded36b6e633c82f"
 
 // unpackedApplyMain is the last landed commit whose daemon reads only the
 // version-1 (JSON) Apply: the CLI's fallback to it is tested against it.
