@@ -116,6 +116,33 @@ func TestSpliceWorkerStop(t *testing.T) {
 	waitExit(t, pidfd, 10*time.Second, "StopSplice")
 }
 
+// A worker killed while it splices a connection resets both ends: the
+// client and the upstream learn that the stream broke, not that it ended
+// (a FIN would pass a cut response off as whole).
+func TestSpliceWorkerKilledResetsConnections(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{Workers: workerOptions(t)})
+	ln := e.srv.ListenTCP(t, "127.0.0.1:0")
+	e.splice(ln.Addr().String())
+	pidfd := e.workerPidfd("px")
+	c, u := e.pair(t, ln)
+	// A byte each way: both directions are spliced.
+	if _, err := c.Write([]byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, u, "q")
+	if _, err := u.Write([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, c, "a")
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, pidfd, 10*time.Second, "SIGKILL")
+	expectReset(t, c)
+	expectReset(t, u)
+}
+
 // A worker outlives its manager and serves on; a manager opened after
 // that nothing splices the label any more finishes it (Settle): its
 // listener closes at once and it exits.

@@ -574,9 +574,17 @@ func (p *Proxy) serve(client *net.TCPConn) {
 // userPair moves bytes both ways with splice(2) through a pipe of its own:
 // what sits in the proxy per direction is at most the pipe (pipeSize)
 // beyond the two sockets' buffers, which the kernel bounds.
+//
+// While it runs, both sockets linger 0: if the process dies (a worker
+// killed, a daemon killed), the kernel's close of its sockets resets both
+// ends, so neither takes a stream cut short, with bytes lost in the pipe,
+// for one that ended. A pair that ends normally gets the default back
+// before it closes, so what is still queued is sent.
 func (p *Proxy) userPair(a, b *net.TCPConn) {
 	var wg sync.WaitGroup
 	var failed atomic.Bool
+	a.SetLinger(0)
+	b.SetLinger(0)
 	pipe := func(dst, src *net.TCPConn) {
 		defer wg.Done()
 		d := &dir{src: src, dst: dst}
@@ -600,6 +608,8 @@ func (p *Proxy) userPair(a, b *net.TCPConn) {
 	go pipe(a, b)
 	wg.Wait()
 	if !failed.Load() {
+		a.SetLinger(-1)
+		b.SetLinger(-1)
 		a.Close()
 		b.Close()
 	}
