@@ -66,7 +66,10 @@ import (
 // to the first. Its inverse is datagrams per second of CPU, the rate one
 // CPU can receive at; a ratio is a window's plain cost over the program
 // namespace's, median over the windows (vs_assign_only: the assign-only
-// program's cost over switchyard's, what switchyard's own lookup adds).
+// program's cost over switchyard's, what switchyard's own lookup adds;
+// vs_plain_in_sockmap: the plainly bound socket's cost when a sockmap holds
+// it, as one holds every registered socket, over switchyard's, what the
+// program adds to the socket switchyard serves).
 //
 // TCP again, the same way (tcp-cpu): one thread, paced (PACKET_TCP_RATE
 // connections/s in all, default 8,000), starts connects to plain and
@@ -287,7 +290,9 @@ func BenchmarkPacketPath(b *testing.B) {
 	}
 	hitsBefore := hits()
 	assign := slices.IndexFunc(servers, func(s *packetServer) bool { return s.ref == refAssign })
-	udp, udpRatios, vsAssign := cpuRounds(b, client, servers, binding.UDP, 3*rounds, window, udpRate, assign)
+	inMap := slices.IndexFunc(servers, func(s *packetServer) bool { return s.ref == refInMap })
+	udp, udpRatios, vsRef := cpuRounds(b, client, servers, binding.UDP, 3*rounds, window, udpRate, assign, inMap)
+	vsAssign, vsInMap := vsRef[0], vsRef[1]
 
 	hitsAfter := hits()
 
@@ -299,7 +304,7 @@ func BenchmarkPacketPath(b *testing.B) {
 	tcpServers := servers[:4]
 	tcpRate := float64(envInt(b, "PACKET_TCP_RATE", packetTCPRate))
 	measureCPU(b, client, tcpServers, binding.TCP, 200*time.Millisecond, tcpRate) // warm-up, not counted
-	tcpCost, tcpCostRatios, _ := cpuRounds(b, client, tcpServers, binding.TCP, 3*rounds, window, tcpRate, -1)
+	tcpCost, tcpCostRatios, _ := cpuRounds(b, client, tcpServers, binding.TCP, 3*rounds, window, tcpRate)
 	for _, s := range servers {
 		if s.d == nil {
 			continue
@@ -337,6 +342,7 @@ func BenchmarkPacketPath(b *testing.B) {
 			h, r := hitsAfter[s.name][0]-hitsBefore[s.name][0], hitsAfter[s.name][1]-hitsBefore[s.name][1]
 			b.Run("udp/"+s.name+"/lookups", func(b *testing.B) { b.ReportMetric(float64(h)/float64(r), "hits/datagram") })
 			b.Run("udp/"+s.name+"/vs_assign_only", func(b *testing.B) { b.ReportMetric(median(vsAssign[s.name]), "ratio") })
+			b.Run("udp/"+s.name+"/vs_plain_in_sockmap", func(b *testing.B) { b.ReportMetric(median(vsInMap[s.name]), "ratio") })
 		}
 		if s != plain {
 			b.Run("udp/"+s.name+"/vs_plain", func(b *testing.B) { b.ReportMetric(median(udpRatios[s.name]), "ratio") })
@@ -621,10 +627,14 @@ func (s *packetServer) measureTCP(b *testing.B, client *testenv.NetNS, window ti
 
 // cpuRounds measures proto's cost in servers (servers[0] is plain) over
 // windows paced windows and returns each namespace's windows, its ratios to
-// plain (plain's cost over its own, window by window) and, if ref is a
-// server's index, each switchyard namespace's ratios to that server.
-func cpuRounds(b *testing.B, client *testenv.NetNS, servers []*packetServer, proto binding.Protocol, windows int, window time.Duration, rate float64, ref int) (ws map[string][]cpuWindow, vsPlain, vsRef map[string][]float64) {
-	ws, vsPlain, vsRef = map[string][]cpuWindow{}, map[string][]float64{}, map[string][]float64{}
+// plain (plain's cost over its own, window by window) and, for each of refs
+// that is a server's index, each switchyard namespace's ratios to that
+// server, in the order of refs.
+func cpuRounds(b *testing.B, client *testenv.NetNS, servers []*packetServer, proto binding.Protocol, windows int, window time.Duration, rate float64, refs ...int) (ws map[string][]cpuWindow, vsPlain map[string][]float64, vsRef []map[string][]float64) {
+	ws, vsPlain = map[string][]cpuWindow{}, map[string][]float64{}
+	for range refs {
+		vsRef = append(vsRef, map[string][]float64{})
+	}
 	for range windows {
 		round := measureCPU(b, client, servers, proto, window, rate)
 		for i, s := range servers {
@@ -634,8 +644,10 @@ func cpuRounds(b *testing.B, client *testenv.NetNS, servers []*packetServer, pro
 			if i > 0 {
 				vsPlain[s.name] = append(vsPlain[s.name], round[0].cost()/w.cost())
 			}
-			if ref >= 0 && s.n > 0 {
-				vsRef[s.name] = append(vsRef[s.name], round[ref].cost()/w.cost())
+			for j, ref := range refs {
+				if ref >= 0 && s.n > 0 {
+					vsRef[j][s.name] = append(vsRef[j][s.name], round[ref].cost()/w.cost())
+				}
 			}
 		}
 	}
