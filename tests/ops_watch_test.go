@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,23 @@ func metricLine(scrape, name string) string {
 		}
 	}
 	return ""
+}
+
+// metricValue returns the value of series (a name with its labels, as a
+// scrape writes them) in a scrape, failing the test if it has none.
+func metricValue(t *testing.T, scrape, series string) float64 {
+	t.Helper()
+	for line := range strings.SplitSeq(scrape, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", series, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("the metrics have no %s", series)
+	return 0
 }
 
 func sha256Hex(s string) string {

@@ -45,6 +45,8 @@ var (
 		"Times reading the dispatch state for metrics failed.", nil, nil)
 	descPolicyBytes = prometheus.NewDesc("switchyard_policy_bytes_total",
 		"Bytes moved by a connection policy's fast path (bypass: redirected; splice: proxied).", []string{"label", "policy"}, nil)
+	descPolicyKernel = prometheus.NewDesc("switchyard_policy_kernel_bytes_total",
+		"Of switchyard_policy_bytes_total, the bytes moved in the kernel (bypass: all of them; splice: the in-kernel engine's share).", []string{"label", "policy"}, nil)
 	descPolicyConns = prometheus.NewDesc("switchyard_policy_connections_total",
 		"Connections a connection policy took on.", []string{"label", "policy"}, nil)
 	descBusyPoll = prometheus.NewDesc("switchyard_bypass_busy_poll_connections_total",
@@ -72,7 +74,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLookups, descHits, descMissing, descBadSocket, descUnmatched,
 		descBindings, descSockets, descRefusedReg, descRefusedChange, descBadRequests, descScrapeErr, descUnfinished,
 		descRefusedConns, descRefusedReplies, descAcceptErrors,
-		descPolicyBytes, descPolicyConns, descBusyPoll, descInfo,
+		descPolicyBytes, descPolicyKernel, descPolicyConns, descBusyPoll, descInfo,
 		descReloadOK, descReloadAt, descReloads, descReloadFail, descConfigInfo} {
 		ch <- d
 	}
@@ -124,6 +126,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			for label, v := range pc {
 				p := labels[label].Kind.String()
 				ch <- prometheus.MustNewConstMetric(descPolicyBytes, prometheus.CounterValue, float64(v.Bytes), label, p)
+				ch <- prometheus.MustNewConstMetric(descPolicyKernel, prometheus.CounterValue, float64(v.KernelBytes), label, p)
 				ch <- prometheus.MustNewConstMetric(descPolicyConns, prometheus.CounterValue, float64(v.Connections), label, p)
 				if p == "bypass" || v.BusyPoll > 0 {
 					ch <- prometheus.MustNewConstMetric(descBusyPoll, prometheus.CounterValue, float64(v.BusyPoll), label)
