@@ -296,9 +296,8 @@ func sockets(t *testing.T, path string) int {
 // (each socket left its sockmap as the dead daemon's descriptors closed),
 // and this build replaces them with its own (the engine's Open removes
 // what an earlier process pinned): it never runs its program over a pair
-// the landed build made. New connections
-// through the label then work and the kernel moves their bytes, and every
-// binding and setting is kept.
+// the landed build made. New connections through the label then work and
+// the kernel moves their bytes, and every binding and setting is kept.
 func TestUpgradeKernelSpliceFromLandedMain(t *testing.T) {
 	t.Parallel()
 	old := buildLanded(t, landedMain)
