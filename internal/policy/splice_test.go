@@ -125,6 +125,20 @@ func expectRead(t *testing.T, c net.Conn, want string) {
 	}
 }
 
+// byteEachWay sends a byte from client c to upstream u and one back, so
+// that both directions of the splice between them are under way.
+func byteEachWay(t *testing.T, c, u net.Conn) {
+	t.Helper()
+	if _, err := c.Write([]byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, u, "q")
+	if _, err := u.Write([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, c, "a")
+}
+
 func expectEOF(t *testing.T, c net.Conn) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -306,15 +320,7 @@ func TestSpliceCloseResetsConnections(t *testing.T) {
 			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
 			e.splice(ln.Addr().String())
 			c, u := e.pair(t, ln)
-			// A byte each way: both directions are spliced.
-			if _, err := c.Write([]byte("q")); err != nil {
-				t.Fatal(err)
-			}
-			expectRead(t, u, "q")
-			if _, err := u.Write([]byte("a")); err != nil {
-				t.Fatal(err)
-			}
-			expectRead(t, c, "a")
+			byteEachWay(t, c, u)
 			if err := e.m.Close(); err != nil {
 				t.Fatal(err)
 			}

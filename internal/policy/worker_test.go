@@ -126,15 +126,7 @@ func TestSpliceWorkerKilledResetsConnections(t *testing.T) {
 	e.splice(ln.Addr().String())
 	pidfd := e.workerPidfd("px")
 	c, u := e.pair(t, ln)
-	// A byte each way: both directions are spliced.
-	if _, err := c.Write([]byte("q")); err != nil {
-		t.Fatal(err)
-	}
-	expectRead(t, u, "q")
-	if _, err := u.Write([]byte("a")); err != nil {
-		t.Fatal(err)
-	}
-	expectRead(t, c, "a")
+	byteEachWay(t, c, u)
 	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
 		t.Fatal(err)
 	}
