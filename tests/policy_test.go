@@ -47,11 +47,24 @@ func TestPolicyThroughDaemon(t *testing.T) {
 	if st := w.mustCLI("status", "proxied"); !strings.Contains(st, "in the kernel") {
 		t.Errorf("status with engine kernel:\n%s", st)
 	}
-	// The kernel's share of the label's bytes: some, and no more than all.
+	// The kernel's share of the label's bytes: some, and no more than all,
+	// in the metrics and in status.
 	m := w.metrics()
 	total := metricValue(t, m, `switchyard_policy_bytes_total{label="proxied",policy="splice"}`)
 	if kernel := metricValue(t, m, `switchyard_policy_kernel_bytes_total{label="proxied",policy="splice"}`); kernel <= 0 || kernel > total {
 		t.Errorf("metrics: %v of %v bytes moved in the kernel, want some and at most all", kernel, total)
+	}
+	var ks struct {
+		Labels []struct {
+			PolicyBytes       uint64 `json:"policy_bytes"`
+			PolicyKernelBytes uint64 `json:"policy_kernel_bytes"`
+		} `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(w.mustCLI("status", "proxied", "-o", "json")), &ks); err != nil {
+		t.Fatal(err)
+	}
+	if len(ks.Labels) != 1 || ks.Labels[0].PolicyKernelBytes == 0 || ks.Labels[0].PolicyKernelBytes > ks.Labels[0].PolicyBytes {
+		t.Errorf("status of proxied: %+v, want some of its bytes and at most all moved in the kernel", ks.Labels)
 	}
 	if got := policyPins(t, w.stateDir()); !slices.Equal(got, kernelPins) {
 		t.Errorf("policy pins with a kernel-engine splice: %q, want %q", got, kernelPins)

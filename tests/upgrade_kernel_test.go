@@ -359,6 +359,11 @@ bindings:
 	if got := sockets(t, filepath.Join(w.stateDir(), "sy_k_pairs")); got != 2 {
 		t.Fatalf("the landed build's sy_k_pairs holds %d sockets with one connection spliced, want 2", got)
 	}
+	// This build's CLI asks the landed daemon, which does not speak
+	// control.StatusVersion, in the version it reads.
+	if st := w.mustCLI("status", "proxied"); !strings.Contains(st, "in the kernel") {
+		t.Errorf("this build's CLI, status of the landed daemon:\n%s", st)
+	}
 
 	if st := w.d.stop(t, sig); sig == syscall.SIGTERM && st.ExitCode() != 0 {
 		t.Errorf("the old daemon's SIGTERM: exit %v", st)
@@ -435,5 +440,13 @@ bindings:
 	t.Logf("the kernel moved %d of the %d bytes of the new connections (both ways, with the seeds)", k, 2*(c2.sent+c3.sent)+2)
 	if k == 0 {
 		t.Errorf("the kernel moved no byte of the new connections after the upgrade")
+	}
+	// The landed CLI reads this daemon's status while the label has
+	// kernel bytes to show, which its version's replies leave out.
+	if st := oldRun("status", "proxied", "-o", "json"); !strings.Contains(st, `"proxied"`) || strings.Contains(st, "kernel_bytes") {
+		t.Errorf("the landed CLI's status of this daemon:\n%s", st)
+	}
+	if st := w.mustCLI("status", "proxied"); !strings.Contains(st, "the kernel moved") {
+		t.Errorf("status of proxied does not say how much the kernel moved:\n%s", st)
 	}
 }

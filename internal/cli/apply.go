@@ -18,7 +18,8 @@ import (
 )
 
 // mayBeOlderDaemon reports whether err is what a daemon that does not speak
-// the packed Apply gives: a version refusal, or a connection it hung up.
+// a request's version gives: a version refusal, or (for a large request,
+// such as a packed Apply) a connection it hung up.
 func mayBeOlderDaemon(err error) bool {
 	return errors.Is(err, errors.ErrUnsupported) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
@@ -32,8 +33,42 @@ func mayBeOlderDaemon(err error) bool {
 // command that sends Apply (apply, export) goes through here.
 func (inv *invocation) apply(c **control.Client, cfg control.Config, dryRun bool) (*control.ApplyResponse, error) {
 	res, err := (*c).Apply(inv.ctx, cfg, dryRun)
-	if err == nil || !mayBeOlderDaemon(err) {
-		return res, err
+	if err == nil {
+		return res, nil
+	}
+	protocols, err := inv.redialOlder(c, err, control.ApplyVersion)
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(protocols, control.PackedVersion) {
+		return (*c).ApplyIn(inv.ctx, control.PackedVersion, cfg, dryRun)
+	}
+	return (*c).ApplyIn(inv.ctx, control.ProtocolVersion, cfg, dryRun)
+}
+
+// status asks the daemon on *c for the status of label ("" for all) in
+// control.StatusVersion, or, from a daemon of an older release, in the
+// version every daemon reads (without the policies' kernel bytes).
+func (inv *invocation) status(c **control.Client, label string) (*control.StatusResponse, error) {
+	st, err := (*c).StatusIn(inv.ctx, control.StatusVersion, label)
+	if err == nil {
+		return st, nil
+	}
+	if _, err := inv.redialOlder(c, err, control.StatusVersion); err != nil {
+		return nil, err
+	}
+	return (*c).Status(inv.ctx, label)
+}
+
+// redialOlder looks at err, the failure of a request of version want on
+// *c. If it is what a daemon of an older release gives (mayBeOlderDaemon),
+// it replaces *c with a new connection (the old one closed) and returns
+// the protocol versions the daemon speaks, for the caller to ask again in
+// one of them; else, or if the daemon speaks want after all, it returns
+// err.
+func (inv *invocation) redialOlder(c **control.Client, err error, want uint16) ([]uint16, error) {
+	if !mayBeOlderDaemon(err) {
+		return nil, err
 	}
 	(*c).Close()
 	nc, derr := inv.dial()
@@ -42,13 +77,10 @@ func (inv *invocation) apply(c **control.Client, cfg control.Config, dryRun bool
 	}
 	*c = nc
 	v, verr := nc.Version(inv.ctx)
-	if verr != nil || slices.Contains(v.Protocols, control.ApplyVersion) {
+	if verr != nil || slices.Contains(v.Protocols, want) {
 		return nil, err
 	}
-	if slices.Contains(v.Protocols, control.PackedVersion) {
-		return nc.ApplyIn(inv.ctx, control.PackedVersion, cfg, dryRun)
-	}
-	return nc.ApplyIn(inv.ctx, control.ProtocolVersion, cfg, dryRun)
+	return v.Protocols, nil
 }
 
 func runApply(inv *invocation) error {

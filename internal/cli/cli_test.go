@@ -2,11 +2,13 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -305,6 +307,49 @@ func TestBindings(t *testing.T) {
 	}
 }
 
+// A daemon of a release before control.StatusVersion refuses the
+// version: status asks again in the version every daemon reads. A label
+// spliced in the kernel says how much of its bytes the kernel moved.
+func TestStatusOlderDaemon(t *testing.T) {
+	t.Parallel()
+	st := control.StatusResponse{Version: "9.9.8", NetNS: 1, Labels: []control.LabelStatus{{
+		Label: "px", Bindings: 1, PolicyBytes: 40, PolicyKernelBytes: 30,
+		Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "10.0.0.5", Port: 80}, Engine: settings.Kernel},
+	}}}
+	for _, older := range []bool{false, true} {
+		d := newFakeDaemon(t, func(req *control.Request, files []*os.File) (control.ResponseBody, error) {
+			switch req.Body.(type) {
+			case *control.VersionRequest:
+				if older {
+					return &control.VersionResponse{Version: "9.9.8", Protocols: []uint16{1, 2, 3}}, nil
+				}
+				return &control.VersionResponse{Version: "9.9.8", Protocols: []uint16{1, 2, 3, 4}}, nil
+			case *control.StatusRequest:
+				if older && req.Version >= control.KernelBytesVersion {
+					return nil, control.Errorf(control.CodeUnsupported, "control protocol version %d is not supported", req.Version)
+				}
+				return &st, nil
+			}
+			return nil, errors.ErrUnsupported
+		})
+		r := runMain(t, nil, "--control", d.path, "status")
+		wantOK(t, r, "px: splice to 10.0.0.5:80 (engine kernel); the kernel moved 30 of its 40 bytes\n")
+		var versions []uint16
+		for _, q := range d.requests() {
+			if _, ok := q.body.(*control.StatusRequest); ok {
+				versions = append(versions, q.version)
+			}
+		}
+		want := []uint16{control.StatusVersion}
+		if older {
+			want = append(want, control.ProtocolVersion)
+		}
+		if !slices.Equal(versions, want) {
+			t.Errorf("older daemon %v: status asked in versions %v, want %v", older, versions, want)
+		}
+	}
+}
+
 func TestStatus(t *testing.T) {
 	t.Parallel()
 	d := newFakeDaemon(t, nil)
@@ -333,19 +378,24 @@ func TestStatus(t *testing.T) {
 		"labels": []any{
 			map[string]any{"label": "dns", "policy": "none", "upstream": "", "policy_state": "", "bindings": float64(1),
 				"lookups": float64(0), "hits": float64(10), "missing": float64(2), "bad_socket": float64(0),
-				"policy_bytes": float64(0), "policy_connections": float64(0),
+				"policy_bytes": float64(0), "policy_kernel_bytes": float64(0), "policy_connections": float64(0),
 				"sockets": []any{
 					map[string]any{"protocol": "udp", "family": "ipv4", "local": "192.0.2.1:53", "cookie": float64(4097)},
 					map[string]any{"protocol": "udp", "family": "ipv6", "local": "[::]:53", "cookie": float64(4098)},
 				}},
 			map[string]any{"label": "web", "policy": "splice", "upstream": "10.0.0.5:same", "policy_state": "", "bindings": float64(2),
 				"lookups": float64(0), "hits": float64(0), "missing": float64(0), "bad_socket": float64(0),
-				"policy_bytes": float64(0), "policy_connections": float64(0),
+				"policy_bytes": float64(0), "policy_kernel_bytes": float64(0), "policy_connections": float64(0),
 				"sockets": []any{}},
 		},
 	}
 	if !reflect.DeepEqual(out, wantOut) {
 		t.Errorf("status JSON:\n%s\nwant %v", r.stdout, wantOut)
+	}
+
+	// Asked in the version that carries the policies' kernel bytes.
+	if v := d.requests()[0].version; v != control.StatusVersion {
+		t.Errorf("status asked in protocol version %d, want %d", v, control.StatusVersion)
 	}
 
 	d = newFakeDaemon(t, nil)
@@ -432,7 +482,7 @@ func TestVersion(t *testing.T) {
 	t.Parallel()
 	d := newFakeDaemon(t, nil)
 	r := runMain(t, nil, "--control", d.path, "version")
-	if want := "switchyard " + Version + " (control protocol 1, 2, 3)\nswitchyardd 9.9.9 (control protocol 1)\n"; r.code != 0 || r.stdout != want {
+	if want := "switchyard " + Version + " (control protocol 1, 2, 3, 4)\nswitchyardd 9.9.9 (control protocol 1)\n"; r.code != 0 || r.stdout != want {
 		t.Errorf("got\n%s\nwant stdout %q", r, want)
 	}
 	wantOK(t, runMain(t, nil, "--control", d.path, "--version"), "switchyardd 9.9.9")
@@ -452,7 +502,7 @@ func TestVersion(t *testing.T) {
 	// No daemon: still a success, saying why.
 	missing := filepath.Join(t.TempDir(), "control.sock")
 	r = runMain(t, nil, "--control", missing, "version")
-	wantOK(t, r, "switchyard "+Version+" (control protocol 1, 2, 3)\nswitchyardd: not reachable: switchyardd is not running on that control socket")
+	wantOK(t, r, "switchyard "+Version+" (control protocol 1, 2, 3, 4)\nswitchyardd: not reachable: switchyardd is not running on that control socket")
 	r = runMain(t, nil, "--control", missing, "version", "-o", "json")
 	wantOK(t, r, `"daemon": null`, `"daemon_error": "switchyardd is not running on that control socket`)
 }

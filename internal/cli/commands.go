@@ -193,6 +193,7 @@ type labelStatusJSON struct {
 	Missing           uint64       `json:"missing"`
 	BadSocket         uint64       `json:"bad_socket"`
 	PolicyBytes       uint64       `json:"policy_bytes"`
+	PolicyKernelBytes uint64       `json:"policy_kernel_bytes"`
 	PolicyConnections uint64       `json:"policy_connections"`
 }
 
@@ -215,7 +216,7 @@ func runStatus(inv *invocation) error {
 	defer r.Close()
 	var st *control.StatusResponse
 	if r.c != nil {
-		if st, err = r.c.Status(inv.ctx, label); err != nil {
+		if st, err = inv.status(&r.c, label); err != nil {
 			return inv.requestError(label, err)
 		}
 	} else if st, err = inv.pinnedStatus(r, label); err != nil {
@@ -229,7 +230,7 @@ func runStatus(inv *invocation) error {
 				PolicyState: l.PolicyState,
 				Bindings:    l.Bindings, Sockets: make([]socketJSON, 0, len(l.Sockets)),
 				Lookups: l.Lookups, Hits: l.Hits, Missing: l.Missing, BadSocket: l.BadSocket,
-				PolicyBytes: l.PolicyBytes, PolicyConnections: l.PolicyConnections,
+				PolicyBytes: l.PolicyBytes, PolicyKernelBytes: l.PolicyKernelBytes, PolicyConnections: l.PolicyConnections,
 			}
 			for _, s := range l.Sockets {
 				sj := socketJSON{Protocol: s.Protocol.String(), Family: s.Family.String(), Cookie: s.Cookie}

@@ -41,8 +41,9 @@ type seenFile struct {
 
 // seenRequest is a request the fake daemon received.
 type seenRequest struct {
-	body  control.RequestBody
-	files []seenFile
+	body    control.RequestBody
+	version uint16
+	files   []seenFile
 }
 
 type handlerFunc func(req *control.Request, files []*os.File) (control.ResponseBody, error)
@@ -66,7 +67,7 @@ func newFakeDaemon(t *testing.T, handler handlerFunc) *fakeDaemon {
 	d := &fakeDaemon{t: t}
 	answer := controltest.Func(handler)
 	srv := controltest.New(t, func(c *control.Conn, req *control.Request, files []*os.File) *control.Reply {
-		seen := seenRequest{body: req.Body}
+		seen := seenRequest{body: req.Body, version: req.Version}
 		for _, f := range files {
 			seen.files = append(seen.files, describeFile(t, f))
 		}

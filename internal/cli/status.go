@@ -27,13 +27,20 @@ func writeStatusTable(w io.Writer, st *control.StatusResponse) error {
 	var notes []string
 	for _, l := range st.Labels {
 		policy := l.Kind.String()
+		var note string
 		switch {
 		case l.PolicyState != "" && l.PolicyState != policy:
-			notes = append(notes, l.Label+": "+l.PolicyState)
+			note = l.PolicyState
 		case l.Engine != settings.Userspace:
-			notes = append(notes, l.Label+": "+policy+" to "+l.Upstream.String()+" (engine "+string(l.Engine)+")")
+			note = policy + " to " + l.Upstream.String() + " (engine " + string(l.Engine) + ")"
 		case !l.Upstream.IsZero():
-			notes = append(notes, l.Label+": "+policy+" to "+l.Upstream.String())
+			note = policy + " to " + l.Upstream.String()
+		}
+		if note != "" && l.Engine == settings.Kernel && l.PolicyBytes > 0 {
+			note += fmt.Sprintf("; the kernel moved %d of its %d bytes", l.PolicyKernelBytes, l.PolicyBytes)
+		}
+		if note != "" {
+			notes = append(notes, l.Label+": "+note)
 		}
 		socks := []string{"none (refused)"}
 		if len(l.Sockets) > 0 {

@@ -312,7 +312,14 @@ func (c *Client) Unregister(ctx context.Context, label string, proto binding.Pro
 // Status returns the state of every label, or only of label if it is not
 // empty.
 func (c *Client) Status(ctx context.Context, label string) (*StatusResponse, error) {
-	return Call[StatusResponse](ctx, c, &StatusRequest{Label: label})
+	return c.StatusIn(ctx, ProtocolVersion, label)
+}
+
+// StatusIn is Status in protocol version v: StatusVersion for the policies'
+// kernel bytes, which a daemon of a release before it refuses (version
+// unsupported).
+func (c *Client) StatusIn(ctx context.Context, v uint16, label string) (*StatusResponse, error) {
+	return callIn[StatusResponse](ctx, c, &Request{Version: v, Body: &StatusRequest{Label: label}}, nil, nil)
 }
 
 // SetPolicy sets a label's connection policy.

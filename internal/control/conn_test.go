@@ -140,7 +140,7 @@ func TestConnClosesUnwantedFDs(t *testing.T) {
 		{"too many", single(OpRegister, reg), MaxRegisterFiles + 1, "takes 1 to"},
 		{"garbage", [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n")}, 2, "magic"},
 		{"bad json", single(OpRegister, `{"label":`), 1, "unexpected EOF"},
-		{"bad version", [][]byte{datagram(4, OpRegister, 0, len(reg), reg)}, 1, "versions 1 to 3"},
+		{"bad version", [][]byte{datagram(5, OpRegister, 0, len(reg), reg)}, 1, "versions 1 to 4"},
 		{"on continuation", [][]byte{datagram(1, OpRegister, flagMore, len(reg), reg[:4]), datagram(1, OpRegister, 0, len(reg), reg[4:])}, 1, "continuation"},
 		{"cut short", [][]byte{datagram(1, OpRegister, flagMore, len(reg), reg[:4])}, 1, "closed in the middle"},
 	} {
@@ -282,10 +282,10 @@ func TestConnRefusesStream(t *testing.T) {
 }
 
 func TestClientOldServer(t *testing.T) {
-	// A server that only speaks versions 1 to 3 answers a version 4
+	// A server that only speaks versions 1 to 4 answers a version 5
 	// request with an error naming the versions it speaks.
 	a, b := pair(t)
-	d := datagram(4, OpVersion, 0, 2, "{}")
+	d := datagram(5, OpVersion, 0, 2, "{}")
 	if err := unix.Sendmsg(rawFD(t, a), d, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -293,14 +293,14 @@ func TestClientOldServer(t *testing.T) {
 	if !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("got %v", err)
 	}
-	if err := b.WriteReply(NewErrorReply(4, 0, err)); err != nil {
+	if err := b.WriteReply(NewErrorReply(5, 0, err)); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := a.ReadReply()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(rep.Err, ErrUnsupported) || !strings.Contains(rep.Err.Error(), "versions 1 to 3") {
+	if !errors.Is(rep.Err, ErrUnsupported) || !strings.Contains(rep.Err.Error(), "versions 1 to 4") {
 		t.Fatalf("reply error %v", rep.Err)
 	}
 }

@@ -24,17 +24,24 @@ import (
 // releases before it read every message as before until that opt-in is in
 // use; then they refuse the message that carries it (unknown field), which
 // is loud, where leaving it out for them would let an export and apply of
-// theirs drop the opt-in silently. A client sends
-// Apply requests as ApplyVersion and everything else as ProtocolVersion,
-// so that it still speaks to a daemon of version 1 for everything else.
+// theirs drop the opt-in silently. Version 4 differs from 3 in Status's
+// reply only: a label's policy_kernel_bytes, the bytes of its policy that
+// the kernel moved. A daemon leaves it out of its replies to requests of
+// earlier versions, whose clients would refuse it. A client sends Apply
+// requests as ApplyVersion, Status requests as StatusVersion and
+// everything else as ProtocolVersion, so that it still speaks to a daemon
+// of version 1 for everything else.
 const (
-	MinVersion        uint16 = 1
-	MaxVersion        uint16 = 3
-	ProtocolVersion   uint16 = 1
-	PackedVersion     uint16 = 2
-	AddRequestVersion uint16 = 3
+	MinVersion         uint16 = 1
+	MaxVersion         uint16 = 4
+	ProtocolVersion    uint16 = 1
+	PackedVersion      uint16 = 2
+	AddRequestVersion  uint16 = 3
+	KernelBytesVersion uint16 = 4
 	// ApplyVersion is the version a client sends Apply requests in.
 	ApplyVersion = AddRequestVersion
+	// StatusVersion is the version a client sends Status requests in.
+	StatusVersion = KernelBytesVersion
 )
 
 // SupportedVersion reports whether v is a protocol version this package
@@ -159,6 +166,9 @@ type LabelStatus struct {
 	// Bytes and connections the policy's fast path took on.
 	PolicyBytes       uint64 `json:"policy_bytes,omitempty"`
 	PolicyConnections uint64 `json:"policy_connections,omitempty"`
+	// Of PolicyBytes, those the kernel moved (bypass: all; splice: the
+	// in-kernel engine's). Since KernelBytesVersion.
+	PolicyKernelBytes uint64 `json:"policy_kernel_bytes,omitempty"`
 }
 
 // SocketStatus is one registered destination of a label.

@@ -108,7 +108,7 @@ func (s *Server) policyStatus(byLabel map[string]*control.LabelStatus) {
 			ls.PolicyState = "not in force"
 		}
 		c := counters[name]
-		ls.PolicyBytes, ls.PolicyConnections = c.Bytes, c.Connections
+		ls.PolicyBytes, ls.PolicyConnections, ls.PolicyKernelBytes = c.Bytes, c.Connections, c.KernelBytes
 	}
 }
 

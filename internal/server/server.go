@@ -558,7 +558,7 @@ func (s *Server) do(p peer, req *control.Request, files []*os.File) (control.Res
 		s.log.Info("unregistered", "label", r.Label, "protocol", r.Protocol.String(), "family", r.Family.String(), "peer_uid", p.uid)
 		return &control.UnregisterResponse{}, nil
 	case *control.StatusRequest:
-		return s.status(r.Label)
+		return s.status(req.Version, r.Label)
 	case *control.SetPolicyRequest:
 		return s.setPolicy(r)
 	case *control.ApplyRequest:
@@ -576,7 +576,7 @@ func supportedProtocols() []uint16 {
 	return out
 }
 
-func (s *Server) status(label string) (*control.StatusResponse, error) {
+func (s *Server) status(version uint16, label string) (*control.StatusResponse, error) {
 	counts, err := s.bindingCounts()
 	if err != nil {
 		return nil, err
@@ -587,6 +587,11 @@ func (s *Server) status(label string) (*control.StatusResponse, error) {
 	}
 	if label != "" && len(labels) == 0 {
 		return nil, fmt.Errorf("status %s: %w: no binding, socket or setting has this label", label, dispatch.ErrNotFound)
+	}
+	if version < control.KernelBytesVersion {
+		for i := range labels {
+			labels[i].PolicyKernelBytes = 0 // unknown to the client
+		}
 	}
 	return &control.StatusResponse{Version: Version, NetNS: s.d.NetNSCookie(), Labels: labels}, nil
 }
