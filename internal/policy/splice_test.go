@@ -31,6 +31,15 @@ func (e *env) splice(upstream string) {
 	}
 }
 
+// spliceToListener starts the splice of label px to a listener of its
+// own on the server side, which it returns.
+func (e *env) spliceToListener() *net.TCPListener {
+	e.t.Helper()
+	ln := e.srv.ListenTCP(e.t, "127.0.0.1:0")
+	e.splice(ln.Addr().String())
+	return ln
+}
+
 func engines() []settings.Engine { return []settings.Engine{settings.Userspace, settings.Kernel} }
 
 // Bytes proxied by splice arrive intact, in both directions (the reply
@@ -168,8 +177,7 @@ func TestSplicePropagation(t *testing.T) {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, Options{}, eng)
-			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
-			e.splice(ln.Addr().String())
+			ln := e.spliceToListener()
 
 			// Half-close, client first.
 			c, u := e.pair(t, ln)
@@ -222,8 +230,7 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, Options{}, eng)
-			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
-			e.splice(ln.Addr().String())
+			ln := e.spliceToListener()
 			c, u := e.pair(t, ln)
 			var written, read atomic.Int64
 			stop := make(chan struct{})
@@ -317,8 +324,7 @@ func TestSpliceCloseResetsConnections(t *testing.T) {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, Options{}, eng)
-			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
-			e.splice(ln.Addr().String())
+			ln := e.spliceToListener()
 			c, u := e.pair(t, ln)
 			byteEachWay(t, c, u)
 			if err := e.m.Close(); err != nil {
@@ -407,8 +413,7 @@ func TestSpliceClientExit(t *testing.T) {
 		t.Run(string(eng), func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, Options{}, eng)
-			ln := e.srv.ListenTCP(t, "127.0.0.1:0")
-			e.splice(ln.Addr().String())
+			ln := e.spliceToListener()
 			cli := e.cli.Command("socat", "-u", "SYSTEM:echo hi", "TCP4:"+spliceAddr)
 			if out, err := cli.CombinedOutput(); err != nil {
 				t.Fatalf("client: %v: %s", err, out)

@@ -122,8 +122,7 @@ func TestSpliceWorkerStop(t *testing.T) {
 func TestSpliceWorkerKilledResetsConnections(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Options{Workers: workerOptions(t)})
-	ln := e.srv.ListenTCP(t, "127.0.0.1:0")
-	e.splice(ln.Addr().String())
+	ln := e.spliceToListener()
 	pidfd := e.workerPidfd("px")
 	c, u := e.pair(t, ln)
 	byteEachWay(t, c, u)
