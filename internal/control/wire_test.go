@@ -110,6 +110,12 @@ func sampleReplies(tb testing.TB) []*Reply {
 		&Reply{Version: 1, Op: OpBind, Err: Errorf(CodeConflict, "binding web tcp 192.0.2.0/24 80 conflicts with web2 tcp 192.0.2.0/24 80-90")},
 		&Reply{Version: 1, Op: OpRegister, Err: Errorf(CodePermission, "user 1000 may not register label web")},
 		&Reply{Version: 1, Op: 0, Err: Errorf(CodeUnsupported, "version 9")},
+		// A status of a label spliced in the kernel, in the version that
+		// carries its kernel bytes.
+		&Reply{Version: KernelBytesVersion, Op: OpStatus, Body: &StatusResponse{Version: "dev", NetNS: 1, Labels: []LabelStatus{{
+			Label: "px", Policy: settings.Policy{Kind: settings.Splice, Upstream: settings.Upstream{Host: "up", Port: 80}, Engine: settings.Kernel},
+			Bindings: 1, PolicyBytes: 40, PolicyKernelBytes: 30, PolicyConnections: 2,
+		}}}},
 	)
 	return reps
 }
