@@ -1,9 +1,8 @@
 package tests
 
 import (
-	"bufio"
 	"errors"
-	"io"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,40 +13,57 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/switchyard-project/switchyard/internal/binding"
+	"github.com/switchyard-project/switchyard/internal/control"
 )
 
 // An apply of 1,048,576 bindings replies at its commit point and writes the
 // spare generations after. The daemon is killed with SIGKILL as soon as the
-// CLI has the reply, during that rest: restarted, it recovers the new set
-// within the daemon's memory target, logs that it did, lists exactly the
-// set applied, and the same file applied again changes nothing.
+// reply's first datagram arrives, during that rest: restarted, it recovers
+// the new set within the daemon's memory target, logs that it did, lists
+// exactly the set applied, and the same file applied again changes nothing.
+//
+// The request goes straight to the control socket, not through the CLI:
+// the CLI prints its diff before anything can see the reply, and under the
+// load of a full test run that took longer than the daemon's rest (the
+// kill then came after the change had finished, and the test failed).
 func TestRecoverMillionAfterCommitPoint(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	file := filepath.Join(w.dir, "million.yaml")
 	bs := writeScaleConfig(t, file, scaleBindings, 0)
 
-	cli := exec.Command(bin.switchyard, "--control", w.control, "apply", "-f", file)
-	out, err := cli.StdoutPipe()
+	ds, err := control.EncodeRequest(control.NewRequest(&control.ApplyRequest{Config: control.Config{Bindings: bs}}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	cli.Stderr = &stderr
-	if err := cli.Start(); err != nil {
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: w.control, Net: "unixpacket"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The CLI prints the diff once it has the reply, which the daemon
-	// sends at the commit point.
-	r := bufio.NewReader(out)
-	if _, err := r.ReadByte(); err != nil {
-		cli.Wait()
-		t.Fatalf("apply printed nothing (%v): %s", err, stderr.String())
+	defer conn.Close()
+	for _, d := range ds {
+		if _, err := conn.Write(d); err != nil {
+			t.Fatalf("apply request: %v", err)
+		}
+	}
+	// The daemon sends the reply at the commit point.
+	first := make([]byte, control.MaxDatagram)
+	n, err := conn.Read(first)
+	if err != nil {
+		t.Fatalf("apply reply: %v", err)
 	}
 	w.d.stop(t, syscall.SIGKILL)
-	r.WriteTo(io.Discard)
-	if err := cli.Wait(); err != nil {
-		t.Fatalf("apply: %v: %s", err, stderr.String())
+	reply := [][]byte{first[:n]}
+	for {
+		d := make([]byte, control.MaxDatagram)
+		n, err := conn.Read(d)
+		if n == 0 || err != nil {
+			break
+		}
+		reply = append(reply, d[:n])
+	}
+	if rep, err := control.DecodeReply(reply, 0); err != nil || rep.Err != nil {
+		t.Fatalf("apply reply: %v, %v", err, rep)
 	}
 
 	_, log := restartTimed(t, w)
