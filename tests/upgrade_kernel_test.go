@@ -28,11 +28,39 @@ type patternUpstream struct {
 	done map[byte]chan patternResult
 }
 
-// patternResult is what the upstream saw of one connection.
-type patternResult struct {
+// patternCheck compares what one side of a connection reads with the
+// stream it expects, offset by offset.
+type patternCheck struct {
+	want     *rand.ChaCha8
+	buf      []byte
 	checked  int64 // bytes that matched, from offset 0
 	mismatch int64 // offset of the first byte that did not; -1 if none
-	err      error // nil: the client half-closed, after which it closed
+}
+
+func newPatternCheck(key [32]byte) patternCheck {
+	return patternCheck{want: rand.NewChaCha8(key), buf: make([]byte, 64<<10), mismatch: -1}
+}
+
+// check takes the next bytes read, b (at most 64 KiB).
+func (p *patternCheck) check(b []byte) {
+	want := p.buf[:len(b)]
+	p.want.Read(want)
+	if p.mismatch >= 0 {
+		return
+	}
+	for i := range b {
+		if b[i] != want[i] {
+			p.mismatch = p.checked + int64(i)
+			return
+		}
+	}
+	p.checked += int64(len(b))
+}
+
+// patternResult is what the upstream saw of one connection.
+type patternResult struct {
+	patternCheck
+	err error // nil: the client half-closed, after which it closed
 }
 
 func newPatternUpstream(t *testing.T, ln net.Listener) *patternUpstream {
@@ -67,20 +95,13 @@ func (u *patternUpstream) serve(c net.Conn) {
 	if _, err := io.ReadFull(c, seed[:]); err != nil {
 		return
 	}
-	in, out := rand.NewChaCha8([32]byte{seed[0]}), rand.NewChaCha8([32]byte{seed[0], 1})
-	r := patternResult{mismatch: -1}
-	buf, want, reply := make([]byte, 64<<10), make([]byte, 64<<10), make([]byte, 64<<10)
+	out := rand.NewChaCha8([32]byte{seed[0], 1})
+	r := patternResult{patternCheck: newPatternCheck([32]byte{seed[0]})}
+	buf, reply := make([]byte, 64<<10), make([]byte, 64<<10)
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {
-			in.Read(want[:n])
-			if r.mismatch < 0 {
-				if i := firstDiff(buf[:n], want[:n]); i >= 0 {
-					r.mismatch = r.checked + int64(i)
-				} else {
-					r.checked += int64(n)
-				}
-			}
+			r.check(buf[:n])
 			out.Read(reply[:n])
 			if _, werr := c.Write(reply[:n]); werr != nil && err == nil {
 				err = werr
@@ -96,15 +117,6 @@ func (u *patternUpstream) serve(c net.Conn) {
 	}
 }
 
-func firstDiff(a, b []byte) int {
-	for i := range a {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return -1
-}
-
 // patternConn is a client of patternUpstream: it sends the stream of its
 // seed and checks, as it reads, what the upstream answers.
 type patternConn struct {
@@ -113,12 +125,11 @@ type patternConn struct {
 	out  *rand.ChaCha8
 	sent int64
 
-	mu       sync.Mutex
-	got      int64 // answer bytes that matched, from offset 0
-	mismatch int64 // offset of the first that did not; -1 if none
-	rerr     error // how reading ended (io.EOF: cleanly)
-	moved    chan struct{}
-	ended    chan struct{}
+	mu    sync.Mutex
+	ans   patternCheck // the answer, as read so far
+	rerr  error        // how reading ended (io.EOF: cleanly)
+	moved chan struct{}
+	ended chan struct{}
 }
 
 func dialPattern(t *testing.T, w *world, addr string, seed byte) *patternConn {
@@ -128,7 +139,7 @@ func dialPattern(t *testing.T, w *world, addr string, seed byte) *patternConn {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	p := &patternConn{seed: seed, c: c.(*net.TCPConn), out: rand.NewChaCha8([32]byte{seed}), mismatch: -1, moved: make(chan struct{}, 1), ended: make(chan struct{})}
+	p := &patternConn{seed: seed, c: c.(*net.TCPConn), out: rand.NewChaCha8([32]byte{seed}), ans: newPatternCheck([32]byte{seed, 1}), moved: make(chan struct{}, 1), ended: make(chan struct{})}
 	if _, err := p.c.Write([]byte{seed}); err != nil {
 		t.Fatalf("dial %s: send the seed: %v", addr, err)
 	}
@@ -138,21 +149,11 @@ func dialPattern(t *testing.T, w *world, addr string, seed byte) *patternConn {
 
 func (p *patternConn) read() {
 	defer close(p.ended)
-	in := rand.NewChaCha8([32]byte{p.seed, 1})
-	buf, want := make([]byte, 64<<10), make([]byte, 64<<10)
+	buf := make([]byte, 64<<10)
 	for {
 		n, err := p.c.Read(buf)
 		p.mu.Lock()
-		if n > 0 {
-			in.Read(want[:n])
-			if p.mismatch < 0 {
-				if i := firstDiff(buf[:n], want[:n]); i >= 0 {
-					p.mismatch = p.got + int64(i)
-				} else {
-					p.got += int64(n)
-				}
-			}
-		}
+		p.ans.check(buf[:n])
 		if err != nil {
 			p.rerr = err
 		}
@@ -171,7 +172,7 @@ func (p *patternConn) read() {
 func (p *patternConn) state() (got, mismatch int64, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.got, p.mismatch, p.rerr
+	return p.ans.checked, p.ans.mismatch, p.rerr
 }
 
 // send sends n more bytes of the stream and returns once the upstream's

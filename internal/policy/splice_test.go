@@ -40,6 +40,17 @@ func (e *env) spliceToListener() *net.TCPListener {
 	return ln
 }
 
+// eachEngine runs test in a parallel subtest per splice engine, each with
+// an env of its own.
+func eachEngine(t *testing.T, test func(t *testing.T, e *env)) {
+	for _, eng := range engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			t.Parallel()
+			test(t, newEnv(t, Options{}, eng))
+		})
+	}
+}
+
 func engines() []settings.Engine { return []settings.Engine{settings.Userspace, settings.Kernel} }
 
 // Bytes proxied by splice arrive intact, in both directions (the reply
@@ -173,51 +184,47 @@ func expectReset(t *testing.T, c net.Conn) {
 // reset on either side resets the other. (Peers that exit:
 // TestSplicePeerExit, TestSpliceClientExit.)
 func TestSplicePropagation(t *testing.T) {
-	for _, eng := range engines() {
-		t.Run(string(eng), func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, Options{}, eng)
-			ln := e.spliceToListener()
+	eachEngine(t, func(t *testing.T, e *env) {
+		ln := e.spliceToListener()
 
-			// Half-close, client first.
-			c, u := e.pair(t, ln)
-			c.Write([]byte("ping"))
-			c.CloseWrite()
-			expectRead(t, u, "ping")
-			expectEOF(t, u)
-			u.Write([]byte("pong after your FIN"))
-			u.CloseWrite()
-			expectRead(t, c, "pong after your FIN")
-			expectEOF(t, c)
+		// Half-close, client first.
+		c, u := e.pair(t, ln)
+		c.Write([]byte("ping"))
+		c.CloseWrite()
+		expectRead(t, u, "ping")
+		expectEOF(t, u)
+		u.Write([]byte("pong after your FIN"))
+		u.CloseWrite()
+		expectRead(t, c, "pong after your FIN")
+		expectEOF(t, c)
 
-			// Half-close, upstream first.
-			c, u = e.pair(t, ln)
-			u.Write([]byte("banner"))
-			u.CloseWrite()
-			expectRead(t, c, "banner")
-			expectEOF(t, c)
-			c.Write([]byte("late request"))
-			c.CloseWrite()
-			expectRead(t, u, "late request")
-			expectEOF(t, u)
+		// Half-close, upstream first.
+		c, u = e.pair(t, ln)
+		u.Write([]byte("banner"))
+		u.CloseWrite()
+		expectRead(t, c, "banner")
+		expectEOF(t, c)
+		c.Write([]byte("late request"))
+		c.CloseWrite()
+		expectRead(t, u, "late request")
+		expectEOF(t, u)
 
-			// Reset by the upstream.
-			c, u = e.pair(t, ln)
-			c.Write([]byte("x"))
-			expectRead(t, u, "x")
-			u.SetLinger(0)
-			u.Close()
-			expectReset(t, c)
+		// Reset by the upstream.
+		c, u = e.pair(t, ln)
+		c.Write([]byte("x"))
+		expectRead(t, u, "x")
+		u.SetLinger(0)
+		u.Close()
+		expectReset(t, c)
 
-			// Reset by the client.
-			c, u = e.pair(t, ln)
-			u.Write([]byte("y"))
-			expectRead(t, c, "y")
-			c.SetLinger(0)
-			c.Close()
-			expectReset(t, u)
-		})
-	}
+		// Reset by the client.
+		c, u = e.pair(t, ln)
+		u.Write([]byte("y"))
+		expectRead(t, c, "y")
+		c.SetLinger(0)
+		c.Close()
+		expectReset(t, u)
+	})
 }
 
 // With an upstream that reads slowly, what queues between the client's
@@ -226,49 +233,45 @@ func TestSpliceSlowReceiverBounded(t *testing.T) {
 	// Per direction: 2*SpliceBuffer received + 1 MiB pipe or SpliceLimit
 	// + 2*SpliceBuffer to send, with the defaults.
 	const bound = 2*DefaultSpliceBuffer + 1<<20 + 2*DefaultSpliceBuffer
-	for _, eng := range engines() {
-		t.Run(string(eng), func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, Options{}, eng)
-			ln := e.spliceToListener()
-			c, u := e.pair(t, ln)
-			var written, read atomic.Int64
-			stop := make(chan struct{})
-			go func() {
-				buf := make([]byte, 256<<10)
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-					n, _ := c.Write(buf)
-					written.Add(int64(n))
+	eachEngine(t, func(t *testing.T, e *env) {
+		ln := e.spliceToListener()
+		c, u := e.pair(t, ln)
+		var written, read atomic.Int64
+		stop := make(chan struct{})
+		go func() {
+			buf := make([]byte, 256<<10)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
 				}
-			}()
-			buf := make([]byte, 64<<10)
-			var peak, proxyPeak int64
-			deadline := time.Now().Add(3 * time.Second)
-			for time.Now().Before(deadline) {
-				n, err := io.ReadFull(u, buf)
-				read.Add(int64(n))
-				if err != nil {
-					t.Fatal(err)
-				}
-				peak = max(peak, written.Load()-read.Load())
-				q, _ := e.m.Splices().Queued("px")
-				proxyPeak = max(proxyPeak, q)
-				time.Sleep(5 * time.Millisecond)
+				c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+				n, _ := c.Write(buf)
+				written.Add(int64(n))
 			}
-			close(stop)
-			t.Logf("%s: client wrote %d, upstream read %d; peak in flight end to end %d bytes, peak held by the proxy %d bytes (bound %d)",
-				eng, written.Load(), read.Load(), peak, proxyPeak, bound)
-			if proxyPeak > bound {
-				t.Errorf("the proxy held up to %d bytes, want at most %d", proxyPeak, bound)
+		}()
+		buf := make([]byte, 64<<10)
+		var peak, proxyPeak int64
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			n, err := io.ReadFull(u, buf)
+			read.Add(int64(n))
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
-	}
+			peak = max(peak, written.Load()-read.Load())
+			q, _ := e.m.Splices().Queued("px")
+			proxyPeak = max(proxyPeak, q)
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(stop)
+		t.Logf("%s: client wrote %d, upstream read %d; peak in flight end to end %d bytes, peak held by the proxy %d bytes (bound %d)",
+			e.engine, written.Load(), read.Load(), peak, proxyPeak, bound)
+		if proxyPeak > bound {
+			t.Errorf("the proxy held up to %d bytes, want at most %d", proxyPeak, bound)
+		}
+	})
 }
 
 func (e *env) startSplice(upstream string) {
@@ -286,56 +289,45 @@ func (e *env) startSplice(upstream string) {
 // the open connection runs to its end, new ones are refused (the label has
 // no socket), and starting the splice again serves them.
 func TestSpliceStopWhileOpen(t *testing.T) {
-	for _, eng := range engines() {
-		t.Run(string(eng), func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, Options{}, eng)
-			up := e.server("", false, "read")
-			upstream := "127.0.0.1:" + up.port
-			e.splice(upstream)
-			const n = 48 << 20
-			h := e.startEnv(e.cli, false, []string{"SY_CLIENT_PACE=2ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", spliceAddr, "7", fmt.Sprint(n))
-			if got := h.line(t); got != "connected" {
-				t.Fatalf("client: %q", got)
-			}
-			if err := e.m.StopSplice("px"); err != nil {
-				t.Fatal(err)
-			}
-			if c, err := e.cli.DialTCP(spliceAddr, 2*time.Second); err == nil {
-				c.Close()
-				t.Error("a new connection was accepted after StopSplice")
-			} else if !errors.Is(err, syscall.ECONNREFUSED) {
-				t.Errorf("dial after StopSplice: %v, want connection refused", err)
-			}
-			if got, want := h.line(t), fmt.Sprintf("ok %d %s", n, streamHash(7, n)); got != want {
-				t.Fatalf("connection open across StopSplice: client says %q, want %q", got, want)
-			}
-			e.startSplice(upstream)
-			e.transfer(e.cli, false, spliceAddr, 8, 8<<20)
-		})
-	}
+	eachEngine(t, func(t *testing.T, e *env) {
+		up := e.server("", false, "read")
+		upstream := "127.0.0.1:" + up.port
+		e.splice(upstream)
+		const n = 48 << 20
+		h := e.startEnv(e.cli, false, []string{"SY_CLIENT_PACE=2ms", "SY_CLIENT_SAY_CONNECTED=1"}, "client", spliceAddr, "7", fmt.Sprint(n))
+		if got := h.line(t); got != "connected" {
+			t.Fatalf("client: %q", got)
+		}
+		if err := e.m.StopSplice("px"); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := e.cli.DialTCP(spliceAddr, 2*time.Second); err == nil {
+			c.Close()
+			t.Error("a new connection was accepted after StopSplice")
+		} else if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("dial after StopSplice: %v, want connection refused", err)
+		}
+		if got, want := h.line(t), fmt.Sprintf("ok %d %s", n, streamHash(7, n)); got != want {
+			t.Fatalf("connection open across StopSplice: client says %q, want %q", got, want)
+		}
+		e.startSplice(upstream)
+		e.transfer(e.cli, false, spliceAddr, 8, 8<<20)
+	})
 }
 
 // Closing the manager (the daemon stopping) cuts the connections its
 // proxies splice, and the client sees the cut as a reset: a clean end of
 // stream would pass a truncated response for a whole one.
 func TestSpliceCloseResetsConnections(t *testing.T) {
-	for _, eng := range engines() {
-		t.Run(string(eng), func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, Options{}, eng)
-			ln := e.spliceToListener()
-			c, u := e.pair(t, ln)
-			byteEachWay(t, c, u)
-			if err := e.m.Close(); err != nil {
-				t.Fatal(err)
-			}
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-				t.Errorf("client read after the manager closed: %d bytes, %v; want connection reset", n, err)
-			}
-		})
-	}
+	eachEngine(t, func(t *testing.T, e *env) {
+		ln := e.spliceToListener()
+		c, u := e.pair(t, ln)
+		byteEachWay(t, c, u)
+		if err := e.m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		expectReset(t, c)
+	})
 }
 
 // A kernel path that cannot attach leaves connections working, and Status
@@ -409,28 +401,24 @@ func TestSplicePeerExit(t *testing.T) {
 // A client process that sends and exits: the upstream gets its bytes, then
 // end of stream.
 func TestSpliceClientExit(t *testing.T) {
-	for _, eng := range engines() {
-		t.Run(string(eng), func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, Options{}, eng)
-			ln := e.spliceToListener()
-			cli := e.cli.Command("socat", "-u", "SYSTEM:echo hi", "TCP4:"+spliceAddr)
-			if out, err := cli.CombinedOutput(); err != nil {
-				t.Fatalf("client: %v: %s", err, out)
-			}
-			ln.SetDeadline(time.Now().Add(5 * time.Second))
-			u, err := ln.AcceptTCP()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer u.Close()
-			u.SetDeadline(time.Now().Add(10 * time.Second))
-			got, err := io.ReadAll(u)
-			if err != nil || string(got) != "hi\n" {
-				t.Fatalf("upstream after the client exited: %q, %v; want its bytes, then end of stream", got, err)
-			}
-		})
-	}
+	eachEngine(t, func(t *testing.T, e *env) {
+		ln := e.spliceToListener()
+		cli := e.cli.Command("socat", "-u", "SYSTEM:echo hi", "TCP4:"+spliceAddr)
+		if out, err := cli.CombinedOutput(); err != nil {
+			t.Fatalf("client: %v: %s", err, out)
+		}
+		ln.SetDeadline(time.Now().Add(5 * time.Second))
+		u, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		u.SetDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(u)
+		if err != nil || string(got) != "hi\n" {
+			t.Fatalf("upstream after the client exited: %q, %v; want its bytes, then end of stream", got, err)
+		}
+	})
 }
 
 // With the kernel engine, bytes the upstream sends the moment it accepts,
